@@ -1,0 +1,266 @@
+//! The controller's request-reply API on `ferry.v1.api.<op>`, used by the CLI
+//! and by any program that drives ferry. Requests and replies travel in the
+//! same envelope as everything else.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::command::{ActionKind, MaintenanceMode, RollbackTarget};
+use crate::event::{MaintenanceInfo, ServiceState};
+use crate::names::{EnvName, ServiceName, Version};
+use crate::release::Release;
+use crate::subject::ApiOp;
+use crate::Payload;
+
+/// Most history records one request returns.
+pub const MAX_HISTORY_LIMIT: u32 = 1000;
+
+/// A request to the controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ApiRequest {
+    /// Live status, optionally of one environment.
+    Status {
+        /// Only this environment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<EnvName>,
+    },
+    /// History, newest last.
+    History {
+        /// Only this environment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<EnvName>,
+        /// Only this service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<ServiceName>,
+        /// At most this many records (capped at [`MAX_HISTORY_LIMIT`]).
+        limit: u32,
+    },
+    /// Known releases, optionally of one service.
+    Releases {
+        /// Only this service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<ServiceName>,
+    },
+    /// Deploy a known release.
+    Deploy {
+        /// Where.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// Which version (must have been published as a release).
+        version: Version,
+        /// Replicas, if not the current count.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicas: Option<u32>,
+        /// Who asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
+    /// Roll back.
+    Rollback {
+        /// Where.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// Previous or a named version.
+        to: RollbackTarget,
+        /// See [`crate::command::Action::Rollback`].
+        #[serde(default)]
+        force: bool,
+        /// Change nothing; report the plan.
+        #[serde(default)]
+        dry_run: bool,
+        /// Who asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
+    /// Scale.
+    Scale {
+        /// Where.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// New replica count.
+        replicas: u32,
+        /// Who asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
+    /// Maintenance on or off.
+    Maintenance {
+        /// Where.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// On with a message and duration, or off.
+        mode: MaintenanceMode,
+        /// Who asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
+}
+
+impl ApiRequest {
+    /// The API operation (and so the subject) this request goes to.
+    pub fn op(&self) -> ApiOp {
+        match self {
+            ApiRequest::Status { .. } => ApiOp::Status,
+            ApiRequest::History { .. } => ApiOp::History,
+            ApiRequest::Releases { .. } => ApiOp::Releases,
+            ApiRequest::Deploy { .. } => ApiOp::Deploy,
+            ApiRequest::Rollback { .. } => ApiOp::Rollback,
+            ApiRequest::Scale { .. } => ApiOp::Scale,
+            ApiRequest::Maintenance { .. } => ApiOp::Maintenance,
+        }
+    }
+}
+
+impl Payload for ApiRequest {
+    fn event_type(&self) -> &'static str {
+        "ferry.v1.api.request"
+    }
+}
+
+/// Every reply: success, a sentence, and the typed response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiReply<T> {
+    /// Whether the request was carried out.
+    pub success: bool,
+    /// A sentence for people; the error when `success` is false.
+    pub message: String,
+    /// What was asked for, when `success`.
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub response: Option<T>,
+}
+
+impl<T> ApiReply<T> {
+    /// A successful reply.
+    pub fn ok(message: impl Into<String>, response: T) -> Self {
+        ApiReply {
+            success: true,
+            message: message.into(),
+            response: Some(response),
+        }
+    }
+
+    /// A failed reply.
+    pub fn error(message: impl Into<String>) -> Self {
+        ApiReply {
+            success: false,
+            message: message.into(),
+            response: None,
+        }
+    }
+}
+
+impl<T> Payload for ApiReply<T> {
+    fn event_type(&self) -> &'static str {
+        "ferry.v1.api.reply"
+    }
+}
+
+/// The reply to deploy, rollback, scale and maintenance: the command was
+/// stored in JetStream for the agent; follow its events to learn the outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandIssued {
+    /// The command's id; every event about it carries it.
+    pub command_id: Uuid,
+    /// Its subject.
+    pub subject: String,
+    /// Where.
+    pub environment: EnvName,
+    /// Which service.
+    pub service: ServiceName,
+    /// Which action.
+    pub action: ActionKind,
+}
+
+/// One row of `ferry status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRow {
+    /// Environment.
+    pub environment: EnvName,
+    /// Service; absent on an environment whose agent reported no services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceName>,
+    /// Version serving.
+    #[serde(default)]
+    pub version: Option<Version>,
+    /// Replicas wanted.
+    pub replicas_desired: u32,
+    /// Replicas healthy.
+    pub replicas_healthy: u32,
+    /// State; `unknown` when the agent is not heard from.
+    pub state: ServiceState,
+    /// Outcome of the last command: `succeeded`, `failed`, `refused`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<String>,
+    /// When that outcome was reported.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub last_outcome_at: Option<OffsetDateTime>,
+    /// When the environment's agent was last heard from.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub agent_last_seen: Option<OffsetDateTime>,
+    /// Whether the agent's last heartbeat is recent.
+    pub agent_up: bool,
+    /// Maintenance, if on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceInfo>,
+    /// Stable address the agent serves the service on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// One record of history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// Environment, absent for a release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvName>,
+    /// Service.
+    pub service: ServiceName,
+    /// Version concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// `release`, `deploy`, `rollback`, `scale`, `maintenance`.
+    pub action: String,
+    /// `published`, `issued`, `succeeded`, `failed`, `refused`, `dry_run`.
+    pub outcome: String,
+    /// A sentence for people.
+    pub detail: String,
+    /// The command, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<Uuid>,
+    /// Who.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+impl Payload for HistoryRecord {
+    fn event_type(&self) -> &'static str {
+        "ferry.v1.history.record"
+    }
+}
+
+/// A release as the controller stored it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The release event's data.
+    pub release: Release,
+    /// When the controller received it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}

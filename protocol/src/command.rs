@@ -1,0 +1,292 @@
+//! Commands the controller sends to an environment's agent on
+//! `ferry.v1.cmd.<env>.<service>`. Every command is signed and expires.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{EnvName, ServiceName, Version};
+use crate::{Error, Payload};
+
+/// Most replicas one command may ask for on one agent.
+pub const MAX_REPLICAS: u32 = 64;
+/// Longest artifact reference accepted.
+pub const MAX_ARTIFACT_LEN: usize = 1024;
+/// Most environment variables a release may set.
+pub const MAX_ENV_VARS: usize = 128;
+/// Longest maintenance message accepted.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+/// What to run: one version of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseSpec {
+    /// The version.
+    pub version: Version,
+    /// What the runtime starts: a path to an executable for the process
+    /// runtime, an image reference for Docker and Kubernetes.
+    pub artifact: String,
+    /// Content digest of the artifact (`sha256:...`), when CI knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Environment variables the release runs with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+impl ReleaseSpec {
+    /// Checks sizes and characters: artifact and variables reach a runtime, so
+    /// nothing that could smuggle a second argument or variable gets through.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.artifact.is_empty() || self.artifact.len() > MAX_ARTIFACT_LEN {
+            return Err(Error::InvalidField {
+                field: "artifact",
+                reason: format!("must be 1 to {MAX_ARTIFACT_LEN} characters"),
+            });
+        }
+        if self
+            .artifact
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(Error::InvalidField {
+                field: "artifact",
+                reason: "must not contain whitespace or control characters".into(),
+            });
+        }
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(Error::InvalidField {
+                field: "env",
+                reason: format!("at most {MAX_ENV_VARS} variables"),
+            });
+        }
+        for (name, value) in &self.env {
+            let valid_name = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                return Err(Error::InvalidField {
+                    field: "env",
+                    reason: format!("variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"),
+                });
+            }
+            if value.contains('\0') || value.len() > 32 * 1024 {
+                return Err(Error::InvalidField {
+                    field: "env",
+                    reason: format!("value of {name} must be under 32 KiB without NUL bytes"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-deploy overrides of the service's configured health check.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthOverride {
+    /// HTTP path, e.g. `/health`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How long the new replicas have to become healthy, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_timeout_secs: Option<u64>,
+}
+
+/// Which version a rollback goes to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackTarget {
+    /// The version that ran before the current one.
+    Previous,
+    /// A named version the agent still knows.
+    Version(Version),
+}
+
+impl fmt::Display for RollbackTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RollbackTarget::Previous => f.write_str("previous"),
+            RollbackTarget::Version(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Maintenance on or off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum MaintenanceMode {
+    /// Answer every request with 503 and `message` until disabled or `duration_secs` pass.
+    Enable {
+        /// Shown to callers.
+        message: String,
+        /// Ends by itself after this many seconds; `None` until disabled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_secs: Option<u64>,
+    },
+    /// Serve again.
+    Disable,
+}
+
+/// The four things an agent can be told to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Replace the running version with `release`, health-gated.
+    Deploy {
+        /// What to run.
+        release: ReleaseSpec,
+        /// Replicas; the current count (or the configured default) when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicas: Option<u32>,
+        /// Health check overrides.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        health: Option<HealthOverride>,
+    },
+    /// Go back to an earlier version.
+    Rollback {
+        /// Previous or a named version.
+        to: RollbackTarget,
+        /// Stop the current replicas before the target is healthy (for a current
+        /// version that is itself broken or holding resources), and roll back even
+        /// to the version already running.
+        #[serde(default)]
+        force: bool,
+        /// Report what would happen; change nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Change the number of replicas.
+    Scale {
+        /// The new count (0 stops the service).
+        replicas: u32,
+    },
+    /// Maintenance on or off.
+    Maintenance(MaintenanceMode),
+}
+
+/// Short names of actions, for events, history and the CLI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// A deploy.
+    Deploy,
+    /// A rollback.
+    Rollback,
+    /// A scale.
+    Scale,
+    /// Maintenance on or off.
+    Maintenance,
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ActionKind::Deploy => "deploy",
+            ActionKind::Rollback => "rollback",
+            ActionKind::Scale => "scale",
+            ActionKind::Maintenance => "maintenance",
+        })
+    }
+}
+
+impl Action {
+    /// Its short name.
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::Deploy { .. } => ActionKind::Deploy,
+            Action::Rollback { .. } => ActionKind::Rollback,
+            Action::Scale { .. } => ActionKind::Scale,
+            Action::Maintenance(_) => ActionKind::Maintenance,
+        }
+    }
+}
+
+/// A command to one service in one environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Target environment; must match the subject and the agent.
+    pub environment: EnvName,
+    /// Target service; must match the subject.
+    pub service: ServiceName,
+    /// Who asked for it (an operator, CI, or the controller's pipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// What to do.
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+impl Command {
+    /// Range and size checks beyond what the types enforce.
+    pub fn validate(&self) -> Result<(), Error> {
+        match &self.action {
+            Action::Deploy {
+                release,
+                replicas,
+                health,
+            } => {
+                release.validate()?;
+                if let Some(r) = replicas {
+                    check_replicas(*r, 1)?;
+                }
+                if let Some(path) = health.as_ref().and_then(|h| h.path.as_ref()) {
+                    check_health_path(path)?;
+                }
+                Ok(())
+            }
+            Action::Scale { replicas } => check_replicas(*replicas, 0),
+            Action::Rollback { .. } => Ok(()),
+            Action::Maintenance(MaintenanceMode::Enable { message, .. }) => {
+                if message.len() > MAX_MESSAGE_LEN {
+                    return Err(Error::InvalidField {
+                        field: "message",
+                        reason: format!("at most {MAX_MESSAGE_LEN} bytes"),
+                    });
+                }
+                Ok(())
+            }
+            Action::Maintenance(MaintenanceMode::Disable) => Ok(()),
+        }
+    }
+}
+
+fn check_replicas(replicas: u32, min: u32) -> Result<(), Error> {
+    if replicas < min || replicas > MAX_REPLICAS {
+        return Err(Error::InvalidField {
+            field: "replicas",
+            reason: format!("{replicas} is outside {min}..={MAX_REPLICAS}"),
+        });
+    }
+    Ok(())
+}
+
+/// A health path is an absolute URL path without a scheme, host or traversal.
+pub fn check_health_path(path: &str) -> Result<(), Error> {
+    let ok = path.starts_with('/')
+        && path.len() <= 256
+        && !path.contains("..")
+        && path.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidField {
+            field: "health.path",
+            reason: format!("{path:?} must be an absolute path of printable ASCII without '..'"),
+        })
+    }
+}
+
+impl Payload for Command {
+    fn event_type(&self) -> &'static str {
+        match self.action.kind() {
+            ActionKind::Deploy => "ferry.v1.command.deploy",
+            ActionKind::Rollback => "ferry.v1.command.rollback",
+            ActionKind::Scale => "ferry.v1.command.scale",
+            ActionKind::Maintenance => "ferry.v1.command.maintenance",
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Events agents publish: per service on `ferry.v1.evt.<env>.<service>.<kind>`,
+//! agent-wide on `ferry.v1.agent.<env>.<kind>`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::command::ActionKind;
+use crate::names::{EnvName, ServiceName, Version};
+use crate::subject::EventKind;
+use crate::{Payload, RefusalReason};
+
+/// An event about one service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEvent {
+    /// The agent's environment.
+    pub environment: EnvName,
+    /// The service.
+    pub service: ServiceName,
+    /// The command this event belongs to, if any (health and metrics have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<Uuid>,
+    /// What happened.
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// What happened to a service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventBody {
+    /// The command passed every check and will be carried out.
+    Accepted {
+        /// Which action.
+        action: ActionKind,
+    },
+    /// The command was refused and nothing changed.
+    Refused {
+        /// Machine-readable reason.
+        reason: RefusalReason,
+        /// What exactly was wrong.
+        detail: String,
+    },
+    /// A step of a command in progress.
+    Progress {
+        /// Which action.
+        action: ActionKind,
+        /// e.g. `starting`, `waiting for health`, `stopping old replicas`.
+        step: String,
+        /// The version being brought up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<Version>,
+        /// Replicas of that version ready so far.
+        ready: u32,
+        /// Replicas wanted.
+        desired: u32,
+    },
+    /// The command finished as asked.
+    Succeeded {
+        /// Which action.
+        action: ActionKind,
+        /// The version now serving.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<Version>,
+        /// Healthy replicas now serving.
+        replicas: u32,
+        /// A sentence for people.
+        detail: String,
+    },
+    /// The command failed; `serving` says what is serving now.
+    Failed {
+        /// Which action.
+        action: ActionKind,
+        /// The version the command tried to bring up.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<Version>,
+        /// Why.
+        reason: String,
+        /// The version still (or again) serving.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serving: Option<Version>,
+    },
+    /// A dry run: what the command would do.
+    DryRun {
+        /// Which action.
+        action: ActionKind,
+        /// The steps it would take.
+        plan: Vec<String>,
+    },
+    /// Periodic health of the service's replicas.
+    Health(ServiceHealth),
+    /// A replica exited by itself.
+    ReplicaExited {
+        /// Replica id.
+        replica: String,
+        /// Its version.
+        version: Version,
+        /// Exit code, if it exited rather than being killed by a signal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        /// Restarts of this replica slot so far.
+        restarts: u32,
+        /// A sentence for people.
+        detail: String,
+    },
+    /// Traffic measured at the agent's proxy.
+    Metrics(ServiceMetrics),
+}
+
+impl EventBody {
+    /// The subject kind this body is published under.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventBody::Accepted { .. } => EventKind::Accepted,
+            EventBody::Refused { .. } => EventKind::Refused,
+            EventBody::Progress { .. } => EventKind::Progress,
+            EventBody::Succeeded { .. } | EventBody::Failed { .. } | EventBody::DryRun { .. } => {
+                EventKind::Outcome
+            }
+            EventBody::Health(_) | EventBody::ReplicaExited { .. } => EventKind::Health,
+            EventBody::Metrics(_) => EventKind::Metrics,
+        }
+    }
+
+    /// Whether this body ends a command (the CLI's `--wait` stops on it).
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            EventBody::Refused { .. }
+                | EventBody::Succeeded { .. }
+                | EventBody::Failed { .. }
+                | EventBody::DryRun { .. }
+        )
+    }
+}
+
+impl Payload for ServiceEvent {
+    fn event_type(&self) -> &'static str {
+        match self.body {
+            EventBody::Accepted { .. } => "ferry.v1.event.accepted",
+            EventBody::Refused { .. } => "ferry.v1.event.refused",
+            EventBody::Progress { .. } => "ferry.v1.event.progress",
+            EventBody::Succeeded { .. } => "ferry.v1.event.succeeded",
+            EventBody::Failed { .. } => "ferry.v1.event.failed",
+            EventBody::DryRun { .. } => "ferry.v1.event.dry_run",
+            EventBody::Health(_) => "ferry.v1.event.health",
+            EventBody::ReplicaExited { .. } => "ferry.v1.event.replica_exited",
+            EventBody::Metrics(_) => "ferry.v1.event.metrics",
+        }
+    }
+}
+
+/// Health of one replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaHealth {
+    /// Replica id.
+    pub replica: String,
+    /// Its version.
+    pub version: Version,
+    /// Where it listens (`127.0.0.1:PORT` for processes).
+    pub address: String,
+    /// Whether its last health checks passed.
+    pub healthy: bool,
+    /// Restarts of this replica slot.
+    pub restarts: u32,
+}
+
+/// Health of one service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    /// The version serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// Replicas wanted.
+    pub desired: u32,
+    /// Replicas healthy.
+    pub healthy: u32,
+    /// Each replica.
+    pub replicas: Vec<ReplicaHealth>,
+}
+
+/// Traffic through the agent's proxy over one interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServiceMetrics {
+    /// Length of the interval, seconds.
+    pub interval_secs: f64,
+    /// Requests answered in the interval.
+    pub requests: u64,
+    /// Of which failed (5xx or no upstream).
+    pub errors: u64,
+    /// errors / requests, 0 when idle.
+    pub error_rate: f64,
+    /// Requests per second.
+    pub requests_per_sec: f64,
+    /// Median latency, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile latency, milliseconds.
+    pub p95_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// The state of a service on its agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// Nothing deployed yet.
+    Idle,
+    /// All desired replicas healthy.
+    Running,
+    /// Fewer healthy replicas than desired.
+    Degraded,
+    /// A command is changing it.
+    Deploying,
+    /// Answering 503 with a maintenance message.
+    Maintenance,
+    /// Scaled to zero.
+    Stopped,
+    /// Agent not heard from (set by the controller, never by an agent).
+    Unknown,
+}
+
+impl fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceState::Idle => "idle",
+            ServiceState::Running => "running",
+            ServiceState::Degraded => "degraded",
+            ServiceState::Deploying => "deploying",
+            ServiceState::Maintenance => "maintenance",
+            ServiceState::Stopped => "stopped",
+            ServiceState::Unknown => "unknown",
+        })
+    }
+}
+
+/// Maintenance in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceInfo {
+    /// Shown to callers.
+    pub message: String,
+    /// When it ends by itself, if it does.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub until: Option<OffsetDateTime>,
+}
+
+/// One service as its agent sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSnapshot {
+    /// The service.
+    pub service: ServiceName,
+    /// Version serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// Version that served before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Version>,
+    /// Replicas wanted.
+    pub replicas_desired: u32,
+    /// Replicas healthy.
+    pub replicas_healthy: u32,
+    /// Overall state.
+    pub state: ServiceState,
+    /// Maintenance, if on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceInfo>,
+    /// Runtime name: `process`, `docker`, `kubernetes`.
+    pub runtime: String,
+    /// The stable address the agent serves it on, if it proxies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Host resources, from sysinfo.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostMetrics {
+    /// CPU use across cores, percent.
+    pub cpu_percent: f32,
+    /// Memory in use, bytes.
+    pub memory_used_bytes: u64,
+    /// Memory in all, bytes.
+    pub memory_total_bytes: u64,
+    /// Disk in use where the state directory lives, bytes.
+    pub disk_used_bytes: u64,
+    /// Disk in all there, bytes.
+    pub disk_total_bytes: u64,
+}
+
+/// An agent-wide event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// Liveness, host metrics and every service's snapshot.
+    Heartbeat(Heartbeat),
+    /// A message on a command subject that could not be attributed to a service.
+    Refused {
+        /// The subject it arrived on (truncated).
+        subject: String,
+        /// Machine-readable reason.
+        reason: RefusalReason,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// The agent's periodic heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Unique per agent process.
+    pub agent_id: String,
+    /// Its environment.
+    pub environment: EnvName,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Seconds between heartbeats, so a reader can tell when one is late.
+    pub interval_secs: u64,
+    /// ferry version of the agent.
+    pub agent_version: String,
+    /// Host resources.
+    pub host: HostMetrics,
+    /// Every managed service.
+    pub services: Vec<ServiceSnapshot>,
+}
+
+impl Payload for AgentEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            AgentEvent::Heartbeat(_) => "ferry.v1.agent.heartbeat",
+            AgentEvent::Refused { .. } => "ferry.v1.agent.refused",
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! ferry's wire protocol: every message type and every NATS subject the agent,
+//! the controller, the CLI and CI exchange. This crate does no IO; it is the
+//! only crate in ferry that derives `Serialize` for the wire.
+
+pub mod api;
+pub mod command;
+pub mod envelope;
+pub mod event;
+pub mod keys;
+pub mod names;
+pub mod release;
+pub mod streams;
+pub mod subject;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use envelope::{Envelope, Payload};
+pub use keys::{SigningKey, TrustedKeys};
+pub use names::{EnvName, ServiceName, Version};
+
+/// Errors of the protocol crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A name broke its validation rule.
+    #[error("invalid {what} {value:?}: must be {rule}")]
+    InvalidName {
+        /// Which kind of name.
+        what: &'static str,
+        /// The offending value (truncated).
+        value: String,
+        /// The rule it broke.
+        rule: &'static str,
+    },
+    /// A subject that is not one of ferry's.
+    #[error("not a ferry v1 subject: {0:?}")]
+    InvalidSubject(String),
+    /// A message could not be encoded.
+    #[error("could not encode message: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A message is larger than ferry allows.
+    #[error("message of {size} bytes exceeds the {max}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A key could not be read, generated or used.
+    #[error("key error: {0}")]
+    Key(String),
+    /// A field's value is out of range.
+    #[error("invalid {field}: {reason}")]
+    InvalidField {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a message was refused; sent in refusal events so a script can match on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// Not JSON, not an envelope, wrong types, too large.
+    Malformed,
+    /// No signature or no issuer.
+    Unsigned,
+    /// Signed by a key the agent does not trust.
+    UntrustedIssuer,
+    /// The signature does not verify.
+    BadSignature,
+    /// Past its expiry.
+    Expired,
+    /// Its id was already executed.
+    Replayed,
+    /// Addressed to another environment than the agent's.
+    WrongEnvironment,
+    /// A service the agent does not manage.
+    UnknownService,
+    /// Well-formed but asks for something invalid (zero replicas, unknown version...).
+    Invalid,
+}
+
+impl fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            RefusalReason::Malformed => "malformed",
+            RefusalReason::Unsigned => "unsigned",
+            RefusalReason::UntrustedIssuer => "untrusted_issuer",
+            RefusalReason::BadSignature => "bad_signature",
+            RefusalReason::Expired => "expired",
+            RefusalReason::Replayed => "replayed",
+            RefusalReason::WrongEnvironment => "wrong_environment",
+            RefusalReason::UnknownService => "unknown_service",
+            RefusalReason::Invalid => "invalid",
+        };
+        f.write_str(text)
+    }
+}
+
+/// A refusal: the reason and a human sentence.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Refusal {
+    /// Machine-readable reason.
+    pub reason: RefusalReason,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+impl Refusal {
+    /// A refusal with `reason` and `detail`.
+    pub fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
+        Refusal {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Names and limits of the JetStream streams and key-value buckets ferry keeps.
+//! Plain data, so the agent and the controller create them identically
+//! (whichever starts first creates them; `get_or_create` is idempotent).
+
+use std::time::Duration;
+
+use crate::names::{ServiceName, Version};
+
+const DAY: u64 = 24 * 60 * 60;
+
+/// A stream's name, subjects and retention limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSpec {
+    /// Stream name.
+    pub name: &'static str,
+    /// Subjects it captures.
+    pub subjects: Vec<String>,
+    /// Oldest message kept.
+    pub max_age: Duration,
+    /// Most bytes kept.
+    pub max_bytes: i64,
+    /// Most messages kept per subject.
+    pub max_messages_per_subject: i64,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped.
+    pub duplicate_window: Duration,
+}
+
+/// Commands to every agent: `ferry.v1.cmd.>`. Each agent reads its own
+/// environment's subjects through a durable consumer.
+pub fn commands() -> StreamSpec {
+    StreamSpec {
+        name: "FERRY_COMMANDS",
+        subjects: vec![crate::subject::all_commands()],
+        max_age: Duration::from_secs(7 * DAY),
+        max_bytes: 256 * 1024 * 1024,
+        max_messages_per_subject: 10_000,
+        duplicate_window: Duration::from_secs(10 * 60),
+    }
+}
+
+/// Agent events, per service and agent-wide.
+pub fn events() -> StreamSpec {
+    StreamSpec {
+        name: "FERRY_EVENTS",
+        subjects: vec![
+            crate::subject::all_events(),
+            crate::subject::all_agent_events(),
+        ],
+        max_age: Duration::from_secs(DAY),
+        max_bytes: 512 * 1024 * 1024,
+        max_messages_per_subject: 10_000,
+        duplicate_window: Duration::from_secs(2 * 60),
+    }
+}
+
+/// Release events from CI.
+pub fn releases() -> StreamSpec {
+    StreamSpec {
+        name: "FERRY_RELEASES",
+        subjects: vec![crate::subject::all_releases()],
+        max_age: Duration::from_secs(365 * DAY),
+        max_bytes: 256 * 1024 * 1024,
+        max_messages_per_subject: 1_000,
+        duplicate_window: Duration::from_secs(10 * 60),
+    }
+}
+
+/// The controller's history records.
+pub fn history() -> StreamSpec {
+    StreamSpec {
+        name: "FERRY_HISTORY",
+        subjects: vec![crate::subject::all_history()],
+        max_age: Duration::from_secs(365 * DAY),
+        max_bytes: 1024 * 1024 * 1024,
+        max_messages_per_subject: 100_000,
+        duplicate_window: Duration::from_secs(2 * 60),
+    }
+}
+
+/// Key-value bucket of releases, keyed by [`release_key`].
+pub const RELEASES_BUCKET: &str = "ferry_releases";
+/// Key-value bucket of each environment's last command per service, keyed `<env>.<service>`.
+pub const DEPLOYMENTS_BUCKET: &str = "ferry_deployments";
+/// Key-value bucket of each environment's last heartbeat, keyed `<env>`.
+pub const AGENTS_BUCKET: &str = "ferry_agents";
+
+/// `<service>.<version>` with `+` written as `=`: KV keys may not hold `+`,
+/// and versions may not hold `=`, so the mapping is one-to-one.
+pub fn release_key(service: &ServiceName, version: &Version) -> String {
+    format!("{service}.{}", version.as_str().replace('+', "="))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_keys_are_valid_kv_keys_and_distinct() {
+        let svc = ServiceName::new("web").unwrap();
+        let a = release_key(&svc, &Version::new("1.0+b1").unwrap());
+        let b = release_key(&svc, &Version::new("1.0_b1").unwrap());
+        assert_eq!(a, "web.1.0=b1");
+        assert_ne!(a, b);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c)));
+    }
+}
