@@ -1,1 +1,21 @@
+//! The ferry agent: one per environment. It takes signed commands from
+//! JetStream, carries them out on a runtime, serves each service on a stable
+//! address through its proxy, and reports health, metrics and outcomes.
+//!
+//! See ARCHITECTURE.md for the map; [`agent::run`] is the entry point.
 
+pub mod agent;
+pub mod config;
+mod error;
+pub mod events;
+pub mod executor;
+pub mod intake;
+pub mod managed;
+pub mod proxy;
+pub mod runtime;
+pub mod state;
+pub mod telemetry;
+
+pub use agent::run;
+pub use config::AgentConfig;
+pub use error::Error;

@@ -187,6 +187,16 @@ impl<T: DeserializeOwned> Envelope<T> {
     }
 }
 
+/// The `id` of a message that could not be decoded or verified, so a refusal
+/// can still be tied to the command a waiting client knows.
+pub fn peek_id(raw: &[u8]) -> Option<Uuid> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Uuid,
+    }
+    serde_json::from_slice::<IdOnly>(raw).ok().map(|p| p.id)
+}
+
 fn parse_value(raw: &[u8]) -> Result<Value, Refusal> {
     if raw.len() > MAX_MESSAGE_BYTES {
         return Err(Refusal::new(

@@ -1,0 +1,485 @@
+//! The agent's configuration: a TOML file plus `FERRY_*` environment overrides,
+//! read with the `config` crate, then checked as a whole so an operator sees
+//! every problem at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_protocol::command::check_health_path;
+use ferry_protocol::{EnvName, ServiceName, TrustedKeys};
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Prefix of environment overrides: `FERRY_NATS_URL`, `FERRY_SERVICES__WEB__PORT`...
+pub const ENV_PREFIX: &str = "FERRY";
+
+/// Which runtime runs a service's replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Each replica is a child process of the agent.
+    Process,
+}
+
+impl RuntimeKind {
+    /// The name used in configuration and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+        }
+    }
+}
+
+/// How a service's replicas are health-checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// HTTP path polled on each replica.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Consecutive failed checks after which a running replica counts as unhealthy.
+    pub failure_threshold: u32,
+    /// Time new replicas have to become healthy during a deploy.
+    pub start_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/health".into(),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
+            failure_threshold: 3,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One managed service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Its name.
+    pub name: ServiceName,
+    /// Its runtime.
+    pub runtime: RuntimeKind,
+    /// Command template; `{artifact}`, `{port}`, `{version}`, `{service}` and
+    /// `{environment}` are substituted in each argument. No shell is involved.
+    pub command: Vec<String>,
+    /// The stable address the agent's proxy serves the service on.
+    pub listen: SocketAddr,
+    /// Replicas when a deploy does not say.
+    pub replicas: u32,
+    /// Variables every replica gets (a release's own variables win).
+    pub env: BTreeMap<String, String>,
+    /// Health checking.
+    pub health: HealthConfig,
+    /// Time a replica has to exit after SIGTERM before it is killed.
+    pub stop_timeout: Duration,
+}
+
+/// The agent's whole configuration, checked.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The environment this agent serves.
+    pub environment: EnvName,
+    /// NATS server URL(s), comma-separated.
+    pub nats_url: String,
+    /// NATS credentials file.
+    pub nats_creds: Option<PathBuf>,
+    /// Where the state file and replica logs live.
+    pub state_dir: PathBuf,
+    /// Public nkeys whose signed commands are accepted.
+    pub trusted_keys: Vec<String>,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Time between metrics and health events.
+    pub metrics_interval: Duration,
+    /// Time a shutdown waits for a command in progress.
+    pub shutdown_grace: Duration,
+    /// Managed services.
+    pub services: BTreeMap<ServiceName, ServiceConfig>,
+}
+
+impl AgentConfig {
+    /// The trusted keys, parsed.
+    pub fn trusted(&self) -> Result<TrustedKeys, Error> {
+        TrustedKeys::new(&self.trusted_keys).map_err(Error::Protocol)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    environment: Option<String>,
+    nats_url: Option<String>,
+    nats_creds: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+    heartbeat_interval: Option<String>,
+    metrics_interval: Option<String>,
+    shutdown_grace: Option<String>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawService {
+    runtime: Option<String>,
+    command: Option<Vec<String>>,
+    listen: Option<String>,
+    port: Option<u16>,
+    replicas: Option<u32>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    health: RawHealth,
+    stop_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawHealth {
+    path: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    failure_threshold: Option<u32>,
+    start_timeout: Option<String>,
+}
+
+/// Loads the configuration from `file` (if any) and `FERRY_*` variables.
+pub fn load(file: Option<&Path>) -> Result<AgentConfig, Error> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        builder = builder.add_source(
+            config::File::from(path.to_path_buf())
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("trusted_keys")
+            .try_parsing(true),
+    );
+    let raw: RawConfig = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| Error::Config(vec![e.to_string()]))?;
+    resolve(raw)
+}
+
+/// Parses TOML text (no environment overrides); for tests and tools.
+pub fn from_toml(text: &str) -> Result<AgentConfig, Error> {
+    let raw: RawConfig = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| Error::Config(vec![e.to_string()]))?;
+    resolve(raw)
+}
+
+fn duration(
+    problems: &mut Vec<String>,
+    field: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.push(format!("{field}: must be greater than zero"));
+                default
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "{field}: {text:?} is not a duration like \"500ms\" or \"30s\": {e}"
+                ));
+                default
+            }
+        },
+    }
+}
+
+fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
+    let mut problems = Vec::new();
+
+    let environment = match raw.environment.as_deref() {
+        None => {
+            problems.push(
+                "environment: missing (e.g. environment = \"dev\" or FERRY_ENVIRONMENT=dev)".into(),
+            );
+            None
+        }
+        Some(name) => match EnvName::new(name) {
+            Ok(env) => Some(env),
+            Err(e) => {
+                problems.push(format!("environment: {e}"));
+                None
+            }
+        },
+    };
+    let nats_url = raw
+        .nats_url
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    if nats_url.trim().is_empty() {
+        problems.push("nats_url: must not be empty".into());
+    }
+    if let Some(creds) = &raw.nats_creds {
+        if !creds.is_file() {
+            problems.push(format!(
+                "nats_creds: {} is not a readable file",
+                creds.display()
+            ));
+        }
+    }
+    let state_dir = match raw.state_dir {
+        Some(dir) => dir,
+        None => {
+            problems.push(
+                "state_dir: missing (a directory the agent may write, e.g. /var/lib/ferry)".into(),
+            );
+            PathBuf::new()
+        }
+    };
+    if raw.trusted_keys.is_empty() {
+        problems.push(
+            "trusted_keys: empty; list the controller's public key (ferry keygen prints one), or every command will be refused"
+                .into(),
+        );
+    }
+    for key in &raw.trusted_keys {
+        if let Err(e) = TrustedKeys::new([key]) {
+            problems.push(format!("trusted_keys: {e}"));
+        }
+    }
+    let heartbeat_interval = duration(
+        &mut problems,
+        "heartbeat_interval",
+        raw.heartbeat_interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    let metrics_interval = duration(
+        &mut problems,
+        "metrics_interval",
+        raw.metrics_interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    let shutdown_grace = duration(
+        &mut problems,
+        "shutdown_grace",
+        raw.shutdown_grace.as_deref(),
+        Duration::from_secs(30),
+    );
+
+    if raw.services.is_empty() {
+        problems.push("services: none configured; add a [services.NAME] table".into());
+    }
+    let mut services = BTreeMap::new();
+    let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for (name, service) in raw.services {
+        let prefix = format!("services.{name}");
+        let Ok(service_name) = ServiceName::new(&name) else {
+            problems.push(format!(
+                "{prefix}: {name:?} is not a valid service name (a-z, 0-9 and '-')"
+            ));
+            continue;
+        };
+        let runtime = match service.runtime.as_deref().unwrap_or("process") {
+            "process" => RuntimeKind::Process,
+            other => {
+                problems.push(format!(
+                    "{prefix}.runtime: {other:?} is not available in this build (supported: \"process\")"
+                ));
+                RuntimeKind::Process
+            }
+        };
+        let command = service.command.unwrap_or_else(|| vec!["{artifact}".into()]);
+        if command.first().is_none_or(|c| c.trim().is_empty()) {
+            problems.push(format!(
+                "{prefix}.command: must name a program, e.g. [\"{{artifact}}\"]"
+            ));
+        }
+        let listen = match (service.listen.as_deref(), service.port) {
+            (Some(addr), _) => match addr.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!(
+                        "{prefix}.listen: {addr:?} is not an address like 127.0.0.1:8080"
+                    ));
+                    None
+                }
+            },
+            (None, Some(0)) => {
+                problems.push(format!("{prefix}.port: must not be 0"));
+                None
+            }
+            (None, Some(port)) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            (None, None) => {
+                problems.push(format!(
+                    "{prefix}: needs port = N (or listen = \"ADDR:PORT\") for its stable address"
+                ));
+                None
+            }
+        };
+        if let Some(addr) = listen {
+            if let Some(other) = listens.insert(addr, name.clone()) {
+                problems.push(format!(
+                    "{prefix}: listens on {addr}, as does services.{other}"
+                ));
+            }
+        }
+        let replicas = service.replicas.unwrap_or(1);
+        if replicas == 0 || replicas > ferry_protocol::command::MAX_REPLICAS {
+            problems.push(format!(
+                "{prefix}.replicas: {replicas} is outside 1..={}",
+                ferry_protocol::command::MAX_REPLICAS
+            ));
+        }
+        let defaults = HealthConfig::default();
+        let health = HealthConfig {
+            path: service.health.path.unwrap_or(defaults.path),
+            interval: duration(
+                &mut problems,
+                &format!("{prefix}.health.interval"),
+                service.health.interval.as_deref(),
+                defaults.interval,
+            ),
+            timeout: duration(
+                &mut problems,
+                &format!("{prefix}.health.timeout"),
+                service.health.timeout.as_deref(),
+                defaults.timeout,
+            ),
+            failure_threshold: service
+                .health
+                .failure_threshold
+                .unwrap_or(defaults.failure_threshold),
+            start_timeout: duration(
+                &mut problems,
+                &format!("{prefix}.health.start_timeout"),
+                service.health.start_timeout.as_deref(),
+                defaults.start_timeout,
+            ),
+        };
+        if let Err(e) = check_health_path(&health.path) {
+            problems.push(format!("{prefix}.health.path: {e}"));
+        }
+        if health.failure_threshold == 0 {
+            problems.push(format!(
+                "{prefix}.health.failure_threshold: must be at least 1"
+            ));
+        }
+        let stop_timeout = duration(
+            &mut problems,
+            &format!("{prefix}.stop_timeout"),
+            service.stop_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
+        if let Some(listen) = listen {
+            services.insert(
+                service_name.clone(),
+                ServiceConfig {
+                    name: service_name,
+                    runtime,
+                    command,
+                    listen,
+                    replicas,
+                    env: service.env,
+                    health,
+                    stop_timeout,
+                },
+            );
+        }
+    }
+
+    match environment {
+        Some(environment) if problems.is_empty() => Ok(AgentConfig {
+            environment,
+            nats_url,
+            nats_creds: raw.nats_creds,
+            state_dir,
+            trusted_keys: raw.trusted_keys,
+            heartbeat_interval,
+            metrics_interval,
+            shutdown_grace,
+            services,
+        }),
+        _ => Err(Error::Config(problems)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_complete_file_resolves() {
+        let key = ferry_protocol::SigningKey::generate().public_key();
+        let cfg = from_toml(&format!(
+            r#"
+            environment = "dev"
+            state_dir = "/tmp/x"
+            trusted_keys = ["{key}"]
+            [services.web]
+            command = ["{{artifact}}", "--port", "{{port}}"]
+            port = 18080
+            replicas = 2
+            [services.web.health]
+            path = "/healthz"
+            start_timeout = "5s"
+            "#
+        ))
+        .unwrap();
+        let web = &cfg.services[&ServiceName::new("web").unwrap()];
+        assert_eq!(web.replicas, 2);
+        assert_eq!(web.listen.port(), 18080);
+        assert_eq!(web.health.path, "/healthz");
+        assert_eq!(web.health.start_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let err = from_toml(
+            r#"
+            environment = "Dev Env"
+            heartbeat_interval = "soon"
+            trusted_keys = ["not-a-key"]
+            [services.web]
+            runtime = "mainframe"
+            replicas = 0
+            [services.web.health]
+            path = "health"
+            [services."Bad.Name"]
+            port = 1
+            "#,
+        )
+        .unwrap_err();
+        let Error::Config(problems) = err else {
+            panic!("{err}")
+        };
+        let text = problems.join("\n");
+        for expected in [
+            "environment:",
+            "state_dir: missing",
+            "trusted_keys:",
+            "heartbeat_interval",
+            "services.web.runtime",
+            "services.web.replicas",
+            "services.web: needs port",
+            "services.web.health.path",
+            "not a valid service name",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert!(problems.len() >= 9, "{text}");
+    }
+}

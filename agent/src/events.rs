@@ -1,0 +1,183 @@
+//! Publishing the agent's events. Outcomes go through JetStream and wait for
+//! its acknowledgement (they are what history and `--wait` rely on); progress,
+//! health and metrics are published fire-and-forget through a bounded queue,
+//! so a slow NATS never stalls a deployment.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use ferry_protocol::event::{AgentEvent, EventBody, ServiceEvent};
+use ferry_protocol::subject::{self, AgentEventKind};
+use ferry_protocol::{EnvName, Envelope, ServiceName};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Queue length between event producers and the publisher task.
+const QUEUE: usize = 1024;
+/// Tries for an outcome's JetStream publish before it is only logged.
+const DURABLE_TRIES: u32 = 5;
+
+/// Publishes events for one environment.
+#[derive(Clone)]
+pub struct EventPublisher {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    environment: EnvName,
+    source: String,
+}
+
+impl EventPublisher {
+    /// A publisher for `environment`'s agent.
+    pub fn new(client: async_nats::Client, environment: EnvName) -> Self {
+        let jetstream = jetstream::new(client.clone());
+        let source = format!("/ferry/agent/{environment}");
+        EventPublisher {
+            client,
+            jetstream,
+            environment,
+            source,
+        }
+    }
+
+    fn service_envelope(
+        &self,
+        service: &ServiceName,
+        command_id: Option<Uuid>,
+        body: EventBody,
+    ) -> (String, Option<Vec<u8>>) {
+        let subject = subject::event(&self.environment, service, body.kind());
+        let event = ServiceEvent {
+            environment: self.environment.clone(),
+            service: service.clone(),
+            command_id,
+            body,
+        };
+        let bytes = Envelope::new(self.source.clone(), event).to_bytes();
+        if let Err(e) = &bytes {
+            tracing::error!(%subject, error = %e, "could not encode event");
+        }
+        (subject, bytes.ok())
+    }
+
+    /// Publishes an event and waits until JetStream has stored it, retrying
+    /// with backoff; returns whether it was stored.
+    pub async fn publish_durable(
+        &self,
+        service: &ServiceName,
+        command_id: Option<Uuid>,
+        body: EventBody,
+    ) -> bool {
+        let (subject, Some(bytes)) = self.service_envelope(service, command_id, body) else {
+            return false;
+        };
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=DURABLE_TRIES {
+            let result = match self
+                .jetstream
+                .publish(subject.clone(), bytes.clone().into())
+                .await
+            {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(%subject, attempt, error = %e, "event not stored yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        // Still sent on core NATS so live watchers (ferry --wait) see it.
+        if let Err(e) = self.client.publish(subject.clone(), bytes.into()).await {
+            tracing::error!(%subject, error = %e, "event lost");
+        }
+        false
+    }
+
+    async fn publish_service(
+        &self,
+        service: &ServiceName,
+        command_id: Option<Uuid>,
+        body: EventBody,
+    ) {
+        let (subject, Some(bytes)) = self.service_envelope(service, command_id, body) else {
+            return;
+        };
+        if let Err(e) = self.client.publish(subject.clone(), bytes.into()).await {
+            tracing::warn!(%subject, error = %e, "could not publish event");
+        }
+    }
+
+    /// Publishes an agent-wide event.
+    pub async fn publish_agent(&self, event: AgentEvent) {
+        let kind = match event {
+            AgentEvent::Heartbeat(_) => AgentEventKind::Heartbeat,
+            AgentEvent::Refused { .. } => AgentEventKind::Refused,
+        };
+        let subject = subject::agent_event(&self.environment, kind);
+        match Envelope::new(self.source.clone(), event).to_bytes() {
+            Ok(bytes) => {
+                if let Err(e) = self.client.publish(subject.clone(), bytes.into()).await {
+                    tracing::warn!(%subject, error = %e, "could not publish agent event");
+                }
+            }
+            Err(e) => tracing::error!(%subject, error = %e, "could not encode agent event"),
+        }
+    }
+
+    /// Starts the fire-and-forget publisher; returns the sink producers use.
+    pub fn spawn_sink(
+        &self,
+        shutdown: CancellationToken,
+    ) -> (EventSink, tokio::task::JoinHandle<()>) {
+        let (tx, mut rx) = mpsc::channel::<(ServiceName, Option<Uuid>, EventBody)>(QUEUE);
+        let publisher = self.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    // Drain what is queued before leaving.
+                    biased;
+                    next = rx.recv() => match next {
+                        Some((service, id, body)) => publisher.publish_service(&service, id, body).await,
+                        None => return,
+                    },
+                    _ = shutdown.cancelled() => {
+                        while let Ok((service, id, body)) = rx.try_recv() {
+                            publisher.publish_service(&service, id, body).await;
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        (EventSink { tx }, task)
+    }
+}
+
+/// Where progress, health and metrics events are queued for publishing.
+#[derive(Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<(ServiceName, Option<Uuid>, EventBody)>,
+}
+
+impl EventSink {
+    /// Queues an event; when the queue is full the event is dropped and logged
+    /// rather than blocking the caller.
+    pub fn emit(&self, service: &ServiceName, command_id: Option<Uuid>, body: EventBody) {
+        if let Err(e) = self.tx.try_send((service.clone(), command_id, body)) {
+            tracing::warn!(%service, error = %e, "event queue full or closed; event dropped");
+        }
+    }
+
+    /// A sink whose events go nowhere (tests of components without NATS).
+    pub fn detached() -> (
+        EventSink,
+        mpsc::Receiver<(ServiceName, Option<Uuid>, EventBody)>,
+    ) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (EventSink { tx }, rx)
+    }
+}

@@ -1,0 +1,449 @@
+//! Carries out one verified command on one service: resolves what it means
+//! against the agent's state (which version is "previous", how many replicas),
+//! drives the service's backend, records the result, and reports the outcome.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_protocol::command::{
+    Action, ActionKind, Command, MaintenanceMode, ReleaseSpec, RollbackTarget,
+};
+use ferry_protocol::event::{EventBody, MaintenanceInfo};
+use ferry_protocol::{EnvName, ServiceName, Version};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::ServiceConfig;
+use crate::events::{EventPublisher, EventSink};
+use crate::runtime::{Progress, Replacement, RuntimeError, ServiceBackend};
+use crate::state::{ServiceRecord, State};
+
+/// A managed service: its configuration and its backend.
+#[derive(Clone)]
+pub struct ManagedEntry {
+    /// Configuration.
+    pub config: ServiceConfig,
+    /// Backend.
+    pub backend: Arc<dyn ServiceBackend>,
+}
+
+/// Whether the command reached an end that may be acknowledged.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// Done (succeeded, failed or refused); acknowledge it.
+    Done,
+    /// Cut short by shutdown before changing anything; leave it for redelivery.
+    Interrupted,
+}
+
+/// Executes commands against the agent's services.
+pub struct Executor {
+    environment: EnvName,
+    services: BTreeMap<ServiceName, ManagedEntry>,
+    state: Arc<Mutex<State>>,
+    publisher: EventPublisher,
+    sink: EventSink,
+}
+
+struct CommandProgress<'a> {
+    sink: &'a EventSink,
+    service: &'a ServiceName,
+    command_id: Uuid,
+    action: ActionKind,
+}
+
+impl Progress for CommandProgress<'_> {
+    fn step(&self, step: &str, version: Option<&Version>, ready: u32, desired: u32) {
+        self.sink.emit(
+            self.service,
+            Some(self.command_id),
+            EventBody::Progress {
+                action: self.action,
+                step: step.to_owned(),
+                version: version.cloned(),
+                ready,
+                desired,
+            },
+        );
+    }
+}
+
+impl Executor {
+    /// An executor over `services`.
+    pub fn new(
+        environment: EnvName,
+        services: BTreeMap<ServiceName, ManagedEntry>,
+        state: Arc<Mutex<State>>,
+        publisher: EventPublisher,
+        sink: EventSink,
+    ) -> Self {
+        Executor {
+            environment,
+            services,
+            state,
+            publisher,
+            sink,
+        }
+    }
+
+    /// The agent's environment.
+    pub fn environment(&self) -> &EnvName {
+        &self.environment
+    }
+
+    /// The managed services.
+    pub fn services(&self) -> &BTreeMap<ServiceName, ManagedEntry> {
+        &self.services
+    }
+
+    /// The record of one service.
+    pub fn record(&self, service: &ServiceName) -> ServiceRecord {
+        self.state
+            .lock()
+            .map(|s| s.service(service))
+            .unwrap_or_default()
+    }
+
+    /// Whether `id` was already executed.
+    pub fn was_executed(&self, id: &Uuid) -> bool {
+        self.state
+            .lock()
+            .map(|s| s.was_executed(id))
+            .unwrap_or(false)
+    }
+
+    /// Publishes a refusal of a command (durably: `--wait` and history rely on it).
+    pub async fn refuse(
+        &self,
+        service: &ServiceName,
+        command_id: Option<Uuid>,
+        refusal: &ferry_protocol::Refusal,
+    ) {
+        tracing::warn!(%service, ?command_id, reason = %refusal.reason, detail = %refusal.detail, "command refused");
+        self.publisher
+            .publish_durable(
+                service,
+                command_id,
+                EventBody::Refused {
+                    reason: refusal.reason,
+                    detail: refusal.detail.clone(),
+                },
+            )
+            .await;
+    }
+
+    /// Publishes that a command was accepted.
+    pub fn accepted(&self, service: &ServiceName, command_id: Uuid, action: ActionKind) {
+        self.sink
+            .emit(service, Some(command_id), EventBody::Accepted { action });
+    }
+
+    /// Carries out `command` (already verified and checked for replay).
+    pub async fn execute(&self, id: Uuid, expires: OffsetDateTime, command: Command) -> Completion {
+        let service = command.service.clone();
+        let Some(entry) = self.services.get(&service) else {
+            return Completion::Done;
+        };
+        let action = command.action.kind();
+        tracing::info!(%service, command_id = %id, %action, actor = ?command.actor, "executing command");
+        let progress = CommandProgress {
+            sink: &self.sink,
+            service: &service,
+            command_id: id,
+            action,
+        };
+        entry
+            .backend
+            .set_busy(!matches!(command.action, Action::Maintenance(_)));
+        let outcome = self.run(entry, command.action, &progress).await;
+        entry.backend.set_busy(false);
+
+        let body = match outcome {
+            Err(RuntimeError::Interrupted) => {
+                progress.step(
+                    "interrupted by agent shutdown; the command runs again after restart",
+                    None,
+                    0,
+                    0,
+                );
+                return Completion::Interrupted;
+            }
+            Ok(body) => body,
+            Err(e) => EventBody::Failed {
+                action,
+                version: None,
+                reason: e.to_string(),
+                serving: self.record(&service).current.map(|r| r.version),
+            },
+        };
+        match &body {
+            EventBody::Failed { reason, .. } => {
+                tracing::warn!(%service, command_id = %id, %reason, "command failed")
+            }
+            _ => tracing::info!(%service, command_id = %id, "command done"),
+        }
+        if let Err(e) =
+            self.persist(|state| state.mark_executed(id, expires, OffsetDateTime::now_utc()))
+        {
+            tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
+        }
+        self.publisher
+            .publish_durable(&service, Some(id), body)
+            .await;
+        Completion::Done
+    }
+
+    fn persist(&self, change: impl FnOnce(&mut State)) -> Result<(), crate::Error> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| crate::Error::Config(vec!["state lock poisoned".into()]))?;
+        change(&mut state);
+        state.save()
+    }
+
+    fn update_record(
+        &self,
+        service: &ServiceName,
+        change: impl FnOnce(&mut ServiceRecord),
+    ) -> Result<(), RuntimeError> {
+        self.persist(|state| {
+            let mut record = state.service(service);
+            change(&mut record);
+            state.set_service(service, record);
+        })
+        .map_err(|e| RuntimeError::Start {
+            replica: "-".into(),
+            detail: format!("the change is live but {e}"),
+        })
+    }
+
+    async fn run(
+        &self,
+        entry: &ManagedEntry,
+        action: Action,
+        progress: &CommandProgress<'_>,
+    ) -> Result<EventBody, RuntimeError> {
+        let service = &entry.config.name;
+        let record = self.record(service);
+        let kind = action.kind();
+        match action {
+            Action::Deploy {
+                release, replicas, ..
+            } => {
+                let replicas = replicas.unwrap_or_else(|| default_replicas(&record, &entry.config));
+                self.replace(
+                    entry,
+                    &record,
+                    release,
+                    replicas,
+                    Replacement::HealthGated,
+                    kind,
+                    progress,
+                )
+                .await
+            }
+            Action::Rollback { to, force, dry_run } => {
+                let target =
+                    match &to {
+                        RollbackTarget::Previous => record.previous.clone().ok_or_else(|| {
+                            RuntimeError::NothingDeployed(format!(
+                                "{service} has no previous version to roll back to"
+                            ))
+                        })?,
+                        RollbackTarget::Version(v) => {
+                            record.find(v).cloned().ok_or_else(|| {
+                                let known: Vec<&str> =
+                                    record.known.iter().map(|r| r.version.as_str()).collect();
+                                RuntimeError::NothingDeployed(format!(
+                            "version {v} of {service} is not known to this agent (known: {})",
+                            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        ))
+                            })?
+                        }
+                    };
+                let replicas = default_replicas(&record, &entry.config);
+                let current = record.current.as_ref().map(|r| r.version.clone());
+                if dry_run {
+                    return Ok(EventBody::DryRun {
+                        action: kind,
+                        plan: rollback_plan(entry, current.as_ref(), &target, replicas, force),
+                    });
+                }
+                if current.as_ref() == Some(&target.version) && !force {
+                    return Ok(EventBody::Succeeded {
+                        action: kind,
+                        version: Some(target.version.clone()),
+                        replicas,
+                        detail: format!("{} is already serving; nothing to do (use --force to replace it anyway)", target.version),
+                    });
+                }
+                let replacement = if force {
+                    Replacement::StopFirst
+                } else {
+                    Replacement::HealthGated
+                };
+                self.replace(
+                    entry,
+                    &record,
+                    target,
+                    replicas,
+                    replacement,
+                    kind,
+                    progress,
+                )
+                .await
+            }
+            Action::Scale { replicas } => {
+                entry.backend.scale(replicas, progress).await?;
+                self.update_record(service, |r| r.replicas = replicas)?;
+                let detail = match &record.current {
+                    Some(current) => format!("{service} {} scaled to {replicas} replicas", current.version),
+                    None => format!("nothing deployed yet; the next deploy of {service} uses {replicas} replicas"),
+                };
+                Ok(EventBody::Succeeded {
+                    action: kind,
+                    version: record.current.map(|r| r.version),
+                    replicas,
+                    detail,
+                })
+            }
+            Action::Maintenance(mode) => {
+                let (info, detail) = match mode {
+                    MaintenanceMode::Enable {
+                        message,
+                        duration_secs,
+                    } => {
+                        let until = duration_secs
+                            .map(|s| OffsetDateTime::now_utc() + Duration::from_secs(s));
+                        let detail = match duration_secs {
+                            Some(s) => format!(
+                                "maintenance on for {}",
+                                humantime::format_duration(Duration::from_secs(s))
+                            ),
+                            None => "maintenance on until disabled".to_owned(),
+                        };
+                        (Some(MaintenanceInfo { message, until }), detail)
+                    }
+                    MaintenanceMode::Disable => (None, "maintenance off".to_owned()),
+                };
+                entry.backend.set_maintenance(info.clone());
+                self.update_record(service, |r| r.maintenance = info)?;
+                Ok(EventBody::Succeeded {
+                    action: kind,
+                    version: record.current.map(|r| r.version),
+                    replicas: record.replicas,
+                    detail,
+                })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        &self,
+        entry: &ManagedEntry,
+        record: &ServiceRecord,
+        release: ReleaseSpec,
+        replicas: u32,
+        replacement: Replacement,
+        kind: ActionKind,
+        progress: &CommandProgress<'_>,
+    ) -> Result<EventBody, RuntimeError> {
+        let service = &entry.config.name;
+        let was = record.current.as_ref().map(|r| r.version.clone());
+        match entry
+            .backend
+            .deploy(&release, replicas, replacement, progress)
+            .await
+        {
+            Ok(()) => {
+                let version = release.version.clone();
+                self.update_record(service, |r| {
+                    r.promote(release);
+                    r.replicas = replicas;
+                })?;
+                let detail = match was {
+                    Some(was) if was != version => format!(
+                        "{service} {version} serving with {replicas} healthy replicas (was {was})"
+                    ),
+                    _ => format!("{service} {version} serving with {replicas} healthy replicas"),
+                };
+                Ok(EventBody::Succeeded {
+                    action: kind,
+                    version: Some(version),
+                    replicas,
+                    detail,
+                })
+            }
+            Err(RuntimeError::Interrupted) => Err(RuntimeError::Interrupted),
+            Err(e) => {
+                let serving = if replacement == Replacement::StopFirst {
+                    None
+                } else {
+                    was
+                };
+                Ok(EventBody::Failed {
+                    action: kind,
+                    version: Some(release.version),
+                    reason: e.to_string(),
+                    serving,
+                })
+            }
+        }
+    }
+}
+
+fn default_replicas(record: &ServiceRecord, config: &ServiceConfig) -> u32 {
+    if record.current.is_some() && record.replicas > 0 {
+        record.replicas
+    } else {
+        config.replicas
+    }
+}
+
+fn rollback_plan(
+    entry: &ManagedEntry,
+    current: Option<&Version>,
+    target: &ReleaseSpec,
+    replicas: u32,
+    force: bool,
+) -> Vec<String> {
+    let service = &entry.config.name;
+    let health = &entry.config.health;
+    let current_text = current
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "nothing".into());
+    let mut plan = vec![format!(
+        "roll back {service} from {current_text} to {} ({})",
+        target.version, target.artifact
+    )];
+    if current == Some(&target.version) && !force {
+        plan.push(format!(
+            "nothing to do: {} is already serving",
+            target.version
+        ));
+        return plan;
+    }
+    if force {
+        plan.push(format!(
+            "stop the replicas of {current_text} first (--force)"
+        ));
+    }
+    plan.push(format!("start {replicas} replicas of {}", target.version));
+    plan.push(format!(
+        "wait up to {} for {} to pass on each",
+        humantime::format_duration(health.start_timeout),
+        health.path
+    ));
+    plan.push(format!(
+        "switch {} to the new replicas",
+        entry.config.listen
+    ));
+    if !force {
+        plan.push(format!("stop the replicas of {current_text}; if {} fails its checks, {current_text} keeps serving", target.version));
+    }
+    plan.push("no change is made by a dry run".into());
+    plan
+}

@@ -1,0 +1,535 @@
+//! A service whose replicas the agent owns (process and Docker runtimes): the
+//! agent's proxy is its stable address, the agent checks each replica's health,
+//! restarts crashed replicas with backoff, and replaces releases health-gated.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use ferry_protocol::command::ReleaseSpec;
+use ferry_protocol::event::{
+    EventBody, MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot,
+    ServiceState,
+};
+use futures::future::join_all;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RuntimeKind;
+use crate::events::EventSink;
+use crate::proxy::Proxy;
+use crate::runtime::{
+    Progress, Replacement, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
+    ServiceBackend,
+};
+
+/// Longest wait before restarting a crashed replica.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
+struct Slot {
+    handle: ReplicaHandle,
+    healthy: bool,
+    failures: u32,
+    restarts: u32,
+    exit_reported: bool,
+    restart_at: Option<Instant>,
+}
+
+impl Slot {
+    fn new(handle: ReplicaHandle, healthy: bool, restarts: u32) -> Self {
+        Slot {
+            handle,
+            healthy,
+            failures: 0,
+            restarts,
+            exit_reported: false,
+            restart_at: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct ReplicaSet {
+    release: Option<ReleaseSpec>,
+    desired: u32,
+    slots: Vec<Slot>,
+}
+
+impl ReplicaSet {
+    fn healthy_addresses(&self) -> Vec<SocketAddr> {
+        self.slots
+            .iter()
+            .filter(|s| s.healthy && s.handle.exited().is_none())
+            .map(|s| s.handle.address)
+            .collect()
+    }
+}
+
+/// A service on a runtime where the agent owns the replicas.
+pub struct ManagedService {
+    ctx: ReplicaContext,
+    runtime: Arc<dyn ReplicaRuntime>,
+    proxy: Proxy,
+    set: Mutex<ReplicaSet>,
+    busy: AtomicBool,
+    events: EventSink,
+    http: reqwest::Client,
+    next_id: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl ManagedService {
+    /// Starts the service's proxy and supervisor; no replica runs yet.
+    pub async fn start(
+        ctx: ReplicaContext,
+        runtime: Arc<dyn ReplicaRuntime>,
+        events: EventSink,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, crate::Error> {
+        let proxy = Proxy::serve(
+            ctx.service.name.as_str(),
+            ctx.service.listen,
+            shutdown.clone(),
+        )
+        .await?;
+        let http = reqwest::Client::builder()
+            .timeout(ctx.service.health.timeout)
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| RuntimeError::Start {
+                replica: "-".into(),
+                detail: format!("HTTP client: {e}"),
+            })?;
+        let service = Arc::new(ManagedService {
+            ctx,
+            runtime,
+            proxy,
+            set: Mutex::new(ReplicaSet::default()),
+            busy: AtomicBool::new(false),
+            events,
+            http,
+            next_id: AtomicU64::new(1),
+            shutdown,
+        });
+        tokio::spawn(supervise(
+            Arc::downgrade(&service),
+            service.shutdown.clone(),
+            service.ctx.service.health.interval,
+        ));
+        Ok(service)
+    }
+
+    fn replica_id(&self, release: &ReleaseSpec) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!(
+            "{}-{}-{n}-{}",
+            self.ctx.service.name,
+            release.version,
+            &suffix[..6]
+        )
+    }
+
+    async fn check(&self, address: SocketAddr) -> Result<(), String> {
+        let url = format!("http://{address}{}", self.ctx.service.health.path);
+        match self.http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+            Err(e) if e.is_timeout() => Err(format!(
+                "no answer within {:?}",
+                self.ctx.service.health.timeout
+            )),
+            Err(e) if e.is_connect() => Err("connection refused".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn start_replicas(
+        &self,
+        release: &ReleaseSpec,
+        count: u32,
+    ) -> Result<Vec<ReplicaHandle>, RuntimeError> {
+        let mut started = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            match self
+                .runtime
+                .start(&self.ctx, release, &self.replica_id(release))
+                .await
+            {
+                Ok(handle) => started.push(handle),
+                Err(e) => {
+                    self.stop_all(started).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(started)
+    }
+
+    async fn stop_all(&self, handles: Vec<ReplicaHandle>) {
+        let grace = self.ctx.service.stop_timeout;
+        join_all(handles.iter().map(|h| h.stop(grace))).await;
+    }
+
+    /// Waits until every replica in `handles` passes its health check, one
+    /// exits, the start timeout passes, or the agent shuts down.
+    async fn wait_healthy(
+        &self,
+        handles: &[ReplicaHandle],
+        release: &ReleaseSpec,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError> {
+        let health = &self.ctx.service.health;
+        let deadline = Instant::now() + health.start_timeout;
+        let total = u32::try_from(handles.len()).unwrap_or(u32::MAX);
+        let mut healthy = vec![false; handles.len()];
+        let mut last_error = String::from("not checked yet");
+        let mut reported = u32::MAX;
+        loop {
+            for handle in handles {
+                if let Some(exit) = handle.exited() {
+                    return Err(RuntimeError::Unhealthy(format!(
+                        "replica {} of {} {} before becoming healthy",
+                        handle.id, release.version, exit.detail
+                    )));
+                }
+            }
+            let pending: Vec<usize> = (0..handles.len()).filter(|i| !healthy[*i]).collect();
+            let results = join_all(pending.iter().map(|i| self.check(handles[*i].address))).await;
+            for (i, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => healthy[i] = true,
+                    Err(e) => last_error = e,
+                }
+            }
+            let ready = u32::try_from(healthy.iter().filter(|h| **h).count()).unwrap_or(0);
+            if ready != reported {
+                progress.step(
+                    "waiting for health checks",
+                    Some(&release.version),
+                    ready,
+                    total,
+                );
+                reported = ready;
+            }
+            if ready == total {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(RuntimeError::Unhealthy(format!(
+                    "{} of {total} replicas of {} did not pass {} within {} (last check: {last_error})",
+                    total - ready,
+                    release.version,
+                    health.path,
+                    humantime::format_duration(health.start_timeout),
+                )));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(health.interval) => {}
+                _ = self.shutdown.cancelled() => return Err(RuntimeError::Interrupted),
+            }
+        }
+    }
+
+    /// One round of supervision: health checks, crash detection, restarts.
+    async fn supervise_once(&self) {
+        let targets: Vec<(String, SocketAddr)> = {
+            let set = self.set.lock().await;
+            set.slots
+                .iter()
+                .filter(|s| s.handle.exited().is_none())
+                .map(|s| (s.handle.id.clone(), s.handle.address))
+                .collect()
+        };
+        let results = join_all(targets.iter().map(|(_, a)| self.check(*a))).await;
+        let results: HashMap<String, bool> = targets
+            .into_iter()
+            .map(|(id, _)| id)
+            .zip(results.into_iter().map(|r| r.is_ok()))
+            .collect();
+
+        let mut set = self.set.lock().await;
+        let threshold = self.ctx.service.health.failure_threshold;
+        let release = set.release.clone();
+        let now = Instant::now();
+        for slot in set.slots.iter_mut() {
+            if let Some(exit) = slot.handle.exited() {
+                slot.healthy = false;
+                if !slot.exit_reported {
+                    slot.exit_reported = true;
+                    let backoff = restart_backoff(slot.restarts);
+                    slot.restart_at = Some(now + backoff);
+                    tracing::warn!(replica = %slot.handle.id, exit = %exit.detail, ?backoff, "replica exited; restarting");
+                    if let Some(release) = &release {
+                        self.events.emit(
+                            &self.ctx.service.name,
+                            None,
+                            EventBody::ReplicaExited {
+                                replica: slot.handle.id.clone(),
+                                version: release.version.clone(),
+                                code: exit.code,
+                                restarts: slot.restarts,
+                                detail: format!(
+                                    "{}; restarting in {}",
+                                    exit.detail,
+                                    humantime::format_duration(backoff)
+                                ),
+                            },
+                        );
+                    }
+                }
+                if let (Some(at), Some(release)) = (slot.restart_at, &release) {
+                    if at <= now {
+                        let id = self.replica_id(release);
+                        match self.runtime.start(&self.ctx, release, &id).await {
+                            Ok(handle) => *slot = Slot::new(handle, false, slot.restarts + 1),
+                            Err(e) => {
+                                slot.restarts += 1;
+                                slot.restart_at = Some(now + restart_backoff(slot.restarts));
+                                tracing::error!(error = %e, "replica restart failed");
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
+            match results.get(&slot.handle.id) {
+                Some(true) => {
+                    slot.healthy = true;
+                    slot.failures = 0;
+                }
+                Some(false) => {
+                    slot.failures += 1;
+                    if slot.failures >= threshold {
+                        slot.healthy = false;
+                    }
+                }
+                None => {}
+            }
+        }
+        self.proxy.set_backends(set.healthy_addresses());
+    }
+}
+
+fn restart_backoff(restarts: u32) -> Duration {
+    Duration::from_secs(1u64 << restarts.min(5)).min(MAX_RESTART_BACKOFF)
+}
+
+async fn supervise(
+    service: std::sync::Weak<ManagedService>,
+    shutdown: CancellationToken,
+    interval: Duration,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        service.supervise_once().await;
+    }
+}
+
+#[async_trait]
+impl ServiceBackend for ManagedService {
+    fn runtime(&self) -> RuntimeKind {
+        self.runtime.kind()
+    }
+
+    async fn deploy(
+        &self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        replacement: Replacement,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError> {
+        self.runtime.prepare(&self.ctx, release).await?;
+        if replacement == Replacement::StopFirst {
+            let old = {
+                let mut set = self.set.lock().await;
+                self.proxy.set_backends(Vec::new());
+                set.release = None;
+                std::mem::take(&mut set.slots)
+            };
+            progress.step(
+                "stopping current replicas first (forced)",
+                None,
+                0,
+                replicas,
+            );
+            self.stop_all(old.into_iter().map(|s| s.handle).collect())
+                .await;
+        }
+        progress.step("starting replicas", Some(&release.version), 0, replicas);
+        let new = self.start_replicas(release, replicas).await?;
+        if let Err(e) = self.wait_healthy(&new, release, progress).await {
+            progress.step(
+                "stopping the new replicas",
+                Some(&release.version),
+                0,
+                replicas,
+            );
+            self.stop_all(new).await;
+            return Err(e);
+        }
+        let old = {
+            let mut set = self.set.lock().await;
+            let addresses: Vec<SocketAddr> = new.iter().map(|h| h.address).collect();
+            let slots = new.into_iter().map(|h| Slot::new(h, true, 0)).collect();
+            let old = std::mem::replace(&mut set.slots, slots);
+            set.release = Some(release.clone());
+            set.desired = replicas;
+            self.proxy.set_backends(addresses);
+            old
+        };
+        if !old.is_empty() {
+            progress.step(
+                "stopping previous replicas",
+                Some(&release.version),
+                replicas,
+                replicas,
+            );
+            self.stop_all(old.into_iter().map(|s| s.handle).collect())
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn scale(&self, replicas: u32, progress: &dyn Progress) -> Result<(), RuntimeError> {
+        let (release, current) = {
+            let mut set = self.set.lock().await;
+            if set.release.is_none() {
+                set.desired = replicas;
+                return Ok(());
+            }
+            (
+                set.release.clone(),
+                u32::try_from(set.slots.len()).unwrap_or(u32::MAX),
+            )
+        };
+        let Some(release) = release else {
+            return Ok(());
+        };
+        if replicas > current {
+            let extra = replicas - current;
+            progress.step(
+                "starting replicas",
+                Some(&release.version),
+                current,
+                replicas,
+            );
+            let new = self.start_replicas(&release, extra).await?;
+            if let Err(e) = self.wait_healthy(&new, &release, progress).await {
+                self.stop_all(new).await;
+                return Err(e);
+            }
+            let mut set = self.set.lock().await;
+            set.slots
+                .extend(new.into_iter().map(|h| Slot::new(h, true, 0)));
+            set.desired = replicas;
+            self.proxy.set_backends(set.healthy_addresses());
+        } else if replicas < current {
+            let removed = {
+                let mut set = self.set.lock().await;
+                let keep = replicas as usize;
+                let removed: Vec<Slot> = set.slots.drain(keep..).collect();
+                set.desired = replicas;
+                self.proxy.set_backends(set.healthy_addresses());
+                removed
+            };
+            progress.step(
+                "stopping replicas",
+                Some(&release.version),
+                replicas,
+                replicas,
+            );
+            self.stop_all(removed.into_iter().map(|s| s.handle).collect())
+                .await;
+        } else {
+            self.set.lock().await.desired = replicas;
+        }
+        Ok(())
+    }
+
+    fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>) {
+        self.proxy.set_maintenance(maintenance);
+    }
+
+    async fn health(&self) -> ServiceHealth {
+        let set = self.set.lock().await;
+        let replicas: Vec<ReplicaHealth> = set
+            .release
+            .as_ref()
+            .map(|release| {
+                set.slots
+                    .iter()
+                    .map(|s| ReplicaHealth {
+                        replica: s.handle.id.clone(),
+                        version: release.version.clone(),
+                        address: s.handle.address.to_string(),
+                        healthy: s.healthy && s.handle.exited().is_none(),
+                        restarts: s.restarts,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ServiceHealth {
+            version: set.release.as_ref().map(|r| r.version.clone()),
+            desired: set.desired,
+            healthy: u32::try_from(replicas.iter().filter(|r| r.healthy).count()).unwrap_or(0),
+            replicas,
+        }
+    }
+
+    fn take_metrics(&self) -> Option<ServiceMetrics> {
+        Some(self.proxy.take_metrics())
+    }
+
+    async fn snapshot(&self) -> ServiceSnapshot {
+        let health = self.health().await;
+        let maintenance = self.proxy.maintenance();
+        let state = if self.busy.load(Ordering::Relaxed) {
+            ServiceState::Deploying
+        } else if maintenance.is_some() {
+            ServiceState::Maintenance
+        } else if health.version.is_none() {
+            ServiceState::Idle
+        } else if health.desired == 0 {
+            ServiceState::Stopped
+        } else if health.healthy < health.desired {
+            ServiceState::Degraded
+        } else {
+            ServiceState::Running
+        };
+        ServiceSnapshot {
+            service: self.ctx.service.name.clone(),
+            version: health.version,
+            previous: None,
+            replicas_desired: health.desired,
+            replicas_healthy: health.healthy,
+            state,
+            maintenance,
+            runtime: self.runtime.kind().as_str().to_owned(),
+            address: Some(self.ctx.service.listen.to_string()),
+        }
+    }
+
+    fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let slots = std::mem::take(&mut self.set.lock().await.slots);
+        self.proxy.set_backends(Vec::new());
+        self.stop_all(slots.into_iter().map(|s| s.handle).collect())
+            .await;
+    }
+}

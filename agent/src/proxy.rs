@@ -1,0 +1,332 @@
+//! The service's stable address: a reverse proxy inside the agent that spreads
+//! requests over healthy replicas, measures them for the metrics events, and
+//! answers 503 with the maintenance message while maintenance is on.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_protocol::event::{MaintenanceInfo, ServiceMetrics};
+use hdrhistogram::Histogram;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Most client connections one service's proxy serves at once.
+const MAX_CONNECTIONS: usize = 4096;
+/// Retry-After sent while maintenance has no end time.
+const DEFAULT_RETRY_AFTER_SECS: i64 = 300;
+/// Latency histogram bounds, microseconds (1 µs to 10 min).
+const LATENCY_MAX_US: u64 = 600_000_000;
+
+/// A handle on one service's proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    service: String,
+    backends: RwLock<Arc<Vec<SocketAddr>>>,
+    next: AtomicUsize,
+    maintenance: RwLock<Option<MaintenanceInfo>>,
+    stats: Mutex<Stats>,
+    client: Client<HttpConnector, Body>,
+}
+
+struct Stats {
+    since: Instant,
+    requests: u64,
+    errors: u64,
+    latency_us: Option<Histogram<u64>>,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Stats {
+            since: Instant::now(),
+            requests: 0,
+            errors: 0,
+            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).ok(),
+        }
+    }
+}
+
+impl Proxy {
+    /// Binds `address` and serves until `shutdown`.
+    pub async fn serve(
+        service: &str,
+        address: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<Proxy, crate::Error> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| crate::Error::Bind {
+                service: service.to_owned(),
+                address,
+                source,
+            })?;
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        let shared = Arc::new(Shared {
+            service: service.to_owned(),
+            backends: RwLock::new(Arc::new(Vec::new())),
+            next: AtomicUsize::new(0),
+            maintenance: RwLock::new(None),
+            stats: Mutex::new(Stats::new()),
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(connector),
+        });
+        tokio::spawn(accept_loop(listener, shared.clone(), shutdown));
+        Ok(Proxy { shared })
+    }
+
+    /// Replaces the set of replicas that receive traffic, atomically.
+    pub fn set_backends(&self, backends: Vec<SocketAddr>) {
+        if let Ok(mut guard) = self.shared.backends.write() {
+            *guard = Arc::new(backends);
+        }
+    }
+
+    /// The replicas receiving traffic.
+    pub fn backends(&self) -> Arc<Vec<SocketAddr>> {
+        self.shared
+            .backends
+            .read()
+            .map(|b| b.clone())
+            .unwrap_or_default()
+    }
+
+    /// Turns maintenance on or off.
+    pub fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>) {
+        if let Ok(mut guard) = self.shared.maintenance.write() {
+            *guard = maintenance;
+        }
+    }
+
+    /// Maintenance in force now (an ended one counts as off).
+    pub fn maintenance(&self) -> Option<MaintenanceInfo> {
+        self.shared.maintenance_now()
+    }
+
+    /// Traffic since the last call.
+    pub fn take_metrics(&self) -> ServiceMetrics {
+        let Ok(mut stats) = self.shared.stats.lock() else {
+            return ServiceMetrics::default();
+        };
+        let old = std::mem::replace(&mut *stats, Stats::new());
+        drop(stats);
+        let secs = old.since.elapsed().as_secs_f64().max(f64::EPSILON);
+        let quantile = |q: f64| {
+            old.latency_us
+                .as_ref()
+                .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+                .unwrap_or(0.0)
+        };
+        ServiceMetrics {
+            interval_secs: secs,
+            requests: old.requests,
+            errors: old.errors,
+            error_rate: if old.requests == 0 {
+                0.0
+            } else {
+                old.errors as f64 / old.requests as f64
+            },
+            requests_per_sec: old.requests as f64 / secs,
+            p50_ms: quantile(0.50),
+            p95_ms: quantile(0.95),
+            p99_ms: quantile(0.99),
+        }
+    }
+}
+
+impl Shared {
+    fn maintenance_now(&self) -> Option<MaintenanceInfo> {
+        let guard = self.maintenance.read().ok()?;
+        let info = guard.as_ref()?;
+        match info.until {
+            Some(until) if until <= OffsetDateTime::now_utc() => None,
+            _ => Some(info.clone()),
+        }
+    }
+
+    fn record(&self, started: Instant, failed: bool) {
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.requests += 1;
+            if failed {
+                stats.errors += 1;
+            }
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(LATENCY_MAX_US);
+            if let Some(h) = stats.latency_us.as_mut() {
+                h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+            }
+        }
+    }
+
+    fn pick(&self, backends: &[SocketAddr]) -> Option<SocketAddr> {
+        if backends.is_empty() {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        backends.get(n % backends.len()).copied()
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(service = %shared.service, error = %e, "proxy accept failed");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "proxy connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if let Some(maintenance) = shared.maintenance_now() {
+        let retry_after = maintenance
+            .until
+            .map(|until| (until - OffsetDateTime::now_utc()).whole_seconds().max(1))
+            .unwrap_or(DEFAULT_RETRY_AFTER_SECS);
+        let mut response = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", maintenance.message),
+        );
+        if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
+            response.headers_mut().insert(RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
+
+    let started = Instant::now();
+    let backends = shared
+        .backends
+        .read()
+        .map(|b| b.clone())
+        .unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    // Requests without a body can be replayed, so a replica that went away
+    // between pick and connect costs a retry on the next one, not an error.
+    let replayable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let attempts = if replayable {
+        backends.len().clamp(1, 3)
+    } else {
+        1
+    };
+    let mut body = Some(body.boxed());
+    let mut last_error = String::from("no healthy replica");
+    for _ in 0..attempts {
+        let Some(backend) = shared.pick(&backends) else {
+            break;
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let Ok(uri) = format!("http://{backend}{path}").parse::<hyper::Uri>() else {
+            last_error = "invalid request path".into();
+            break;
+        };
+        let outgoing_body = if replayable {
+            Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed()
+        } else {
+            match body.take() {
+                Some(b) => b,
+                None => break,
+            }
+        };
+        let mut outgoing = Request::new(outgoing_body);
+        *outgoing.method_mut() = parts.method.clone();
+        *outgoing.uri_mut() = uri;
+        *outgoing.headers_mut() = parts.headers.clone();
+        if !parts.headers.contains_key(HOST) {
+            if let Ok(host) = HeaderValue::from_str(&backend.to_string()) {
+                outgoing.headers_mut().insert(HOST, host);
+            }
+        }
+        match shared.client.request(outgoing).await {
+            Ok(response) => {
+                shared.record(started, response.status().is_server_error());
+                return Ok(response.map(|b| b.boxed()));
+            }
+            Err(e) => {
+                tracing::debug!(service = %shared.service, %backend, error = %e, "upstream request failed");
+                last_error = format!("replica {backend} failed: {e}");
+            }
+        }
+    }
+    shared.record(started, true);
+    let status = if backends.is_empty() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Ok(text(status, format!("ferry: {last_error}\n")))
+}

@@ -1,0 +1,213 @@
+//! The runtime seam, at two levels.
+//!
+//! - [`ServiceBackend`] is what the command executor drives: deploy a release
+//!   health-gated, scale, maintenance, snapshot, stop. Runtimes where the agent
+//!   owns the replicas (processes, Docker) implement it once, in
+//!   [`crate::managed::ManagedService`], which adds the agent's proxy, health
+//!   checks and crash restarts on top of a [`ReplicaRuntime`]. A runtime where
+//!   a cluster owns the replicas and routes the traffic (Kubernetes: a
+//!   Deployment and a Service) implements [`ServiceBackend`] directly and has no
+//!   agent proxy in the path.
+//! - [`ReplicaRuntime`] starts and stops one replica: a child process here, a
+//!   container through the Docker API next.
+
+pub mod process;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_protocol::command::ReleaseSpec;
+use ferry_protocol::event::{MaintenanceInfo, ServiceHealth, ServiceMetrics, ServiceSnapshot};
+use ferry_protocol::{EnvName, Version};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{RuntimeKind, ServiceConfig};
+
+/// Errors of runtimes and backends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The artifact is not there or cannot run; nothing running was touched.
+    #[error("artifact {artifact:?} cannot be used: {detail}")]
+    Artifact {
+        /// The artifact.
+        artifact: String,
+        /// Why.
+        detail: String,
+    },
+    /// A replica could not be started.
+    #[error("could not start replica {replica}: {detail}")]
+    Start {
+        /// Replica id.
+        replica: String,
+        /// Why.
+        detail: String,
+    },
+    /// New replicas did not become healthy; the previous version keeps serving.
+    #[error("{0}")]
+    Unhealthy(String),
+    /// Nothing is deployed to act on.
+    #[error("{0}")]
+    NothingDeployed(String),
+    /// The operation was cut short by shutdown; the previous state was kept.
+    #[error("interrupted by agent shutdown; the previous version keeps serving")]
+    Interrupted,
+}
+
+/// How a replica ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Exit code, if it exited by itself.
+    pub code: Option<i32>,
+    /// A sentence: "exited with code 3", "killed by signal 9".
+    pub detail: String,
+    /// Whether the agent asked it to stop.
+    pub requested: bool,
+}
+
+/// A running replica, whatever the runtime.
+#[derive(Debug)]
+pub struct ReplicaHandle {
+    /// Unique id: `<service>-<version>-<n>-<suffix>`.
+    pub id: String,
+    /// Where it serves HTTP.
+    pub address: SocketAddr,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    stop: mpsc::Sender<Duration>,
+}
+
+impl ReplicaHandle {
+    /// Built by a runtime: `exit` turns `Some` when the replica has ended;
+    /// a message on `stop` asks it to end within the given grace period.
+    pub fn new(
+        id: String,
+        address: SocketAddr,
+        exit: watch::Receiver<Option<ExitInfo>>,
+        stop: mpsc::Sender<Duration>,
+    ) -> Self {
+        ReplicaHandle {
+            id,
+            address,
+            exit,
+            stop,
+        }
+    }
+
+    /// How it ended, if it has.
+    pub fn exited(&self) -> Option<ExitInfo> {
+        self.exit.borrow().clone()
+    }
+
+    /// Stops it (graceful, then forced after `grace`) and waits until it has ended.
+    pub async fn stop(&self, grace: Duration) -> ExitInfo {
+        // A closed channel means the replica's supervisor already finished.
+        let _ = self.stop.send(grace).await;
+        let mut exit = self.exit.clone();
+        loop {
+            if let Some(info) = exit.borrow_and_update().clone() {
+                return info;
+            }
+            if exit.changed().await.is_err() {
+                return exit.borrow().clone().unwrap_or(ExitInfo {
+                    code: None,
+                    detail: "replica supervisor ended".into(),
+                    requested: true,
+                });
+            }
+        }
+    }
+}
+
+/// What a runtime needs to know to start a replica of a service.
+#[derive(Clone, Debug)]
+pub struct ReplicaContext {
+    /// The agent's environment.
+    pub environment: EnvName,
+    /// The service's configuration.
+    pub service: ServiceConfig,
+    /// Where replica output goes.
+    pub log_dir: PathBuf,
+}
+
+/// Starts and stops single replicas.
+#[async_trait]
+pub trait ReplicaRuntime: Send + Sync + 'static {
+    /// Which runtime this is.
+    fn kind(&self) -> RuntimeKind;
+
+    /// Checks that `release` can run here, before anything running is touched.
+    async fn prepare(
+        &self,
+        ctx: &ReplicaContext,
+        release: &ReleaseSpec,
+    ) -> Result<(), RuntimeError>;
+
+    /// Starts one replica; returns once it is started (not yet healthy).
+    async fn start(
+        &self,
+        ctx: &ReplicaContext,
+        release: &ReleaseSpec,
+        replica_id: &str,
+    ) -> Result<ReplicaHandle, RuntimeError>;
+}
+
+/// Where a backend reports the steps of a command in progress.
+pub trait Progress: Send + Sync {
+    /// One step: what is happening, for which version, how many replicas are ready.
+    fn step(&self, step: &str, version: Option<&Version>, ready: u32, desired: u32);
+}
+
+/// A progress sink that drops everything (restores at start-up, tests).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn step(&self, _: &str, _: Option<&Version>, _: u32, _: u32) {}
+}
+
+/// How to replace what is running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replacement {
+    /// Start the new set beside the old, switch when healthy, then stop the old.
+    HealthGated,
+    /// Stop the old set first (a forced rollback away from a broken version).
+    StopFirst,
+}
+
+/// One service as the command executor drives it.
+#[async_trait]
+pub trait ServiceBackend: Send + Sync {
+    /// Runtime name for snapshots.
+    fn runtime(&self) -> RuntimeKind;
+
+    /// Replaces the running release with `release` at `replicas`. On failure
+    /// the previous release keeps serving (with [`Replacement::HealthGated`]).
+    async fn deploy(
+        &self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        replacement: Replacement,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError>;
+
+    /// Changes the replica count of the running release.
+    async fn scale(&self, replicas: u32, progress: &dyn Progress) -> Result<(), RuntimeError>;
+
+    /// Turns maintenance on (`Some`) or off.
+    fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>);
+
+    /// Health of every replica.
+    async fn health(&self) -> ServiceHealth;
+
+    /// Traffic since the last call, if this backend sees the traffic.
+    fn take_metrics(&self) -> Option<ServiceMetrics>;
+
+    /// The service's state for heartbeats and status.
+    async fn snapshot(&self) -> ServiceSnapshot;
+
+    /// Marks a command in progress (for the `deploying` state).
+    fn set_busy(&self, busy: bool);
+
+    /// Stops every replica and the proxy.
+    async fn shutdown(&self);
+}

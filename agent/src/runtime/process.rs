@@ -1,0 +1,226 @@
+//! The process runtime: each replica is a child process of the agent, started
+//! from the service's command template with no shell, a cleared environment
+//! and a free loopback port in `$PORT`.
+//!
+//! Replicas do not outlive the agent: they are its children and are stopped
+//! when it shuts down; a restarted agent restores them from its state file.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_protocol::command::ReleaseSpec;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+
+use super::{ExitInfo, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError};
+use crate::config::RuntimeKind;
+
+/// Variables passed through from the agent's own environment; everything else
+/// a replica sees comes from configuration and the release.
+const INHERITED_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
+/// Runs replicas as child processes.
+#[derive(Debug, Default)]
+pub struct ProcessRuntime;
+
+#[async_trait]
+impl ReplicaRuntime for ProcessRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Process
+    }
+
+    async fn prepare(
+        &self,
+        ctx: &ReplicaContext,
+        release: &ReleaseSpec,
+    ) -> Result<(), RuntimeError> {
+        let program = program(ctx, release, 0);
+        let bad = |detail: String| RuntimeError::Artifact {
+            artifact: release.artifact.clone(),
+            detail,
+        };
+        let path = Path::new(&program);
+        if !path.is_absolute() {
+            return Err(bad(format!(
+                "the program {program:?} must be an absolute path"
+            )));
+        }
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| bad(format!("{program}: {e}")))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(bad(format!("{program} is not an executable file")));
+        }
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        ctx: &ReplicaContext,
+        release: &ReleaseSpec,
+        replica_id: &str,
+    ) -> Result<ReplicaHandle, RuntimeError> {
+        let fail = |detail: String| RuntimeError::Start {
+            replica: replica_id.to_owned(),
+            detail,
+        };
+        let port = free_port().map_err(|e| fail(format!("no free port: {e}")))?;
+        let args: Vec<String> = ctx
+            .service
+            .command
+            .iter()
+            .map(|a| substitute(a, ctx, release, port))
+            .collect();
+        let Some((program, rest)) = args.split_first() else {
+            return Err(fail("empty command".into()));
+        };
+        let log = open_log(&ctx.log_dir, ctx.service.name.as_str())
+            .map_err(|e| fail(format!("log file: {e}")))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| fail(format!("log file: {e}")))?;
+
+        let mut command = Command::new(program);
+        command
+            .args(rest)
+            .env_clear()
+            .envs(
+                INHERITED_ENV
+                    .iter()
+                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
+            )
+            .envs(&ctx.service.env)
+            .envs(&release.env)
+            .envs(ferry_env(ctx, release, replica_id, port))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // A replica never outlives an agent that drops it without stopping it.
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .map_err(|e| fail(format!("{program}: {e}")))?;
+
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        tokio::spawn(supervise(child, stop_rx, exit_tx));
+        Ok(ReplicaHandle::new(
+            replica_id.to_owned(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            exit_rx,
+            stop_tx,
+        ))
+    }
+}
+
+/// The variables ferry sets last, so neither configuration nor a release can
+/// change what a replica believes it is or where it listens.
+fn ferry_env(
+    ctx: &ReplicaContext,
+    release: &ReleaseSpec,
+    replica_id: &str,
+    port: u16,
+) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("PORT", port.to_string()),
+        ("FERRY_ENVIRONMENT", ctx.environment.to_string()),
+        ("FERRY_SERVICE", ctx.service.name.to_string()),
+        ("FERRY_VERSION", release.version.to_string()),
+        ("FERRY_REPLICA", replica_id.to_owned()),
+    ])
+}
+
+fn program(ctx: &ReplicaContext, release: &ReleaseSpec, port: u16) -> String {
+    ctx.service
+        .command
+        .first()
+        .map(|p| substitute(p, ctx, release, port))
+        .unwrap_or_default()
+}
+
+/// Substitutes placeholders in one argument. Values become whole arguments of
+/// `execve`, never shell text, so metacharacters in them are inert.
+fn substitute(template: &str, ctx: &ReplicaContext, release: &ReleaseSpec, port: u16) -> String {
+    template
+        .replace("{artifact}", &release.artifact)
+        .replace("{port}", &port.to_string())
+        .replace("{version}", release.version.as_str())
+        .replace("{service}", ctx.service.name.as_str())
+        .replace("{environment}", ctx.environment.as_str())
+}
+
+/// A port the OS says is free now. Another process could take it before the
+/// replica binds; the replica then fails its health checks and is reported.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+fn open_log(dir: &Path, service: &str) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{service}.log")))
+}
+
+async fn supervise(
+    mut child: Child,
+    mut stop: mpsc::Receiver<Duration>,
+    exit: watch::Sender<Option<ExitInfo>>,
+) {
+    let info = tokio::select! {
+        status = child.wait() => describe(status, false),
+        grace = stop.recv() => {
+            let grace = grace.unwrap_or(Duration::ZERO);
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // ESRCH means it already exited; wait() below collects it.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(status) => describe(status, true),
+                Err(_) => {
+                    let _ = child.start_kill();
+                    describe(child.wait().await, true)
+                }
+            }
+        }
+    };
+    let _ = exit.send(Some(info));
+}
+
+fn describe(status: std::io::Result<ExitStatus>, requested: bool) -> ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => ExitInfo {
+                code: Some(code),
+                detail: format!("exited with code {code}"),
+                requested,
+            },
+            (None, Some(signal)) => ExitInfo {
+                code: None,
+                detail: format!("killed by signal {signal}"),
+                requested,
+            },
+            (None, None) => ExitInfo {
+                code: None,
+                detail: "ended".into(),
+                requested,
+            },
+        },
+        Err(e) => ExitInfo {
+            code: None,
+            detail: format!("could not be waited for: {e}"),
+            requested,
+        },
+    }
+}
