@@ -1,0 +1,183 @@
+//! Connecting to NATS and calling the controller's request-reply API.
+
+use std::time::Duration;
+
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, RequestErrorKind};
+use ferry_protocol::api::{ApiReply, ApiRequest};
+use ferry_protocol::{subject, Envelope};
+use serde::de::DeserializeOwned;
+
+use crate::args::GlobalOpts;
+use crate::error::{CliError, Exit, Result};
+
+/// The `source` of every envelope the CLI sends to the controller.
+pub const SOURCE: &str = "/ferry/cli";
+
+/// Who is asking: `$FERRY_ACTOR`, else `$USER`, else `unknown`.
+pub fn actor() -> String {
+    ["FERRY_ACTOR", "USER"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|value| value.trim().to_owned())
+        .find(|value| !value.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// A NATS connection with the timeout every request uses.
+pub struct Connection {
+    client: Client,
+    timeout: Duration,
+}
+
+/// A successful API reply: the controller's sentence and the typed response.
+#[derive(Debug)]
+pub struct Reply<T> {
+    /// A sentence for people.
+    pub message: String,
+    /// What was asked for.
+    pub response: T,
+}
+
+impl Connection {
+    /// Connects as the global options say.
+    pub async fn open(global: &GlobalOpts) -> Result<Self> {
+        let options = match &global.creds {
+            Some(path) => ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| {
+                    CliError::usage(format!(
+                        "cannot read the NATS credentials file {}: {e}",
+                        path.display()
+                    ))
+                })?,
+            None => ConnectOptions::new(),
+        }
+        .name("ferry-cli")
+        .connection_timeout(global.timeout)
+        .request_timeout(Some(global.timeout));
+
+        let urls: Vec<&str> = global
+            .nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client = options.connect(urls.as_slice()).await.map_err(|e| {
+            let url = &global.nats_url;
+            match e.kind() {
+                ConnectErrorKind::ServerParse => {
+                    CliError::usage(format!("--nats-url {url:?} is not a NATS URL: {e}"))
+                }
+                ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
+                    CliError::unreachable(format!(
+                        "NATS at {url} refused the connection ({e}): check --creds"
+                    ))
+                }
+                _ => CliError::unreachable(format!(
+                    "cannot connect to NATS at {url}: {e} (is nats-server running? set --nats-url or FERRY_NATS_URL)"
+                )),
+            }
+        })?;
+        Ok(Connection {
+            client,
+            timeout: global.timeout,
+        })
+    }
+
+    /// The NATS client, for subscriptions and JetStream.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The request timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends `request` to the controller and decodes its reply as `T`.
+    pub async fn call<T: DeserializeOwned>(&self, request: ApiRequest) -> Result<Reply<T>> {
+        let subject = subject::api(request.op());
+        let body = Envelope::new(SOURCE, request)
+            .to_bytes()
+            .map_err(|e| CliError::usage(format!("cannot encode the request: {e}")))?;
+        let message = self
+            .client
+            .request(subject.clone(), body.into())
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => CliError::unreachable(format!(
+                    "nothing answers on {subject}: is ferry-controller running?"
+                )),
+                RequestErrorKind::TimedOut => CliError::unreachable(format!(
+                    "no reply on {subject} within {}: is ferry-controller running?",
+                    humantime::format_duration(self.timeout)
+                )),
+                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                    CliError::failed(format!("cannot send the request on {subject}: {e}"))
+                }
+                RequestErrorKind::Other => CliError::unreachable(format!(
+                    "request on {subject} failed: {e}: is ferry-controller running?"
+                )),
+            })?;
+        decode_reply(&message.payload)
+    }
+}
+
+/// Decodes a reply envelope: a failed reply is exit 1 with the controller's message.
+pub fn decode_reply<T: DeserializeOwned>(raw: &[u8]) -> Result<Reply<T>> {
+    let envelope = Envelope::<ApiReply<T>>::decode(raw).map_err(|e| {
+        CliError::new(
+            Exit::Failed,
+            anyhow::anyhow!("cannot read the controller's reply: {e}"),
+        )
+    })?;
+    let reply = envelope.data;
+    if !reply.success {
+        return Err(CliError::failed(format!(
+            "the controller refused the request: {}",
+            reply.message
+        )));
+    }
+    match reply.response {
+        Some(response) => Ok(Reply {
+            message: reply.message,
+            response,
+        }),
+        None => Err(CliError::failed(format!(
+            "the controller's reply carries no response: {}",
+            reply.message
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_protocol::api::StatusRow;
+
+    use super::*;
+
+    #[test]
+    fn replies_decode_and_failures_exit_one() {
+        let ok = Envelope::new(
+            "/ferry/controller",
+            ApiReply::ok("2 rows", Vec::<StatusRow>::new()),
+        )
+        .to_bytes()
+        .unwrap();
+        let reply: Reply<Vec<StatusRow>> = decode_reply(&ok).unwrap();
+        assert_eq!(reply.message, "2 rows");
+
+        let refused = Envelope::new(
+            "/ferry/controller",
+            ApiReply::<Vec<StatusRow>>::error("unknown release web 9.9"),
+        )
+        .to_bytes()
+        .unwrap();
+        let err = decode_reply::<Vec<StatusRow>>(&refused).unwrap_err();
+        assert_eq!(err.exit, Exit::Failed);
+        assert!(err.to_string().contains("unknown release web 9.9"), "{err}");
+
+        let err = decode_reply::<Vec<StatusRow>>(b"not json").unwrap_err();
+        assert_eq!(err.exit, Exit::Failed);
+    }
+}

@@ -1,0 +1,226 @@
+//! `ferry deploy`, `rollback`, `scale` and `maintenance`: ask the controller
+//! to issue a command, then print its id or, with `--wait`, follow it.
+
+use std::time::Duration;
+
+use ferry_protocol::api::{ApiRequest, CommandIssued};
+use ferry_protocol::command::{MaintenanceMode, RollbackTarget};
+use ferry_protocol::{EnvName, ServiceName};
+
+use crate::args::{
+    DeployArgs, GlobalOpts, MaintenanceArgs, OutputFormat, RollbackArgs, ScaleArgs,
+    DEFAULT_MAINTENANCE,
+};
+use crate::client::{actor, Connection};
+use crate::error::{CliError, Result};
+use crate::output;
+use crate::wait::Follower;
+
+/// `ferry deploy`
+pub async fn deploy(global: &GlobalOpts, args: DeployArgs) -> Result<()> {
+    let what = format!(
+        "deploy of {} {} to {}",
+        args.service, args.version, args.environment
+    );
+    let request = ApiRequest::Deploy {
+        environment: args.environment.clone(),
+        service: args.service.clone(),
+        version: args.version,
+        replicas: args.replicas,
+        actor: Some(actor()),
+    };
+    let wait = args.wait.wait.then_some(args.wait.wait_timeout);
+    issue(
+        global,
+        request,
+        &args.environment,
+        &args.service,
+        &what,
+        wait,
+    )
+    .await
+}
+
+/// `ferry rollback`; a dry run always waits for the agent's plan.
+pub async fn rollback(global: &GlobalOpts, args: RollbackArgs) -> Result<()> {
+    let to = match args.version {
+        Some(version) => RollbackTarget::Version(version),
+        None => RollbackTarget::Previous,
+    };
+    let what = format!(
+        "rollback{} of {} in {} to {to}",
+        if args.dry_run { " dry run" } else { "" },
+        args.service,
+        args.environment
+    );
+    let request = ApiRequest::Rollback {
+        environment: args.environment.clone(),
+        service: args.service.clone(),
+        to,
+        force: args.force,
+        dry_run: args.dry_run,
+        actor: Some(actor()),
+    };
+    let wait = (args.wait.wait || args.dry_run).then_some(args.wait.wait_timeout);
+    issue(
+        global,
+        request,
+        &args.environment,
+        &args.service,
+        &what,
+        wait,
+    )
+    .await
+}
+
+/// `ferry scale`
+pub async fn scale(global: &GlobalOpts, args: ScaleArgs) -> Result<()> {
+    let what = format!(
+        "scale of {} in {} to {} replicas",
+        args.service, args.environment, args.replicas
+    );
+    let request = ApiRequest::Scale {
+        environment: args.environment.clone(),
+        service: args.service.clone(),
+        replicas: args.replicas,
+        actor: Some(actor()),
+    };
+    let wait = args.wait.wait.then_some(args.wait.wait_timeout);
+    issue(
+        global,
+        request,
+        &args.environment,
+        &args.service,
+        &what,
+        wait,
+    )
+    .await
+}
+
+/// `ferry maintenance`
+pub async fn maintenance(global: &GlobalOpts, args: MaintenanceArgs) -> Result<()> {
+    let mode = maintenance_mode(&args)?;
+    let what = format!(
+        "maintenance {} for {} in {}",
+        if args.enable { "on" } else { "off" },
+        args.service,
+        args.environment
+    );
+    let request = ApiRequest::Maintenance {
+        environment: args.environment.clone(),
+        service: args.service.clone(),
+        mode,
+        actor: Some(actor()),
+    };
+    let wait = args.wait.wait.then_some(args.wait.wait_timeout);
+    issue(
+        global,
+        request,
+        &args.environment,
+        &args.service,
+        &what,
+        wait,
+    )
+    .await
+}
+
+fn maintenance_mode(args: &MaintenanceArgs) -> Result<MaintenanceMode> {
+    if !args.enable {
+        return Ok(MaintenanceMode::Disable);
+    }
+    let message = args
+        .message
+        .clone()
+        .ok_or_else(|| CliError::usage("--enable needs --message"))?;
+    let duration = args.duration.unwrap_or(DEFAULT_MAINTENANCE);
+    Ok(MaintenanceMode::Enable {
+        message,
+        duration_secs: whole_seconds(duration),
+    })
+}
+
+/// Seconds, rounded up so `500ms` is not `until disabled`; zero is `None`.
+fn whole_seconds(duration: Duration) -> Option<u64> {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    (secs > 0).then_some(secs)
+}
+
+/// Sends `request`; with `wait`, subscribes to the service's events first and
+/// follows the command to its outcome.
+async fn issue(
+    global: &GlobalOpts,
+    request: ApiRequest,
+    environment: &EnvName,
+    service: &ServiceName,
+    what: &str,
+    wait: Option<Duration>,
+) -> Result<()> {
+    let connection = Connection::open(global).await?;
+    let follower = match wait {
+        Some(_) => Some(Follower::subscribe(&connection, environment, service).await?),
+        None => None,
+    };
+    let reply = connection.call::<CommandIssued>(request).await?;
+    let issued = reply.response;
+    match (follower, wait) {
+        (Some(follower), Some(timeout)) => {
+            if global.output == OutputFormat::Table {
+                output::emit(&output::issued(&reply.message, &issued))?;
+            }
+            follower
+                .follow(issued.command_id, what, timeout, global.output)
+                .await
+        }
+        _ => output::emit(&match global.output {
+            OutputFormat::Json => output::json(&issued)?,
+            OutputFormat::Table => output::issued(&reply.message, &issued),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::args::{Args, Command};
+
+    fn mode(line: &[&str]) -> MaintenanceMode {
+        let args = Args::try_parse_from(
+            ["ferry", "maintenance", "web", "-e", "dev"]
+                .iter()
+                .chain(line),
+        )
+        .unwrap();
+        let Command::Maintenance(args) = args.command else {
+            panic!("not maintenance")
+        };
+        maintenance_mode(&args).unwrap()
+    }
+
+    #[test]
+    fn maintenance_durations() {
+        assert_eq!(
+            mode(&["--enable", "-m", "x"]),
+            MaintenanceMode::Enable {
+                message: "x".into(),
+                duration_secs: Some(3600)
+            }
+        );
+        assert_eq!(
+            mode(&["--enable", "-m", "x", "--duration", "0s"]),
+            MaintenanceMode::Enable {
+                message: "x".into(),
+                duration_secs: None
+            }
+        );
+        assert_eq!(
+            mode(&["--enable", "-m", "x", "--duration", "1500ms"]),
+            MaintenanceMode::Enable {
+                message: "x".into(),
+                duration_secs: Some(2)
+            }
+        );
+        assert_eq!(mode(&["--disable"]), MaintenanceMode::Disable);
+    }
+}

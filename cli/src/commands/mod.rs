@@ -1,0 +1,27 @@
+//! One module per command group; [`run`] dispatches.
+
+mod action;
+mod keygen;
+mod query;
+mod release;
+
+use crate::args::{Args, Command, ReleaseCommand};
+use crate::error::Result;
+
+/// Runs the command the arguments name.
+pub async fn run(args: Args) -> Result<()> {
+    let global = &args.global;
+    match args.command {
+        Command::Release(ReleaseCommand::Publish(publish)) => {
+            release::publish(global, &publish).await
+        }
+        Command::Deploy(deploy) => action::deploy(global, deploy).await,
+        Command::Rollback(rollback) => action::rollback(global, rollback).await,
+        Command::Scale(scale) => action::scale(global, scale).await,
+        Command::Maintenance(maintenance) => action::maintenance(global, maintenance).await,
+        Command::Status(status) => query::status(global, status).await,
+        Command::History(history) => query::history(global, history).await,
+        Command::Releases(releases) => query::releases(global, releases).await,
+        Command::Keygen(keygen) => keygen::run(global, &keygen),
+    }
+}

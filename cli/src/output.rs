@@ -1,0 +1,535 @@
+//! Turning results into text: tables and sentences for people, JSON for
+//! programs. Everything here is pure except [`emit`].
+
+use std::io::Write as _;
+
+use comfy_table::{presets, ContentArrangement, Table};
+use ferry_protocol::api::{CommandIssued, HistoryRecord, ReleaseRecord, StatusRow};
+use ferry_protocol::event::{EventBody, ServiceEvent};
+use serde::Serialize;
+use time::macros::format_description;
+use time::{OffsetDateTime, UtcOffset};
+
+use crate::error::{CliError, Result};
+
+/// Writes `text` and a newline to stdout. A closed pipe (`ferry history | head`)
+/// is not an error: the reader has what it wanted.
+pub fn emit(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    let result = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| {
+            if text.ends_with('\n') {
+                Ok(())
+            } else {
+                stdout.write_all(b"\n")
+            }
+        })
+        .and_then(|()| stdout.flush());
+    match result {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::failed(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Pretty JSON of a whole result.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::failed(format!("cannot encode JSON: {e}")))
+}
+
+/// One-line JSON, for a stream of events.
+pub fn json_line<T: Serialize + ?Sized>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| CliError::failed(format!("cannot encode JSON: {e}")))
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    // Flush left, two spaces between columns, like kubectl.
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table
+}
+
+fn or_dash(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// `5s ago`, `3m ago`, `2h ago`, `4d ago`; a time in the future (clock skew) is `just now`.
+pub fn ago(now: OffsetDateTime, then: OffsetDateTime) -> String {
+    let secs = (now - then).whole_seconds();
+    match secs {
+        s if s < 1 => "just now".to_owned(),
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86_400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// `2024-06-01 12:00:00Z`.
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let format = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]Z");
+    t.to_offset(UtcOffset::UTC)
+        .format(format)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// The `ferry status` table.
+pub fn status_table(rows: &[StatusRow], now: OffsetDateTime) -> String {
+    if rows.is_empty() {
+        return "No environment has reported yet: is a ferry-agent running?".to_owned();
+    }
+    let mut t = table(&[
+        "ENVIRONMENT",
+        "SERVICE",
+        "VERSION",
+        "REPLICAS",
+        "STATE",
+        "LAST OUTCOME",
+        "AGENT",
+        "ADDRESS",
+    ]);
+    for row in rows {
+        let outcome = match (&row.last_outcome, row.last_outcome_at) {
+            (Some(outcome), Some(at)) => format!("{outcome} {}", ago(now, at)),
+            (Some(outcome), None) => outcome.clone(),
+            (None, _) => "-".to_owned(),
+        };
+        let agent = format!(
+            "{} {}",
+            if row.agent_up { "up" } else { "down" },
+            row.agent_last_seen
+                .map_or_else(|| "(never seen)".to_owned(), |seen| ago(now, seen))
+        );
+        t.add_row(vec![
+            row.environment.to_string(),
+            or_dash(row.service.as_ref()),
+            or_dash(row.version.as_ref()),
+            format!("{}/{}", row.replicas_healthy, row.replicas_desired),
+            row.state.to_string(),
+            outcome,
+            agent,
+            or_dash(row.address.as_ref()),
+        ]);
+    }
+    let mut text = t.trim_fmt();
+    for row in rows {
+        if let (Some(service), Some(m)) = (&row.service, &row.maintenance) {
+            let until = m
+                .until
+                .map(|u| format!(" (until {})", timestamp(u)))
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "\n{}/{service} in maintenance{until}: {}",
+                row.environment, m.message
+            ));
+        }
+    }
+    text
+}
+
+/// The `ferry history` table.
+pub fn history_table(records: &[HistoryRecord]) -> String {
+    if records.is_empty() {
+        return "No history yet.".to_owned();
+    }
+    let mut t = table(&[
+        "TIME",
+        "ENVIRONMENT",
+        "SERVICE",
+        "VERSION",
+        "ACTION",
+        "OUTCOME",
+        "ACTOR",
+        "DETAIL",
+    ]);
+    for r in records {
+        t.add_row(vec![
+            timestamp(r.time),
+            or_dash(r.environment.as_ref()),
+            r.service.to_string(),
+            or_dash(r.version.as_ref()),
+            r.action.clone(),
+            r.outcome.clone(),
+            or_dash(r.actor.as_ref()),
+            r.detail.clone(),
+        ]);
+    }
+    t.trim_fmt()
+}
+
+/// At most `max` characters of `text`, with `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut short: String = text.chars().take(max.saturating_sub(1)).collect();
+        short.push('…');
+        short
+    }
+}
+
+/// The `ferry releases` table.
+pub fn releases_table(records: &[ReleaseRecord]) -> String {
+    if records.is_empty() {
+        return "No releases published yet.".to_owned();
+    }
+    let mut t = table(&[
+        "SERVICE", "VERSION", "ARTIFACT", "DIGEST", "HOTFIX", "AUTHOR", "COMMIT", "RECEIVED",
+    ]);
+    for r in records {
+        let release = &r.release;
+        t.add_row(vec![
+            release.service.to_string(),
+            release.version.to_string(),
+            release.artifact.clone(),
+            or_dash(release.digest.as_deref().map(|d| shorten(d, 19))),
+            if release.hotfix { "yes" } else { "-" }.to_owned(),
+            or_dash(release.author.as_ref()),
+            or_dash(release.commit.as_deref().map(|c| shorten(c, 12))),
+            timestamp(r.received_at),
+        ]);
+    }
+    t.trim_fmt()
+}
+
+/// What `deploy`, `rollback`, `scale` and `maintenance` print without `--wait`.
+pub fn issued(message: &str, issued: &CommandIssued) -> String {
+    let mut text = String::new();
+    if !message.trim().is_empty() {
+        text.push_str(message.trim());
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "command {} on {}",
+        issued.command_id, issued.subject
+    ));
+    text
+}
+
+/// One line (a few for a dry-run plan) per event of a command; `None` for
+/// events `--wait` does not show (health, metrics).
+pub fn event_line(event: &ServiceEvent) -> Option<String> {
+    let version = |v: &Option<ferry_protocol::Version>| {
+        v.as_ref().map(|v| format!(" {v}")).unwrap_or_default()
+    };
+    let (label, text) = match &event.body {
+        EventBody::Accepted { action } => (
+            "accepted",
+            format!(
+                "{action} of {} accepted by the {} agent",
+                event.service, event.environment
+            ),
+        ),
+        EventBody::Progress {
+            step,
+            ready,
+            desired,
+            version: v,
+            ..
+        } => (
+            "progress",
+            format!("{step}{} ({ready}/{desired})", version(v)),
+        ),
+        EventBody::Succeeded {
+            action,
+            version: v,
+            replicas,
+            detail,
+        } => (
+            "succeeded",
+            format!(
+                "{action}{}: {replicas} healthy replica{}; {detail}",
+                version(v),
+                if *replicas == 1 { "" } else { "s" }
+            ),
+        ),
+        EventBody::Failed {
+            action,
+            version: v,
+            reason,
+            serving,
+        } => (
+            "failed",
+            format!(
+                "{action}{}: {reason}; serving {}",
+                version(v),
+                serving
+                    .as_ref()
+                    .map_or_else(|| "nothing".to_owned(), ToString::to_string)
+            ),
+        ),
+        EventBody::Refused { reason, detail } => ("refused", format!("{reason}: {detail}")),
+        EventBody::DryRun { action, plan } => {
+            let mut text = format!("{action} would:");
+            if plan.is_empty() {
+                text.push_str(" do nothing");
+            }
+            for (i, step) in plan.iter().enumerate() {
+                text.push_str(&format!("\n  {}. {step}", i + 1));
+            }
+            ("dry run", text)
+        }
+        EventBody::ReplicaExited {
+            replica,
+            version,
+            code,
+            detail,
+            ..
+        } => (
+            "exited",
+            format!(
+                "replica {replica} ({version}) exited{}: {detail}",
+                code.map(|c| format!(" with code {c}")).unwrap_or_default()
+            ),
+        ),
+        EventBody::Health(_) | EventBody::Metrics(_) => return None,
+    };
+    Some(format!("{label:<9}  {text}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ferry_protocol::command::ActionKind;
+    use ferry_protocol::event::{MaintenanceInfo, ServiceState};
+    use ferry_protocol::release::Release;
+    use ferry_protocol::{EnvName, ServiceName, Version};
+    use time::macros::datetime;
+
+    use super::*;
+
+    const NOW: OffsetDateTime = datetime!(2024-06-01 12:00:00 UTC);
+
+    fn row() -> StatusRow {
+        StatusRow {
+            environment: EnvName::new("production").unwrap(),
+            service: Some(ServiceName::new("web").unwrap()),
+            version: Some(Version::new("1.4.2").unwrap()),
+            replicas_desired: 3,
+            replicas_healthy: 2,
+            state: ServiceState::Degraded,
+            last_outcome: Some("succeeded".into()),
+            last_outcome_at: Some(NOW - Duration::from_secs(120)),
+            agent_last_seen: Some(NOW - Duration::from_secs(4)),
+            agent_up: true,
+            maintenance: None,
+            address: Some("127.0.0.1:8080".into()),
+        }
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(ago(NOW, NOW), "just now");
+        assert_eq!(ago(NOW, NOW + Duration::from_secs(30)), "just now");
+        assert_eq!(ago(NOW, NOW - Duration::from_secs(59)), "59s ago");
+        assert_eq!(ago(NOW, NOW - Duration::from_secs(61)), "1m ago");
+        assert_eq!(ago(NOW, NOW - Duration::from_secs(7200)), "2h ago");
+        assert_eq!(ago(NOW, NOW - Duration::from_secs(3 * 86_400)), "3d ago");
+        assert_eq!(timestamp(NOW), "2024-06-01 12:00:00Z");
+    }
+
+    #[test]
+    fn status_table_has_every_column() {
+        let mut idle = row();
+        idle.environment = EnvName::new("dev").unwrap();
+        idle.service = None;
+        idle.version = None;
+        idle.replicas_desired = 0;
+        idle.replicas_healthy = 0;
+        idle.state = ServiceState::Unknown;
+        idle.last_outcome = None;
+        idle.last_outcome_at = None;
+        idle.agent_up = false;
+        idle.agent_last_seen = None;
+        idle.address = None;
+        let text = status_table(&[row(), idle], NOW);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for column in [
+            "ENVIRONMENT",
+            "SERVICE",
+            "VERSION",
+            "REPLICAS",
+            "STATE",
+            "LAST OUTCOME",
+            "AGENT",
+            "ADDRESS",
+        ] {
+            assert!(lines[0].contains(column), "{column} missing: {text}");
+        }
+        for cell in [
+            "production",
+            "web",
+            "1.4.2",
+            "2/3",
+            "degraded",
+            "succeeded 2m ago",
+            "up 4s ago",
+            "127.0.0.1:8080",
+        ] {
+            assert!(lines[1].contains(cell), "{cell} missing: {text}");
+        }
+        for cell in ["dev", "0/0", "unknown", "down (never seen)"] {
+            assert!(lines[2].contains(cell), "{cell} missing: {text}");
+        }
+        assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+
+    #[test]
+    fn maintenance_is_spelled_out_under_the_table() {
+        let mut r = row();
+        r.state = ServiceState::Maintenance;
+        r.maintenance = Some(MaintenanceInfo {
+            message: "back at 14:00".into(),
+            until: Some(NOW + Duration::from_secs(600)),
+        });
+        let text = status_table(&[r], NOW);
+        assert!(
+            text.ends_with(
+                "production/web in maintenance (until 2024-06-01 12:10:00Z): back at 14:00"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn empty_results_say_so() {
+        assert!(status_table(&[], NOW).contains("No environment"));
+        assert_eq!(history_table(&[]), "No history yet.");
+        assert_eq!(releases_table(&[]), "No releases published yet.");
+    }
+
+    #[test]
+    fn status_json_is_an_array_of_rows() {
+        let text = json(&vec![row()]).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let first = &value.as_array().unwrap()[0];
+        assert_eq!(first["environment"], "production");
+        assert_eq!(first["service"], "web");
+        assert_eq!(first["replicas_desired"], 3);
+        assert_eq!(first["replicas_healthy"], 2);
+        assert_eq!(first["state"], "degraded");
+    }
+
+    #[test]
+    fn history_and_releases_tables() {
+        let record = HistoryRecord {
+            time: NOW,
+            environment: Some(EnvName::new("dev").unwrap()),
+            service: ServiceName::new("web").unwrap(),
+            version: Some(Version::new("1.0").unwrap()),
+            action: "deploy".into(),
+            outcome: "succeeded".into(),
+            detail: "2 replicas healthy".into(),
+            command_id: None,
+            actor: Some("alice".into()),
+        };
+        let text = history_table(&[record]);
+        let line = text.lines().nth(1).unwrap();
+        for cell in [
+            "2024-06-01 12:00:00Z",
+            "dev",
+            "web",
+            "1.0",
+            "deploy",
+            "succeeded",
+            "alice",
+            "2 replicas healthy",
+        ] {
+            assert!(line.contains(cell), "{cell}: {text}");
+        }
+
+        let release = ReleaseRecord {
+            release: Release {
+                service: ServiceName::new("web").unwrap(),
+                version: Version::new("1.0").unwrap(),
+                artifact: "/opt/web".into(),
+                digest: Some(format!("sha256:{}", "a".repeat(64))),
+                env: Default::default(),
+                author: None,
+                commit: Some("0123456789abcdef0123".into()),
+                hotfix: true,
+            },
+            received_at: NOW,
+        };
+        let text = releases_table(&[release]);
+        let line = text.lines().nth(1).unwrap();
+        for cell in [
+            "web",
+            "1.0",
+            "/opt/web",
+            "sha256:aaaaaaaaaaa…",
+            "yes",
+            "0123456789a…",
+        ] {
+            assert!(line.contains(cell), "{cell}: {text}");
+        }
+    }
+
+    fn event(body: EventBody) -> ServiceEvent {
+        ServiceEvent {
+            environment: EnvName::new("dev").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            command_id: None,
+            body,
+        }
+    }
+
+    #[test]
+    fn event_lines() {
+        let v = Some(Version::new("1.1").unwrap());
+        let line = |body| event_line(&event(body)).unwrap();
+        assert_eq!(
+            line(EventBody::Accepted {
+                action: ActionKind::Deploy
+            }),
+            "accepted   deploy of web accepted by the dev agent"
+        );
+        assert_eq!(
+            line(EventBody::Progress {
+                action: ActionKind::Deploy,
+                step: "waiting for health".into(),
+                version: v.clone(),
+                ready: 1,
+                desired: 2
+            }),
+            "progress   waiting for health 1.1 (1/2)"
+        );
+        assert_eq!(
+            line(EventBody::Succeeded {
+                action: ActionKind::Deploy,
+                version: v.clone(),
+                replicas: 2,
+                detail: "done".into()
+            }),
+            "succeeded  deploy 1.1: 2 healthy replicas; done"
+        );
+        assert_eq!(
+            line(EventBody::Failed {
+                action: ActionKind::Deploy,
+                version: v,
+                reason: "health checks failed".into(),
+                serving: Some(Version::new("1.0").unwrap())
+            }),
+            "failed     deploy 1.1: health checks failed; serving 1.0"
+        );
+        assert_eq!(
+            line(EventBody::DryRun {
+                action: ActionKind::Rollback,
+                plan: vec!["start 1.0".into(), "stop 1.1".into()]
+            }),
+            "dry run    rollback would:\n  1. start 1.0\n  2. stop 1.1"
+        );
+        assert!(event_line(&event(EventBody::Metrics(Default::default()))).is_none());
+    }
+}
