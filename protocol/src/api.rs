@@ -182,8 +182,8 @@ pub struct CommandIssued {
 pub struct StatusRow {
     /// Environment.
     pub environment: EnvName,
-    /// Service; absent on an environment whose agent reported no services.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Service; null on an environment whose agent reported no services.
+    #[serde(default)]
     pub service: Option<ServiceName>,
     /// Version serving.
     #[serde(default)]

@@ -1,1 +1,382 @@
+//! The end-to-end harness: a real nats-server per test, the controller and
+//! agents running in-process (as wasmCloud's tests run their host), the real
+//! `ferry` CLI and `ferry-sample` binaries, and loopback HTTP.
 
+pub mod bins;
+pub mod events;
+pub mod nats;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use ferry_agent::config::{AgentConfig, HealthConfig, RuntimeKind, ServiceConfig};
+use ferry_protocol::{EnvName, ServiceName, SigningKey};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use bins::bin;
+pub use events::EventWatch;
+pub use nats::NatsServer;
+
+/// The pipeline every test system runs.
+pub const ENVIRONMENTS: [&str; 3] = ["dev", "acceptance", "production"];
+
+/// Generous bound for anything that should take a second or two.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Installs a tracing subscriber once, honouring RUST_LOG.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Running {
+    token: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        tokio::time::timeout(WAIT, self.task).await??
+    }
+}
+
+/// One environment's agent as the harness runs it.
+pub struct AgentSlot {
+    /// Its configuration (state dir survives restarts).
+    pub config: AgentConfig,
+    running: Option<Running>,
+}
+
+/// A whole ferry system for one test.
+pub struct System {
+    /// The test's own nats-server.
+    pub nats: NatsServer,
+    /// The controller's signing key.
+    pub controller_key: SigningKey,
+    /// Files that must outlive the system's parts.
+    pub dir: tempfile::TempDir,
+    controller: Option<Running>,
+    /// Agents by environment.
+    pub agents: BTreeMap<String, AgentSlot>,
+}
+
+impl System {
+    /// Starts nats-server and the controller.
+    pub async fn start() -> System {
+        init_tracing();
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let controller_key = SigningKey::generate();
+        let mut system = System {
+            nats,
+            controller_key,
+            dir,
+            controller: None,
+            agents: BTreeMap::new(),
+        };
+        system.start_controller().await;
+        system
+    }
+
+    /// Starts (or restarts) the in-process controller and waits until it answers.
+    pub async fn start_controller(&mut self) {
+        let key_file = self.dir.path().join("controller.nk");
+        std::fs::write(&key_file, self.controller_key.seed().expect("seed")).expect("write key");
+        let config = ferry_controller::ControllerConfig {
+            nats_url: self.nats.url(),
+            signing_key_file: key_file,
+            environments: ENVIRONMENTS.iter().map(|e| e.to_string()).collect(),
+            agent_timeout: "5s".into(),
+            ..Default::default()
+        };
+        let resolved = config
+            .validate()
+            .unwrap_or_else(|p| panic!("controller config: {p:?}"));
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let task = tokio::spawn(async move {
+            ferry_controller::run(resolved, run_token)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        self.controller = Some(Running { token, task });
+        // Ready when the API answers.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if self.cli(&["status", "--output", "json"]).status.success() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "controller API did not answer within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the controller.
+    pub async fn stop_controller(&mut self) {
+        if let Some(running) = self.controller.take() {
+            running.stop().await.expect("controller stopped cleanly");
+        }
+    }
+
+    /// Configuration of an agent for `env` managing one sample service `service` on `port`.
+    pub fn agent_config(&self, env: &str, services: &[(&str, u16)]) -> AgentConfig {
+        let services = services
+            .iter()
+            .map(|(name, port)| {
+                let name = ServiceName::new(*name).expect("service name");
+                let config = ServiceConfig {
+                    name: name.clone(),
+                    runtime: RuntimeKind::Process,
+                    command: vec!["{artifact}".into()],
+                    listen: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    replicas: 2,
+                    env: BTreeMap::new(),
+                    health: HealthConfig {
+                        path: "/health".into(),
+                        interval: Duration::from_millis(100),
+                        timeout: Duration::from_secs(1),
+                        failure_threshold: 2,
+                        start_timeout: Duration::from_secs(10),
+                    },
+                    stop_timeout: Duration::from_secs(5),
+                };
+                (name, config)
+            })
+            .collect();
+        AgentConfig {
+            environment: EnvName::new(env).expect("env name"),
+            nats_url: self.nats.url(),
+            nats_creds: None,
+            state_dir: self.dir.path().join(format!("agent-{env}")),
+            trusted_keys: vec![self.controller_key.public_key()],
+            heartbeat_interval: Duration::from_millis(500),
+            metrics_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            services,
+        }
+    }
+
+    /// Starts an agent with `config` and waits for its first heartbeat.
+    pub async fn start_agent_with(&mut self, config: AgentConfig) {
+        let env = config.environment.to_string();
+        let client = self.nats.client().await;
+        let mut heartbeats = client
+            .subscribe(ferry_protocol::subject::agent_event(
+                &config.environment,
+                ferry_protocol::subject::AgentEventKind::Heartbeat,
+            ))
+            .await
+            .expect("subscribe heartbeats");
+        client.flush().await.expect("flush");
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let run_config = config.clone();
+        let task = tokio::spawn(async move {
+            ferry_agent::run(run_config, run_token)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        self.agents.insert(
+            env.clone(),
+            AgentSlot {
+                config,
+                running: Some(Running { token, task }),
+            },
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        tokio::time::timeout_at(deadline, heartbeats.next())
+            .await
+            .unwrap_or_else(|_| panic!("agent {env} sent no heartbeat within {WAIT:?}"))
+            .expect("heartbeat subscription open");
+    }
+
+    /// Starts an agent for `env` with one service `web` on `port`.
+    pub async fn start_agent(&mut self, env: &str, port: u16) {
+        let config = self.agent_config(env, &[("web", port)]);
+        self.start_agent_with(config).await;
+    }
+
+    /// Stops `env`'s agent gracefully (its state stays for a restart).
+    pub async fn stop_agent(&mut self, env: &str) {
+        let running = self.agents.get_mut(env).and_then(|a| a.running.take());
+        if let Some(running) = running {
+            running.stop().await.expect("agent stopped cleanly");
+        }
+    }
+
+    /// Restarts `env`'s agent with the same configuration and state.
+    pub async fn restart_agent(&mut self, env: &str) {
+        self.stop_agent(env).await;
+        let config = self
+            .agents
+            .get(env)
+            .expect("agent was started")
+            .config
+            .clone();
+        self.start_agent_with(config).await;
+    }
+
+    /// Runs the `ferry` CLI against this system's NATS.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        std::process::Command::new(bin("ferry"))
+            .args(args)
+            .env("FERRY_NATS_URL", self.nats.url())
+            .env("FERRY_ACTOR", "e2e-test")
+            .env_remove("FERRY_OUTPUT")
+            .output()
+            .expect("run ferry")
+    }
+
+    /// Runs the CLI off the async runtime's threads (it may block for a while).
+    pub async fn cli_async(&self, args: &[&str]) -> Output {
+        let url = self.nats.url();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let ferry = bin("ferry");
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(ferry)
+                .args(&args)
+                .env("FERRY_NATS_URL", url)
+                .env("FERRY_ACTOR", "e2e-test")
+                .env_remove("FERRY_OUTPUT")
+                .output()
+                .expect("run ferry")
+        })
+        .await
+        .expect("cli task")
+    }
+
+    /// Publishes a release of the sample service through the CLI, as CI would.
+    pub async fn publish_release(&self, service: &str, version: &str, env_vars: &[&str]) {
+        let sample = bin("ferry-sample");
+        let sample = sample.to_str().expect("utf-8 path");
+        let mut args = vec![
+            "release",
+            "publish",
+            "--service",
+            service,
+            "--version",
+            version,
+            "--artifact",
+            sample,
+            "--author",
+            "ci-bot",
+        ];
+        for var in env_vars {
+            args.push("--env");
+            args.push(var);
+        }
+        let out = self.cli_async(&args).await;
+        assert_ok(&out, "ferry release publish");
+    }
+
+    /// Stops everything in order.
+    pub async fn shutdown(mut self) {
+        let envs: Vec<String> = self.agents.keys().cloned().collect();
+        for env in envs {
+            self.stop_agent(&env).await;
+        }
+        self.stop_controller().await;
+    }
+}
+
+/// Asserts a CLI run succeeded, showing its output otherwise.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// stdout of a CLI run parsed as JSON.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// An HTTP answer from a stable address.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Body.
+    pub body: String,
+    /// `x-version` header, if any.
+    pub version: Option<String>,
+    /// `retry-after` header, if any.
+    pub retry_after: Option<String>,
+}
+
+/// GET `http://127.0.0.1:{port}{path}`; `None` when nothing answers.
+pub async fn get(port: u16, path: &str) -> Option<Answer> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .ok()?;
+    let response = client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+        .ok()?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (version, retry_after) = (header("x-version"), header("retry-after"));
+    let status = response.status().as_u16();
+    let body = response.text().await.ok()?;
+    Some(Answer {
+        status,
+        body,
+        version,
+        retry_after,
+    })
+}
+
+/// Polls `port` until it serves `version` (status 200), or panics after `timeout`.
+pub async fn wait_serving(port: u16, version: &str, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(answer) = get(port, "/").await {
+            if answer.status == 200 && answer.version.as_deref() == Some(version) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port {port} did not serve {version} within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Location of the state directory of a test system's agent.
+pub fn state_dir(system: &System, env: &str) -> PathBuf {
+    system.dir.path().join(format!("agent-{env}"))
+}
