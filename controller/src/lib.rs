@@ -1,1 +1,147 @@
+//! The ferry controller: takes CI's release events and deploys each new
+//! release to the first environment of the pipeline, issues signed commands
+//! to agents (on release and on API request), builds a live status from the
+//! agents' events, and answers the CLI.
+//!
+//! **All state lives in JetStream** (key-value buckets and the history
+//! stream); the process holds none that matters. Several instances can run at
+//! once: they share durable consumers and one API queue group, and issue
+//! commands under deterministic ids that JetStream de-duplicates.
+//!
+//! Entry points: [`ControllerConfig::load`] and [`ControllerConfig::validate`]
+//! for configuration, [`run`] for the daemon.
 
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod config;
+mod consumer;
+pub mod error;
+pub mod events;
+mod ids;
+mod issue;
+mod records;
+pub mod releases;
+mod status;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+pub use config::{ConfigProblem, ControllerConfig, ResolvedConfig};
+pub use error::Error;
+
+use store::Store;
+
+/// The CloudEvents `source` of everything the controller sends.
+pub const SOURCE: &str = "/ferry/controller";
+
+/// How long shutdown waits for NATS to take what is still buffered.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What every loop shares: configuration and handles, no state.
+pub(crate) struct Shared {
+    config: ResolvedConfig,
+    client: async_nats::Client,
+    store: Store,
+}
+
+/// Runs the controller until `shutdown` is cancelled or one of its loops fails.
+///
+/// Connects to NATS, creates the streams and buckets if missing, then runs the
+/// release, event and API loops. On cancellation each loop finishes the
+/// message in hand (the API answers the requests already received), then
+/// pending publishes are flushed. If a loop fails, the others are stopped and
+/// its error is returned.
+pub async fn run(config: ResolvedConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let client = connect(&config).await?;
+    let result = supervise(client.clone(), config, shutdown).await;
+    match tokio::time::timeout(FLUSH_DEADLINE, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!("could not flush NATS at shutdown: {e}"),
+        Err(_) => error!("NATS did not take buffered messages within {FLUSH_DEADLINE:?}"),
+    }
+    result
+}
+
+async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
+    let mut options = async_nats::ConnectOptions::new().name("ferry-controller");
+    if let Some(path) = config.nats_creds() {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|source| Error::Credentials {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    options
+        .connect(config.nats_url())
+        .await
+        .map_err(|source| Error::Connect {
+            url: config.nats_url().to_owned(),
+            source,
+        })
+}
+
+async fn supervise(
+    client: async_nats::Client,
+    config: ResolvedConfig,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let store = Store::open(async_nats::jetstream::new(client.clone())).await?;
+    info!(
+        public_key = %config.signing_key().public_key(),
+        pipeline = %config.pipeline(),
+        "controller started"
+    );
+    let shared = Arc::new(Shared {
+        config,
+        client,
+        store,
+    });
+
+    // A child token: a failing loop stops its siblings without cancelling
+    // the caller's token.
+    let stop = shutdown.child_token();
+    let mut loops = JoinSet::new();
+    let mut names = HashMap::new();
+    let handle = loops.spawn(releases::run(shared.clone(), stop.clone()));
+    names.insert(handle.id(), "releases");
+    let handle = loops.spawn(events::run(shared.clone(), stop.clone()));
+    names.insert(handle.id(), "events");
+    let handle = loops.spawn(api::run(shared.clone(), stop.clone()));
+    names.insert(handle.id(), "api");
+
+    let mut first_error = None;
+    while let Some(joined) = loops.join_next_with_id().await {
+        let outcome = match joined {
+            Ok((_, Ok(()))) if stop.is_cancelled() => None,
+            Ok((id, Ok(()))) => Some(Error::TaskEnded {
+                task: names.get(&id).copied().unwrap_or("controller"),
+            }),
+            Ok((_, Err(e))) => Some(e),
+            Err(join_error) => Some(Error::TaskCrashed {
+                task: names.get(&join_error.id()).copied().unwrap_or("controller"),
+                reason: join_error.to_string(),
+            }),
+        };
+        if let Some(e) = outcome {
+            error!("{e}; stopping the controller");
+            stop.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            info!("controller stopped");
+            Ok(())
+        }
+    }
+}

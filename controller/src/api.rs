@@ -1,0 +1,346 @@
+//! The request-reply API the CLI talks to, on `ferry.v1.api.<op>`.
+//!
+//! Every instance joins one queue group, so each request is answered once.
+//! Every request gets a reply, and every failure is a sentence in that reply:
+//! nothing a client sends can stop the controller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Message;
+use ferry_protocol::api::{ApiReply, ApiRequest, CommandIssued, MAX_HISTORY_LIMIT};
+use ferry_protocol::command::{Action, Command};
+use ferry_protocol::subject::{self, Subject};
+use ferry_protocol::{EnvName, Envelope, ServiceName};
+use futures::StreamExt;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, warn};
+use uuid::Uuid;
+
+use crate::{ids, issue, status, Error, Shared, SOURCE};
+
+/// The queue group every controller instance answers the API in.
+pub const QUEUE_GROUP: &str = "ferry-controller";
+/// Most requests handled at once; further ones wait in the subscription.
+const MAX_IN_FLIGHT: usize = 64;
+/// How long, at shutdown, requests already received may take to be answered.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest actor name accepted.
+const MAX_ACTOR_LEN: usize = 128;
+
+/// Answers API requests until `shutdown`, then answers those already
+/// received and returns.
+pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Error> {
+    let mut requests = shared
+        .client
+        .queue_subscribe(subject::all_api(), QUEUE_GROUP.to_owned())
+        .await
+        .map_err(|e| Error::nats("subscribe to the API", e))?;
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let tracker = TaskTracker::new();
+    let mut drain_until = None;
+    let result = loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break Ok(());
+        };
+        let next = tokio::select! {
+            biased;
+            () = shutdown.cancelled(), if drain_until.is_none() => {
+                // Stop receiving, but answer what the server already sent us.
+                if let Err(e) = requests.drain().await {
+                    warn!("could not drain the API subscription: {e}");
+                    break Ok(());
+                }
+                drain_until = Some(tokio::time::Instant::now() + DRAIN_DEADLINE);
+                continue;
+            }
+            next = next_request(&mut requests, drain_until) => next,
+        };
+        match next {
+            Some(message) => {
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    handle(&shared, message).await;
+                    drop(permit);
+                });
+            }
+            None if drain_until.is_some() => break Ok(()),
+            None => break Err(Error::TaskEnded { task: "api" }),
+        }
+    };
+    tracker.close();
+    tracker.wait().await;
+    result
+}
+
+async fn next_request(
+    requests: &mut async_nats::Subscriber,
+    drain_until: Option<tokio::time::Instant>,
+) -> Option<Message> {
+    match drain_until {
+        None => requests.next().await,
+        Some(deadline) => tokio::time::timeout_at(deadline, requests.next())
+            .await
+            .ok()
+            .flatten(),
+    }
+}
+
+async fn handle(shared: &Shared, message: Message) {
+    let Some(reply) = message.reply.clone() else {
+        debug!(subject = %message.subject, "API message without a reply subject; ignoring it");
+        return;
+    };
+    let bytes = match dispatch(shared, &message).await {
+        Ok(bytes) => bytes,
+        Err(sentence) => {
+            debug!(subject = %message.subject, "API request failed: {sentence}");
+            encode(ApiReply::<()>::error(sentence))
+        }
+    };
+    if let Err(e) = shared.client.publish(reply, bytes.into()).await {
+        warn!(subject = %message.subject, "could not send the reply: {e}");
+    }
+}
+
+/// A reply to send, or the sentence of a failed one.
+type Answer = Result<Vec<u8>, String>;
+
+async fn dispatch(shared: &Shared, message: &Message) -> Answer {
+    let op = match Subject::parse(message.subject.as_str()) {
+        Ok(Subject::Api { op }) => op,
+        _ => {
+            return Err(format!(
+                "{} is not an operation of the ferry API",
+                message.subject
+            ))
+        }
+    };
+    let envelope = Envelope::<ApiRequest>::decode(&message.payload)
+        .map_err(|r| format!("not a valid {} request: {}", op.as_str(), r.detail))?;
+    let request_id = envelope.id;
+    let request = envelope.data;
+    if request.op() != op {
+        return Err(format!(
+            "a {} request was sent to {}; send it to {}",
+            request.op().as_str(),
+            message.subject,
+            subject::api(request.op())
+        ));
+    }
+    match request {
+        ApiRequest::Status { environment } => status(shared, environment).await,
+        ApiRequest::History {
+            environment,
+            service,
+            limit,
+        } => history(shared, environment, service, limit).await,
+        ApiRequest::Releases { service } => {
+            let releases = shared
+                .store
+                .releases(service.as_ref())
+                .await
+                .map_err(internal("read the releases"))?;
+            Ok(encode(ApiReply::ok(
+                format!("{} releases", releases.len()),
+                releases,
+            )))
+        }
+        ApiRequest::Deploy {
+            environment,
+            service,
+            version,
+            replicas,
+            actor,
+        } => {
+            check_environment(shared, &environment)?;
+            let actor = check_actor(actor)?;
+            let release = shared
+                .store
+                .release(&service, &version)
+                .await
+                .map_err(internal("read the releases"))?
+                .ok_or_else(|| {
+                    format!(
+                        "unknown release {service} {version}: publish it first with ferry release publish"
+                    )
+                })?;
+            let action = Action::Deploy {
+                release: release.release.spec(),
+                replicas,
+                health: None,
+            };
+            issue_command(shared, request_id, environment, service, actor, action).await
+        }
+        ApiRequest::Rollback {
+            environment,
+            service,
+            to,
+            force,
+            dry_run,
+            actor,
+        } => {
+            check_environment(shared, &environment)?;
+            let actor = check_actor(actor)?;
+            let action = Action::Rollback { to, force, dry_run };
+            issue_command(shared, request_id, environment, service, actor, action).await
+        }
+        ApiRequest::Scale {
+            environment,
+            service,
+            replicas,
+            actor,
+        } => {
+            check_environment(shared, &environment)?;
+            let actor = check_actor(actor)?;
+            let action = Action::Scale { replicas };
+            issue_command(shared, request_id, environment, service, actor, action).await
+        }
+        ApiRequest::Maintenance {
+            environment,
+            service,
+            mode,
+            actor,
+        } => {
+            check_environment(shared, &environment)?;
+            let actor = check_actor(actor)?;
+            let action = Action::Maintenance(mode);
+            issue_command(shared, request_id, environment, service, actor, action).await
+        }
+    }
+}
+
+async fn status(shared: &Shared, environment: Option<EnvName>) -> Answer {
+    let environments = match environment {
+        Some(env) => {
+            check_environment(shared, &env)?;
+            vec![env]
+        }
+        None => shared.config.environments().to_vec(),
+    };
+    let agents = shared
+        .store
+        .agents(&environments)
+        .await
+        .map_err(internal("read the agents' heartbeats"))?;
+    let deployments = shared
+        .store
+        .deployments()
+        .await
+        .map_err(internal("read the deployments"))?;
+    let rows = status::rows(
+        &environments,
+        &agents,
+        &deployments,
+        OffsetDateTime::now_utc(),
+        shared.config.agent_timeout(),
+    );
+    let up = environments
+        .iter()
+        .filter(|env| rows.iter().any(|r| &r.environment == *env && r.agent_up))
+        .count();
+    Ok(encode(ApiReply::ok(
+        format!(
+            "{} environments, {up} with a live agent",
+            environments.len()
+        ),
+        rows,
+    )))
+}
+
+async fn history(
+    shared: &Shared,
+    environment: Option<EnvName>,
+    service: Option<ServiceName>,
+    limit: u32,
+) -> Answer {
+    let limit = limit.min(MAX_HISTORY_LIMIT);
+    let records = shared
+        .store
+        .history(environment.as_ref(), service.as_ref(), limit as usize)
+        .await
+        .map_err(internal("read the history"))?;
+    Ok(encode(ApiReply::ok(
+        format!("{} records", records.len()),
+        records,
+    )))
+}
+
+async fn issue_command(
+    shared: &Shared,
+    request_id: Uuid,
+    environment: EnvName,
+    service: ServiceName,
+    actor: Option<String>,
+    action: Action,
+) -> Answer {
+    // Derived from the request's id: a client retrying the same request
+    // gets the same command back instead of a second one.
+    let id = ids::api_command(request_id, &environment, &service);
+    let command = Command {
+        environment,
+        service,
+        actor,
+        action,
+    };
+    let sentence = issue::describe(&command);
+    let issued: CommandIssued = issue::issue(shared, id, command)
+        .await
+        .map_err(|e| match e {
+            Error::InvalidCommand(e) => format!("cannot {sentence}: {e}"),
+            other => internal("issue the command")(other),
+        })?;
+    Ok(encode(ApiReply::ok(
+        format!("{sentence}: issued as command {id}"),
+        issued,
+    )))
+}
+
+fn check_environment(shared: &Shared, env: &EnvName) -> Result<(), String> {
+    if shared.config.has_environment(env) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unknown environment {env}: the pipeline is {}",
+            shared.config.pipeline()
+        ))
+    }
+}
+
+fn check_actor(actor: Option<String>) -> Result<Option<String>, String> {
+    match actor {
+        Some(a) if a.len() > MAX_ACTOR_LEN || a.chars().any(char::is_control) => Err(format!(
+            "the actor must be at most {MAX_ACTOR_LEN} bytes without control characters"
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Logs an internal failure and turns it into a sentence for the client.
+fn internal(what: &'static str) -> impl FnOnce(Error) -> String {
+    move |e| {
+        error!("could not {what}: {e}");
+        format!("the controller could not {what}: {e}")
+    }
+}
+
+fn encode<T: Serialize>(reply: ApiReply<T>) -> Vec<u8> {
+    match Envelope::new(SOURCE, reply).to_bytes() {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let fallback = ApiReply::<()>::error(format!(
+                "the reply could not be sent ({e}); ask for fewer records"
+            ));
+            Envelope::new(SOURCE, fallback)
+                .to_bytes()
+                .unwrap_or_else(|e| {
+                    error!("could not encode an error reply: {e}");
+                    Vec::new()
+                })
+        }
+    }
+}

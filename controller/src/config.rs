@@ -1,0 +1,434 @@
+//! The controller's configuration: loaded from an optional TOML file and
+//! `FERRY_*` environment variables, then validated into a [`ResolvedConfig`]
+//! with every problem reported at once.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::{streams, EnvName, SigningKey};
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "FERRY";
+/// Overrides `nats_url`.
+pub const ENV_NATS_URL: &str = "FERRY_NATS_URL";
+/// Overrides `nats_creds`.
+pub const ENV_NATS_CREDS: &str = "FERRY_NATS_CREDS";
+/// Overrides `signing_key_file`.
+pub const ENV_SIGNING_KEY_FILE: &str = "FERRY_SIGNING_KEY_FILE";
+/// Overrides `environments`, comma-separated.
+pub const ENV_ENVIRONMENTS: &str = "FERRY_ENVIRONMENTS";
+/// Overrides `command_ttl`.
+pub const ENV_COMMAND_TTL: &str = "FERRY_COMMAND_TTL";
+/// Overrides `agent_timeout`.
+pub const ENV_AGENT_TIMEOUT: &str = "FERRY_AGENT_TIMEOUT";
+
+/// The configuration as written: plain values, checked by [`ControllerConfig::validate`].
+///
+/// Durations are humantime strings (`"1h"`, `"15s"`) so that a bad one is
+/// reported together with every other problem rather than failing the load.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ControllerConfig {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// NATS credentials file (`.creds`), if the server requires one.
+    pub nats_creds: Option<PathBuf>,
+    /// File holding the nkey seed every command is signed with.
+    pub signing_key_file: PathBuf,
+    /// The pipeline, in promotion order; new releases go to the first.
+    pub environments: Vec<String>,
+    /// How long an issued command stays valid.
+    pub command_ttl: String,
+    /// How long after its last heartbeat an agent counts as down.
+    pub agent_timeout: String,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            nats_creds: None,
+            signing_key_file: PathBuf::new(),
+            environments: vec!["dev".into(), "acceptance".into(), "production".into()],
+            command_ttl: "1h".to_owned(),
+            agent_timeout: "15s".to_owned(),
+        }
+    }
+}
+
+/// One thing wrong with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The setting.
+    pub field: &'static str,
+    /// What is wrong with it and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A configuration that passed validation: names parsed, key loaded, durations
+/// resolved. Only [`ControllerConfig::validate`] makes one, so its invariants
+/// (a non-empty pipeline without duplicates, a usable key) always hold.
+#[derive(Clone, Debug)]
+pub struct ResolvedConfig {
+    nats_url: String,
+    nats_creds: Option<PathBuf>,
+    signing_key: Arc<SigningKey>,
+    first_environment: EnvName,
+    environments: Vec<EnvName>,
+    command_ttl: Duration,
+    agent_timeout: Duration,
+}
+
+impl ResolvedConfig {
+    /// NATS server URL.
+    pub fn nats_url(&self) -> &str {
+        &self.nats_url
+    }
+
+    /// NATS credentials file, if any.
+    pub fn nats_creds(&self) -> Option<&Path> {
+        self.nats_creds.as_deref()
+    }
+
+    /// The key every command is signed with.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+
+    /// The pipeline, in promotion order, never empty.
+    pub fn environments(&self) -> &[EnvName] {
+        &self.environments
+    }
+
+    /// The first environment of the pipeline, where new releases go.
+    pub fn first_environment(&self) -> &EnvName {
+        &self.first_environment
+    }
+
+    /// How long an issued command stays valid.
+    pub fn command_ttl(&self) -> Duration {
+        self.command_ttl
+    }
+
+    /// How long after its last heartbeat an agent counts as down.
+    pub fn agent_timeout(&self) -> Duration {
+        self.agent_timeout
+    }
+
+    /// Whether `env` is part of the pipeline.
+    pub fn has_environment(&self, env: &EnvName) -> bool {
+        self.environments.contains(env)
+    }
+
+    /// The pipeline as `dev, acceptance, production`, for messages.
+    pub fn pipeline(&self) -> String {
+        self.environments
+            .iter()
+            .map(EnvName::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl ControllerConfig {
+    /// Loads the configuration: defaults, then the TOML `file` if given, then
+    /// `FERRY_*` variables. `env` replaces the process environment (for tests).
+    pub fn load(
+        file: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, Error> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .ignore_empty(true)
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("environments")
+                .source(env),
+        );
+        builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(Error::LoadConfig)
+    }
+
+    /// Checks every setting and returns the resolved configuration, or every
+    /// problem found (not just the first), so one run shows all there is to fix.
+    pub fn validate(&self) -> Result<ResolvedConfig, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &'static str, message: String| {
+            problems.push(ConfigProblem { field, message });
+        };
+
+        let nats_url = self.nats_url.trim();
+        if nats_url.is_empty() || nats_url.chars().any(char::is_whitespace) {
+            problem(
+                "nats_url",
+                format!(
+                    "{:?} is not a NATS URL such as nats://127.0.0.1:4222",
+                    self.nats_url
+                ),
+            );
+        }
+
+        if let Some(creds) = &self.nats_creds {
+            if let Err(e) = std::fs::File::open(creds) {
+                problem(
+                    "nats_creds",
+                    format!("cannot read {}: {e}", creds.display()),
+                );
+            }
+        }
+
+        let signing_key = if self.signing_key_file.as_os_str().is_empty() {
+            problem(
+                "signing_key_file",
+                format!("not set; point it (or {ENV_SIGNING_KEY_FILE}) at a file holding the controller's nkey seed"),
+            );
+            None
+        } else {
+            match std::fs::read_to_string(&self.signing_key_file) {
+                Ok(seed) => match SigningKey::from_seed(&seed) {
+                    Ok(key) => Some(key),
+                    Err(e) => {
+                        problem(
+                            "signing_key_file",
+                            format!(
+                                "{} does not hold a valid nkey seed: {e}",
+                                self.signing_key_file.display()
+                            ),
+                        );
+                        None
+                    }
+                },
+                Err(e) => {
+                    problem(
+                        "signing_key_file",
+                        format!("cannot read {}: {e}", self.signing_key_file.display()),
+                    );
+                    None
+                }
+            }
+        };
+
+        let mut environments = Vec::new();
+        let mut seen = BTreeSet::new();
+        if self.environments.is_empty() {
+            problem(
+                "environments",
+                "the pipeline is empty; list at least one environment, e.g. [\"dev\"]".into(),
+            );
+        }
+        for raw in &self.environments {
+            match EnvName::new(raw.trim()) {
+                Ok(env) => {
+                    if seen.insert(env.clone()) {
+                        environments.push(env);
+                    } else {
+                        problem("environments", format!("{env} is listed twice"));
+                    }
+                }
+                Err(e) => problem("environments", e.to_string()),
+            }
+        }
+
+        // A command that outlives the commands stream would be gone before it expires.
+        let max_ttl = streams::commands().max_age;
+        let command_ttl = parse_duration(&self.command_ttl, Duration::from_secs(1), max_ttl)
+            .map_err(|m| problem("command_ttl", m))
+            .ok();
+        let agent_timeout = parse_duration(
+            &self.agent_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 60 * 60),
+        )
+        .map_err(|m| problem("agent_timeout", m))
+        .ok();
+
+        match (
+            signing_key,
+            environments.first().cloned(),
+            command_ttl,
+            agent_timeout,
+        ) {
+            (Some(key), Some(first_environment), Some(command_ttl), Some(agent_timeout))
+                if problems.is_empty() =>
+            {
+                Ok(ResolvedConfig {
+                    nats_url: nats_url.to_owned(),
+                    nats_creds: self.nats_creds.clone(),
+                    signing_key: Arc::new(key),
+                    first_environment,
+                    environments,
+                    command_ttl,
+                    agent_timeout,
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+fn parse_duration(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration such as \"15s\" or \"1h\": {e}"))?;
+    if value < min || value > max {
+        return Err(format!(
+            "{text:?} is outside {} to {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_file(dir: &Path) -> PathBuf {
+        let path = dir.join("controller.nk");
+        std::fs::write(&path, SigningKey::generate().seed().unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_with_a_key_file_validate() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            ..ControllerConfig::default()
+        };
+        let resolved = config.validate().unwrap();
+        assert_eq!(resolved.pipeline(), "dev, acceptance, production");
+        assert_eq!(resolved.first_environment().as_str(), "dev");
+        assert_eq!(resolved.command_ttl(), Duration::from_secs(3600));
+        assert_eq!(resolved.agent_timeout(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControllerConfig {
+            nats_url: " ".into(),
+            nats_creds: Some(dir.path().join("missing.creds")),
+            signing_key_file: dir.path().join("missing.nk"),
+            environments: vec!["dev".into(), "Prod".into(), "dev".into()],
+            command_ttl: "forever".into(),
+            agent_timeout: "0s".into(),
+        };
+        let problems = config.validate().unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "nats_url",
+                "nats_creds",
+                "signing_key_file",
+                "environments",
+                "environments",
+                "command_ttl",
+                "agent_timeout"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[4].message.contains("dev is listed twice"));
+    }
+
+    #[test]
+    fn empty_pipeline_missing_key_and_bad_seed_are_problems() {
+        let config = ControllerConfig {
+            environments: vec![],
+            ..ControllerConfig::default()
+        };
+        let problems = config.validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].message.contains(ENV_SIGNING_KEY_FILE));
+        assert!(problems[1].message.contains("empty"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.nk");
+        std::fs::write(&bad, "not a seed").unwrap();
+        let config = ControllerConfig {
+            signing_key_file: bad,
+            ..ControllerConfig::default()
+        };
+        let problems = config.validate().unwrap_err();
+        assert!(problems[0].message.contains("nkey seed"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_ttl_longer_than_the_commands_stream_keeps_them_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            command_ttl: "30days".into(),
+            ..ControllerConfig::default()
+        };
+        let problems = config.validate().unwrap_err();
+        assert_eq!(problems[0].field, "command_ttl");
+    }
+
+    #[test]
+    fn file_then_environment_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("controller.toml");
+        std::fs::write(
+            &file,
+            "nats_url = \"nats://nats:4222\"\nenvironments = [\"a\", \"b\"]\ncommand_ttl = \"10m\"\n",
+        )
+        .unwrap();
+        let env = config::Map::from([
+            (ENV_ENVIRONMENTS.to_owned(), "dev,staging,prod".to_owned()),
+            (
+                ENV_SIGNING_KEY_FILE.to_owned(),
+                "/etc/ferry/key.nk".to_owned(),
+            ),
+            (ENV_AGENT_TIMEOUT.to_owned(), "30s".to_owned()),
+            ("FERRY_SOMETHING_ELSE".to_owned(), "ignored".to_owned()),
+        ]);
+        let config = ControllerConfig::load(Some(&file), Some(env)).unwrap();
+        assert_eq!(config.nats_url, "nats://nats:4222");
+        assert_eq!(config.environments, ["dev", "staging", "prod"]);
+        assert_eq!(config.signing_key_file, PathBuf::from("/etc/ferry/key.nk"));
+        assert_eq!(config.command_ttl, "10m");
+        assert_eq!(config.agent_timeout, "30s");
+        assert_eq!(config.nats_creds, None);
+    }
+
+    #[test]
+    fn a_single_environment_from_the_environment_is_a_list() {
+        let env = config::Map::from([(ENV_ENVIRONMENTS.to_owned(), "dev".to_owned())]);
+        let config = ControllerConfig::load(None, Some(env)).unwrap();
+        assert_eq!(config.environments, ["dev"]);
+    }
+
+    #[test]
+    fn bad_toml_is_a_load_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("controller.toml");
+        std::fs::write(&file, "environments = 3").unwrap();
+        let err = ControllerConfig::load(Some(&file), Some(config::Map::new())).unwrap_err();
+        assert!(matches!(err, Error::LoadConfig(_)), "{err}");
+    }
+}

@@ -1,0 +1,108 @@
+//! `ferry-controller`: loads the configuration, runs the controller, and
+//! turns SIGINT/SIGTERM into a graceful shutdown (a second signal forces it).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use ferry_controller::config::{
+    ENV_AGENT_TIMEOUT, ENV_COMMAND_TTL, ENV_ENVIRONMENTS, ENV_NATS_CREDS, ENV_NATS_URL,
+    ENV_SIGNING_KEY_FILE,
+};
+use ferry_controller::{ControllerConfig, Error};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a bad configuration (EX_USAGE), so a supervisor can tell
+/// "fix the config" from "crashed, restart me".
+const EXIT_BAD_CONFIG: u8 = 64;
+/// Exit code when a second signal cuts the drain short.
+const EXIT_FORCED: i32 = 130;
+
+/// The ferry controller: deploys new releases, issues signed commands to
+/// agents, keeps status and history in JetStream and answers the CLI.
+#[derive(Parser, Debug)]
+#[command(version, after_help = env_help())]
+struct Args {
+    /// TOML configuration file; every setting can also come from a FERRY_* variable.
+    #[arg(long, value_name = "PATH", env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn env_help() -> String {
+    format!(
+        "Environment overrides: {ENV_NATS_URL}, {ENV_NATS_CREDS}, {ENV_SIGNING_KEY_FILE}, \
+         {ENV_ENVIRONMENTS} (comma-separated), {ENV_COMMAND_TTL}, {ENV_AGENT_TIMEOUT}."
+    )
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match ControllerConfig::load(args.config.as_deref(), None) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ferry-controller: {e}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let config = match config.validate() {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("ferry-controller: invalid configuration:");
+            for problem in problems {
+                eprintln!("  - {problem}");
+            }
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ferry-controller: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-controller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: ferry_controller::ResolvedConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down: finishing work in hand (signal again to stop at once)");
+        token.cancel();
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::warn!("second signal: stopping now");
+        std::process::exit(EXIT_FORCED);
+    });
+    ferry_controller::run(config, shutdown)
+        .await
+        .map_err(|e: Error| anyhow::Error::new(e))
+        .context("the controller stopped")
+}

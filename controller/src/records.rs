@@ -1,0 +1,365 @@
+//! What the controller keeps in its key-value buckets, and how events change it.
+//!
+//! These are storage, not wire: only the controller reads them. The
+//! transitions are pure functions so they can be tested without a server, and
+//! so that applying the same event twice (redelivery, a second controller
+//! instance) leaves the same record.
+
+use ferry_protocol::command::{Action, ActionKind, Command, RollbackTarget};
+use ferry_protocol::event::{EventBody, Heartbeat, ServiceEvent};
+use ferry_protocol::{EnvName, ServiceName, Version};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Where a command stands, as far as the controller has heard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum CommandState {
+    /// Stored in JetStream for the agent.
+    Issued,
+    /// The agent accepted it and is carrying it out.
+    Accepted,
+    /// Finished as asked.
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// The agent refused it.
+    Refused,
+    /// A dry run reported its plan.
+    DryRun,
+}
+
+impl CommandState {
+    /// The word used in status rows and history records.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Issued => "issued",
+            CommandState::Accepted => "accepted",
+            CommandState::Succeeded => "succeeded",
+            CommandState::Failed => "failed",
+            CommandState::Refused => "refused",
+            CommandState::DryRun => "dry_run",
+        }
+    }
+
+    fn is_final(self) -> bool {
+        !matches!(self, CommandState::Issued | CommandState::Accepted)
+    }
+}
+
+/// The last command to one service in one environment and how it went; the
+/// value of `<env>.<service>` in the deployments bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeploymentRecord {
+    /// Environment.
+    pub environment: EnvName,
+    /// Service.
+    pub service: ServiceName,
+    /// The last command's id, when known.
+    pub command_id: Option<Uuid>,
+    /// Its action, when known.
+    pub action: Option<ActionKind>,
+    /// The version it targets (deploy, rollback to a version) or reported.
+    pub version: Option<Version>,
+    /// Who asked for it.
+    pub actor: Option<String>,
+    /// Where it stands.
+    pub state: CommandState,
+    /// A sentence for people about the state.
+    pub detail: String,
+    /// When the state last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// The version last reported serving, kept across commands.
+    pub serving: Option<Version>,
+}
+
+impl DeploymentRecord {
+    /// The record after `command` was issued as `id`. Issuing the same id again
+    /// (a redelivered release, a retried request) changes nothing, so a late
+    /// duplicate cannot turn a finished command back into `issued`.
+    pub(crate) fn issued(
+        previous: Option<DeploymentRecord>,
+        id: Uuid,
+        command: &Command,
+        detail: String,
+        at: OffsetDateTime,
+    ) -> Option<DeploymentRecord> {
+        if previous.as_ref().and_then(|p| p.command_id) == Some(id) {
+            return None;
+        }
+        Some(DeploymentRecord {
+            environment: command.environment.clone(),
+            service: command.service.clone(),
+            command_id: Some(id),
+            action: Some(command.action.kind()),
+            version: target_version(&command.action),
+            actor: command.actor.clone(),
+            state: CommandState::Issued,
+            detail,
+            updated_at: at,
+            serving: previous.and_then(|p| p.serving),
+        })
+    }
+
+    /// The record after an agent's accepted, refused or outcome `event`, or
+    /// `None` when the event changes nothing.
+    pub(crate) fn apply(
+        previous: Option<DeploymentRecord>,
+        event: &ServiceEvent,
+        at: OffsetDateTime,
+    ) -> Option<DeploymentRecord> {
+        let (state, action, version, detail, serving) = match &event.body {
+            EventBody::Accepted { action } => (
+                CommandState::Accepted,
+                Some(*action),
+                None,
+                format!("{action} accepted by the agent"),
+                None,
+            ),
+            EventBody::Refused { reason, detail } => (
+                CommandState::Refused,
+                None,
+                None,
+                format!("{reason}: {detail}"),
+                None,
+            ),
+            EventBody::Succeeded {
+                action,
+                version,
+                detail,
+                ..
+            } => (
+                CommandState::Succeeded,
+                Some(*action),
+                version.clone(),
+                detail.clone(),
+                version.clone(),
+            ),
+            EventBody::Failed {
+                action,
+                version,
+                reason,
+                serving,
+            } => (
+                CommandState::Failed,
+                Some(*action),
+                version.clone(),
+                reason.clone(),
+                serving.clone(),
+            ),
+            EventBody::DryRun { action, plan } => (
+                CommandState::DryRun,
+                Some(*action),
+                None,
+                format!("would: {}", plan.join("; ")),
+                None,
+            ),
+            // Progress, health and metrics are not part of a command's record.
+            _ => return None,
+        };
+
+        let Some(mut record) = previous else {
+            // The controller did not issue it, or its record was lost: start one.
+            return Some(DeploymentRecord {
+                environment: event.environment.clone(),
+                service: event.service.clone(),
+                command_id: event.command_id,
+                action,
+                version,
+                actor: None,
+                state,
+                detail,
+                updated_at: at,
+                serving,
+            });
+        };
+
+        let same_command = match (record.command_id, event.command_id) {
+            (Some(recorded), Some(reported)) => recorded == reported,
+            // An event without an id, or a record that lost its id, cannot
+            // be told apart from the last command: take it as that command's.
+            _ => true,
+        };
+        let mut changed = false;
+        if serving.is_some() && serving != record.serving {
+            // What serves is a fact whichever command brought it about.
+            record.serving = serving;
+            changed = true;
+        }
+        if !same_command {
+            // A late event about an older command must not overwrite the
+            // state of the newer one.
+            return changed.then_some(record);
+        }
+        let regresses = record.state.is_final() && !state.is_final();
+        let repeats = record.state == state && record.detail == detail;
+        if regresses || repeats {
+            return changed.then_some(record);
+        }
+        record.command_id = record.command_id.or(event.command_id);
+        record.action = action.or(record.action);
+        record.version = version.or(record.version);
+        record.state = state;
+        record.detail = detail;
+        record.updated_at = at;
+        Some(record)
+    }
+}
+
+/// The version a command brings up, when it names one.
+pub(crate) fn target_version(action: &Action) -> Option<Version> {
+    match action {
+        Action::Deploy { release, .. } => Some(release.version.clone()),
+        Action::Rollback {
+            to: RollbackTarget::Version(v),
+            ..
+        } => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// An environment's last heartbeat; the value of `<env>` in the agents bucket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AgentRecord {
+    /// The heartbeat as the agent sent it.
+    pub heartbeat: Heartbeat,
+    /// When JetStream stored it. The server's clock, not the agent's and not
+    /// the time the controller read it, so that replaying a backlog after a
+    /// controller outage does not make dead agents look alive.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::command::ReleaseSpec;
+    use ferry_protocol::RefusalReason;
+
+    fn deploy(version: &str) -> Command {
+        Command {
+            environment: EnvName::new("dev").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            actor: Some("ci".into()),
+            action: Action::Deploy {
+                release: ReleaseSpec {
+                    version: Version::new(version).unwrap(),
+                    artifact: "/bin/web".into(),
+                    digest: None,
+                    env: Default::default(),
+                },
+                replicas: None,
+                health: None,
+            },
+        }
+    }
+
+    fn event(id: Uuid, body: EventBody) -> ServiceEvent {
+        ServiceEvent {
+            environment: EnvName::new("dev").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            command_id: Some(id),
+            body,
+        }
+    }
+
+    fn succeeded(version: &str) -> EventBody {
+        EventBody::Succeeded {
+            action: ActionKind::Deploy,
+            version: Some(Version::new(version).unwrap()),
+            replicas: 2,
+            detail: "2 replicas healthy".into(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    #[test]
+    fn a_command_goes_from_issued_to_its_outcome() {
+        let id = Uuid::new_v4();
+        let issued = DeploymentRecord::issued(None, id, &deploy("1.0"), "x".into(), now()).unwrap();
+        assert_eq!(issued.state, CommandState::Issued);
+        let accepted = DeploymentRecord::apply(
+            Some(issued),
+            &event(
+                id,
+                EventBody::Accepted {
+                    action: ActionKind::Deploy,
+                },
+            ),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(accepted.state, CommandState::Accepted);
+        let done =
+            DeploymentRecord::apply(Some(accepted), &event(id, succeeded("1.0")), now()).unwrap();
+        assert_eq!(done.state, CommandState::Succeeded);
+        assert_eq!(done.serving.as_ref().unwrap().as_str(), "1.0");
+        assert_eq!(done.actor.as_deref(), Some("ci"));
+
+        // Redelivered: no change, and a late "accepted" does not regress it.
+        assert!(
+            DeploymentRecord::apply(Some(done.clone()), &event(id, succeeded("1.0")), now())
+                .is_none()
+        );
+        let late = event(
+            id,
+            EventBody::Accepted {
+                action: ActionKind::Deploy,
+            },
+        );
+        assert!(DeploymentRecord::apply(Some(done.clone()), &late, now()).is_none());
+        // Issuing the same id again does not reset it either.
+        assert!(
+            DeploymentRecord::issued(Some(done), id, &deploy("1.0"), "x".into(), now()).is_none()
+        );
+    }
+
+    #[test]
+    fn a_late_outcome_of_an_older_command_keeps_the_newer_state() {
+        let old = Uuid::new_v4();
+        let new = Uuid::new_v4();
+        let issued =
+            DeploymentRecord::issued(None, new, &deploy("2.0"), "x".into(), now()).unwrap();
+        let after =
+            DeploymentRecord::apply(Some(issued), &event(old, succeeded("1.0")), now()).unwrap();
+        assert_eq!(after.command_id, Some(new));
+        assert_eq!(after.state, CommandState::Issued);
+        assert_eq!(after.serving.unwrap().as_str(), "1.0");
+    }
+
+    #[test]
+    fn a_refusal_without_a_prior_record_creates_one() {
+        let id = Uuid::new_v4();
+        let refused = event(
+            id,
+            EventBody::Refused {
+                reason: RefusalReason::Expired,
+                detail: "too old".into(),
+            },
+        );
+        let record = DeploymentRecord::apply(None, &refused, now()).unwrap();
+        assert_eq!(record.state, CommandState::Refused);
+        assert_eq!(record.detail, "expired: too old");
+        assert_eq!(record.command_id, Some(id));
+    }
+
+    #[test]
+    fn progress_changes_nothing() {
+        let progress = event(
+            Uuid::new_v4(),
+            EventBody::Progress {
+                action: ActionKind::Deploy,
+                step: "starting".into(),
+                version: None,
+                ready: 0,
+                desired: 1,
+            },
+        );
+        assert!(DeploymentRecord::apply(None, &progress, now()).is_none());
+    }
+}

@@ -1,0 +1,482 @@
+//! The controller's state, all of it in JetStream: the streams, the three
+//! key-value buckets and the history stream. Nothing here is cached in memory,
+//! so a restarted or second controller sees exactly the same state.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+use async_nats::HeaderMap;
+use ferry_protocol::api::{HistoryRecord, ReleaseRecord};
+use ferry_protocol::streams::{self, StreamSpec};
+use ferry_protocol::{subject, EnvName, Envelope, ServiceName, Version};
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::records::{AgentRecord, DeploymentRecord};
+use crate::{Error, SOURCE};
+
+/// Attempts at a compare-and-set update before giving up; more than two
+/// controller instances racing on one key is not expected.
+const CAS_ATTEMPTS: u32 = 8;
+/// Longest wait for the next message while reading a stream to its end.
+const READ_STALL: Duration = Duration::from_secs(5);
+/// The header JetStream's key-value layer marks deletes and purges with.
+const KV_OPERATION: &str = "KV-Operation";
+/// Key reads in flight at once when listing a small bucket.
+const GET_CONCURRENCY: usize = 16;
+
+/// Handles to every stream and bucket the controller uses.
+#[derive(Clone)]
+pub(crate) struct Store {
+    js: Context,
+    releases: kv::Store,
+    deployments: kv::Store,
+    agents: kv::Store,
+    history: stream::Stream,
+}
+
+/// What storing a release found.
+pub(crate) enum StoredRelease {
+    /// First time this version was seen.
+    New,
+    /// The same release was stored before (a redelivery or a CI retry).
+    Same(ReleaseRecord),
+    /// The version exists with different content; versions are immutable.
+    Conflict(ReleaseRecord),
+}
+
+impl Store {
+    /// Creates (or finds) every stream and bucket. Idempotent, and safe to run
+    /// from several processes at once: agents create the same streams.
+    pub(crate) async fn open(js: Context) -> Result<Self, Error> {
+        for spec in [streams::commands(), streams::events(), streams::releases()] {
+            ensure_stream(&js, &spec).await?;
+        }
+        let history = ensure_stream(&js, &streams::history()).await?;
+        let releases = ensure_bucket(&js, streams::RELEASES_BUCKET, 5).await?;
+        let deployments = ensure_bucket(&js, streams::DEPLOYMENTS_BUCKET, 1).await?;
+        let agents = ensure_bucket(&js, streams::AGENTS_BUCKET, 1).await?;
+        Ok(Store {
+            js,
+            releases,
+            deployments,
+            agents,
+            history,
+        })
+    }
+
+    /// The JetStream context, for publishing commands.
+    pub(crate) fn js(&self) -> &Context {
+        &self.js
+    }
+
+    /// Stores a release unless its version is already known.
+    pub(crate) async fn record_release(
+        &self,
+        record: &ReleaseRecord,
+    ) -> Result<StoredRelease, Error> {
+        let key = streams::release_key(&record.release.service, &record.release.version);
+        let bytes = encode(streams::RELEASES_BUCKET, record)?;
+        match self.releases.create(&key, bytes.into()).await {
+            Ok(_) => Ok(StoredRelease::New),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                match self
+                    .release(&record.release.service, &record.release.version)
+                    .await?
+                {
+                    Some(existing) if existing.release == record.release => {
+                        Ok(StoredRelease::Same(existing))
+                    }
+                    Some(existing) => Ok(StoredRelease::Conflict(existing)),
+                    None => Err(Error::nats(
+                        format!("store release {key}"),
+                        "the key exists but holds no readable release",
+                    )),
+                }
+            }
+            Err(e) => Err(Error::nats(format!("store release {key}"), e)),
+        }
+    }
+
+    /// One release, if it was published.
+    pub(crate) async fn release(
+        &self,
+        service: &ServiceName,
+        version: &Version,
+    ) -> Result<Option<ReleaseRecord>, Error> {
+        let key = streams::release_key(service, version);
+        let value = self
+            .releases
+            .get(&key)
+            .await
+            .map_err(|e| Error::nats(format!("read release {key}"), e))?;
+        Ok(value.and_then(|v| decode(streams::RELEASES_BUCKET, &key, &v)))
+    }
+
+    /// Every release, or one service's, oldest first.
+    pub(crate) async fn releases(
+        &self,
+        service: Option<&ServiceName>,
+    ) -> Result<Vec<ReleaseRecord>, Error> {
+        // Service names hold no '.', so `<service>.>` matches exactly its versions.
+        let pattern = service.map_or_else(|| ">".to_owned(), |s| format!("{s}.>"));
+        let mut out: Vec<ReleaseRecord> =
+            latest_values(&self.releases, streams::RELEASES_BUCKET, &pattern).await?;
+        out.sort_by(|a, b| {
+            (&a.release.service, a.received_at).cmp(&(&b.release.service, b.received_at))
+        });
+        Ok(out)
+    }
+
+    /// Changes `<env>.<service>` in the deployments bucket with `change`
+    /// (compare-and-set, retried on a concurrent write). Returns the record
+    /// as it stands afterwards.
+    pub(crate) async fn update_deployment(
+        &self,
+        env: &EnvName,
+        service: &ServiceName,
+        change: impl FnMut(Option<DeploymentRecord>) -> Option<DeploymentRecord>,
+    ) -> Result<Option<DeploymentRecord>, Error> {
+        let key = format!("{env}.{service}");
+        modify(&self.deployments, streams::DEPLOYMENTS_BUCKET, &key, change).await
+    }
+
+    /// Every deployment record.
+    pub(crate) async fn deployments(&self) -> Result<Vec<DeploymentRecord>, Error> {
+        let bucket = streams::DEPLOYMENTS_BUCKET;
+        let filter = format!("{}>", self.deployments.prefix);
+        let mut subjects = self
+            .deployments
+            .stream
+            .info_with_subjects(&filter)
+            .await
+            .map_err(|e| Error::nats(format!("list the keys of {bucket}"), e))?;
+        let mut keys = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, _) =
+                entry.map_err(|e| Error::nats(format!("list the keys of {bucket}"), e))?;
+            if let Some(key) = subject.strip_prefix(self.deployments.prefix.as_str()) {
+                keys.push(key.to_owned());
+            }
+        }
+        let values = get_many(&self.deployments, bucket, keys).await?;
+        Ok(values.into_iter().flatten().collect())
+    }
+
+    /// Changes `<env>` in the agents bucket with `change`.
+    pub(crate) async fn update_agent(
+        &self,
+        env: &EnvName,
+        change: impl FnMut(Option<AgentRecord>) -> Option<AgentRecord>,
+    ) -> Result<Option<AgentRecord>, Error> {
+        modify(&self.agents, streams::AGENTS_BUCKET, env.as_str(), change).await
+    }
+
+    /// The last heartbeat of each of `environments` that has one.
+    pub(crate) async fn agents(
+        &self,
+        environments: &[EnvName],
+    ) -> Result<HashMap<EnvName, AgentRecord>, Error> {
+        let keys = environments.iter().map(|e| e.as_str().to_owned()).collect();
+        let records: Vec<Option<AgentRecord>> =
+            get_many(&self.agents, streams::AGENTS_BUCKET, keys).await?;
+        Ok(records
+            .into_iter()
+            .flatten()
+            .map(|r| (r.heartbeat.environment.clone(), r))
+            .collect())
+    }
+
+    /// Appends `record` to the history stream under `env`'s subject, with
+    /// `id` as its `Nats-Msg-Id` so that writing it twice keeps one copy.
+    pub(crate) async fn append_history(
+        &self,
+        env: &EnvName,
+        record: HistoryRecord,
+        id: Uuid,
+    ) -> Result<(), Error> {
+        let subject = subject::history(env, &record.service);
+        let bytes = Envelope::with_id(id, SOURCE, record).to_bytes()?;
+        publish_deduplicated(&self.js, subject, id, bytes).await
+    }
+
+    /// The last `limit` history records matching the filters, oldest first.
+    ///
+    /// This reads every matching record from the start of the stream and
+    /// keeps the last `limit`: O(n) in the matching history. JetStream cannot
+    /// count back from the end of a filtered subset; if history grows large,
+    /// a start time or sequence cursor in the request is the remedy.
+    pub(crate) async fn history(
+        &self,
+        env: Option<&EnvName>,
+        service: Option<&ServiceName>,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, Error> {
+        let filter = format!(
+            "{}.history.{}.{}",
+            subject::PREFIX,
+            env.map_or("*", EnvName::as_str),
+            service.map_or("*", ServiceName::as_str)
+        );
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut last = VecDeque::with_capacity(limit.min(1024));
+        read_to_end(
+            &self.history,
+            filter,
+            DeliverPolicy::All,
+            "history",
+            |msg| match Envelope::<HistoryRecord>::decode(&msg.payload) {
+                Ok(envelope) => {
+                    if last.len() == limit {
+                        last.pop_front();
+                    }
+                    last.push_back(envelope.data);
+                }
+                Err(e) => warn!(subject = %msg.subject, "skipping unreadable history record: {e}"),
+            },
+        )
+        .await?;
+        Ok(last.into())
+    }
+}
+
+/// Publishes to JetStream with a `Nats-Msg-Id` and waits for the stream's ack,
+/// so the caller knows the message is stored (or was a duplicate).
+pub(crate) async fn publish_deduplicated(
+    js: &Context,
+    subject: String,
+    id: Uuid,
+    payload: Vec<u8>,
+) -> Result<(), Error> {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.to_string().as_str());
+    let action = || format!("publish to {subject}");
+    js.publish_with_headers(subject.clone(), headers, payload.into())
+        .await
+        .map_err(|e| Error::nats(action(), e))?
+        .await
+        .map_err(|e| Error::nats(action(), e))?;
+    Ok(())
+}
+
+fn stream_config(spec: &StreamSpec) -> stream::Config {
+    stream::Config {
+        name: spec.name.to_owned(),
+        subjects: spec.subjects.clone(),
+        max_age: spec.max_age,
+        max_bytes: spec.max_bytes,
+        max_messages_per_subject: spec.max_messages_per_subject,
+        duplicate_window: spec.duplicate_window,
+        storage: StorageType::File,
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+async fn ensure_stream(js: &Context, spec: &StreamSpec) -> Result<stream::Stream, Error> {
+    js.get_or_create_stream(stream_config(spec))
+        .await
+        .map_err(|e| Error::nats(format!("create stream {}", spec.name), e))
+}
+
+async fn ensure_bucket(js: &Context, bucket: &str, history: i64) -> Result<kv::Store, Error> {
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: bucket.to_owned(),
+            history,
+            storage: StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another process may have created it between the two calls.
+        Err(create_error) => js
+            .get_key_value(bucket)
+            .await
+            .map_err(|_| Error::nats(format!("create bucket {bucket}"), create_error)),
+    }
+}
+
+fn encode<T: Serialize>(bucket: &'static str, value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|source| Error::Encode { bucket, source })
+}
+
+fn decode<T: DeserializeOwned>(bucket: &str, key: &str, bytes: &[u8]) -> Option<T> {
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            // A value written by a newer or broken controller: skip it rather
+            // than fail every status request; the next write replaces it.
+            warn!(bucket, key, "ignoring unreadable value: {e}");
+            None
+        }
+    }
+}
+
+/// Compare-and-set: reads `key`, lets `change` compute the new value (or
+/// `None` for no change) and writes it only if nobody wrote in between.
+async fn modify<T, F>(
+    store: &kv::Store,
+    bucket: &'static str,
+    key: &str,
+    mut change: F,
+) -> Result<Option<T>, Error>
+where
+    T: Serialize + DeserializeOwned + Clone,
+    F: FnMut(Option<T>) -> Option<T>,
+{
+    for _ in 0..CAS_ATTEMPTS {
+        let entry = store
+            .entry(key)
+            .await
+            .map_err(|e| Error::nats(format!("read {key} from {bucket}"), e))?;
+        let (current, revision) = match entry {
+            Some(entry) if entry.operation == Operation::Put => {
+                (decode::<T>(bucket, key, &entry.value), entry.revision)
+            }
+            Some(entry) => (None, entry.revision),
+            // Revision 0 tells JetStream "only if the key has never been written".
+            None => (None, 0),
+        };
+        let Some(next) = change(current.clone()) else {
+            return Ok(current);
+        };
+        let bytes = encode(bucket, &next)?;
+        match store.update(key, bytes.into(), revision).await {
+            Ok(_) => return Ok(Some(next)),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(Error::nats(format!("write {key} to {bucket}"), e)),
+        }
+    }
+    Err(Error::Contended {
+        bucket,
+        key: key.to_owned(),
+        attempts: CAS_ATTEMPTS,
+    })
+}
+
+/// Reads `keys` with direct gets, a few at a time. Status is polled often,
+/// so it must not create a consumer per request as [`latest_values`] does.
+async fn get_many<T: DeserializeOwned>(
+    store: &kv::Store,
+    bucket: &'static str,
+    keys: Vec<String>,
+) -> Result<Vec<Option<T>>, Error> {
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            let value = store
+                .get(key.as_str())
+                .await
+                .map_err(|e| Error::nats(format!("read {key} from {bucket}"), e))?;
+            Ok(value.and_then(|v| decode(bucket, &key, &v)))
+        })
+        .buffered(GET_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// The current value of every key matching `pattern`, read in one pass over
+/// the bucket's stream rather than one request per key (for buckets that
+/// grow, like releases).
+async fn latest_values<T: DeserializeOwned>(
+    store: &kv::Store,
+    bucket: &'static str,
+    pattern: &str,
+) -> Result<Vec<T>, Error> {
+    let filter = format!("{}{pattern}", store.prefix);
+    let mut out = Vec::new();
+    read_to_end(
+        &store.stream,
+        filter,
+        DeliverPolicy::LastPerSubject,
+        bucket,
+        |msg| {
+            let deleted = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(KV_OPERATION))
+                .is_some_and(|op| op.as_str() != "PUT");
+            if !deleted {
+                let key = msg
+                    .subject
+                    .as_str()
+                    .trim_start_matches(store.prefix.as_str());
+                if let Some(value) = decode(bucket, key, &msg.payload) {
+                    out.push(value);
+                }
+            }
+        },
+    )
+    .await?;
+    Ok(out)
+}
+
+/// Reads every message of `stream` matching `filter` with an ephemeral
+/// ordered consumer until it has caught up with the stream's end.
+async fn read_to_end(
+    stream: &stream::Stream,
+    filter: String,
+    deliver_policy: DeliverPolicy,
+    what: &str,
+    mut each: impl FnMut(&jetstream::Message),
+) -> Result<(), Error> {
+    let action = || format!("read {what}");
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::nats(action(), e))?;
+    // Without this check an empty selection would wait for a message forever.
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(());
+    }
+    let name = consumer.cached_info().name.clone();
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Error::nats(action(), e))?;
+    let result = loop {
+        let next = match tokio::time::timeout(READ_STALL, messages.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                break Err(Error::ReadTimeout {
+                    what: what.to_owned(),
+                })
+            }
+        };
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(e)) => break Err(Error::nats(action(), e)),
+            None => break Ok(()),
+        };
+        let pending = message.info().map_or(0, |info| info.pending);
+        each(&message);
+        if pending == 0 {
+            break Ok(());
+        }
+    };
+    drop(messages);
+    // The server would drop it after its inactivity threshold anyway; deleting
+    // it now keeps frequent readers from piling up idle consumers.
+    if let Err(e) = stream.delete_consumer(&name).await {
+        debug!(consumer = %name, "could not delete a reader consumer: {e}");
+    }
+    result
+}
