@@ -97,7 +97,9 @@ impl EventPublisher {
         false
     }
 
-    async fn publish_service(
+    /// Publishes an event on core NATS now (captured by the events stream, not
+    /// confirmed).
+    pub async fn publish_now(
         &self,
         service: &ServiceName,
         command_id: Option<Uuid>,
@@ -141,12 +143,12 @@ impl EventPublisher {
                     // Drain what is queued before leaving.
                     biased;
                     next = rx.recv() => match next {
-                        Some((service, id, body)) => publisher.publish_service(&service, id, body).await,
+                        Some((service, id, body)) => publisher.publish_now(&service, id, body).await,
                         None => return,
                     },
                     _ = shutdown.cancelled() => {
                         while let Ok((service, id, body)) = rx.try_recv() {
-                            publisher.publish_service(&service, id, body).await;
+                            publisher.publish_now(&service, id, body).await;
                         }
                         return;
                     }

@@ -28,11 +28,22 @@ pub struct ManagedEntry {
     pub backend: Arc<dyn ServiceBackend>,
 }
 
+/// A command's final event, recorded and ready to publish.
+#[derive(Debug)]
+pub struct Report {
+    /// The service.
+    pub service: ServiceName,
+    /// The command.
+    pub command_id: Option<Uuid>,
+    /// Succeeded, failed, refused or dry run.
+    pub body: EventBody,
+}
+
 /// Whether the command reached an end that may be acknowledged.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Completion {
-    /// Done (succeeded, failed or refused); acknowledge it.
-    Done,
+    /// Done and recorded; publish the report, then acknowledge.
+    Done(Report),
     /// Cut short by shutdown before changing anything; leave it for redelivery.
     Interrupted,
 }
@@ -113,37 +124,48 @@ impl Executor {
             .unwrap_or(false)
     }
 
-    /// Publishes a refusal of a command (durably: `--wait` and history rely on it).
-    pub async fn refuse(
+    /// Logs a refusal and returns its report.
+    pub fn refuse(
         &self,
         service: &ServiceName,
         command_id: Option<Uuid>,
         refusal: &ferry_protocol::Refusal,
-    ) {
+    ) -> Report {
         tracing::warn!(%service, ?command_id, reason = %refusal.reason, detail = %refusal.detail, "command refused");
+        Report {
+            service: service.clone(),
+            command_id,
+            body: EventBody::Refused {
+                reason: refusal.reason,
+                detail: refusal.detail.clone(),
+            },
+        }
+    }
+
+    /// Publishes a report durably (`--wait` and history rely on it).
+    pub async fn publish(&self, report: Report) {
         self.publisher
-            .publish_durable(
-                service,
-                command_id,
-                EventBody::Refused {
-                    reason: refusal.reason,
-                    detail: refusal.detail.clone(),
-                },
-            )
+            .publish_durable(&report.service, report.command_id, report.body)
             .await;
     }
 
-    /// Publishes that a command was accepted.
-    pub fn accepted(&self, service: &ServiceName, command_id: Uuid, action: ActionKind) {
-        self.sink
-            .emit(service, Some(command_id), EventBody::Accepted { action });
+    /// Publishes that a command was accepted, straight away rather than through
+    /// the event queue: it is what a waiting operator sees first.
+    pub async fn accepted(&self, service: &ServiceName, command_id: Uuid, action: ActionKind) {
+        self.publisher
+            .publish_now(service, Some(command_id), EventBody::Accepted { action })
+            .await;
     }
 
     /// Carries out `command` (already verified and checked for replay).
     pub async fn execute(&self, id: Uuid, expires: OffsetDateTime, command: Command) -> Completion {
         let service = command.service.clone();
         let Some(entry) = self.services.get(&service) else {
-            return Completion::Done;
+            let refusal = ferry_protocol::Refusal::new(
+                ferry_protocol::RefusalReason::UnknownService,
+                format!("this agent does not manage a service named {service}"),
+            );
+            return Completion::Done(self.refuse(&service, Some(id), &refusal));
         };
         let action = command.action.kind();
         tracing::info!(%service, command_id = %id, %action, actor = ?command.actor, "executing command");
@@ -188,10 +210,11 @@ impl Executor {
         {
             tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
         }
-        self.publisher
-            .publish_durable(&service, Some(id), body)
-            .await;
-        Completion::Done
+        Completion::Done(Report {
+            service,
+            command_id: Some(id),
+            body,
+        })
     }
 
     fn persist(&self, change: impl FnOnce(&mut State)) -> Result<(), crate::Error> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
 use ferry_protocol::command::Command;
+use ferry_protocol::envelope::peek_id;
 use ferry_protocol::event::AgentEvent;
 use ferry_protocol::{
     streams, subject, Envelope, Refusal, RefusalReason, ServiceName, TrustedKeys,
@@ -20,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventPublisher;
-use crate::executor::{Completion, Executor};
+use crate::executor::{Completion, Executor, Report};
 use crate::Error;
 
 /// Commands queued per service before the agent stops pulling more.
@@ -157,7 +158,15 @@ async fn route(
                     detail,
                 })
                 .await;
-            terminate(&message).await;
+            finish(
+                Done {
+                    message,
+                    report: None,
+                    end: End::Term,
+                },
+                executor,
+            )
+            .await;
             return;
         }
     };
@@ -172,34 +181,98 @@ async fn route(
                 RefusalReason::UnknownService,
                 format!("this agent does not manage a service named {service}"),
             );
-            executor
-                .refuse(
-                    &service,
-                    ferry_protocol::envelope::peek_id(&message.payload),
-                    &refusal,
-                )
-                .await;
-            terminate(&message).await;
+            let report = executor.refuse(&service, peek_id(&message.payload), &refusal);
+            finish(
+                Done {
+                    message,
+                    report: Some(report),
+                    end: End::Term,
+                },
+                executor,
+            )
+            .await;
         }
     }
 }
 
+/// How a message leaves the agent's hands.
+enum End {
+    /// Executed: acknowledge (and wait for the server to confirm).
+    Ack,
+    /// Refused: never deliver it again.
+    Term,
+    /// Interrupted by shutdown: deliver it again later.
+    Nak,
+}
+
+/// A handled message: its final event (if any) and how to acknowledge it.
+struct Done {
+    message: jetstream::Message,
+    report: Option<Report>,
+    end: End,
+}
+
+/// Publishes the final event, then acknowledges: a command is only ever
+/// acknowledged after its outcome is both recorded and published.
+async fn finish(done: Done, executor: &Executor) {
+    if let Some(report) = done.report {
+        executor.publish(report).await;
+    }
+    let result = match done.end {
+        End::Ack => done.message.double_ack().await,
+        End::Term => done.message.ack_with(AckKind::Term).await,
+        End::Nak => done.message.ack_with(AckKind::Nak(None)).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(subject = %done.message.subject, error = %e, "acknowledgement not confirmed; a redelivery will be recognised as executed");
+    }
+}
+
+/// One service's commands, one at a time. Reporting and acknowledging run in
+/// a companion task so the next command does not wait on those round trips;
+/// the queue between them keeps reports in order.
 async fn worker(
     mut queue: mpsc::Receiver<jetstream::Message>,
     executor: Arc<Executor>,
     trusted: Arc<TrustedKeys>,
 ) {
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(WORKER_QUEUE);
+    let reporter = {
+        let executor = executor.clone();
+        tokio::spawn(async move {
+            while let Some(done) = done_rx.recv().await {
+                finish(done, &executor).await;
+            }
+        })
+    };
     while let Some(message) = queue.recv().await {
-        handle(message, &executor, &trusted).await;
+        let done = handle(message, &executor, &trusted).await;
+        if done_tx.send(done).await.is_err() {
+            tracing::error!("reporter task is gone");
+            break;
+        }
+    }
+    drop(done_tx);
+    let _ = reporter.await;
+}
+
+fn refused(message: jetstream::Message, report: Report) -> Done {
+    Done {
+        message,
+        report: Some(report),
+        end: End::Term,
     }
 }
 
-async fn handle(message: jetstream::Message, executor: &Executor, trusted: &TrustedKeys) {
+async fn handle(message: jetstream::Message, executor: &Executor, trusted: &TrustedKeys) -> Done {
     let Ok(subject::Subject::Command { service, .. }) =
         subject::Subject::parse(message.subject.as_str())
     else {
-        terminate(&message).await;
-        return;
+        return Done {
+            message,
+            report: None,
+            end: End::Term,
+        };
     };
     let envelope = match Envelope::<Command>::decode_verified(
         &message.payload,
@@ -208,15 +281,8 @@ async fn handle(message: jetstream::Message, executor: &Executor, trusted: &Trus
     ) {
         Ok(envelope) => envelope,
         Err(refusal) => {
-            executor
-                .refuse(
-                    &service,
-                    ferry_protocol::envelope::peek_id(&message.payload),
-                    &refusal,
-                )
-                .await;
-            terminate(&message).await;
-            return;
+            let report = executor.refuse(&service, peek_id(&message.payload), &refusal);
+            return refused(message, report);
         }
     };
     let id = envelope.id;
@@ -245,27 +311,29 @@ async fn handle(message: jetstream::Message, executor: &Executor, trusted: &Trus
             .map(|e| Refusal::new(RefusalReason::Invalid, e.to_string()))
     };
     if let Some(refusal) = mismatch {
-        executor.refuse(&service, Some(id), &refusal).await;
-        terminate(&message).await;
-        return;
+        let report = executor.refuse(&service, Some(id), &refusal);
+        return refused(message, report);
     }
     if executor.was_executed(&id) {
         let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
         if redelivered {
             // Our own ack was lost after the outcome was recorded: not a replay.
             tracing::info!(command_id = %id, "redelivered command was already executed; acknowledging");
-        } else {
-            let refusal = Refusal::new(
-                RefusalReason::Replayed,
-                format!("command {id} was already executed"),
-            );
-            executor.refuse(&service, Some(id), &refusal).await;
+            return Done {
+                message,
+                report: None,
+                end: End::Term,
+            };
         }
-        terminate(&message).await;
-        return;
+        let refusal = Refusal::new(
+            RefusalReason::Replayed,
+            format!("command {id} was already executed"),
+        );
+        let report = executor.refuse(&service, Some(id), &refusal);
+        return refused(message, report);
     }
 
-    executor.accepted(&service, id, command.action.kind());
+    executor.accepted(&service, id, command.action.kind()).await;
     let expires = envelope.expires.unwrap_or_else(OffsetDateTime::now_utc);
     let keep_alive = CancellationToken::new();
     let progress_acks = tokio::spawn(progress_acks(message.clone(), keep_alive.clone()));
@@ -273,14 +341,16 @@ async fn handle(message: jetstream::Message, executor: &Executor, trusted: &Trus
     keep_alive.cancel();
     let _ = progress_acks.await;
     match completion {
-        Completion::Done => {
-            if let Err(e) = message.double_ack().await {
-                tracing::warn!(command_id = %id, error = %e, "ack not confirmed; a redelivery will be recognised as executed");
-            }
-        }
-        Completion::Interrupted => {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
-        }
+        Completion::Done(report) => Done {
+            message,
+            report: Some(report),
+            end: End::Ack,
+        },
+        Completion::Interrupted => Done {
+            message,
+            report: None,
+            end: End::Nak,
+        },
     }
 }
 
@@ -296,11 +366,5 @@ async fn progress_acks(message: jetstream::Message, done: CancellationToken) {
                 }
             }
         }
-    }
-}
-
-async fn terminate(message: &jetstream::Message) {
-    if let Err(e) = message.ack_with(AckKind::Term).await {
-        tracing::warn!(error = %e, "could not terminate a refused message");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{free_port, NatsServer, System, WAIT};
+use ferry_e2e::{bin, free_port, NatsServer, System, WAIT};
 use ferry_protocol::command::{Action, Command};
 use ferry_protocol::event::ServiceEvent;
 use ferry_protocol::{EnvName, Envelope, ServiceName, SigningKey};
@@ -47,6 +47,61 @@ async fn raw_request_reply(nats: &NatsServer) -> Vec<Duration> {
     samples
 }
 
+/// The floor under ferry's path, without ferry: a message stored by
+/// JetStream, delivered to a durable pull consumer on a second connection,
+/// which answers with a core publish, as the agent does. Shown so the cost of
+/// JetStream and the cost of the agent can be told apart.
+async fn jetstream_round_trip(nats: &NatsServer) -> Vec<Duration> {
+    use async_nats::jetstream::{self, consumer};
+    let consumer_client = nats.client().await;
+    let js = jetstream::new(consumer_client.clone());
+    let stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: "BENCH".into(),
+            subjects: vec!["bench.js.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            "bench",
+            consumer::pull::Config {
+                durable_name: Some("bench".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            let _ = consumer_client
+                .publish("bench.reply", message.payload.clone())
+                .await;
+            let _ = message.ack().await;
+        }
+    });
+    let client = nats.client().await;
+    let mut replies = client.subscribe("bench.reply").await.unwrap();
+    client.flush().await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 512]);
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for i in 0..WARMUP + SAMPLES {
+        let started = Instant::now();
+        client.publish("bench.js.x", payload.clone()).await.unwrap();
+        tokio::time::timeout(WAIT, replies.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if i >= WARMUP {
+            samples.push(started.elapsed());
+        }
+    }
+    samples
+}
+
 async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duration> {
     let client = nats.client().await;
     let mut accepted = client
@@ -58,6 +113,11 @@ async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duratio
         .await
         .unwrap();
     client.flush().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_consumer_from_stream("ferry-agent-dev", "FERRY_COMMANDS")
+        .await
+        .unwrap();
     let mut samples = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
         let command = Command {
@@ -94,7 +154,9 @@ async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duratio
         if i >= WARMUP {
             samples.push(started.elapsed());
         }
-        // Let the command finish so the next one is not queued behind it.
+        // Let the command finish, and its acknowledgement land, so each
+        // sample measures a command reaching an idle agent (as the raw
+        // baseline measures an idle responder).
         loop {
             let message = tokio::time::timeout(WAIT, outcomes.next())
                 .await
@@ -109,41 +171,92 @@ async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duratio
                 break;
             }
         }
+        loop {
+            let info = consumer.info().await.unwrap();
+            if info.num_ack_pending == 0 && info.num_pending == 0 {
+                break;
+            }
+        }
     }
     samples
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let mut system = System::start().await;
-    let port = free_port();
-    system.start_agent("dev", port).await;
+    // Only nats-server and the agent: the path measured is theirs, and a
+    // controller folding every event into KV would load the same two cores.
+    // The agent runs as its own process, as it does in production, so it does
+    // not share the measuring runtime's two threads.
+    let system = System::without_controller();
+    let _agent = AgentProcess::start(&system).await;
 
     let mut raw = raw_request_reply(&system.nats).await;
+    let mut floor = jetstream_round_trip(&system.nats).await;
     let mut ferry = command_to_accepted(&system.nats, &system.controller_key).await;
     raw.sort();
+    floor.sort();
     ferry.sort();
-    let (raw50, raw99) = (percentile(&raw, 0.50), percentile(&raw, 0.99));
-    let (ferry50, ferry99) = (percentile(&ferry, 0.50), percentile(&ferry, 0.99));
+    let row = |name: &str, samples: &[Duration]| {
+        println!(
+            "{name:<38} {:>9.3} {:>9.3}",
+            ms(percentile(samples, 0.50)),
+            ms(percentile(samples, 0.99))
+        );
+    };
     println!("command_latency: {SAMPLES} samples each after {WARMUP} warm-up, same nats-server, same run");
     println!("{:<38} {:>9} {:>9}", "", "p50 ms", "p99 ms");
-    println!(
-        "{:<38} {:>9.3} {:>9.3}",
-        "raw NATS request-reply (baseline)",
-        ms(raw50),
-        ms(raw99)
-    );
-    println!(
-        "{:<38} {:>9.3} {:>9.3}",
-        "ferry command -> accepted event",
-        ms(ferry50),
-        ms(ferry99)
-    );
+    row("raw NATS request-reply (baseline)", &raw);
+    row("JetStream store, deliver, reply (floor)", &floor);
+    row("ferry command -> accepted event", &ferry);
+    let ratio = |q: f64| percentile(&ferry, q).as_secs_f64() / percentile(&raw, q).as_secs_f64();
     println!(
         "{:<38} {:>9.2} {:>9.2}",
-        "ratio (ferry / raw)",
-        ferry50.as_secs_f64() / raw50.as_secs_f64(),
-        ferry99.as_secs_f64() / raw99.as_secs_f64()
+        "ratio (ferry / raw request-reply)",
+        ratio(0.50),
+        ratio(0.99)
     );
-    system.shutdown().await;
+}
+
+/// The real `ferry-agent` binary, killed on drop.
+struct AgentProcess(std::process::Child);
+
+impl AgentProcess {
+    async fn start(system: &System) -> AgentProcess {
+        let config = system.dir.path().join("agent-dev.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n\n[services.web]\ncommand = [\"{{artifact}}\"]\nport = {}\n",
+                system.nats.url(),
+                system.dir.path().join("agent-dev").display(),
+                system.controller_key.public_key(),
+                free_port()
+            ),
+        )
+        .unwrap();
+        let client = system.nats.client().await;
+        let mut heartbeats = client
+            .subscribe("ferry.v1.agent.dev.heartbeat")
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let child = std::process::Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::timeout(WAIT, heartbeats.next())
+            .await
+            .expect("agent heartbeat");
+        AgentProcess(child)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

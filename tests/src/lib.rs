@@ -81,19 +81,24 @@ pub struct System {
 impl System {
     /// Starts nats-server and the controller.
     pub async fn start() -> System {
+        let mut system = System::without_controller();
+        system.start_controller().await;
+        system
+    }
+
+    /// Starts nats-server only; agents create the streams they need.
+    pub fn without_controller() -> System {
         init_tracing();
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let controller_key = SigningKey::generate();
-        let mut system = System {
+        System {
             nats,
             controller_key,
             dir,
             controller: None,
             agents: BTreeMap::new(),
-        };
-        system.start_controller().await;
-        system
+        }
     }
 
     /// Starts (or restarts) the in-process controller and waits until it answers.
