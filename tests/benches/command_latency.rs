@@ -3,6 +3,9 @@
 //! nats-server, in the same run (these machines are noisy; ratios are what
 //! compare). Run with `cargo bench -p ferry-e2e --bench command_latency`.
 
+// A benchmark that cannot set up must stop loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{bin, free_port, NatsServer, System, WAIT};

@@ -2,6 +2,10 @@
 //! agents running in-process (as wasmCloud's tests run their host), the real
 //! `ferry` CLI and `ferry-sample` binaries, and loopback HTTP.
 
+// Test support: a harness that cannot start its servers must fail the test
+// loudly, so panicking helpers are its job.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod bins;
 pub mod events;
 pub mod nats;

@@ -2,6 +2,8 @@
 //! controller and agents in-process, the real `ferry` CLI and `ferry-sample`
 //! replicas as child processes, HTTP through the agent's stable port.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
