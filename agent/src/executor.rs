@@ -55,6 +55,7 @@ pub struct Executor {
     state: Arc<Mutex<State>>,
     publisher: EventPublisher,
     sink: EventSink,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 struct CommandProgress<'a> {
@@ -95,7 +96,14 @@ impl Executor {
             state,
             publisher,
             sink,
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified after every command, so a heartbeat can report the new state
+    /// at once instead of at the next tick.
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// The agent's environment.
@@ -210,6 +218,7 @@ impl Executor {
         {
             tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
         }
+        self.changed.notify_one();
         Completion::Done(Report {
             service,
             command_id: Some(id),

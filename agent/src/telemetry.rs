@@ -46,6 +46,7 @@ impl Telemetry {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         metrics.tick().await;
+        let changed = executor.changed();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -54,6 +55,11 @@ impl Telemetry {
                     publisher.publish_agent(AgentEvent::Heartbeat(event)).await;
                 }
                 _ = metrics.tick() => self.service_reports(&executor, &sink).await,
+                _ = changed.notified() => {
+                    let event = self.heartbeat(&executor, &mut system).await;
+                    publisher.publish_agent(AgentEvent::Heartbeat(event)).await;
+                    heartbeat.reset();
+                }
             }
         }
     }
