@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
-use ferry_protocol::streams;
+use ferry_protocol::{streams, EnvName};
 use futures::future::join_all;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, RuntimeKind};
+use crate::config::{AgentConfig, RuntimeKind, ServiceConfig};
 use crate::events::EventPublisher;
 use crate::executor::{Executor, ManagedEntry};
 use crate::managed::ManagedService;
+use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{NoProgress, Replacement, ReplicaContext, ReplicaRuntime};
 use crate::state::State;
@@ -42,9 +43,33 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
         })
 }
 
-fn runtime_for(kind: RuntimeKind) -> Arc<dyn ReplicaRuntime> {
-    match kind {
-        RuntimeKind::Process => Arc::new(ProcessRuntime),
+/// The runtime a service runs on. The Docker engine is connected to once, for
+/// the first docker service; an engine that cannot be reached stops the agent
+/// from starting (with the reason), rather than leaving a service that cannot
+/// run anything. Leftover containers of each docker service from an earlier
+/// agent are removed before its state is restored.
+async fn runtime_for(
+    environment: &EnvName,
+    service: &ServiceConfig,
+    docker: &mut Option<Arc<DockerRuntime>>,
+) -> Result<Arc<dyn ReplicaRuntime>, Error> {
+    match service.runtime {
+        RuntimeKind::Process => Ok(Arc::new(ProcessRuntime)),
+        RuntimeKind::Docker => {
+            let runtime = match docker {
+                Some(runtime) => runtime.clone(),
+                None => {
+                    let runtime = Arc::new(DockerRuntime::connect().await.map_err(|e| {
+                        tracing::error!(service = %service.name, error = %e, "service uses runtime docker");
+                        e
+                    })?);
+                    *docker = Some(runtime.clone());
+                    runtime
+                }
+            };
+            runtime.remove_leftovers(environment, &service.name).await?;
+            Ok(runtime)
+        }
     }
 }
 
@@ -63,19 +88,22 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let services_shutdown = shutdown.child_token();
 
     let mut entries = BTreeMap::new();
+    let mut docker = None;
     for (name, service) in &config.services {
+        let runtime = match runtime_for(&config.environment, service, &mut docker).await {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                services_shutdown.cancel();
+                return Err(e);
+            }
+        };
         let ctx = ReplicaContext {
             environment: config.environment.clone(),
             service: service.clone(),
             log_dir: config.state_dir.join("logs"),
         };
-        match ManagedService::start(
-            ctx,
-            runtime_for(service.runtime),
-            sink.clone(),
-            services_shutdown.child_token(),
-        )
-        .await
+        match ManagedService::start(ctx, runtime, sink.clone(), services_shutdown.child_token())
+            .await
         {
             Ok(backend) => {
                 entries.insert(

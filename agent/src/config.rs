@@ -21,6 +21,8 @@ pub const ENV_PREFIX: &str = "FERRY";
 pub enum RuntimeKind {
     /// Each replica is a child process of the agent.
     Process,
+    /// Each replica is a container on the local Docker engine.
+    Docker,
 }
 
 impl RuntimeKind {
@@ -28,6 +30,7 @@ impl RuntimeKind {
     pub fn as_str(self) -> &'static str {
         match self {
             RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
         }
     }
 }
@@ -59,6 +62,34 @@ impl Default for HealthConfig {
     }
 }
 
+/// Container settings of a service with `runtime = "docker"`; unused (and
+/// refused in configuration) otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerOptions {
+    /// The port the service listens on inside its container (`$PORT`).
+    pub container_port: u16,
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// CPU limit in billionths of a CPU (`cpus = 1.5` is 1_500_000_000).
+    pub nano_cpus: Option<i64>,
+    /// Docker network to attach containers to (the engine's default otherwise).
+    pub network: Option<String>,
+    /// Extra container labels; keys under `io.ferry.` are reserved.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for DockerOptions {
+    fn default() -> Self {
+        DockerOptions {
+            container_port: 8080,
+            memory: None,
+            nano_cpus: None,
+            network: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
 /// One managed service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
@@ -79,6 +110,8 @@ pub struct ServiceConfig {
     pub health: HealthConfig,
     /// Time a replica has to exit after SIGTERM before it is killed.
     pub stop_timeout: Duration,
+    /// Container settings (docker runtime only).
+    pub docker: DockerOptions,
 }
 
 /// The agent's whole configuration, checked.
@@ -138,6 +171,11 @@ struct RawService {
     #[serde(default)]
     health: RawHealth,
     stop_timeout: Option<String>,
+    container_port: Option<u16>,
+    memory: Option<String>,
+    cpus: Option<f64>,
+    network: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +244,94 @@ fn duration(
             }
         },
     }
+}
+
+/// Parses a memory size: bytes, or a number with `k`, `m` or `g` (binary
+/// units, as Docker reads them), optionally followed by `b`: "256m", "1GB".
+pub fn parse_memory(text: &str) -> Option<i64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (digits, unit) = match lower.char_indices().last() {
+        Some((i, 'k')) => (&lower[..i], 1_i64 << 10),
+        Some((i, 'm')) => (&lower[..i], 1 << 20),
+        Some((i, 'g')) => (&lower[..i], 1 << 30),
+        _ => (lower, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<i64>().ok()?.checked_mul(unit)
+}
+
+/// Docker's own floor for a memory limit.
+const MIN_MEMORY: i64 = 6 << 20;
+
+fn docker_options(
+    problems: &mut Vec<String>,
+    prefix: &str,
+    runtime: RuntimeKind,
+    service: &RawService,
+) -> DockerOptions {
+    let mut options = DockerOptions::default();
+    if runtime != RuntimeKind::Docker {
+        let set = [
+            ("container_port", service.container_port.is_some()),
+            ("memory", service.memory.is_some()),
+            ("cpus", service.cpus.is_some()),
+            ("network", service.network.is_some()),
+            ("labels", service.labels.is_some()),
+        ];
+        for (field, _) in set.iter().filter(|(_, set)| *set) {
+            problems.push(format!(
+                "{prefix}.{field}: only used with runtime = \"docker\""
+            ));
+        }
+        return options;
+    }
+    match service.container_port {
+        Some(0) => problems.push(format!("{prefix}.container_port: must not be 0")),
+        Some(port) => options.container_port = port,
+        None => {}
+    }
+    if let Some(text) = &service.memory {
+        match parse_memory(text) {
+            Some(bytes) if bytes >= MIN_MEMORY => options.memory = Some(bytes),
+            Some(_) => problems.push(format!(
+                "{prefix}.memory: {text:?} is below Docker's minimum of 6m"
+            )),
+            None => problems.push(format!(
+                "{prefix}.memory: {text:?} is not a size like \"256m\" or \"1g\""
+            )),
+        }
+    }
+    if let Some(cpus) = service.cpus {
+        if (0.01..=1024.0).contains(&cpus) {
+            // In range, so the product fits an i64 with room to spare.
+            let nano = (cpus * 1e9).round() as i64;
+            options.nano_cpus = Some(nano);
+        } else {
+            problems.push(format!("{prefix}.cpus: {cpus} is outside 0.01..=1024"));
+        }
+    }
+    if let Some(network) = &service.network {
+        if network.trim().is_empty() {
+            problems.push(format!("{prefix}.network: must not be empty"));
+        } else {
+            options.network = Some(network.clone());
+        }
+    }
+    for (key, value) in service.labels.iter().flatten() {
+        if key.starts_with("io.ferry.") {
+            problems.push(format!(
+                "{prefix}.labels: {key:?} is reserved (io.ferry.* labels are set by ferry)"
+            ));
+        } else if key.trim().is_empty() {
+            problems.push(format!("{prefix}.labels: a label key must not be empty"));
+        } else {
+            options.labels.insert(key.clone(), value.clone());
+        }
+    }
+    options
 }
 
 fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
@@ -294,13 +420,20 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
         };
         let runtime = match service.runtime.as_deref().unwrap_or("process") {
             "process" => RuntimeKind::Process,
+            "docker" => RuntimeKind::Docker,
             other => {
                 problems.push(format!(
-                    "{prefix}.runtime: {other:?} is not available in this build (supported: \"process\")"
+                    "{prefix}.runtime: {other:?} is not available in this build (supported: \"process\", \"docker\")"
                 ));
                 RuntimeKind::Process
             }
         };
+        let docker = docker_options(&mut problems, &prefix, runtime, &service);
+        if runtime == RuntimeKind::Docker && service.command.is_some() {
+            problems.push(format!(
+                "{prefix}.command: not used by runtime \"docker\" (the image's entrypoint runs); remove it"
+            ));
+        }
         let command = service.command.unwrap_or_else(|| vec!["{artifact}".into()]);
         if command.first().is_none_or(|c| c.trim().is_empty()) {
             problems.push(format!(
@@ -395,6 +528,7 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                     env: service.env,
                     health,
                     stop_timeout,
+                    docker,
                 },
             );
         }
@@ -444,6 +578,92 @@ mod tests {
         assert_eq!(web.health.path, "/healthz");
         assert_eq!(web.health.start_timeout, Duration::from_secs(5));
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_docker_service_resolves_its_container_settings() {
+        let key = ferry_protocol::SigningKey::generate().public_key();
+        let cfg = from_toml(&format!(
+            r#"
+            environment = "dev"
+            state_dir = "/tmp/x"
+            trusted_keys = ["{key}"]
+            [services.web]
+            runtime = "docker"
+            port = 18080
+            container_port = 9000
+            memory = "256m"
+            cpus = 1.5
+            network = "ferry"
+            labels = {{ team = "checkout" }}
+            [services.api]
+            runtime = "docker"
+            port = 18081
+            "#
+        ))
+        .unwrap();
+        let web = &cfg.services[&ServiceName::new("web").unwrap()];
+        assert_eq!(web.runtime, RuntimeKind::Docker);
+        assert_eq!(web.docker.container_port, 9000);
+        assert_eq!(web.docker.memory, Some(256 << 20));
+        assert_eq!(web.docker.nano_cpus, Some(1_500_000_000));
+        assert_eq!(web.docker.network.as_deref(), Some("ferry"));
+        assert_eq!(web.docker.labels["team"], "checkout");
+        let api = &cfg.services[&ServiceName::new("api").unwrap()];
+        assert_eq!(api.docker, DockerOptions::default());
+        assert_eq!(api.docker.container_port, 8080);
+    }
+
+    #[test]
+    fn memory_sizes_parse_in_binary_units() {
+        assert_eq!(parse_memory("1048576"), Some(1 << 20));
+        assert_eq!(parse_memory("512k"), Some(512 << 10));
+        assert_eq!(parse_memory("256m"), Some(256 << 20));
+        assert_eq!(parse_memory("256MB"), Some(256 << 20));
+        assert_eq!(parse_memory("2g"), Some(2 << 30));
+        for bad in ["", "m", "-1m", "1.5g", "12x", "99999999999999999g"] {
+            assert_eq!(parse_memory(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn docker_settings_problems_are_listed_at_once() {
+        let key = ferry_protocol::SigningKey::generate().public_key();
+        let err = from_toml(&format!(
+            r#"
+            environment = "dev"
+            state_dir = "/tmp/x"
+            trusted_keys = ["{key}"]
+            [services.web]
+            runtime = "docker"
+            port = 18080
+            command = ["x"]
+            container_port = 0
+            memory = "lots"
+            cpus = 0.0
+            network = ""
+            labels = {{ "io.ferry.service" = "other" }}
+            [services.proc]
+            port = 18081
+            memory = "256m"
+            "#
+        ))
+        .unwrap_err();
+        let Error::Config(problems) = err else {
+            panic!("{err}")
+        };
+        let text = problems.join("\n");
+        for expected in [
+            "services.web.command: not used",
+            "services.web.container_port",
+            "services.web.memory",
+            "services.web.cpus",
+            "services.web.network",
+            "services.web.labels: \"io.ferry.service\" is reserved",
+            "services.proc.memory: only used with runtime = \"docker\"",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::Duration;
 
-use ferry_agent::config::{AgentConfig, HealthConfig, RuntimeKind, ServiceConfig};
+use ferry_agent::config::{AgentConfig, DockerOptions, HealthConfig, RuntimeKind, ServiceConfig};
 use ferry_protocol::{EnvName, ServiceName, SigningKey};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
@@ -169,6 +169,7 @@ impl System {
                         start_timeout: Duration::from_secs(10),
                     },
                     stop_timeout: Duration::from_secs(5),
+                    docker: DockerOptions::default(),
                 };
                 (name, config)
             })
@@ -184,6 +185,20 @@ impl System {
             shutdown_grace: Duration::from_secs(10),
             services,
         }
+    }
+
+    /// Configuration of an agent for `env` running one sample service as
+    /// containers on the local Docker engine (3 replicas; the sample binds
+    /// 0.0.0.0 inside its container so the published port reaches it).
+    pub fn docker_agent_config(&self, env: &str, service: &str, port: u16) -> AgentConfig {
+        let mut config = self.agent_config(env, &[(service, port)]);
+        for service in config.services.values_mut() {
+            service.runtime = RuntimeKind::Docker;
+            service.replicas = 3;
+            service.env.insert("SAMPLE_BIND".into(), "0.0.0.0".into());
+            service.health.start_timeout = Duration::from_secs(15);
+        }
+        config
     }
 
     /// Starts an agent with `config` and waits for its first heartbeat.
@@ -279,6 +294,18 @@ impl System {
     pub async fn publish_release(&self, service: &str, version: &str, env_vars: &[&str]) {
         let sample = bin("ferry-sample");
         let sample = sample.to_str().expect("utf-8 path");
+        self.publish_artifact(service, version, sample, env_vars)
+            .await;
+    }
+
+    /// Publishes a release with `artifact` (a path, an image) through the CLI.
+    pub async fn publish_artifact(
+        &self,
+        service: &str,
+        version: &str,
+        artifact: &str,
+        env_vars: &[&str],
+    ) {
         let mut args = vec![
             "release",
             "publish",
@@ -287,7 +314,7 @@ impl System {
             "--version",
             version,
             "--artifact",
-            sample,
+            artifact,
             "--author",
             "ci-bot",
         ];

@@ -9,8 +9,9 @@
 //!   Deployment and a Service) implements [`ServiceBackend`] directly and has no
 //!   agent proxy in the path.
 //! - [`ReplicaRuntime`] starts and stops one replica: a child process here, a
-//!   container through the Docker API next.
+//!   container through the Docker API ([`docker`]).
 
+pub mod docker;
 pub mod process;
 
 use std::net::SocketAddr;
@@ -50,6 +51,14 @@ pub enum RuntimeError {
     /// Nothing is deployed to act on.
     #[error("{0}")]
     NothingDeployed(String),
+    /// The runtime's engine cannot be reached or used.
+    #[error("the {runtime} runtime is unavailable: {detail}")]
+    Unavailable {
+        /// Which runtime.
+        runtime: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// The operation was cut short by shutdown; the previous state was kept.
     #[error("interrupted by agent shutdown; the previous version keeps serving")]
     Interrupted,
