@@ -38,21 +38,12 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     spec: &streams::StreamSpec,
 ) -> Result<jetstream::stream::Stream, Error> {
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: spec.name.to_owned(),
-        subjects: spec.subjects.clone(),
-        max_age: spec.max_age,
-        max_bytes: spec.max_bytes,
-        max_messages_per_subject: spec.max_messages_per_subject,
-        duplicate_window: spec.duplicate_window,
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| Error::JetStream {
-        what: "creating stream",
-        detail: format!("{}: {e}", spec.name),
-    })
+    js.get_or_create_stream(spec.config())
+        .await
+        .map_err(|e| Error::JetStream {
+            what: "creating stream",
+            detail: format!("{}: {e}", spec.name),
+        })
 }
 
 /// The durable consumer name of an environment's agent.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
-use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, Context};
 use async_nats::HeaderMap;
 use ferry_protocol::api::{HistoryRecord, ReleaseRecord};
@@ -268,23 +268,8 @@ pub(crate) async fn publish_deduplicated(
     Ok(())
 }
 
-fn stream_config(spec: &StreamSpec) -> stream::Config {
-    stream::Config {
-        name: spec.name.to_owned(),
-        subjects: spec.subjects.clone(),
-        max_age: spec.max_age,
-        max_bytes: spec.max_bytes,
-        max_messages_per_subject: spec.max_messages_per_subject,
-        duplicate_window: spec.duplicate_window,
-        storage: StorageType::File,
-        retention: RetentionPolicy::Limits,
-        discard: DiscardPolicy::Old,
-        ..Default::default()
-    }
-}
-
 async fn ensure_stream(js: &Context, spec: &StreamSpec) -> Result<stream::Stream, Error> {
-    js.get_or_create_stream(stream_config(spec))
+    js.get_or_create_stream(spec.config())
         .await
         .map_err(|e| Error::nats(format!("create stream {}", spec.name), e))
 }

@@ -1,6 +1,7 @@
-//! Names and limits of the JetStream streams and key-value buckets ferry keeps.
-//! Plain data, so the agent and the controller create them identically
-//! (whichever starts first creates them; `get_or_create` is idempotent).
+//! Names and limits of the JetStream streams and key-value buckets ferry keeps,
+//! so the agent and the controller create them identically (whichever starts
+//! first creates them; `get_or_create` is idempotent). This module only builds
+//! async-nats configuration values; it does no IO.
 
 use std::time::Duration;
 
@@ -23,6 +24,26 @@ pub struct StreamSpec {
     pub max_messages_per_subject: i64,
     /// Window in which a repeated `Nats-Msg-Id` is dropped.
     pub duplicate_window: Duration,
+}
+
+impl StreamSpec {
+    /// The JetStream configuration: file storage, limits retention, oldest
+    /// messages discarded first.
+    pub fn config(&self) -> async_nats::jetstream::stream::Config {
+        use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+        Config {
+            name: self.name.to_owned(),
+            subjects: self.subjects.clone(),
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+            max_messages_per_subject: self.max_messages_per_subject,
+            duplicate_window: self.duplicate_window,
+            storage: StorageType::File,
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            ..Default::default()
+        }
+    }
 }
 
 /// Commands to every agent: `ferry.v1.cmd.>`. Each agent reads its own
