@@ -17,7 +17,7 @@ use crate::executor::{Executor, ManagedEntry};
 use crate::managed::ManagedService;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
-use crate::runtime::{NoProgress, Replacement, ReplicaContext, ReplicaRuntime};
+use crate::runtime::{NoProgress, Replacement, ReplicaContext, ReplicaRuntime, RuntimeError};
 use crate::state::State;
 use crate::telemetry::Telemetry;
 use crate::{intake, Error};
@@ -59,10 +59,21 @@ async fn runtime_for(
             let runtime = match docker {
                 Some(runtime) => runtime.clone(),
                 None => {
-                    let runtime = Arc::new(DockerRuntime::connect().await.map_err(|e| {
-                        tracing::error!(service = %service.name, error = %e, "service uses runtime docker");
-                        e
-                    })?);
+                    // Not a configuration error (exit 64): the engine may
+                    // come back, and a supervisor should restart the agent.
+                    let runtime =
+                        Arc::new(DockerRuntime::connect().await.map_err(|e| match e {
+                            RuntimeError::Unavailable { runtime, detail } => {
+                                RuntimeError::Unavailable {
+                                    runtime,
+                                    detail: format!(
+                                        "{detail} (needed by service {})",
+                                        service.name
+                                    ),
+                                }
+                            }
+                            other => other,
+                        })?);
                     *docker = Some(runtime.clone());
                     runtime
                 }
