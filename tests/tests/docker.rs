@@ -120,9 +120,19 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let mut ids: Vec<String> = containers(&self.service)
-            .into_iter()
-            .map(|c| c.id)
+        // Never panics: this may run while a failed test unwinds.
+        let listed = Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=io.ferry.managed=true"])
+            .args([
+                "--filter",
+                &format!("label=io.ferry.service={}", self.service),
+            ])
+            .output();
+        let mut ids: Vec<String> = listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
             .collect();
         ids.extend(self.foreign.iter().cloned());
         if !ids.is_empty() {
