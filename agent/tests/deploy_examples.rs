@@ -8,8 +8,14 @@ use ferry_agent::config::from_toml;
 fn the_deploy_examples_for_every_environment_are_valid_agent_configurations() {
     for (env, text) in [
         ("dev", include_str!("../../deploy/agent-dev.toml")),
-        ("acceptance", include_str!("../../deploy/agent-acceptance.toml")),
-        ("production", include_str!("../../deploy/agent-production.toml")),
+        (
+            "acceptance",
+            include_str!("../../deploy/agent-acceptance.toml"),
+        ),
+        (
+            "production",
+            include_str!("../../deploy/agent-production.toml"),
+        ),
     ] {
         let config = from_toml(text).unwrap_or_else(|e| panic!("deploy/agent-{env}.toml: {e}"));
         assert_eq!(config.environment.as_str(), env);
