@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
-use ferry_protocol::{streams, EnvName};
+use ferry_protocol::streams;
 use futures::future::join_all;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -46,10 +46,9 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
 /// The runtime a service runs on. The Docker engine is connected to once, for
 /// the first docker service; an engine that cannot be reached stops the agent
 /// from starting (with the reason), rather than leaving a service that cannot
-/// run anything. Leftover containers of each docker service from an earlier
-/// agent are removed before its state is restored.
+/// run anything. Containers an earlier agent left are adopted or removed when
+/// the service is restored.
 async fn runtime_for(
-    environment: &EnvName,
     service: &ServiceConfig,
     docker: &mut Option<Arc<DockerRuntime>>,
 ) -> Result<Arc<dyn ReplicaRuntime>, Error> {
@@ -78,7 +77,6 @@ async fn runtime_for(
                     runtime
                 }
             };
-            runtime.remove_leftovers(environment, &service.name).await?;
             Ok(runtime)
         }
     }
@@ -101,7 +99,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut entries = BTreeMap::new();
     let mut docker = None;
     for (name, service) in &config.services {
-        let runtime = match runtime_for(&config.environment, service, &mut docker).await {
+        let runtime = match runtime_for(service, &mut docker).await {
             Ok(runtime) => runtime,
             Err(e) => {
                 services_shutdown.cancel();
@@ -193,7 +191,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     result
 }
 
-/// Brings every service back to what the state file says was serving.
+/// Brings every service back to what the state file says was serving: first
+/// by adopting the replicas an earlier agent left running (containers), else
+/// by deploying afresh.
 async fn restore(
     entries: &BTreeMap<ferry_protocol::ServiceName, ManagedEntry>,
     state: &Mutex<State>,
@@ -209,6 +209,17 @@ async fn restore(
         let entry = entries.get(&name)?.clone();
         Some(async move {
             entry.backend.set_maintenance(record.maintenance.clone());
+            match entry.backend.adopt(record.current.as_ref(), record.replicas).await {
+                Ok(0) => {}
+                Ok(adopted) => {
+                    tracing::info!(service = %name, adopted, replicas = record.replicas, "restored by adopting running replicas");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(service = %name, error = %e, "could not adopt the running replicas");
+                    return;
+                }
+            }
             let Some(current) = record.current.clone() else { return };
             if record.replicas == 0 {
                 return;

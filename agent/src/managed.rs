@@ -22,7 +22,7 @@ use crate::config::RuntimeKind;
 use crate::events::EventSink;
 use crate::proxy::Proxy;
 use crate::runtime::{
-    Progress, Replacement, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
+    NoProgress, Progress, Replacement, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
     ServiceBackend,
 };
 
@@ -232,6 +232,37 @@ impl ManagedService {
                 _ = self.shutdown.cancelled() => return Err(RuntimeError::Interrupted),
             }
         }
+    }
+
+    /// Keeps the adopted replicas that pass a health check (retried up to the
+    /// failure threshold, an interval apart) and stops the others.
+    async fn keep_healthy(&self, adopted: Vec<ReplicaHandle>) -> Vec<ReplicaHandle> {
+        let health = &self.ctx.service.health;
+        let mut pending = adopted;
+        let mut healthy = Vec::new();
+        for attempt in 1..=health.failure_threshold.max(1) {
+            let results = join_all(pending.iter().map(|h| self.check(h.address))).await;
+            let mut failed = Vec::new();
+            for (handle, result) in pending.into_iter().zip(results) {
+                match result {
+                    Ok(()) => healthy.push(handle),
+                    Err(e) if attempt == health.failure_threshold.max(1) => {
+                        tracing::warn!(replica = %handle.id, error = %e, "adopted replica is unhealthy; stopping it");
+                        failed.push(handle);
+                    }
+                    Err(_) => failed.push(handle),
+                }
+            }
+            pending = failed;
+            if pending.is_empty() {
+                break;
+            }
+            if attempt < health.failure_threshold.max(1) {
+                tokio::time::sleep(health.interval).await;
+            }
+        }
+        self.stop_all(pending).await;
+        healthy
     }
 
     /// One round of supervision: health checks, crash detection, restarts.
@@ -458,6 +489,41 @@ impl ServiceBackend for ManagedService {
         Ok(())
     }
 
+    async fn adopt(
+        &self,
+        release: Option<&ReleaseSpec>,
+        replicas: u32,
+    ) -> Result<u32, RuntimeError> {
+        // Nothing to run: the runtime removes every leftover.
+        let release = release.filter(|_| replicas > 0);
+        let adopted = self.runtime.adopt(&self.ctx, release).await?;
+        let Some(release) = release else {
+            self.stop_all(adopted).await;
+            return Ok(0);
+        };
+        let mut kept = self.keep_healthy(adopted).await;
+        if kept.is_empty() {
+            return Ok(0);
+        }
+        // Surplus first, so the set never runs more than asked.
+        let surplus = kept.split_off(kept.len().min(replicas as usize));
+        self.stop_all(surplus).await;
+        let count = u32::try_from(kept.len()).unwrap_or(u32::MAX);
+        {
+            let mut set = self.set.lock().await;
+            set.slots = kept.into_iter().map(|h| Slot::new(h, true, 0)).collect();
+            set.release = Some(release.clone());
+            // Desired is the recorded count even if starting the missing
+            // ones fails: the service then shows as degraded.
+            set.desired = replicas;
+            self.proxy.set_backends(set.healthy_addresses());
+        }
+        tracing::info!(service = %self.ctx.service.name, version = %release.version, adopted = count, "adopted running replicas");
+        // The missing ones are started as a scale-up would, health-gated.
+        self.scale(replicas, &NoProgress).await?;
+        Ok(count)
+    }
+
     fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>) {
         self.proxy.set_maintenance(maintenance);
     }
@@ -529,6 +595,12 @@ impl ServiceBackend for ManagedService {
         self.shutdown.cancel();
         let slots = std::mem::take(&mut self.set.lock().await.slots);
         self.proxy.set_backends(Vec::new());
+        if self.runtime.replicas_outlive_agent() {
+            // Dropping the handles lets go of the replicas; they keep serving
+            // and the next agent adopts them.
+            tracing::info!(service = %self.ctx.service.name, replicas = slots.len(), "leaving replicas running for the next agent");
+            return;
+        }
         self.stop_all(slots.into_iter().map(|s| s.handle).collect())
             .await;
     }

@@ -287,11 +287,11 @@ async fn containers_deploy_upgrade_fail_and_roll_back_and_foreign_ones_are_left_
         .await;
     assert_ok(&out, "rollback to previous");
     wait_serving(port, "1.0.0", WAIT).await;
-    wait_containers(&service, 3, "1.0.0").await;
+    let v1 = wait_containers(&service, 3, "1.0.0").await;
 
-    // Agent shutdown removes its containers and leaves the foreign one running.
+    // Containers outlive the agent: shutdown leaves them (and the foreign one) running.
     system.shutdown().await;
-    assert_eq!(containers(&service), vec![]);
+    assert_eq!(wait_containers(&service, 3, "1.0.0").await, v1);
     let state = docker(&["inspect", "--format", "{{.State.Running}}", &foreign]);
     assert_eq!(state.trim(), "true", "the foreign container still runs");
 }
@@ -340,5 +340,77 @@ async fn containers_scale_and_one_killed_from_outside_is_replaced() {
     wait_serving(port, "1.0.0", WAIT).await;
 
     system.shutdown().await;
-    assert_eq!(containers(&service), vec![]);
+    assert_eq!(wait_containers(&service, 1, "1.0.0").await, after);
+}
+
+/// `(id, StartedAt, RestartCount)` of each container, sorted by id.
+fn started(containers: &[Container]) -> Vec<(String, String, String)> {
+    let mut rows: Vec<_> = containers
+        .iter()
+        .map(|c| {
+            let out = docker(&[
+                "inspect",
+                "--format",
+                "{{.State.StartedAt}} {{.RestartCount}}",
+                &c.id,
+            ]);
+            let (at, restarts) = out.trim().split_once(' ').expect("two fields");
+            (c.id.clone(), at.to_owned(), restarts.to_owned())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_adopts_the_running_containers_without_restarting_them() {
+    if !engine_ready("an_agent_restart_adopts_the_running_containers_without_restarting_them") {
+        return;
+    }
+    let service = unique_service();
+    let _cleanup = Cleanup {
+        service: service.clone(),
+        foreign: vec![],
+    };
+    let mut system = System::start().await;
+    let port = free_port();
+    let config = system.docker_agent_config("dev", &service, port);
+    system.start_agent_with(config).await;
+    deployed(&system, &service, port, "1.0.0").await;
+    let before = started(&wait_containers(&service, 3, "1.0.0").await);
+
+    system.restart_agent("dev").await;
+    wait_serving(port, "1.0.0", WAIT).await;
+    let after = started(&wait_containers(&service, 3, "1.0.0").await);
+    assert_eq!(after, before, "the same containers, never restarted");
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = system.cli_async(&["status", "--output", "json"]).await;
+        assert_ok(&out, "ferry status");
+        let rows = json(&out);
+        let row = rows
+            .as_array()
+            .and_then(|rows| {
+                rows.iter()
+                    .find(|r| r["environment"] == "dev" && r["service"] == service.as_str())
+            })
+            .cloned();
+        if row.as_ref().is_some_and(|r| {
+            r["replicas_healthy"] == 3 && r["replicas_desired"] == 3 && r["state"] == "running"
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed 3/3 running; last: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        started(&containers(&service)),
+        before,
+        "still the same containers"
+    );
+    system.shutdown().await;
 }

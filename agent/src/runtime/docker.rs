@@ -11,8 +11,10 @@
 //! is always a new container.
 //!
 //! The agent touches only containers labelled `io.ferry.managed=true` for its
-//! own environment: the ones it created, and at start-up leftovers of its own
-//! services (an agent killed without stopping its replicas).
+//! own environment: the ones it created, and at start-up those an earlier
+//! agent left. Containers outlive the agent: a stopping agent lets go of them
+//! (a dropped handle does not stop its container), and the next agent adopts
+//! the running ones of the current version and removes the rest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,7 +23,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, ContainerInspectResponse, HostConfig, PortBinding};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, HostConfig,
+    PortBinding,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -99,15 +104,13 @@ impl DockerRuntime {
         Ok(DockerRuntime { docker })
     }
 
-    /// Removes the containers of `service` in `environment` that are still
-    /// there from an earlier agent (one killed without stopping its replicas):
-    /// only containers with ferry's labels for exactly this environment and
-    /// service. Returns how many were removed.
-    pub async fn remove_leftovers(
+    /// Every container (running or not) with ferry's labels for exactly this
+    /// environment and service, as (id, labels, running).
+    async fn leftovers(
         &self,
         environment: &EnvName,
         service: &ServiceName,
-    ) -> Result<usize, RuntimeError> {
+    ) -> Result<Vec<(String, HashMap<String, String>, bool)>, RuntimeError> {
         let filters = HashMap::from([(
             "label".to_owned(),
             vec![
@@ -125,29 +128,83 @@ impl DockerRuntime {
             .list_containers(Some(options))
             .await
             .map_err(|e| unavailable(format!("listing containers: {e}")))?;
-        let mut removed = 0;
-        for container in found {
-            let Some(id) = container.id else { continue };
-            // The filter is the engine's; check the labels again before removing.
-            let labels = container.labels.unwrap_or_default();
-            let ours = labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
-                && labels.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment.as_str())
-                && labels.get(LABEL_SERVICE).map(String::as_str) == Some(service.as_str());
-            if !ours {
-                continue;
-            }
-            match remove(&self.docker, &id).await {
-                Ok(()) => {
-                    tracing::warn!(container = %id, %service, "removed a container left by an earlier agent");
-                    removed += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(container = %id, error = %e, "could not remove a leftover container")
-                }
-            }
-        }
-        Ok(removed)
+        Ok(found
+            .into_iter()
+            .filter_map(|container| {
+                let id = container.id?;
+                let labels = container.labels.unwrap_or_default();
+                let running = container.state == Some(ContainerSummaryStateEnum::RUNNING);
+                // The filter is the engine's; check the labels again before touching anything.
+                ours(&labels, environment, service).then_some((id, labels, running))
+            })
+            .collect())
     }
+
+    /// Rebuilds the handle of a running container left by an earlier agent:
+    /// its address from the published port, and a new supervisor.
+    async fn adopt_one(
+        &self,
+        ctx: &ReplicaContext,
+        id: &str,
+        replica_id: &str,
+    ) -> Result<ReplicaHandle, String> {
+        let inspected = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| format!("inspecting container {id}: {e}"))?;
+        let address = published_address(&inspected, ctx.service.docker.container_port)
+            .ok_or_else(|| format!("container {id} has no published port"))?;
+        // The supervisor works by name, as for the containers it starts.
+        let name = inspected
+            .name
+            .as_deref()
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .unwrap_or_else(|| id.to_owned());
+        Ok(self.supervised(ctx, name, replica_id, address))
+    }
+
+    /// Spawns the supervisor of container `name` and returns its handle.
+    fn supervised(
+        &self,
+        ctx: &ReplicaContext,
+        name: String,
+        replica_id: &str,
+        address: SocketAddr,
+    ) -> ReplicaHandle {
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = mpsc::channel(1);
+        let log = ctx
+            .log_dir
+            .join(format!("{}.log", ctx.service.name.as_str()));
+        tokio::spawn(supervise(self.docker.clone(), name, log, stop_rx, exit_tx));
+        ReplicaHandle::new(replica_id.to_owned(), address, exit_rx, stop_tx)
+    }
+}
+
+/// Whether `labels` are ferry's for exactly this environment and service.
+fn ours(labels: &HashMap<String, String>, environment: &EnvName, service: &ServiceName) -> bool {
+    labels.get(LABEL_MANAGED).map(String::as_str) == Some("true")
+        && labels.get(LABEL_ENVIRONMENT).map(String::as_str) == Some(environment.as_str())
+        && labels.get(LABEL_SERVICE).map(String::as_str) == Some(service.as_str())
+}
+
+/// The loopback address the engine published the container port on.
+fn published_address(
+    inspected: &ContainerInspectResponse,
+    container_port: u16,
+) -> Option<SocketAddr> {
+    let key = port_key(container_port);
+    let port = inspected
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .and_then(|ports| ports.get(&key))
+        .and_then(Option::as_ref)
+        .into_iter()
+        .flatten()
+        .find_map(|b| b.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()))?;
+    Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
 }
 
 #[async_trait]
@@ -222,18 +279,46 @@ impl ReplicaRuntime for DockerRuntime {
             }
         };
 
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let (stop_tx, stop_rx) = mpsc::channel(1);
-        let log = ctx
-            .log_dir
-            .join(format!("{}.log", ctx.service.name.as_str()));
-        tokio::spawn(supervise(self.docker.clone(), name, log, stop_rx, exit_tx));
-        Ok(ReplicaHandle::new(
-            replica_id.to_owned(),
-            address,
-            exit_rx,
-            stop_tx,
-        ))
+        Ok(self.supervised(ctx, name, replica_id, address))
+    }
+
+    fn replicas_outlive_agent(&self) -> bool {
+        true
+    }
+
+    async fn adopt(
+        &self,
+        ctx: &ReplicaContext,
+        release: Option<&ReleaseSpec>,
+    ) -> Result<Vec<ReplicaHandle>, RuntimeError> {
+        let service = &ctx.service.name;
+        let version = release.map(|r| r.version.to_string());
+        let mut adopted = Vec::new();
+        for (id, labels, running) in self.leftovers(&ctx.environment, service).await? {
+            let replica = labels.get(LABEL_REPLICA).cloned().unwrap_or_default();
+            let current = version.is_some() && labels.get(LABEL_VERSION) == version.as_ref();
+            if running && current && !replica.is_empty() {
+                match self.adopt_one(ctx, &id, &replica).await {
+                    Ok(handle) => {
+                        tracing::info!(container = %id, %replica, %service, "adopted a running container");
+                        adopted.push(handle);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %id, error = %e, "could not adopt a container; removing it")
+                    }
+                }
+            }
+            match remove(&self.docker, &id).await {
+                Ok(()) => {
+                    tracing::warn!(container = %id, %service, "removed a container left by an earlier agent")
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "could not remove a leftover container")
+                }
+            }
+        }
+        Ok(adopted)
     }
 }
 
@@ -254,17 +339,13 @@ impl DockerRuntime {
             .inspect_container(name, None::<InspectContainerOptions>)
             .await
             .map_err(|e| format!("inspecting container {name}: {e}"))?;
-        let key = port_key(ctx.service.docker.container_port);
-        let port = inspected
-            .network_settings
-            .and_then(|n| n.ports)
-            .and_then(|mut ports| ports.remove(&key))
-            .flatten()
-            .into_iter()
-            .flatten()
-            .find_map(|b| b.host_port.and_then(|p| p.parse::<u16>().ok()))
-            .ok_or_else(|| format!("container {name} has no host port published for {key}"))?;
-        Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        let port = ctx.service.docker.container_port;
+        published_address(&inspected, port).ok_or_else(|| {
+            format!(
+                "container {name} has no host port published for {}",
+                port_key(port)
+            )
+        })
     }
 }
 
@@ -426,8 +507,9 @@ async fn supervise(
     let requested = tokio::select! {
         () = wait_until_ended(&docker, &name) => false,
         grace = stop.recv() => {
-            // A dropped handle (None) stops the container at once.
-            let grace = grace.unwrap_or(Duration::ZERO);
+            // A dropped handle (None) lets go of the container: it keeps
+            // running for the next agent to adopt.
+            let Some(grace) = grace else { return };
             let options = StopContainerOptionsBuilder::default().t(grace_seconds(grace)).build();
             // The engine sends SIGTERM, then SIGKILL after `t` seconds.
             let stopped = tokio::time::timeout(

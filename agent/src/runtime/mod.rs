@@ -159,6 +159,23 @@ pub trait ReplicaRuntime: Send + Sync + 'static {
         release: &ReleaseSpec,
         replica_id: &str,
     ) -> Result<ReplicaHandle, RuntimeError>;
+
+    /// Whether replicas keep running when the agent stops (containers do;
+    /// child processes do not), so that the next agent can adopt them.
+    fn replicas_outlive_agent(&self) -> bool {
+        false
+    }
+
+    /// Takes over the running replicas of `release` that an earlier agent left
+    /// (`None`: nothing is to run), and removes this service's other leftovers
+    /// (other versions, ended replicas). The handles are not health-checked yet.
+    async fn adopt(
+        &self,
+        _ctx: &ReplicaContext,
+        _release: Option<&ReleaseSpec>,
+    ) -> Result<Vec<ReplicaHandle>, RuntimeError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Where a backend reports the steps of a command in progress.
@@ -205,6 +222,18 @@ pub trait ServiceBackend: Send + Sync {
     /// Turns maintenance on (`Some`) or off.
     fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>);
 
+    /// Takes over what an earlier agent left running of `release` at
+    /// `replicas` (`None` or 0: nothing is to run, leftovers are removed).
+    /// Returns how many replicas were adopted; 0 means the caller deploys
+    /// afresh. Backends whose replicas end with the agent adopt nothing.
+    async fn adopt(
+        &self,
+        _release: Option<&ReleaseSpec>,
+        _replicas: u32,
+    ) -> Result<u32, RuntimeError> {
+        Ok(0)
+    }
+
     /// Health of every replica.
     async fn health(&self) -> ServiceHealth;
 
@@ -217,6 +246,7 @@ pub trait ServiceBackend: Send + Sync {
     /// Marks a command in progress (for the `deploying` state).
     fn set_busy(&self, busy: bool);
 
-    /// Stops every replica and the proxy.
+    /// Stops the proxy and supervision, and every replica unless replicas
+    /// outlive the agent (then they keep serving and the next agent adopts them).
     async fn shutdown(&self);
 }
