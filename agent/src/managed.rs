@@ -554,8 +554,22 @@ impl ServiceBackend for ManagedService {
         }
     }
 
-    fn take_metrics(&self) -> Option<ServiceMetrics> {
-        Some(self.proxy.take_metrics())
+    async fn take_metrics(&self) -> Option<ServiceMetrics> {
+        let mut metrics = self.proxy.take_metrics();
+        let (ids, restarts): (Vec<String>, HashMap<String, u32>) = {
+            let set = self.set.lock().await;
+            let live = set.slots.iter().filter(|s| s.handle.exited().is_none());
+            let ids = live.clone().map(|s| s.handle.id.clone()).collect();
+            let restarts = live.map(|s| (s.handle.id.clone(), s.restarts)).collect();
+            (ids, restarts)
+        };
+        metrics.replicas = self.runtime.usage(&self.ctx, &ids).await;
+        // The agent, not the engine, restarts replicas (as new containers),
+        // so the count is the slot's.
+        for usage in &mut metrics.replicas {
+            usage.restarts = restarts.get(&usage.replica).copied().unwrap_or(0);
+        }
+        Some(metrics)
     }
 
     async fn snapshot(&self) -> ServiceSnapshot {

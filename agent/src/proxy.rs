@@ -152,6 +152,7 @@ impl Proxy {
             p50_ms: quantile(0.50),
             p95_ms: quantile(0.95),
             p99_ms: quantile(0.99),
+            replicas: Vec::new(),
         }
     }
 }

@@ -86,7 +86,7 @@ impl Telemetry {
         let services: BTreeMap<&ServiceName, _> = executor.services().iter().collect();
         for (name, entry) in services {
             sink.emit(name, None, EventBody::Health(entry.backend.health().await));
-            if let Some(metrics) = entry.backend.take_metrics() {
+            if let Some(metrics) = entry.backend.take_metrics().await {
                 sink.emit(name, None, EventBody::Metrics(metrics));
             }
         }

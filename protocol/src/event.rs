@@ -200,6 +200,23 @@ pub struct ServiceMetrics {
     pub p95_ms: f64,
     /// 99th percentile latency, milliseconds.
     pub p99_ms: f64,
+    /// What each replica uses, where the runtime measures it (Docker);
+    /// absent from the JSON otherwise, so older readers are unaffected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<ReplicaUsage>,
+}
+
+/// What one replica uses, as its runtime measures it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaUsage {
+    /// Replica id.
+    pub replica: String,
+    /// CPU over the engine's sampling interval, percent of one CPU (may pass 100).
+    pub cpu_percent: f64,
+    /// Memory in use, bytes (page cache that can be reclaimed left out).
+    pub memory_bytes: u64,
+    /// Times the agent restarted this replica's slot after it ended.
+    pub restarts: u32,
 }
 
 /// The state of a service on its agent.
@@ -335,5 +352,34 @@ impl Payload for AgentEvent {
             AgentEvent::Heartbeat(_) => "ferry.v1.agent.heartbeat",
             AgentEvent::Refused { .. } => "ferry.v1.agent.refused",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_usage_is_optional_on_the_wire() {
+        let bare = serde_json::to_value(ServiceMetrics::default()).unwrap();
+        assert!(bare.get("replicas").is_none(), "{bare}");
+        let older = serde_json::json!({
+            "interval_secs": 1.0, "requests": 0, "errors": 0, "error_rate": 0.0,
+            "requests_per_sec": 0.0, "p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0
+        });
+        let read: ServiceMetrics = serde_json::from_value(older).unwrap();
+        assert!(read.replicas.is_empty());
+        let with = ServiceMetrics {
+            replicas: vec![ReplicaUsage {
+                replica: "web-1.0.0-1-abcdef".into(),
+                cpu_percent: 1.5,
+                memory_bytes: 4096,
+                restarts: 2,
+            }],
+            ..Default::default()
+        };
+        let back: ServiceMetrics =
+            serde_json::from_value(serde_json::to_value(&with).unwrap()).unwrap();
+        assert_eq!(back, with);
     }
 }

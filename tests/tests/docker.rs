@@ -379,6 +379,29 @@ async fn an_agent_restart_adopts_the_running_containers_without_restarting_them(
     deployed(&system, &service, port, "1.0.0").await;
     let before = started(&wait_containers(&service, 3, "1.0.0").await);
 
+    // Metrics events carry what each container uses, measured by the engine.
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", &service).await;
+    let event = watch
+        .wait_for(
+            WAIT,
+            "metrics with usage of 3 replicas",
+            |e| matches!(&e.body, EventBody::Metrics(m) if m.replicas.len() == 3),
+        )
+        .await;
+    let EventBody::Metrics(metrics) = event.body else {
+        unreachable!("matched above")
+    };
+    for usage in &metrics.replicas {
+        assert!(usage.memory_bytes > 0, "{usage:?}");
+        assert!(usage.cpu_percent >= 0.0, "{usage:?}");
+        assert_eq!(usage.restarts, 0, "{usage:?}");
+        assert!(
+            usage.replica.starts_with(&format!("{service}-1.0.0-")),
+            "{usage:?}"
+        );
+    }
+
     system.restart_agent("dev").await;
     wait_serving(port, "1.0.0", WAIT).await;
     let after = started(&wait_containers(&service, 3, "1.0.0").await);

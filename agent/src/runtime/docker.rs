@@ -24,17 +24,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, ContainerSummaryStateEnum, HostConfig,
-    PortBinding,
+    ContainerCpuStats, ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse,
+    ContainerSummaryStateEnum, HostConfig, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions, StopContainerOptionsBuilder, WaitContainerOptions,
+    StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptions,
 };
 use bollard::Docker;
 use ferry_protocol::command::ReleaseSpec;
+use ferry_protocol::event::ReplicaUsage;
 use ferry_protocol::{EnvName, ServiceName};
+use futures::future::join_all;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
@@ -57,6 +59,8 @@ pub const LABEL_REPLICA: &str = "io.ferry.replica";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before asking again when waiting on a container fails.
 const WAIT_RETRY: Duration = Duration::from_secs(1);
+/// Time one replica's stats sample may take (the engine samples for ~1s).
+const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of a container's output kept in the service log when it ends.
 const LOG_TAIL: &str = "1000";
 
@@ -320,9 +324,42 @@ impl ReplicaRuntime for DockerRuntime {
         }
         Ok(adopted)
     }
+
+    async fn usage(&self, ctx: &ReplicaContext, replica_ids: &[String]) -> Vec<ReplicaUsage> {
+        let measured = join_all(replica_ids.iter().map(|replica| async move {
+            let name = container_name(&ctx.environment, replica);
+            match tokio::time::timeout(STATS_TIMEOUT, self.stats(&name)).await {
+                Ok(Ok(stats)) => Some(usage_of(replica, &stats)),
+                Ok(Err(e)) => {
+                    tracing::debug!(container = %name, error = %e, "no stats");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(container = %name, "no stats within {STATS_TIMEOUT:?}");
+                    None
+                }
+            }
+        }))
+        .await;
+        measured.into_iter().flatten().collect()
+    }
 }
 
 impl DockerRuntime {
+    /// One stats sample. Not one-shot: the engine then samples twice, about
+    /// a second apart, which is what a CPU percentage needs.
+    async fn stats(&self, name: &str) -> Result<ContainerStatsResponse, String> {
+        let options = StatsOptionsBuilder::default()
+            .stream(false)
+            .one_shot(false)
+            .build();
+        match self.docker.stats(name, Some(options)).next().await {
+            Some(Ok(stats)) => Ok(stats),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the engine sent no stats".to_owned()),
+        }
+    }
+
     /// Starts the created container `name` and reads back the host port the
     /// engine published its container port on.
     async fn started_address(
@@ -346,6 +383,43 @@ impl DockerRuntime {
                 port_key(port)
             )
         })
+    }
+}
+
+/// CPU percent (of one CPU, as `docker stats` shows it) and memory in use
+/// (without the reclaimable page cache, as `docker stats` does).
+fn usage_of(replica: &str, stats: &ContainerStatsResponse) -> ReplicaUsage {
+    let total = |s: Option<&ContainerCpuStats>| {
+        s.and_then(|s| s.cpu_usage.as_ref())
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0)
+    };
+    let system = |s: Option<&ContainerCpuStats>| s.and_then(|s| s.system_cpu_usage).unwrap_or(0);
+    let (now, before) = (stats.cpu_stats.as_ref(), stats.precpu_stats.as_ref());
+    let cpu_delta = total(now).saturating_sub(total(before));
+    let system_delta = system(now).saturating_sub(system(before));
+    let cpus = now.and_then(|s| s.online_cpus).unwrap_or(1).max(1);
+    let cpu_percent = if system_delta == 0 {
+        0.0
+    } else {
+        cpu_delta as f64 / system_delta as f64 * f64::from(cpus) * 100.0
+    };
+    let memory = stats.memory_stats.as_ref();
+    let used = memory.and_then(|m| m.usage).unwrap_or(0);
+    // cgroup v2 names it inactive_file, v1 total_inactive_file.
+    let cache = memory
+        .and_then(|m| m.stats.as_ref())
+        .and_then(|s| {
+            s.get("inactive_file")
+                .or_else(|| s.get("total_inactive_file"))
+        })
+        .copied()
+        .unwrap_or(0);
+    ReplicaUsage {
+        replica: replica.to_owned(),
+        cpu_percent,
+        memory_bytes: used.saturating_sub(cache),
+        restarts: 0,
     }
 }
 
@@ -687,6 +761,34 @@ mod tests {
         for bad in ["", "../containers/x", "a/../../b", "-x", "a b", "a?b", "/x"] {
             assert!(check_image_reference(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn usage_is_computed_as_docker_stats_does() {
+        let cpu = |total: u64, system: u64| bollard::models::ContainerCpuStats {
+            cpu_usage: Some(bollard::models::ContainerCpuUsage {
+                total_usage: Some(total),
+                ..Default::default()
+            }),
+            system_cpu_usage: Some(system),
+            online_cpus: Some(2),
+            ..Default::default()
+        };
+        let stats = ContainerStatsResponse {
+            cpu_stats: Some(cpu(1_500, 20_000)),
+            precpu_stats: Some(cpu(1_000, 10_000)),
+            memory_stats: Some(bollard::models::ContainerMemoryStats {
+                usage: Some(10_000),
+                stats: Some(HashMap::from([("inactive_file".to_owned(), 4_000)])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let usage = usage_of("r", &stats);
+        assert!((usage.cpu_percent - 10.0).abs() < 1e-9, "{usage:?}");
+        assert_eq!(usage.memory_bytes, 6_000);
+        let empty = usage_of("r", &ContainerStatsResponse::default());
+        assert_eq!((empty.cpu_percent, empty.memory_bytes), (0.0, 0));
     }
 
     #[test]

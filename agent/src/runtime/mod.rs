@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
-use ferry_protocol::event::{MaintenanceInfo, ServiceHealth, ServiceMetrics, ServiceSnapshot};
+use ferry_protocol::event::{
+    MaintenanceInfo, ReplicaUsage, ServiceHealth, ServiceMetrics, ServiceSnapshot,
+};
 use ferry_protocol::{EnvName, Version};
 use tokio::sync::{mpsc, watch};
 
@@ -176,6 +178,13 @@ pub trait ReplicaRuntime: Send + Sync + 'static {
     ) -> Result<Vec<ReplicaHandle>, RuntimeError> {
         Ok(Vec::new())
     }
+
+    /// CPU and memory of the replicas `replica_ids` (ids, not handles, so the
+    /// caller holds no lock while the engine samples). Runtimes that do not
+    /// measure return nothing; a replica that cannot be measured is left out.
+    async fn usage(&self, _ctx: &ReplicaContext, _replica_ids: &[String]) -> Vec<ReplicaUsage> {
+        Vec::new()
+    }
 }
 
 /// Where a backend reports the steps of a command in progress.
@@ -237,8 +246,9 @@ pub trait ServiceBackend: Send + Sync {
     /// Health of every replica.
     async fn health(&self) -> ServiceHealth;
 
-    /// Traffic since the last call, if this backend sees the traffic.
-    fn take_metrics(&self) -> Option<ServiceMetrics>;
+    /// Traffic since the last call, if this backend sees the traffic, with
+    /// what each replica uses where the runtime measures it.
+    async fn take_metrics(&self) -> Option<ServiceMetrics>;
 
     /// The service's state for heartbeats and status.
     async fn snapshot(&self) -> ServiceSnapshot;
