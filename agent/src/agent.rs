@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_nats::jetstream;
+use ferry_protocol::event::EventBody;
 use ferry_protocol::streams;
 use futures::future::join_all;
 use time::OffsetDateTime;
@@ -12,12 +14,12 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, RuntimeKind, ServiceConfig};
-use crate::events::EventPublisher;
+use crate::events::{EventPublisher, EventSink};
 use crate::executor::{Executor, ManagedEntry};
 use crate::managed::ManagedService;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
-use crate::runtime::{NoProgress, Replacement, ReplicaContext, ReplicaRuntime, RuntimeError};
+use crate::runtime::{NoProgress, Replacement, ReplicaContext, ReplicaRuntime};
 use crate::state::State;
 use crate::telemetry::Telemetry;
 use crate::{intake, Error};
@@ -43,43 +45,73 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
         })
 }
 
+/// First wait before trying an unreachable engine again; it doubles up to
+/// [`MAX_RECONNECT_BACKOFF`].
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between tries of an unreachable engine.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
+
 /// The runtime a service runs on. The Docker engine is connected to once, for
-/// the first docker service; an engine that cannot be reached stops the agent
-/// from starting (with the reason), rather than leaving a service that cannot
-/// run anything. Containers an earlier agent left are adopted or removed when
-/// the service is restored.
+/// the first docker service; one that cannot be reached does not stop the
+/// agent (see [`reconnect_docker`]). Containers an earlier agent left are
+/// adopted or removed when the service is restored.
 async fn runtime_for(
     service: &ServiceConfig,
     docker: &mut Option<Arc<DockerRuntime>>,
-) -> Result<Arc<dyn ReplicaRuntime>, Error> {
+) -> Arc<dyn ReplicaRuntime> {
     match service.runtime {
-        RuntimeKind::Process => Ok(Arc::new(ProcessRuntime)),
-        RuntimeKind::Docker => {
-            let runtime = match docker {
-                Some(runtime) => runtime.clone(),
-                None => {
-                    // Not a configuration error (exit 64): the engine may
-                    // come back, and a supervisor should restart the agent.
-                    let runtime =
-                        Arc::new(DockerRuntime::connect().await.map_err(|e| match e {
-                            RuntimeError::Unavailable { runtime, detail } => {
-                                RuntimeError::Unavailable {
-                                    runtime,
-                                    detail: format!(
-                                        "{detail} (needed by service {})",
-                                        service.name
-                                    ),
-                                }
-                            }
-                            other => other,
-                        })?);
-                    *docker = Some(runtime.clone());
-                    runtime
-                }
-            };
-            Ok(runtime)
+        RuntimeKind::Process => Arc::new(ProcessRuntime),
+        RuntimeKind::Docker => match docker {
+            Some(runtime) => runtime.clone(),
+            None => {
+                let runtime = Arc::new(DockerRuntime::connect().await);
+                *docker = Some(runtime.clone());
+                runtime
+            }
+        },
+    }
+}
+
+/// The Docker engine did not answer at start: says so (log and an event per
+/// docker service, whose commands fail with the reason meanwhile), retries
+/// with backoff, and once the engine answers restores those services from
+/// the state file. The other services are not held up.
+async fn reconnect_docker(
+    runtime: Arc<DockerRuntime>,
+    reason: String,
+    entries: BTreeMap<ferry_protocol::ServiceName, ManagedEntry>,
+    state: Arc<Mutex<State>>,
+    sink: EventSink,
+    shutdown: CancellationToken,
+) {
+    let names: Vec<String> = entries.keys().map(|n| n.to_string()).collect();
+    tracing::error!(error = %reason, services = ?names, "the Docker engine is unreachable; its services wait for it");
+    for name in entries.keys() {
+        sink.emit(
+            name,
+            None,
+            EventBody::RuntimeUnavailable {
+                runtime: RuntimeKind::Docker.as_str().to_owned(),
+                detail: format!("{reason}; the agent keeps trying and restores the service when the engine answers"),
+            },
+        );
+    }
+    let mut backoff = RECONNECT_BACKOFF;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        match runtime.reconnect().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff * 2, "the Docker engine is still unreachable");
+                backoff = (backoff * 2).min(MAX_RECONNECT_BACKOFF);
+            }
         }
     }
+    tracing::info!(services = ?names, "the Docker engine answers again; restoring its services");
+    restore(&entries, &state).await;
 }
 
 /// Runs the agent until `shutdown` is cancelled or a fatal error occurs.
@@ -99,13 +131,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut entries = BTreeMap::new();
     let mut docker = None;
     for (name, service) in &config.services {
-        let runtime = match runtime_for(service, &mut docker).await {
-            Ok(runtime) => runtime,
-            Err(e) => {
-                services_shutdown.cancel();
-                return Err(e);
-            }
-        };
+        let runtime = runtime_for(service, &mut docker).await;
         let ctx = ReplicaContext {
             environment: config.environment.clone(),
             service: service.clone(),
@@ -129,7 +155,24 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             }
         }
     }
-    restore(&entries, &state).await;
+    // Services on an unreachable engine are restored once it answers.
+    let unreachable = docker.as_ref().and_then(|d| d.unreachable());
+    let (waiting, ready): (BTreeMap<_, _>, BTreeMap<_, _>) = entries
+        .clone()
+        .into_iter()
+        .partition(|(_, e)| unreachable.is_some() && e.config.runtime == RuntimeKind::Docker);
+    restore(&ready, &state).await;
+    let reconnect = match (docker, unreachable) {
+        (Some(runtime), Some(reason)) => Some(tokio::spawn(reconnect_docker(
+            runtime,
+            reason,
+            waiting,
+            state.clone(),
+            sink.clone(),
+            services_shutdown.clone(),
+        ))),
+        _ => None,
+    };
 
     let executor = Arc::new(Executor::new(
         config.environment.clone(),
@@ -180,6 +223,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     services_shutdown.cancel();
     if let Some(telemetry) = telemetry {
         let _ = telemetry.await;
+    }
+    if let Some(reconnect) = reconnect {
+        let _ = reconnect.await;
     }
     join_all(entries.values().map(|e| e.backend.shutdown())).await;
     sink_shutdown.cancel();

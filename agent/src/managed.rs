@@ -74,6 +74,9 @@ pub struct ManagedService {
     runtime: Arc<dyn ReplicaRuntime>,
     proxy: Proxy,
     set: Mutex<ReplicaSet>,
+    /// Serialises deploy, scale and adopt: a restore after the engine comes
+    /// back runs beside the command worker.
+    op: Mutex<()>,
     busy: AtomicBool,
     events: EventSink,
     http: reqwest::Client,
@@ -108,6 +111,7 @@ impl ManagedService {
             runtime,
             proxy,
             set: Mutex::new(ReplicaSet::default()),
+            op: Mutex::new(()),
             busy: AtomicBool::new(false),
             events,
             http,
@@ -265,6 +269,159 @@ impl ManagedService {
         healthy
     }
 
+    /// [`ServiceBackend::deploy`], under the operation lock.
+    async fn deploy_now(
+        &self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        replacement: Replacement,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError> {
+        self.runtime.prepare(&self.ctx, release).await?;
+        if replacement == Replacement::StopFirst {
+            let old = {
+                let mut set = self.set.lock().await;
+                self.proxy.set_backends(Vec::new());
+                set.release = None;
+                std::mem::take(&mut set.slots)
+            };
+            progress.step(
+                "stopping current replicas first (forced)",
+                None,
+                0,
+                replicas,
+            );
+            self.stop_all(old.into_iter().map(|s| s.handle).collect())
+                .await;
+        }
+        progress.step("starting replicas", Some(&release.version), 0, replicas);
+        let new = self.start_replicas(release, replicas).await?;
+        if let Err(e) = self.wait_healthy(&new, release, progress).await {
+            progress.step(
+                "stopping the new replicas",
+                Some(&release.version),
+                0,
+                replicas,
+            );
+            self.stop_all(new).await;
+            return Err(e);
+        }
+        let old = {
+            let mut set = self.set.lock().await;
+            let addresses: Vec<SocketAddr> = new.iter().map(|h| h.address).collect();
+            let slots = new.into_iter().map(|h| Slot::new(h, true, 0)).collect();
+            let old = std::mem::replace(&mut set.slots, slots);
+            set.release = Some(release.clone());
+            set.desired = replicas;
+            self.proxy.set_backends(addresses);
+            old
+        };
+        if !old.is_empty() {
+            progress.step(
+                "stopping previous replicas",
+                Some(&release.version),
+                replicas,
+                replicas,
+            );
+            self.stop_all(old.into_iter().map(|s| s.handle).collect())
+                .await;
+        }
+        Ok(())
+    }
+
+    /// [`ServiceBackend::scale`], under the operation lock.
+    async fn scale_now(&self, replicas: u32, progress: &dyn Progress) -> Result<(), RuntimeError> {
+        let (release, current) = {
+            let mut set = self.set.lock().await;
+            if set.release.is_none() {
+                set.desired = replicas;
+                return Ok(());
+            }
+            (
+                set.release.clone(),
+                u32::try_from(set.slots.len()).unwrap_or(u32::MAX),
+            )
+        };
+        let Some(release) = release else {
+            return Ok(());
+        };
+        if replicas > current {
+            let extra = replicas - current;
+            progress.step(
+                "starting replicas",
+                Some(&release.version),
+                current,
+                replicas,
+            );
+            let new = self.start_replicas(&release, extra).await?;
+            if let Err(e) = self.wait_healthy(&new, &release, progress).await {
+                self.stop_all(new).await;
+                return Err(e);
+            }
+            let mut set = self.set.lock().await;
+            set.slots
+                .extend(new.into_iter().map(|h| Slot::new(h, true, 0)));
+            set.desired = replicas;
+            self.proxy.set_backends(set.healthy_addresses());
+        } else if replicas < current {
+            let removed = {
+                let mut set = self.set.lock().await;
+                let keep = replicas as usize;
+                let removed: Vec<Slot> = set.slots.drain(keep..).collect();
+                set.desired = replicas;
+                self.proxy.set_backends(set.healthy_addresses());
+                removed
+            };
+            progress.step(
+                "stopping replicas",
+                Some(&release.version),
+                replicas,
+                replicas,
+            );
+            self.stop_all(removed.into_iter().map(|s| s.handle).collect())
+                .await;
+        } else {
+            self.set.lock().await.desired = replicas;
+        }
+        Ok(())
+    }
+
+    /// [`ServiceBackend::adopt`], under the operation lock.
+    async fn adopt_now(
+        &self,
+        release: Option<&ReleaseSpec>,
+        replicas: u32,
+    ) -> Result<u32, RuntimeError> {
+        // Nothing to run: the runtime removes every leftover.
+        let release = release.filter(|_| replicas > 0);
+        let adopted = self.runtime.adopt(&self.ctx, release).await?;
+        let Some(release) = release else {
+            self.stop_all(adopted).await;
+            return Ok(0);
+        };
+        let mut kept = self.keep_healthy(adopted).await;
+        if kept.is_empty() {
+            return Ok(0);
+        }
+        // Surplus first, so the set never runs more than asked.
+        let surplus = kept.split_off(kept.len().min(replicas as usize));
+        self.stop_all(surplus).await;
+        let count = u32::try_from(kept.len()).unwrap_or(u32::MAX);
+        {
+            let mut set = self.set.lock().await;
+            set.slots = kept.into_iter().map(|h| Slot::new(h, true, 0)).collect();
+            set.release = Some(release.clone());
+            // Desired is the recorded count even if starting the missing
+            // ones fails: the service then shows as degraded.
+            set.desired = replicas;
+            self.proxy.set_backends(set.healthy_addresses());
+        }
+        tracing::info!(service = %self.ctx.service.name, version = %release.version, adopted = count, "adopted running replicas");
+        // The missing ones are started as a scale-up would, health-gated.
+        self.scale_now(replicas, &NoProgress).await?;
+        Ok(count)
+    }
+
     /// One round of supervision: health checks, crash detection, restarts.
     async fn supervise_once(&self) {
         let targets: Vec<(String, SocketAddr)> = {
@@ -381,112 +538,16 @@ impl ServiceBackend for ManagedService {
         replacement: Replacement,
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
-        self.runtime.prepare(&self.ctx, release).await?;
-        if replacement == Replacement::StopFirst {
-            let old = {
-                let mut set = self.set.lock().await;
-                self.proxy.set_backends(Vec::new());
-                set.release = None;
-                std::mem::take(&mut set.slots)
-            };
-            progress.step(
-                "stopping current replicas first (forced)",
-                None,
-                0,
-                replicas,
-            );
-            self.stop_all(old.into_iter().map(|s| s.handle).collect())
-                .await;
-        }
-        progress.step("starting replicas", Some(&release.version), 0, replicas);
-        let new = self.start_replicas(release, replicas).await?;
-        if let Err(e) = self.wait_healthy(&new, release, progress).await {
-            progress.step(
-                "stopping the new replicas",
-                Some(&release.version),
-                0,
-                replicas,
-            );
-            self.stop_all(new).await;
-            return Err(e);
-        }
-        let old = {
-            let mut set = self.set.lock().await;
-            let addresses: Vec<SocketAddr> = new.iter().map(|h| h.address).collect();
-            let slots = new.into_iter().map(|h| Slot::new(h, true, 0)).collect();
-            let old = std::mem::replace(&mut set.slots, slots);
-            set.release = Some(release.clone());
-            set.desired = replicas;
-            self.proxy.set_backends(addresses);
-            old
-        };
-        if !old.is_empty() {
-            progress.step(
-                "stopping previous replicas",
-                Some(&release.version),
-                replicas,
-                replicas,
-            );
-            self.stop_all(old.into_iter().map(|s| s.handle).collect())
-                .await;
-        }
-        Ok(())
+        let _op = self.op.lock().await;
+        self.runtime.available()?;
+        self.deploy_now(release, replicas, replacement, progress)
+            .await
     }
 
     async fn scale(&self, replicas: u32, progress: &dyn Progress) -> Result<(), RuntimeError> {
-        let (release, current) = {
-            let mut set = self.set.lock().await;
-            if set.release.is_none() {
-                set.desired = replicas;
-                return Ok(());
-            }
-            (
-                set.release.clone(),
-                u32::try_from(set.slots.len()).unwrap_or(u32::MAX),
-            )
-        };
-        let Some(release) = release else {
-            return Ok(());
-        };
-        if replicas > current {
-            let extra = replicas - current;
-            progress.step(
-                "starting replicas",
-                Some(&release.version),
-                current,
-                replicas,
-            );
-            let new = self.start_replicas(&release, extra).await?;
-            if let Err(e) = self.wait_healthy(&new, &release, progress).await {
-                self.stop_all(new).await;
-                return Err(e);
-            }
-            let mut set = self.set.lock().await;
-            set.slots
-                .extend(new.into_iter().map(|h| Slot::new(h, true, 0)));
-            set.desired = replicas;
-            self.proxy.set_backends(set.healthy_addresses());
-        } else if replicas < current {
-            let removed = {
-                let mut set = self.set.lock().await;
-                let keep = replicas as usize;
-                let removed: Vec<Slot> = set.slots.drain(keep..).collect();
-                set.desired = replicas;
-                self.proxy.set_backends(set.healthy_addresses());
-                removed
-            };
-            progress.step(
-                "stopping replicas",
-                Some(&release.version),
-                replicas,
-                replicas,
-            );
-            self.stop_all(removed.into_iter().map(|s| s.handle).collect())
-                .await;
-        } else {
-            self.set.lock().await.desired = replicas;
-        }
-        Ok(())
+        let _op = self.op.lock().await;
+        self.runtime.available()?;
+        self.scale_now(replicas, progress).await
     }
 
     async fn adopt(
@@ -494,34 +555,9 @@ impl ServiceBackend for ManagedService {
         release: Option<&ReleaseSpec>,
         replicas: u32,
     ) -> Result<u32, RuntimeError> {
-        // Nothing to run: the runtime removes every leftover.
-        let release = release.filter(|_| replicas > 0);
-        let adopted = self.runtime.adopt(&self.ctx, release).await?;
-        let Some(release) = release else {
-            self.stop_all(adopted).await;
-            return Ok(0);
-        };
-        let mut kept = self.keep_healthy(adopted).await;
-        if kept.is_empty() {
-            return Ok(0);
-        }
-        // Surplus first, so the set never runs more than asked.
-        let surplus = kept.split_off(kept.len().min(replicas as usize));
-        self.stop_all(surplus).await;
-        let count = u32::try_from(kept.len()).unwrap_or(u32::MAX);
-        {
-            let mut set = self.set.lock().await;
-            set.slots = kept.into_iter().map(|h| Slot::new(h, true, 0)).collect();
-            set.release = Some(release.clone());
-            // Desired is the recorded count even if starting the missing
-            // ones fails: the service then shows as degraded.
-            set.desired = replicas;
-            self.proxy.set_backends(set.healthy_addresses());
-        }
-        tracing::info!(service = %self.ctx.service.name, version = %release.version, adopted = count, "adopted running replicas");
-        // The missing ones are started as a scale-up would, health-gated.
-        self.scale(replicas, &NoProgress).await?;
-        Ok(count)
+        let _op = self.op.lock().await;
+        self.runtime.available()?;
+        self.adopt_now(release, replicas).await
     }
 
     fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>) {

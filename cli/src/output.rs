@@ -291,6 +291,10 @@ pub fn event_line(event: &ServiceEvent) -> Option<String> {
                 code.map(|c| format!(" with code {c}")).unwrap_or_default()
             ),
         ),
+        EventBody::RuntimeUnavailable { runtime, detail } => (
+            "down",
+            format!("the {runtime} runtime is unreachable: {detail}"),
+        ),
         EventBody::Health(_) | EventBody::Metrics(_) => return None,
     };
     Some(format!("{label:<9}  {text}"))

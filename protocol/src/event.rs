@@ -107,6 +107,14 @@ pub enum EventBody {
     },
     /// Traffic measured at the agent's proxy.
     Metrics(ServiceMetrics),
+    /// The service's runtime cannot be reached (its engine is down); commands
+    /// for the service fail until the agent reconnects and restores it.
+    RuntimeUnavailable {
+        /// Which runtime.
+        runtime: String,
+        /// Why, and what the agent does about it.
+        detail: String,
+    },
 }
 
 impl EventBody {
@@ -119,7 +127,9 @@ impl EventBody {
             EventBody::Succeeded { .. } | EventBody::Failed { .. } | EventBody::DryRun { .. } => {
                 EventKind::Outcome
             }
-            EventBody::Health(_) | EventBody::ReplicaExited { .. } => EventKind::Health,
+            EventBody::Health(_)
+            | EventBody::ReplicaExited { .. }
+            | EventBody::RuntimeUnavailable { .. } => EventKind::Health,
             EventBody::Metrics(_) => EventKind::Metrics,
         }
     }
@@ -148,6 +158,7 @@ impl Payload for ServiceEvent {
             EventBody::Health(_) => "ferry.v1.event.health",
             EventBody::ReplicaExited { .. } => "ferry.v1.event.replica_exited",
             EventBody::Metrics(_) => "ferry.v1.event.metrics",
+            EventBody::RuntimeUnavailable { .. } => "ferry.v1.event.runtime_unavailable",
         }
     }
 }

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -65,9 +66,11 @@ const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_TAIL: &str = "1000";
 
 /// Runs replicas as containers on a Docker engine.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DockerRuntime {
-    docker: Docker,
+    /// The engine's client, or why the engine could not be reached: the agent
+    /// keeps running without it and [`DockerRuntime::reconnect`] retries.
+    engine: RwLock<Result<Docker, String>>,
 }
 
 fn unavailable(detail: String) -> RuntimeError {
@@ -75,6 +78,20 @@ fn unavailable(detail: String) -> RuntimeError {
         runtime: "docker",
         detail,
     }
+}
+
+/// Connects with bollard's defaults and agrees on an API version with the
+/// engine, which also proves it answers.
+async fn handshake() -> Result<Docker, String> {
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let docker = Docker::connect_with_defaults().map_err(|e| format!("{host}: {e}"))?;
+    tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
+        .await
+        .map_err(|_| {
+            format!("{host}: no answer within {CONNECT_TIMEOUT:?}; is the engine running?")
+        })?
+        .map_err(|e| format!("{host}: {e}; is the engine running?"))
 }
 
 /// A 404 from the engine: no such image or container.
@@ -90,22 +107,45 @@ fn not_found(e: &DockerError) -> bool {
 
 impl DockerRuntime {
     /// Connects to the local engine with bollard's defaults (`DOCKER_HOST`,
-    /// else the Unix socket) and agrees on an API version with it, which also
-    /// proves the engine answers.
-    pub async fn connect() -> Result<Self, RuntimeError> {
-        let host = std::env::var("DOCKER_HOST")
-            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
-        let docker =
-            Docker::connect_with_defaults().map_err(|e| unavailable(format!("{host}: {e}")))?;
-        let docker = tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version())
-            .await
-            .map_err(|_| {
-                unavailable(format!(
-                    "{host}: no answer within {CONNECT_TIMEOUT:?}; is the engine running?"
-                ))
-            })?
-            .map_err(|e| unavailable(format!("{host}: {e}; is the engine running?")))?;
-        Ok(DockerRuntime { docker })
+    /// else the Unix socket). An engine that does not answer is not fatal:
+    /// the runtime starts unreachable, every use fails with the reason, and
+    /// [`DockerRuntime::reconnect`] tries again.
+    pub async fn connect() -> Self {
+        DockerRuntime {
+            engine: RwLock::new(handshake().await),
+        }
+    }
+
+    /// Why the engine cannot be reached, if it cannot.
+    pub fn unreachable(&self) -> Option<String> {
+        match self.engine.read() {
+            Ok(engine) => engine.as_ref().err().cloned(),
+            Err(_) => Some("the engine client's lock is poisoned".to_owned()),
+        }
+    }
+
+    /// Tries the engine again; on success every later use goes to it.
+    pub async fn reconnect(&self) -> Result<(), String> {
+        let docker = handshake().await?;
+        if let Ok(mut engine) = self.engine.write() {
+            *engine = Ok(docker);
+        }
+        Ok(())
+    }
+
+    /// The engine's client, or why it cannot be reached.
+    fn docker(&self) -> Result<Docker, RuntimeError> {
+        let reason = match self.engine.read() {
+            Ok(engine) => match &*engine {
+                Ok(docker) => return Ok(docker.clone()),
+                Err(reason) => reason.clone(),
+            },
+            Err(_) => "the engine client's lock is poisoned".to_owned(),
+        };
+        Err(RuntimeError::EngineUnreachable {
+            engine: "Docker",
+            detail: reason,
+        })
     }
 
     /// Every container (running or not) with ferry's labels for exactly this
@@ -128,7 +168,7 @@ impl DockerRuntime {
             .filters(&filters)
             .build();
         let found = self
-            .docker
+            .docker()?
             .list_containers(Some(options))
             .await
             .map_err(|e| unavailable(format!("listing containers: {e}")))?;
@@ -152,8 +192,8 @@ impl DockerRuntime {
         id: &str,
         replica_id: &str,
     ) -> Result<ReplicaHandle, String> {
-        let inspected = self
-            .docker
+        let docker = self.docker().map_err(|e| e.to_string())?;
+        let inspected = docker
             .inspect_container(id, None::<InspectContainerOptions>)
             .await
             .map_err(|e| format!("inspecting container {id}: {e}"))?;
@@ -165,25 +205,25 @@ impl DockerRuntime {
             .as_deref()
             .map(|n| n.trim_start_matches('/').to_owned())
             .unwrap_or_else(|| id.to_owned());
-        Ok(self.supervised(ctx, name, replica_id, address))
+        Ok(supervised(docker, ctx, name, replica_id, address))
     }
+}
 
-    /// Spawns the supervisor of container `name` and returns its handle.
-    fn supervised(
-        &self,
-        ctx: &ReplicaContext,
-        name: String,
-        replica_id: &str,
-        address: SocketAddr,
-    ) -> ReplicaHandle {
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let (stop_tx, stop_rx) = mpsc::channel(1);
-        let log = ctx
-            .log_dir
-            .join(format!("{}.log", ctx.service.name.as_str()));
-        tokio::spawn(supervise(self.docker.clone(), name, log, stop_rx, exit_tx));
-        ReplicaHandle::new(replica_id.to_owned(), address, exit_rx, stop_tx)
-    }
+/// Spawns the supervisor of container `name` and returns its handle.
+fn supervised(
+    docker: Docker,
+    ctx: &ReplicaContext,
+    name: String,
+    replica_id: &str,
+    address: SocketAddr,
+) -> ReplicaHandle {
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let (stop_tx, stop_rx) = mpsc::channel(1);
+    let log = ctx
+        .log_dir
+        .join(format!("{}.log", ctx.service.name.as_str()));
+    tokio::spawn(supervise(docker, name, log, stop_rx, exit_tx));
+    ReplicaHandle::new(replica_id.to_owned(), address, exit_rx, stop_tx)
 }
 
 /// Whether `labels` are ferry's for exactly this environment and service.
@@ -228,7 +268,7 @@ impl ReplicaRuntime for DockerRuntime {
             detail,
         };
         check_image_reference(image).map_err(bad)?;
-        let found = match self.docker.inspect_image(image).await {
+        let found = match self.docker()?.inspect_image(image).await {
             Ok(found) => found,
             Err(e) if not_found(&e) => {
                 return Err(bad(format!(
@@ -267,23 +307,28 @@ impl ReplicaRuntime for DockerRuntime {
         let name = container_name(&ctx.environment, replica_id);
         let body = container_body(ctx, release, replica_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let docker = self.docker()?;
         // A failed create leaves nothing of ours behind; a name clash is
         // someone else's container, which is not touched.
-        self.docker
+        docker
             .create_container(Some(options), body)
             .await
             .map_err(|e| fail(format!("creating container {name}: {e}")))?;
-        let address = match self.started_address(ctx, &name).await {
+        let address = match started_address(&docker, ctx, &name).await {
             Ok(address) => address,
             Err(detail) => {
-                if let Err(e) = remove(&self.docker, &name).await {
+                if let Err(e) = remove(&docker, &name).await {
                     tracing::warn!(container = %name, error = %e, "could not remove a container that failed to start");
                 }
                 return Err(fail(detail));
             }
         };
 
-        Ok(self.supervised(ctx, name, replica_id, address))
+        Ok(supervised(docker, ctx, name, replica_id, address))
+    }
+
+    fn available(&self) -> Result<(), RuntimeError> {
+        self.docker().map(|_| ())
     }
 
     fn replicas_outlive_agent(&self) -> bool {
@@ -297,6 +342,7 @@ impl ReplicaRuntime for DockerRuntime {
     ) -> Result<Vec<ReplicaHandle>, RuntimeError> {
         let service = &ctx.service.name;
         let version = release.map(|r| r.version.to_string());
+        let docker = self.docker()?;
         let mut adopted = Vec::new();
         for (id, labels, running) in self.leftovers(&ctx.environment, service).await? {
             let replica = labels.get(LABEL_REPLICA).cloned().unwrap_or_default();
@@ -313,7 +359,7 @@ impl ReplicaRuntime for DockerRuntime {
                     }
                 }
             }
-            match remove(&self.docker, &id).await {
+            match remove(&docker, &id).await {
                 Ok(()) => {
                     tracing::warn!(container = %id, %service, "removed a container left by an earlier agent")
                 }
@@ -326,9 +372,13 @@ impl ReplicaRuntime for DockerRuntime {
     }
 
     async fn usage(&self, ctx: &ReplicaContext, replica_ids: &[String]) -> Vec<ReplicaUsage> {
+        let Ok(docker) = self.docker() else {
+            return Vec::new();
+        };
+        let docker = &docker;
         let measured = join_all(replica_ids.iter().map(|replica| async move {
             let name = container_name(&ctx.environment, replica);
-            match tokio::time::timeout(STATS_TIMEOUT, self.stats(&name)).await {
+            match tokio::time::timeout(STATS_TIMEOUT, stats(docker, &name)).await {
                 Ok(Ok(stats)) => Some(usage_of(replica, &stats)),
                 Ok(Err(e)) => {
                     tracing::debug!(container = %name, error = %e, "no stats");
@@ -345,45 +395,42 @@ impl ReplicaRuntime for DockerRuntime {
     }
 }
 
-impl DockerRuntime {
-    /// One stats sample. Not one-shot: the engine then samples twice, about
-    /// a second apart, which is what a CPU percentage needs.
-    async fn stats(&self, name: &str) -> Result<ContainerStatsResponse, String> {
-        let options = StatsOptionsBuilder::default()
-            .stream(false)
-            .one_shot(false)
-            .build();
-        match self.docker.stats(name, Some(options)).next().await {
-            Some(Ok(stats)) => Ok(stats),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("the engine sent no stats".to_owned()),
-        }
+/// One stats sample. Not one-shot: the engine then samples twice, about
+/// a second apart, which is what a CPU percentage needs.
+async fn stats(docker: &Docker, name: &str) -> Result<ContainerStatsResponse, String> {
+    let options = StatsOptionsBuilder::default()
+        .stream(false)
+        .one_shot(false)
+        .build();
+    match docker.stats(name, Some(options)).next().await {
+        Some(Ok(stats)) => Ok(stats),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("the engine sent no stats".to_owned()),
     }
+}
 
-    /// Starts the created container `name` and reads back the host port the
-    /// engine published its container port on.
-    async fn started_address(
-        &self,
-        ctx: &ReplicaContext,
-        name: &str,
-    ) -> Result<SocketAddr, String> {
-        self.docker
-            .start_container(name, None::<StartContainerOptions>)
-            .await
-            .map_err(|e| format!("starting container {name}: {e}"))?;
-        let inspected = self
-            .docker
-            .inspect_container(name, None::<InspectContainerOptions>)
-            .await
-            .map_err(|e| format!("inspecting container {name}: {e}"))?;
-        let port = ctx.service.docker.container_port;
-        published_address(&inspected, port).ok_or_else(|| {
-            format!(
-                "container {name} has no host port published for {}",
-                port_key(port)
-            )
-        })
-    }
+/// Starts the created container `name` and reads back the host port the
+/// engine published its container port on.
+async fn started_address(
+    docker: &Docker,
+    ctx: &ReplicaContext,
+    name: &str,
+) -> Result<SocketAddr, String> {
+    docker
+        .start_container(name, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| format!("starting container {name}: {e}"))?;
+    let inspected = docker
+        .inspect_container(name, None::<InspectContainerOptions>)
+        .await
+        .map_err(|e| format!("inspecting container {name}: {e}"))?;
+    let port = ctx.service.docker.container_port;
+    published_address(&inspected, port).ok_or_else(|| {
+        format!(
+            "container {name} has no host port published for {}",
+            port_key(port)
+        )
+    })
 }
 
 /// CPU percent (of one CPU, as `docker stats` shows it) and memory in use

@@ -61,6 +61,15 @@ pub enum RuntimeError {
         /// Why.
         detail: String,
     },
+    /// The runtime's engine did not answer; the agent keeps trying to reach it
+    /// in the background and restores the service when it does.
+    #[error("the {engine} engine is unreachable: {detail}")]
+    EngineUnreachable {
+        /// Which engine ("Docker").
+        engine: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// The operation was cut short by shutdown; the previous state was kept.
     #[error("interrupted by agent shutdown; the previous version keeps serving")]
     Interrupted,
@@ -161,6 +170,12 @@ pub trait ReplicaRuntime: Send + Sync + 'static {
         release: &ReleaseSpec,
         replica_id: &str,
     ) -> Result<ReplicaHandle, RuntimeError>;
+
+    /// Whether the runtime can be used now; an error says why not, so that
+    /// commands fail with that reason rather than half-done.
+    fn available(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 
     /// Whether replicas keep running when the agent stops (containers do;
     /// child processes do not), so that the next agent can adopt them.
