@@ -76,6 +76,10 @@ pub struct DockerOptions {
     pub network: Option<String>,
     /// Extra container labels; keys under `io.ferry.` are reserved.
     pub labels: BTreeMap<String, String>,
+    /// Pull a release's image from its registry when the engine lacks it.
+    pub pull: bool,
+    /// Credentials for that registry, if it needs them.
+    pub registry: Option<RegistryAuth>,
 }
 
 impl Default for DockerOptions {
@@ -86,7 +90,31 @@ impl Default for DockerOptions {
             nano_cpus: None,
             network: None,
             labels: BTreeMap::new(),
+            pull: false,
+            registry: None,
         }
+    }
+}
+
+/// Registry credentials from configuration; the password is read from a file
+/// so it never sits in the configuration itself, and is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// Registry address, e.g. `registry.example:5000` (the image's own when absent).
+    pub server: Option<String>,
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }
 
@@ -176,6 +204,10 @@ struct RawService {
     cpus: Option<f64>,
     network: Option<String>,
     labels: Option<BTreeMap<String, String>>,
+    pull: Option<bool>,
+    registry_server: Option<String>,
+    registry_username: Option<String>,
+    registry_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -280,6 +312,13 @@ fn docker_options(
             ("cpus", service.cpus.is_some()),
             ("network", service.network.is_some()),
             ("labels", service.labels.is_some()),
+            ("pull", service.pull.is_some()),
+            ("registry_server", service.registry_server.is_some()),
+            ("registry_username", service.registry_username.is_some()),
+            (
+                "registry_password_file",
+                service.registry_password_file.is_some(),
+            ),
         ];
         for (field, _) in set.iter().filter(|(_, set)| *set) {
             problems.push(format!(
@@ -319,6 +358,35 @@ fn docker_options(
         } else {
             options.network = Some(network.clone());
         }
+    }
+    options.pull = service.pull.unwrap_or(false);
+    match (&service.registry_username, &service.registry_password_file) {
+        (Some(username), Some(file)) => match std::fs::read_to_string(file) {
+            Ok(password) if !password.trim().is_empty() => {
+                options.registry = Some(RegistryAuth {
+                    server: service.registry_server.clone(),
+                    username: username.clone(),
+                    password: password.trim().to_owned(),
+                })
+            }
+            Ok(_) => problems.push(format!(
+                "{prefix}.registry_password_file: {} is empty",
+                file.display()
+            )),
+            Err(e) => problems.push(format!(
+                "{prefix}.registry_password_file: {}: {e}",
+                file.display()
+            )),
+        },
+        (None, None) => {}
+        _ => problems.push(format!(
+            "{prefix}: registry_username and registry_password_file go together"
+        )),
+    }
+    if options.registry.is_some() && !options.pull {
+        problems.push(format!(
+            "{prefix}: registry credentials are set but pull = true is not"
+        ));
     }
     for (key, value) in service.labels.iter().flatten() {
         if key.starts_with("io.ferry.") {

@@ -277,7 +277,7 @@ impl ManagedService {
         replacement: Replacement,
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
-        self.runtime.prepare(&self.ctx, release).await?;
+        self.runtime.prepare(&self.ctx, release, progress).await?;
         if replacement == Replacement::StopFirst {
             let old = {
                 let mut set = self.set.lock().await;

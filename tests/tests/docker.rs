@@ -258,7 +258,7 @@ async fn containers_deploy_upgrade_fail_and_roll_back_and_foreign_ones_are_left_
     let outcome = release(&system, &service, "9.0.0", "9", &[]).await;
     let (reason, serving) = failure_reason(&outcome);
     assert!(
-        reason.contains("image ferry-sample:9 is not present and no registry is configured"),
+        reason.contains("image ferry-sample:9 is not present on the engine and pulling is off"),
         "{reason}"
     );
     assert_eq!(serving.as_deref(), Some("2.0.0"));
@@ -308,10 +308,40 @@ async fn containers_scale_and_one_killed_from_outside_is_replaced() {
     };
     let mut system = System::start().await;
     let port = free_port();
-    let config = system.docker_agent_config("dev", &service, port);
+    let mut config = system.docker_agent_config("dev", &service, port);
+    for service in config.services.values_mut() {
+        service.docker.pull = true;
+    }
     system.start_agent_with(config).await;
     deployed(&system, &service, port, "1.0.0").await;
     wait_containers(&service, 3, "1.0.0").await;
+
+    // With pulling on, a missing image is pulled through the engine; from a
+    // registry that does not answer, the pull fails with the engine's reason
+    // and 1.0.0 keeps serving.
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", &service).await;
+    let unreachable = format!("127.0.0.1:{}/ferry-sample:9.9.9", free_port());
+    system
+        .publish_artifact(&service, "9.9.9", &unreachable, &[])
+        .await;
+    let outcome = watch
+        .wait_for(WAIT, "outcome of the pull", |e| finished(e, "9.9.9"))
+        .await;
+    let (reason, serving) = failure_reason(&outcome);
+    assert!(
+        reason.contains(&format!("pulling {unreachable} failed")),
+        "{reason}"
+    );
+    assert_eq!(serving.as_deref(), Some("1.0.0"));
+    assert!(
+        watch.seen.iter().any(
+            |e| matches!(&e.body, EventBody::Progress { step, .. } if step.starts_with("pulling"))
+        ),
+        "the pull was reported as progress"
+    );
+    wait_containers(&service, 3, "1.0.0").await;
+    wait_serving(port, "1.0.0", WAIT).await;
 
     for (replicas, label) in [("5", "scale to 5"), ("1", "scale to 1")] {
         let out = system

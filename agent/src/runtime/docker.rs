@@ -23,15 +23,17 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCpuStats, ContainerCreateBody, ContainerInspectResponse, ContainerStatsResponse,
     ContainerSummaryStateEnum, HostConfig, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StartContainerOptions, StatsOptionsBuilder, StopContainerOptionsBuilder, WaitContainerOptions,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StartContainerOptions, StatsOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptions,
 };
 use bollard::Docker;
 use ferry_protocol::command::ReleaseSpec;
@@ -42,7 +44,7 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{ExitInfo, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError};
+use super::{ExitInfo, Progress, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError};
 use crate::config::RuntimeKind;
 
 /// Set to `true` on every container ferry creates.
@@ -134,6 +136,57 @@ impl DockerRuntime {
     }
 
     /// The engine's client, or why it cannot be reached.
+    /// Pulls `image` through the engine, with the service's registry
+    /// credentials, reporting the engine's progress at most once a second.
+    async fn pull(
+        &self,
+        docker: &Docker,
+        image: &str,
+        ctx: &ReplicaContext,
+        release: &ReleaseSpec,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError> {
+        let failed = |detail: String| RuntimeError::Artifact {
+            artifact: image.to_owned(),
+            detail: format!("pulling {image} failed: {detail}"),
+        };
+        let credentials = ctx
+            .service
+            .docker
+            .registry
+            .as_ref()
+            .map(|auth| DockerCredentials {
+                username: Some(auth.username.clone()),
+                password: Some(auth.password.clone()),
+                serveraddress: auth.server.clone(),
+                ..Default::default()
+            });
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut stream = docker.create_image(Some(options), None, credentials);
+        progress.step(&format!("pulling {image}"), Some(&release.version), 0, 0);
+        let mut reported = std::time::Instant::now();
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| failed(e.to_string()))?;
+            if let Some(message) = info.error_detail.and_then(|d| d.message) {
+                return Err(failed(message));
+            }
+            if reported.elapsed() >= Duration::from_secs(1) {
+                if let Some(status) = info.status {
+                    progress.step(
+                        &format!("pulling {image}: {status}"),
+                        Some(&release.version),
+                        0,
+                        0,
+                    );
+                    reported = std::time::Instant::now();
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn docker(&self) -> Result<Docker, RuntimeError> {
         let reason = match self.engine.read() {
             Ok(engine) => match &*engine {
@@ -259,8 +312,9 @@ impl ReplicaRuntime for DockerRuntime {
 
     async fn prepare(
         &self,
-        _ctx: &ReplicaContext,
+        ctx: &ReplicaContext,
         release: &ReleaseSpec,
+        progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
         let image = &release.artifact;
         let bad = |detail: String| RuntimeError::Artifact {
@@ -268,11 +322,18 @@ impl ReplicaRuntime for DockerRuntime {
             detail,
         };
         check_image_reference(image).map_err(bad)?;
-        let found = match self.docker()?.inspect_image(image).await {
+        let docker = self.docker()?;
+        let found = match docker.inspect_image(image).await {
             Ok(found) => found,
+            Err(e) if not_found(&e) && ctx.service.docker.pull => {
+                self.pull(&docker, image, ctx, release, progress).await?;
+                docker.inspect_image(image).await.map_err(|e| {
+                    bad(format!("image {image} is still missing after the pull: {e}"))
+                })?
+            }
             Err(e) if not_found(&e) => {
                 return Err(bad(format!(
-                    "image {image} is not present and no registry is configured"
+                    "image {image} is not present on the engine and pulling is off (pull = true in the service's configuration turns it on)"
                 )))
             }
             Err(e) => return Err(unavailable(format!("inspecting image {image}: {e}"))),

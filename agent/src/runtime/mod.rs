@@ -156,11 +156,13 @@ pub trait ReplicaRuntime: Send + Sync + 'static {
     /// Which runtime this is.
     fn kind(&self) -> RuntimeKind;
 
-    /// Checks that `release` can run here, before anything running is touched.
+    /// Checks that `release` can run here (fetching it if the runtime can),
+    /// before anything running is touched.
     async fn prepare(
         &self,
         ctx: &ReplicaContext,
         release: &ReleaseSpec,
+        progress: &dyn Progress,
     ) -> Result<(), RuntimeError>;
 
     /// Starts one replica; returns once it is started (not yet healthy).

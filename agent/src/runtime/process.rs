@@ -19,7 +19,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
-use super::{ExitInfo, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError};
+use super::{ExitInfo, Progress, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError};
 use crate::config::RuntimeKind;
 
 /// Variables passed through from the agent's own environment; everything else
@@ -40,6 +40,7 @@ impl ReplicaRuntime for ProcessRuntime {
         &self,
         ctx: &ReplicaContext,
         release: &ReleaseSpec,
+        _progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
         let program = program(ctx, release, 0);
         let bad = |detail: String| RuntimeError::Artifact {
