@@ -770,4 +770,37 @@ mod tests {
         }
         assert!(problems.len() >= 9, "{text}");
     }
+
+    #[test]
+    fn registry_credentials_come_from_a_file_and_are_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("registry.pass");
+        std::fs::write(&secret, "s3cret-token\n").unwrap();
+        let key = ferry_protocol::SigningKey::generate().public_key();
+        let base = format!(
+            "environment = \"dev\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n[services.web]\nruntime = \"docker\"\nport = 18080\n"
+        );
+        let cfg = from_toml(&format!(
+            "{base}pull = true\nregistry_username = \"ci\"\nregistry_password_file = \"{}\"\n",
+            secret.display()
+        ))
+        .unwrap();
+        let web = &cfg.services[&ServiceName::new("web").unwrap()];
+        let auth = web.docker.registry.as_ref().unwrap();
+        assert_eq!(auth.password, "s3cret-token");
+        assert!(
+            !format!("{cfg:?}").contains("s3cret"),
+            "the password is redacted"
+        );
+
+        let Err(Error::Config(problems)) =
+            from_toml(&format!("{base}registry_username = \"ci\"\n"))
+        else {
+            panic!("a user name without a password file is refused")
+        };
+        assert!(
+            problems.iter().any(|p| p.contains("go together")),
+            "{problems:?}"
+        );
+    }
 }
