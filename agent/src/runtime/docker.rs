@@ -44,7 +44,9 @@ use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
-use super::{ExitInfo, Progress, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError};
+use super::{
+    ferry_env, ExitInfo, Progress, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
+};
 use crate::config::RuntimeKind;
 
 /// Set to `true` on every container ferry creates.
@@ -600,16 +602,12 @@ fn labels(
 fn environment(ctx: &ReplicaContext, release: &ReleaseSpec, replica_id: &str) -> Vec<String> {
     let mut env: BTreeMap<String, String> = ctx.service.env.clone();
     env.extend(release.env.clone());
-    env.extend([
-        (
-            "PORT".to_owned(),
-            ctx.service.docker.container_port.to_string(),
-        ),
-        ("FERRY_ENVIRONMENT".to_owned(), ctx.environment.to_string()),
-        ("FERRY_SERVICE".to_owned(), ctx.service.name.to_string()),
-        ("FERRY_VERSION".to_owned(), release.version.to_string()),
-        ("FERRY_REPLICA".to_owned(), replica_id.to_owned()),
-    ]);
+    let port = ctx.service.docker.container_port;
+    env.extend(
+        ferry_env(ctx, release, replica_id, port)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+    );
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 

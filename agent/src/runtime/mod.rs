@@ -150,6 +150,24 @@ pub struct ReplicaContext {
     pub log_dir: PathBuf,
 }
 
+/// The variables ferry gives every replica, whatever the runtime. Runtimes
+/// set them after the configuration's and the release's own, so neither can
+/// change what a replica believes it is or where it listens.
+pub fn ferry_env(
+    ctx: &ReplicaContext,
+    release: &ReleaseSpec,
+    replica_id: &str,
+    port: u16,
+) -> [(&'static str, String); 5] {
+    [
+        ("PORT", port.to_string()),
+        ("FERRY_ENVIRONMENT", ctx.environment.to_string()),
+        ("FERRY_SERVICE", ctx.service.name.to_string()),
+        ("FERRY_VERSION", release.version.to_string()),
+        ("FERRY_REPLICA", replica_id.to_owned()),
+    ]
+}
+
 /// Starts and stops single replicas.
 #[async_trait]
 pub trait ReplicaRuntime: Send + Sync + 'static {

@@ -5,7 +5,6 @@
 //! Replicas do not outlive the agent: they are its children and are stopped
 //! when it shuts down; a restarted agent restores them from its state file.
 
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -19,7 +18,9 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
-use super::{ExitInfo, Progress, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError};
+use super::{
+    ferry_env, ExitInfo, Progress, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
+};
 use crate::config::RuntimeKind;
 
 /// Variables passed through from the agent's own environment; everything else
@@ -119,23 +120,6 @@ impl ReplicaRuntime for ProcessRuntime {
             stop_tx,
         ))
     }
-}
-
-/// The variables ferry sets last, so neither configuration nor a release can
-/// change what a replica believes it is or where it listens.
-fn ferry_env(
-    ctx: &ReplicaContext,
-    release: &ReleaseSpec,
-    replica_id: &str,
-    port: u16,
-) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
-        ("PORT", port.to_string()),
-        ("FERRY_ENVIRONMENT", ctx.environment.to_string()),
-        ("FERRY_SERVICE", ctx.service.name.to_string()),
-        ("FERRY_VERSION", release.version.to_string()),
-        ("FERRY_REPLICA", replica_id.to_owned()),
-    ])
 }
 
 fn program(ctx: &ReplicaContext, release: &ReleaseSpec, port: u16) -> String {
