@@ -213,8 +213,11 @@ impl Executor {
             }
             _ => tracing::info!(%service, command_id = %id, "command done"),
         }
-        if let Err(e) =
-            self.persist(|state| state.mark_executed(id, expires, OffsetDateTime::now_utc()))
+        if let Err(e) = self
+            .state
+            .lock()
+            .map_err(|_| crate::Error::Config(vec!["state lock poisoned".into()]))
+            .and_then(|mut state| state.mark_executed(id, expires, OffsetDateTime::now_utc()))
         {
             tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
         }

@@ -1,8 +1,10 @@
-//! The agent's local state file: per service the current and previous
-//! releases, the releases it can roll back to, the replica count and
-//! maintenance; and the ids of executed commands. Written atomically (temp
-//! file, fsync, rename, fsync of the directory) so a crash leaves either the
-//! old or the new file, never half of one.
+//! The agent's local state: `state.json`, per service the current and
+//! previous releases, the releases it can roll back to, the replica count and
+//! maintenance, written atomically (temp file, fsync, rename, fsync of the
+//! directory) so a crash leaves either the old or the new file; and
+//! `executed.log`, the ids of executed commands, one appended (and synced)
+//! line per command so recording one costs the same after ten thousand,
+//! compacted when the agent starts and whenever expired lines dominate.
 //!
 //! This is a local file format, not a wire format: it is versioned by its
 //! `format` field and read only by this crate.
@@ -66,12 +68,11 @@ impl ServiceRecord {
 }
 
 /// An executed command.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Executed {
     /// Its id.
     pub id: Uuid,
     /// Its expiry; after it the id need not be kept.
-    #[serde(with = "time::serde::rfc3339")]
     pub expires: OffsetDateTime,
 }
 
@@ -79,16 +80,17 @@ pub struct Executed {
 struct StateFile {
     format: u32,
     services: BTreeMap<ServiceName, ServiceRecord>,
-    executed: VecDeque<Executed>,
 }
 
 /// The state, in memory and on disk.
 #[derive(Debug)]
 pub struct State {
     path: PathBuf,
+    journal: PathBuf,
     services: BTreeMap<ServiceName, ServiceRecord>,
     executed: VecDeque<Executed>,
     executed_ids: HashSet<Uuid>,
+    journal_lines: usize,
 }
 
 impl State {
@@ -116,15 +118,59 @@ impl State {
                 detail: format!("format {} is not the supported {FORMAT}", file.format),
             });
         }
-        let executed_ids = file.executed.iter().map(|e| e.id).collect();
-        Ok(State {
+        let journal = dir.join("executed.log");
+        let mut state = State {
             path,
+            journal,
             services: file.services,
-            executed: file.executed,
-            executed_ids,
-        })
+            executed: VecDeque::new(),
+            executed_ids: HashSet::new(),
+            journal_lines: 0,
+        };
+        state.load_journal(OffsetDateTime::now_utc())?;
+        Ok(state)
     }
 
+    fn load_journal(&mut self, now: OffsetDateTime) -> Result<(), Error> {
+        let text = match std::fs::read_to_string(&self.journal) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(source) => {
+                return Err(Error::State {
+                    path: self.journal.clone(),
+                    source,
+                })
+            }
+        };
+        for line in text.lines() {
+            // A torn last line (a crash mid-append) is skipped: that command's
+            // outcome was not acknowledged, so JetStream delivers it again.
+            let Some((id, expires)) = line.split_once(' ') else {
+                continue;
+            };
+            let (Ok(id), Ok(expires)) = (
+                id.parse::<Uuid>(),
+                OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339),
+            ) else {
+                continue;
+            };
+            if expires >= now && self.executed_ids.insert(id) {
+                self.executed.push_back(Executed { id, expires });
+            }
+        }
+        self.compact()
+    }
+
+    /// Rewrites the journal with only the live ids, atomically.
+    fn compact(&mut self) -> Result<(), Error> {
+        let mut text = String::with_capacity(self.executed.len() * 64);
+        for e in &self.executed {
+            text.push_str(&journal_line(e.id, e.expires));
+        }
+        write_atomically(&self.journal, text.as_bytes())?;
+        self.journal_lines = self.executed.len();
+        Ok(())
+    }
     /// The record of `service` (empty if never deployed).
     pub fn service(&self, service: &ServiceName) -> ServiceRecord {
         self.services.get(service).cloned().unwrap_or_default()
@@ -140,11 +186,18 @@ impl State {
         self.executed_ids.contains(id)
     }
 
-    /// Records command `id` as executed, pruning ids whose commands have expired.
-    pub fn mark_executed(&mut self, id: Uuid, expires: OffsetDateTime, now: OffsetDateTime) {
-        if self.executed_ids.insert(id) {
-            self.executed.push_back(Executed { id, expires });
+    /// Records command `id` as executed: appends it to the journal and syncs,
+    /// pruning ids whose commands have expired.
+    pub fn mark_executed(
+        &mut self,
+        id: Uuid,
+        expires: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), Error> {
+        if !self.executed_ids.insert(id) {
+            return Ok(());
         }
+        self.executed.push_back(Executed { id, expires });
         while let Some(front) = self.executed.front() {
             if front.expires < now || self.executed.len() > MAX_EXECUTED {
                 self.executed_ids.remove(&front.id);
@@ -153,41 +206,71 @@ impl State {
                 break;
             }
         }
+        if self.journal_lines > 2 * self.executed.len() + 1000 {
+            return self.compact();
+        }
+        let io = |source| Error::State {
+            path: self.journal.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.journal)
+            .map_err(io)?;
+        file.write_all(journal_line(id, expires).as_bytes())
+            .map_err(io)?;
+        file.sync_data().map_err(io)?;
+        self.journal_lines += 1;
+        Ok(())
     }
 
-    /// Writes the state atomically.
+    /// Writes `state.json` atomically.
     pub fn save(&self) -> Result<(), Error> {
         let file = StateFile {
             format: FORMAT,
             services: self.services.clone(),
-            executed: self.executed.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|e| Error::CorruptState {
             path: self.path.clone(),
             detail: e.to_string(),
         })?;
-        let io = |source| Error::State {
-            path: self.path.clone(),
-            source,
-        };
-        let dir = self.path.parent().unwrap_or_else(|| Path::new("."));
-        let tmp = dir.join(".state.json.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io)?;
-        Ok(())
+        write_atomically(&self.path, &bytes)
     }
 
     /// Every service with a record.
     pub fn services(&self) -> impl Iterator<Item = (&ServiceName, &ServiceRecord)> {
         self.services.iter()
     }
+}
+
+fn journal_line(id: Uuid, expires: OffsetDateTime) -> String {
+    let expires = expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    format!("{id} {expires}\n")
+}
+
+/// Temp file, fsync, rename, fsync of the directory: a crash leaves the old
+/// file or the new one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |source| Error::State {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -233,18 +316,27 @@ mod tests {
             record.promote(release("2.0"));
             record.replicas = 3;
             state.set_service(&svc, record);
-            state.mark_executed(old, now + Duration::from_secs(1), now);
-            state.mark_executed(fresh, now + Duration::from_secs(3600), now);
+            state
+                .mark_executed(old, now + Duration::from_secs(1), now)
+                .unwrap();
+            state
+                .mark_executed(fresh, now + Duration::from_secs(3600), now)
+                .unwrap();
             state.save().unwrap();
         }
         let mut state = State::load(dir.path()).unwrap();
         assert_eq!(state.service(&svc).replicas, 3);
         assert!(state.was_executed(&old) && state.was_executed(&fresh));
-        state.mark_executed(
-            Uuid::new_v4(),
-            now + Duration::from_secs(3600),
-            now + Duration::from_secs(10),
-        );
+        state
+            .mark_executed(
+                Uuid::new_v4(),
+                now + Duration::from_secs(3600),
+                now + Duration::from_secs(10),
+            )
+            .unwrap();
+        // The journal is what survives: a reload sees the same live ids.
+        let reloaded = State::load(dir.path()).unwrap();
+        assert!(reloaded.was_executed(&fresh));
         assert!(!state.was_executed(&old));
         assert!(state.was_executed(&fresh));
     }

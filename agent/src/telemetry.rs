@@ -40,7 +40,11 @@ impl Telemetry {
         sink: EventSink,
         shutdown: CancellationToken,
     ) {
-        let mut system = System::new();
+        // Host metrics are read on the blocking pool (sysinfo walks /proc and
+        // every mount) and only on the periodic tick; the heartbeat sent right
+        // after a command reuses the last reading, so commands never wait on it.
+        let system = Arc::new(std::sync::Mutex::new(System::new()));
+        let mut host = HostMetrics::default();
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         let mut metrics = tokio::time::interval(self.metrics_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -51,12 +55,13 @@ impl Telemetry {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = heartbeat.tick() => {
-                    let event = self.heartbeat(&executor, &mut system).await;
+                    host = self.read_host(&system).await.unwrap_or(host);
+                    let event = self.heartbeat(&executor, host.clone()).await;
                     publisher.publish_agent(AgentEvent::Heartbeat(event)).await;
                 }
                 _ = metrics.tick() => self.service_reports(&executor, &sink).await,
                 _ = changed.notified() => {
-                    let event = self.heartbeat(&executor, &mut system).await;
+                    let event = self.heartbeat(&executor, host.clone()).await;
                     publisher.publish_agent(AgentEvent::Heartbeat(event)).await;
                     heartbeat.reset();
                 }
@@ -64,7 +69,19 @@ impl Telemetry {
         }
     }
 
-    async fn heartbeat(&self, executor: &Executor, system: &mut System) -> Heartbeat {
+    async fn read_host(&self, system: &Arc<std::sync::Mutex<System>>) -> Option<HostMetrics> {
+        let system = system.clone();
+        let state_dir = self.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut system = system.lock().ok()?;
+            Some(host_metrics(&mut system, &state_dir))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn heartbeat(&self, executor: &Executor, host: HostMetrics) -> Heartbeat {
         let mut services = Vec::with_capacity(executor.services().len());
         for (name, entry) in executor.services() {
             let mut snapshot = entry.backend.snapshot().await;
@@ -77,7 +94,7 @@ impl Telemetry {
             started_at: self.started_at,
             interval_secs: self.heartbeat_interval.as_secs().max(1),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            host: host_metrics(system, &self.state_dir),
+            host,
             services,
         }
     }

@@ -71,6 +71,19 @@ fn the_controller_lists_every_configuration_problem_and_exits_64() {
     );
 }
 
+/// The agent binary, killed if the test fails before it exits (a failed
+/// assertion must not leave a daemon and its replicas running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Child processes of `pid`, whichever of its threads started them (Linux /proc).
 fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -104,14 +117,16 @@ async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
         ),
     )
     .unwrap();
-    let mut agent = Command::new(bin("ferry-agent"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut agent = KillOnDrop(
+        Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let client = system.nats.client().await;
     let mut watch = EventWatch::new(&client, "dev", "web").await;
     // The agent is ready once it heartbeats; the release waits in JetStream until then anyway.
@@ -128,17 +143,17 @@ async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
         })
         .await;
     wait_serving(port, "1.0.0", WAIT).await;
-    let replicas = children(agent.id());
+    let replicas = children(agent.0.id());
     assert_eq!(replicas.len(), 2, "two replica processes: {replicas:?}");
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let deadline = Instant::now() + WAIT;
     let status = loop {
-        if let Some(status) = agent.try_wait().unwrap() {
+        if let Some(status) = agent.0.try_wait().unwrap() {
             break status;
         }
         assert!(
