@@ -3,7 +3,7 @@
 //! service's worker (one command at a time per service, services in parallel),
 //! and acknowledges only once the outcome is recorded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::events::EventPublisher;
 use crate::executor::{Completion, Executor, Report};
 use crate::Error;
+use uuid::Uuid;
 
 /// Commands queued per service before the agent stops pulling more.
 const WORKER_QUEUE: usize = 32;
@@ -87,12 +88,13 @@ pub async fn run(
         detail: e.to_string(),
     })?;
 
-    let mut workers: HashMap<ServiceName, mpsc::Sender<jetstream::Message>> = HashMap::new();
+    let mut workers: HashMap<ServiceName, mpsc::Sender<Admitted>> = HashMap::new();
+    let in_flight = InFlight::default();
     let mut tasks = JoinSet::new();
     for service in executor.services().keys() {
         let (tx, rx) = mpsc::channel(WORKER_QUEUE);
         workers.insert(service.clone(), tx);
-        tasks.spawn(worker(rx, executor.clone(), trusted.clone()));
+        tasks.spawn(worker(rx, executor.clone(), in_flight.clone()));
     }
     tracing::info!(environment = %env, services = workers.len(), "taking commands");
     let _ = ready.send(());
@@ -117,7 +119,10 @@ pub async fn run(
                 })
             }
         };
-        route(message, &workers, &executor, &publisher).await;
+        route(
+            message, &workers, &executor, &publisher, &trusted, &in_flight,
+        )
+        .await;
     }
     drop(workers);
     // Workers finish the command in hand (the backends see the same shutdown
@@ -129,9 +134,11 @@ pub async fn run(
 
 async fn route(
     message: jetstream::Message,
-    workers: &HashMap<ServiceName, mpsc::Sender<jetstream::Message>>,
+    workers: &HashMap<ServiceName, mpsc::Sender<Admitted>>,
     executor: &Executor,
     publisher: &EventPublisher,
+    trusted: &TrustedKeys,
+    in_flight: &InFlight,
 ) {
     let parsed = subject::Subject::parse(message.subject.as_str());
     let service = match parsed {
@@ -162,11 +169,15 @@ async fn route(
         }
     };
     match workers.get(&service) {
-        Some(tx) => {
-            if tx.send(message).await.is_err() {
-                tracing::error!(%service, "service worker is gone; the command will be redelivered");
+        Some(tx) => match admit(message, service.clone(), executor, trusted, in_flight).await {
+            Admission::Run(admitted) => {
+                if tx.send(admitted).await.is_err() {
+                    tracing::error!(%service, "service worker is gone; the command will be redelivered");
+                }
             }
-        }
+            Admission::Finish(done) => finish(done, executor).await,
+            Admission::AlreadyRunning => {}
+        },
         None => {
             let refusal = Refusal::new(
                 RefusalReason::UnknownService,
@@ -222,11 +233,44 @@ async fn finish(done: Done, executor: &Executor) {
 /// One service's commands, one at a time. Reporting and acknowledging run in
 /// a companion task so the next command does not wait on those round trips;
 /// the queue between them keeps reports in order.
-async fn worker(
-    mut queue: mpsc::Receiver<jetstream::Message>,
-    executor: Arc<Executor>,
-    trusted: Arc<TrustedKeys>,
-) {
+/// Ids of commands accepted and not yet finished: a redelivery of one of
+/// them is left to the original's acknowledgement.
+#[derive(Clone, Default)]
+struct InFlight(Arc<std::sync::Mutex<HashSet<Uuid>>>);
+
+impl InFlight {
+    fn insert(&self, id: Uuid) -> bool {
+        self.0.lock().map(|mut set| set.insert(id)).unwrap_or(false)
+    }
+
+    fn remove(&self, id: &Uuid) {
+        if let Ok(mut set) = self.0.lock() {
+            set.remove(id);
+        }
+    }
+}
+
+/// A verified, accepted command on its way to its service's worker.
+struct Admitted {
+    message: jetstream::Message,
+    id: Uuid,
+    expires: OffsetDateTime,
+    command: Command,
+}
+
+enum Admission {
+    /// Run it.
+    Run(Admitted),
+    /// Refused or already done: report (if anything) and acknowledge.
+    Finish(Done),
+    /// A redelivery of a command still running; its original will ack.
+    AlreadyRunning,
+}
+
+/// One service's commands, one at a time. Reporting and acknowledging run in
+/// a companion task so the next command does not wait on those round trips;
+/// the queue between them keeps reports in order.
+async fn worker(mut queue: mpsc::Receiver<Admitted>, executor: Arc<Executor>, in_flight: InFlight) {
     let (done_tx, mut done_rx) = mpsc::channel::<Done>(WORKER_QUEUE);
     let reporter = {
         let executor = executor.clone();
@@ -236,8 +280,10 @@ async fn worker(
             }
         })
     };
-    while let Some(message) = queue.recv().await {
-        let done = handle(message, &executor, &trusted).await;
+    while let Some(admitted) = queue.recv().await {
+        let id = admitted.id;
+        let done = execute(admitted, &executor).await;
+        in_flight.remove(&id);
         if done_tx.send(done).await.is_err() {
             tracing::error!("reporter task is gone");
             break;
@@ -255,16 +301,16 @@ fn refused(message: jetstream::Message, report: Report) -> Done {
     }
 }
 
-async fn handle(message: jetstream::Message, executor: &Executor, trusted: &TrustedKeys) -> Done {
-    let Ok(subject::Subject::Command { service, .. }) =
-        subject::Subject::parse(message.subject.as_str())
-    else {
-        return Done {
-            message,
-            report: None,
-            end: End::Term,
-        };
-    };
+/// Verifies a command and checks it against what was executed, in the intake
+/// loop, so the `accepted` event goes out without waiting for a hop to the
+/// service's worker.
+async fn admit(
+    message: jetstream::Message,
+    service: ServiceName,
+    executor: &Executor,
+    trusted: &TrustedKeys,
+    in_flight: &InFlight,
+) -> Admission {
     let envelope = match Envelope::<Command>::decode_verified(
         &message.payload,
         trusted,
@@ -273,7 +319,7 @@ async fn handle(message: jetstream::Message, executor: &Executor, trusted: &Trus
         Ok(envelope) => envelope,
         Err(refusal) => {
             let report = executor.refuse(&service, peek_id(&message.payload), &refusal);
-            return refused(message, report);
+            return Admission::Finish(refused(message, report));
         }
     };
     let id = envelope.id;
@@ -303,29 +349,57 @@ async fn handle(message: jetstream::Message, executor: &Executor, trusted: &Trus
     };
     if let Some(refusal) = mismatch {
         let report = executor.refuse(&service, Some(id), &refusal);
-        return refused(message, report);
+        return Admission::Finish(refused(message, report));
+    }
+    if !in_flight.insert(id) {
+        if message.info().map(|i| i.delivered > 1).unwrap_or(false) {
+            tracing::info!(command_id = %id, "redelivery of a command still running; its own ack will settle it");
+            return Admission::AlreadyRunning;
+        }
+        let refusal = Refusal::new(
+            RefusalReason::Replayed,
+            format!("command {id} is already running"),
+        );
+        let report = executor.refuse(&service, Some(id), &refusal);
+        return Admission::Finish(refused(message, report));
     }
     if executor.was_executed(&id) {
+        in_flight.remove(&id);
         let redelivered = message.info().map(|i| i.delivered > 1).unwrap_or(false);
         if redelivered {
             // Our own ack was lost after the outcome was recorded: not a replay.
             tracing::info!(command_id = %id, "redelivered command was already executed; acknowledging");
-            return Done {
+            return Admission::Finish(Done {
                 message,
                 report: None,
                 end: End::Term,
-            };
+            });
         }
         let refusal = Refusal::new(
             RefusalReason::Replayed,
             format!("command {id} was already executed"),
         );
         let report = executor.refuse(&service, Some(id), &refusal);
-        return refused(message, report);
+        return Admission::Finish(refused(message, report));
     }
 
     executor.accepted(&service, id, command.action.kind()).await;
     let expires = envelope.expires.unwrap_or_else(OffsetDateTime::now_utc);
+    Admission::Run(Admitted {
+        message,
+        id,
+        expires,
+        command,
+    })
+}
+
+async fn execute(admitted: Admitted, executor: &Executor) -> Done {
+    let Admitted {
+        message,
+        id,
+        expires,
+        command,
+    } = admitted;
     let keep_alive = CancellationToken::new();
     let progress_acks = tokio::spawn(progress_acks(message.clone(), keep_alive.clone()));
     let completion = executor.execute(id, expires, command).await;
