@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::consumer::{self, Disposition, Durable, Incoming};
-use crate::records::{AgentRecord, CommandState, DeploymentRecord};
+use crate::records::{AgentRecord, DeploymentRecord, EventFacts};
 use crate::{ids, Error, Shared};
 
 /// The durable consumer every controller instance shares for agent events.
@@ -166,45 +166,21 @@ fn history_record(
     message: &Incoming,
 ) -> Option<HistoryRecord> {
     let command = record.filter(|r| r.command_id.is_some() && r.command_id == event.command_id);
-    let (outcome, action, version, detail) = match &event.body {
-        EventBody::Refused { reason, detail } => (
-            CommandState::Refused,
-            command.and_then(|r| r.action),
-            command.and_then(|r| r.version.clone()),
-            format!("{reason}: {detail}"),
-        ),
-        EventBody::Succeeded {
-            action,
-            version,
-            detail,
-            ..
-        } => (
-            CommandState::Succeeded,
-            Some(*action),
-            version.clone(),
-            detail.clone(),
-        ),
-        EventBody::Failed {
-            action,
-            version,
-            reason,
-            serving,
-        } => (
-            CommandState::Failed,
-            Some(*action),
-            version.clone(),
-            match serving {
-                Some(serving) => format!("{reason}; {serving} is serving"),
-                None => reason.clone(),
-            },
-        ),
-        EventBody::DryRun { action, plan } => (
-            CommandState::DryRun,
-            Some(*action),
-            command.and_then(|r| r.version.clone()),
-            format!("would: {}", plan.join("; ")),
-        ),
-        _ => return None,
+    // History records outcomes only, not the command's acceptance.
+    if matches!(event.body, EventBody::Accepted { .. }) {
+        return None;
+    }
+    let facts = EventFacts::of(&event.body)?;
+    let outcome = facts.state;
+    let action = facts.action.or_else(|| command.and_then(|r| r.action));
+    let version = facts
+        .version
+        .or_else(|| command.and_then(|r| r.version.clone()));
+    let detail = match (&event.body, &facts.serving) {
+        (EventBody::Failed { .. }, Some(serving)) => {
+            format!("{}; {serving} is serving", facts.detail)
+        }
+        _ => facts.detail,
     };
     Some(HistoryRecord {
         time: message.stored_at,

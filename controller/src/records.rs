@@ -110,55 +110,13 @@ impl DeploymentRecord {
         event: &ServiceEvent,
         at: OffsetDateTime,
     ) -> Option<DeploymentRecord> {
-        let (state, action, version, detail, serving) = match &event.body {
-            EventBody::Accepted { action } => (
-                CommandState::Accepted,
-                Some(*action),
-                None,
-                format!("{action} accepted by the agent"),
-                None,
-            ),
-            EventBody::Refused { reason, detail } => (
-                CommandState::Refused,
-                None,
-                None,
-                format!("{reason}: {detail}"),
-                None,
-            ),
-            EventBody::Succeeded {
-                action,
-                version,
-                detail,
-                ..
-            } => (
-                CommandState::Succeeded,
-                Some(*action),
-                version.clone(),
-                detail.clone(),
-                version.clone(),
-            ),
-            EventBody::Failed {
-                action,
-                version,
-                reason,
-                serving,
-            } => (
-                CommandState::Failed,
-                Some(*action),
-                version.clone(),
-                reason.clone(),
-                serving.clone(),
-            ),
-            EventBody::DryRun { action, plan } => (
-                CommandState::DryRun,
-                Some(*action),
-                None,
-                format!("would: {}", plan.join("; ")),
-                None,
-            ),
-            // Progress, health and metrics are not part of a command's record.
-            _ => return None,
-        };
+        let EventFacts {
+            state,
+            action,
+            version,
+            detail,
+            serving,
+        } = EventFacts::of(&event.body)?;
 
         let Some(mut record) = previous else {
             // The controller did not issue it, or its record was lost: start one.
@@ -205,6 +163,82 @@ impl DeploymentRecord {
         record.detail = detail;
         record.updated_at = at;
         Some(record)
+    }
+}
+
+/// What an accepted, refused or final agent event says about its command;
+/// the one reading of an event body that records and history share.
+pub(crate) struct EventFacts {
+    /// The command's state after the event.
+    pub(crate) state: CommandState,
+    /// The action, when the event names it.
+    pub(crate) action: Option<ActionKind>,
+    /// The version concerned, when the event names it.
+    pub(crate) version: Option<Version>,
+    /// A sentence for people.
+    pub(crate) detail: String,
+    /// The version serving afterwards, when the event says.
+    pub(crate) serving: Option<Version>,
+}
+
+impl EventFacts {
+    /// `None` for progress, health and metrics: not part of a command's record.
+    pub(crate) fn of(body: &EventBody) -> Option<EventFacts> {
+        let facts = |state, action, version, detail, serving| EventFacts {
+            state,
+            action,
+            version,
+            detail,
+            serving,
+        };
+        Some(match body {
+            EventBody::Accepted { action } => facts(
+                CommandState::Accepted,
+                Some(*action),
+                None,
+                format!("{action} accepted by the agent"),
+                None,
+            ),
+            EventBody::Refused { reason, detail } => facts(
+                CommandState::Refused,
+                None,
+                None,
+                format!("{reason}: {detail}"),
+                None,
+            ),
+            EventBody::Succeeded {
+                action,
+                version,
+                detail,
+                ..
+            } => facts(
+                CommandState::Succeeded,
+                Some(*action),
+                version.clone(),
+                detail.clone(),
+                version.clone(),
+            ),
+            EventBody::Failed {
+                action,
+                version,
+                reason,
+                serving,
+            } => facts(
+                CommandState::Failed,
+                Some(*action),
+                version.clone(),
+                reason.clone(),
+                serving.clone(),
+            ),
+            EventBody::DryRun { action, plan } => facts(
+                CommandState::DryRun,
+                Some(*action),
+                None,
+                format!("would: {}", plan.join("; ")),
+                None,
+            ),
+            _ => return None,
+        })
     }
 }
 
