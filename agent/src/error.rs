@@ -53,6 +53,9 @@ pub enum Error {
         /// Why.
         detail: String,
     },
+    /// A thread panicked while holding the state; it can no longer be trusted.
+    #[error("the agent's state was poisoned by a panic; restart the agent")]
+    StatePoisoned,
     /// The proxy could not bind its stable address.
     #[error("cannot serve {service} on {address}: {source}")]
     Bind {

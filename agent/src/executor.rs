@@ -216,7 +216,7 @@ impl Executor {
         if let Err(e) = self
             .state
             .lock()
-            .map_err(|_| crate::Error::Config(vec!["state lock poisoned".into()]))
+            .map_err(|_| crate::Error::StatePoisoned)
             .and_then(|mut state| state.mark_executed(id, expires, OffsetDateTime::now_utc()))
         {
             tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
@@ -230,10 +230,7 @@ impl Executor {
     }
 
     fn persist(&self, change: impl FnOnce(&mut State)) -> Result<(), crate::Error> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| crate::Error::Config(vec!["state lock poisoned".into()]))?;
+        let mut state = self.state.lock().map_err(|_| crate::Error::StatePoisoned)?;
         change(&mut state);
         state.save()
     }
