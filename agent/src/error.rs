@@ -56,6 +56,9 @@ pub enum Error {
     /// A thread panicked while holding the state; it can no longer be trusted.
     #[error("the agent's state was poisoned by a panic; restart the agent")]
     StatePoisoned,
+    /// The task writing the state to disk died.
+    #[error("the state writer stopped: {0}")]
+    StateWriter(String),
     /// The proxy could not bind its stable address.
     #[error("cannot serve {service} on {address}: {source}")]
     Bind {

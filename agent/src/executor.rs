@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::config::ServiceConfig;
 use crate::events::{EventPublisher, EventSink};
 use crate::runtime::{Progress, Replacement, RuntimeError, ServiceBackend};
-use crate::state::{ServiceRecord, State};
+use crate::state::{ServiceRecord, State, StateWrite};
 
 /// A managed service: its configuration and its backend.
 #[derive(Clone)]
@@ -56,6 +56,7 @@ pub struct Executor {
     publisher: EventPublisher,
     sink: EventSink,
     changed: Arc<tokio::sync::Notify>,
+    disk_order: tokio::sync::Mutex<()>,
 }
 
 struct CommandProgress<'a> {
@@ -97,6 +98,7 @@ impl Executor {
             publisher,
             sink,
             changed: Arc::new(tokio::sync::Notify::new()),
+            disk_order: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -214,10 +216,8 @@ impl Executor {
             _ => tracing::info!(%service, command_id = %id, "command done"),
         }
         if let Err(e) = self
-            .state
-            .lock()
-            .map_err(|_| crate::Error::StatePoisoned)
-            .and_then(|mut state| state.mark_executed(id, expires, OffsetDateTime::now_utc()))
+            .write_state(|state| Ok(state.mark_executed(id, expires, OffsetDateTime::now_utc())))
+            .await
         {
             tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
         }
@@ -229,22 +229,38 @@ impl Executor {
         })
     }
 
-    fn persist(&self, change: impl FnOnce(&mut State)) -> Result<(), crate::Error> {
-        let mut state = self.state.lock().map_err(|_| crate::Error::StatePoisoned)?;
-        change(&mut state);
-        state.save()
+    /// Changes the state in memory, then performs the disk write it needs on
+    /// the blocking pool. Writes happen in the order the changes were made
+    /// (`disk_order`), and the state's lock is never held across one.
+    async fn write_state(
+        &self,
+        change: impl FnOnce(&mut State) -> Result<Option<StateWrite>, crate::Error>,
+    ) -> Result<(), crate::Error> {
+        let _in_order = self.disk_order.lock().await;
+        let write = {
+            let mut state = self.state.lock().map_err(|_| crate::Error::StatePoisoned)?;
+            change(&mut state)?
+        };
+        match write {
+            Some(write) => tokio::task::spawn_blocking(move || write.perform())
+                .await
+                .map_err(|e| crate::Error::StateWriter(e.to_string()))?,
+            None => Ok(()),
+        }
     }
 
-    fn update_record(
+    async fn update_record(
         &self,
         service: &ServiceName,
         change: impl FnOnce(&mut ServiceRecord),
     ) -> Result<(), RuntimeError> {
-        self.persist(|state| {
+        self.write_state(|state| {
             let mut record = state.service(service);
             change(&mut record);
             state.set_service(service, record);
+            state.snapshot().map(Some)
         })
+        .await
         .map_err(|e| RuntimeError::Start {
             replica: "-".into(),
             detail: format!("the change is live but {e}"),
@@ -329,7 +345,8 @@ impl Executor {
             }
             Action::Scale { replicas } => {
                 entry.backend.scale(replicas, progress).await?;
-                self.update_record(service, |r| r.replicas = replicas)?;
+                self.update_record(service, |r| r.replicas = replicas)
+                    .await?;
                 let detail = match &record.current {
                     Some(current) => format!("{service} {} scaled to {replicas} replicas", current.version),
                     None => format!("nothing deployed yet; the next deploy of {service} uses {replicas} replicas"),
@@ -361,7 +378,8 @@ impl Executor {
                     MaintenanceMode::Disable => (None, "maintenance off".to_owned()),
                 };
                 entry.backend.set_maintenance(info.clone());
-                self.update_record(service, |r| r.maintenance = info)?;
+                self.update_record(service, |r| r.maintenance = info)
+                    .await?;
                 Ok(EventBody::Succeeded {
                     action: kind,
                     version: record.current.map(|r| r.version),
@@ -395,7 +413,8 @@ impl Executor {
                 self.update_record(service, |r| {
                     r.promote(release);
                     r.replicas = replicas;
-                })?;
+                })
+                .await?;
                 let detail = match was {
                     Some(was) if was != version => format!(
                         "{service} {version} serving with {replicas} healthy replicas (was {was})"

@@ -163,14 +163,19 @@ impl State {
 
     /// Rewrites the journal with only the live ids, atomically.
     fn compact(&mut self) -> Result<(), Error> {
+        write_atomically(&self.journal, self.journal_text().as_bytes())?;
+        self.journal_lines = self.executed.len();
+        Ok(())
+    }
+
+    fn journal_text(&self) -> String {
         let mut text = String::with_capacity(self.executed.len() * 64);
         for e in &self.executed {
             text.push_str(&journal_line(e.id, e.expires));
         }
-        write_atomically(&self.journal, text.as_bytes())?;
-        self.journal_lines = self.executed.len();
-        Ok(())
+        text
     }
+
     /// The record of `service` (empty if never deployed).
     pub fn service(&self, service: &ServiceName) -> ServiceRecord {
         self.services.get(service).cloned().unwrap_or_default()
@@ -186,16 +191,17 @@ impl State {
         self.executed_ids.contains(id)
     }
 
-    /// Records command `id` as executed: appends it to the journal and syncs,
-    /// pruning ids whose commands have expired.
+    /// Records command `id` as executed in memory, pruning ids whose commands
+    /// have expired; returns the journal write (one appended, synced line, or
+    /// a compaction) for the caller to perform off the async runtime.
     pub fn mark_executed(
         &mut self,
         id: Uuid,
         expires: OffsetDateTime,
         now: OffsetDateTime,
-    ) -> Result<(), Error> {
+    ) -> Option<StateWrite> {
         if !self.executed_ids.insert(id) {
-            return Ok(());
+            return None;
         }
         self.executed.push_back(Executed { id, expires });
         while let Some(front) = self.executed.front() {
@@ -207,26 +213,21 @@ impl State {
             }
         }
         if self.journal_lines > 2 * self.executed.len() + 1000 {
-            return self.compact();
+            self.journal_lines = self.executed.len();
+            return Some(StateWrite::Replace {
+                path: self.journal.clone(),
+                bytes: self.journal_text().into_bytes(),
+            });
         }
-        let io = |source| Error::State {
-            path: self.journal.clone(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.journal)
-            .map_err(io)?;
-        file.write_all(journal_line(id, expires).as_bytes())
-            .map_err(io)?;
-        file.sync_data().map_err(io)?;
         self.journal_lines += 1;
-        Ok(())
+        Some(StateWrite::Append {
+            path: self.journal.clone(),
+            line: journal_line(id, expires),
+        })
     }
 
-    /// Writes `state.json` atomically.
-    pub fn save(&self) -> Result<(), Error> {
+    /// The write that replaces `state.json` with what is in memory now.
+    pub fn snapshot(&self) -> Result<StateWrite, Error> {
         let file = StateFile {
             format: FORMAT,
             services: self.services.clone(),
@@ -235,12 +236,58 @@ impl State {
             path: self.path.clone(),
             detail: e.to_string(),
         })?;
-        write_atomically(&self.path, &bytes)
+        Ok(StateWrite::Replace {
+            path: self.path.clone(),
+            bytes,
+        })
     }
 
     /// Every service with a record.
     pub fn services(&self) -> impl Iterator<Item = (&ServiceName, &ServiceRecord)> {
         self.services.iter()
+    }
+}
+
+/// A change of the state on disk. Made under the state's lock, performed
+/// outside it and off the async runtime: fsync takes milliseconds, and the
+/// proxy and the command intake share the runtime's threads.
+#[derive(Debug)]
+pub enum StateWrite {
+    /// Temp file, fsync, rename, fsync of the directory.
+    Replace {
+        /// The file replaced.
+        path: PathBuf,
+        /// Its new content.
+        bytes: Vec<u8>,
+    },
+    /// One line appended and synced.
+    Append {
+        /// The journal.
+        path: PathBuf,
+        /// The line, with its newline.
+        line: String,
+    },
+}
+
+impl StateWrite {
+    /// Performs the write (blocking).
+    pub fn perform(self) -> Result<(), Error> {
+        match self {
+            StateWrite::Replace { path, bytes } => write_atomically(&path, &bytes),
+            StateWrite::Append { path, line } => {
+                let io = |source| Error::State {
+                    path: path.clone(),
+                    source,
+                };
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io)?;
+                file.write_all(line.as_bytes()).map_err(io)?;
+                file.sync_data().map_err(io)
+            }
+        }
     }
 }
 
@@ -316,13 +363,15 @@ mod tests {
             record.promote(release("2.0"));
             record.replicas = 3;
             state.set_service(&svc, record);
-            state
-                .mark_executed(old, now + Duration::from_secs(1), now)
-                .unwrap();
-            state
-                .mark_executed(fresh, now + Duration::from_secs(3600), now)
-                .unwrap();
-            state.save().unwrap();
+            for id in [old, fresh] {
+                let expires = now + Duration::from_secs(if id == old { 1 } else { 3600 });
+                state
+                    .mark_executed(id, expires, now)
+                    .unwrap()
+                    .perform()
+                    .unwrap();
+            }
+            state.snapshot().unwrap().perform().unwrap();
         }
         let mut state = State::load(dir.path()).unwrap();
         assert_eq!(state.service(&svc).replicas, 3);
@@ -333,6 +382,8 @@ mod tests {
                 now + Duration::from_secs(3600),
                 now + Duration::from_secs(10),
             )
+            .unwrap()
+            .perform()
             .unwrap();
         // The journal is what survives: a reload sees the same live ids.
         let reloaded = State::load(dir.path()).unwrap();

@@ -26,38 +26,31 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn raw_request_reply(nats: &NatsServer) -> Vec<Duration> {
-    let responder = nats.client().await;
-    let mut requests = responder.subscribe("bench.echo").await.unwrap();
-    tokio::spawn(async move {
-        while let Some(message) = requests.next().await {
-            if let Some(reply) = message.reply {
-                let _ = responder.publish(reply, message.payload).await;
-            }
-        }
-    });
-    let client = nats.client().await;
+/// Which part a re-executed copy of this benchmark plays: the responders of
+/// the baselines run in their own process, as the agent does, so every row
+/// pays the same cross-process wake-up.
+const ROLE_VAR: &str = "FERRY_BENCH_ROLE";
+const URL_VAR: &str = "FERRY_BENCH_NATS_URL";
+
+/// Answers `bench.echo` requests: the other side of raw request-reply.
+async fn echo_responder(url: &str) {
+    let client = async_nats::connect(url).await.unwrap();
+    let mut requests = client.subscribe("bench.echo").await.unwrap();
     client.flush().await.unwrap();
-    let payload = bytes::Bytes::from(vec![b'x'; 512]);
-    let mut samples = Vec::with_capacity(SAMPLES);
-    for i in 0..WARMUP + SAMPLES {
-        let started = Instant::now();
-        client.request("bench.echo", payload.clone()).await.unwrap();
-        if i >= WARMUP {
-            samples.push(started.elapsed());
+    println!("ready");
+    while let Some(message) = requests.next().await {
+        if let Some(reply) = message.reply {
+            let _ = client.publish(reply, message.payload).await;
         }
     }
-    samples
 }
 
-/// The floor under ferry's path, without ferry: a message stored by
-/// JetStream, delivered to a durable pull consumer on a second connection,
-/// which answers with a core publish, as the agent does. Shown so the cost of
-/// JetStream and the cost of the agent can be told apart.
-async fn jetstream_round_trip(nats: &NatsServer) -> Vec<Duration> {
+/// Reads `bench.js.>` through a durable pull consumer and answers each message
+/// with a core publish, then acknowledges it, as the agent does.
+async fn jetstream_responder(url: &str) {
     use async_nats::jetstream::{self, consumer};
-    let consumer_client = nats.client().await;
-    let js = jetstream::new(consumer_client.clone());
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client.clone());
     let stream = js
         .get_or_create_stream(jetstream::stream::Config {
             name: "BENCH".into(),
@@ -78,14 +71,70 @@ async fn jetstream_round_trip(nats: &NatsServer) -> Vec<Duration> {
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = messages.next().await {
-            let _ = consumer_client
-                .publish("bench.reply", message.payload.clone())
-                .await;
-            let _ = message.ack().await;
+    client.flush().await.unwrap();
+    println!("ready");
+    while let Some(Ok(message)) = messages.next().await {
+        let _ = client.publish("bench.reply", message.payload.clone()).await;
+        let _ = message.ack().await;
+    }
+}
+
+/// This benchmark's own executable, re-run as `role`, killed on drop.
+struct Responder(std::process::Child);
+
+impl Responder {
+    async fn start(nats: &NatsServer, role: &str) -> Responder {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(ROLE_VAR, role)
+            .env(URL_VAR, nats.url())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
+        });
+        let line = tokio::time::timeout(WAIT, line)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "{role} responder did not start");
+        Responder(child)
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn raw_request_reply(client: &async_nats::Client) -> Vec<Duration> {
+    client.flush().await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 512]);
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for i in 0..WARMUP + SAMPLES {
+        let started = Instant::now();
+        client.request("bench.echo", payload.clone()).await.unwrap();
+        if i >= WARMUP {
+            samples.push(started.elapsed());
         }
-    });
+    }
+    samples
+}
+
+/// The floor under ferry's path, without ferry: a message stored by
+/// JetStream, delivered to a durable pull consumer in another process, which
+/// answers with a core publish, as the agent does. Shown so the cost of
+/// JetStream and the cost of the agent can be told apart.
+async fn jetstream_round_trip(nats: &NatsServer) -> Vec<Duration> {
+    let _responder = Responder::start(nats, "jetstream").await;
     let client = nats.client().await;
     let mut replies = client.subscribe("bench.reply").await.unwrap();
     client.flush().await.unwrap();
@@ -184,36 +233,74 @@ async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duratio
     samples
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    // Only nats-server and the agent: the path measured is theirs, and a
-    // controller folding every event into KV would load the same two cores.
-    // The agent runs as its own process, as it does in production, so it does
-    // not share the measuring runtime's two threads.
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    match std::env::var(ROLE_VAR).ok().as_deref() {
+        Some("echo") => runtime.block_on(echo_responder(&std::env::var(URL_VAR).unwrap())),
+        Some("jetstream") => {
+            runtime.block_on(jetstream_responder(&std::env::var(URL_VAR).unwrap()))
+        }
+        Some(other) => panic!("unknown {ROLE_VAR} {other:?}"),
+        None => runtime.block_on(measure()),
+    }
+}
+
+async fn measure() {
+    // Only nats-server, the agent and the responders: the path measured is
+    // theirs, and a controller folding every event into KV would load the
+    // same two cores. The agent runs as its own process, as it does in
+    // production, and so does every baseline's responder: each row pays the
+    // same hop into another process.
     let system = System::without_controller();
     let _agent = AgentProcess::start(&system).await;
 
-    let mut raw = raw_request_reply(&system.nats).await;
+    let mut raw = {
+        let _responder = Responder::start(&system.nats, "echo").await;
+        raw_request_reply(&system.nats.client().await).await
+    };
+    let mut raw_in_process = {
+        let responder = system.nats.client().await;
+        let mut requests = responder.subscribe("bench.echo").await.unwrap();
+        let task = tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                if let Some(reply) = message.reply {
+                    let _ = responder.publish(reply, message.payload).await;
+                }
+            }
+        });
+        let samples = raw_request_reply(&system.nats.client().await).await;
+        task.abort();
+        samples
+    };
     let mut floor = jetstream_round_trip(&system.nats).await;
     let mut ferry = command_to_accepted(&system.nats, &system.controller_key).await;
     raw.sort();
+    raw_in_process.sort();
     floor.sort();
     ferry.sort();
     let row = |name: &str, samples: &[Duration]| {
         println!(
-            "{name:<38} {:>9.3} {:>9.3}",
+            "{name:<44} {:>9.3} {:>9.3}",
             ms(percentile(samples, 0.50)),
             ms(percentile(samples, 0.99))
         );
     };
     println!("command_latency: {SAMPLES} samples each after {WARMUP} warm-up, same nats-server, same run");
-    println!("{:<38} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    println!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms");
     row("raw NATS request-reply (baseline)", &raw);
+    row(
+        "  same, responder inside the measuring process",
+        &raw_in_process,
+    );
     row("JetStream store, deliver, reply (floor)", &floor);
     row("ferry command -> accepted event", &ferry);
     let ratio = |q: f64| percentile(&ferry, q).as_secs_f64() / percentile(&raw, q).as_secs_f64();
     println!(
-        "{:<38} {:>9.2} {:>9.2}",
+        "{:<44} {:>9.2} {:>9.2}",
         "ratio (ferry / raw request-reply)",
         ratio(0.50),
         ratio(0.99)

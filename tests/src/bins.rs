@@ -15,6 +15,18 @@ fn target_dir() -> PathBuf {
         .expect("target directory of the test binary")
 }
 
+/// Variables cargo sets for a test or bench of one package, not for a build.
+const INHERITED_FROM_CARGO_TEST: &[&str] = &[
+    "CARGO_PKG_",
+    "CARGO_MANIFEST_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 fn build_once() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -33,6 +45,20 @@ fn build_once() {
             "-p",
             "ferry-controller",
         ]);
+        // Cargo hands a test the variables of the package under test
+        // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts such as
+        // ring's rerun when those change, so passing them on would rebuild
+        // half the dependency tree on every run, and again for the next
+        // plain `cargo build`.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if INHERITED_FROM_CARGO_TEST
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            {
+                command.env_remove(name.as_ref());
+            }
+        }
         if target_dir().file_name().is_some_and(|p| p == "release") {
             command.arg("--release");
         }
