@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_e2e::{bin, free_port, NatsServer, System, WAIT};
+use ferry_e2e::{free_port, AgentProcess, NatsServer, System, WAIT};
 use ferry_protocol::command::{Action, Command};
 use ferry_protocol::event::ServiceEvent;
 use ferry_protocol::{EnvName, Envelope, ServiceName, SigningKey};
@@ -256,7 +256,14 @@ async fn measure() {
     // production, and so does every baseline's responder: each row pays the
     // same hop into another process.
     let system = System::without_controller();
-    let _agent = AgentProcess::start(&system).await;
+    let _agent = AgentProcess::start(
+        &system,
+        &format!(
+            "[services.web]\ncommand = [\"{{artifact}}\"]\nport = {}\n",
+            free_port()
+        ),
+    )
+    .await;
 
     let mut raw = {
         let _responder = Responder::start(&system.nats, "echo").await;
@@ -305,48 +312,4 @@ async fn measure() {
         ratio(0.50),
         ratio(0.99)
     );
-}
-
-/// The real `ferry-agent` binary, killed on drop.
-struct AgentProcess(std::process::Child);
-
-impl AgentProcess {
-    async fn start(system: &System) -> AgentProcess {
-        let config = system.dir.path().join("agent-dev.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n\n[services.web]\ncommand = [\"{{artifact}}\"]\nport = {}\n",
-                system.nats.url(),
-                system.dir.path().join("agent-dev").display(),
-                system.controller_key.public_key(),
-                free_port()
-            ),
-        )
-        .unwrap();
-        let client = system.nats.client().await;
-        let mut heartbeats = client
-            .subscribe("ferry.v1.agent.dev.heartbeat")
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
-        let child = std::process::Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        tokio::time::timeout(WAIT, heartbeats.next())
-            .await
-            .expect("agent heartbeat");
-        AgentProcess(child)
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -6,6 +6,7 @@
 // loudly, so panicking helpers are its job.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod agent_process;
 pub mod bins;
 pub mod events;
 pub mod nats;
@@ -22,6 +23,7 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use agent_process::AgentProcess;
 pub use bins::bin;
 pub use events::EventWatch;
 pub use nats::NatsServer;

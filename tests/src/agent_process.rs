@@ -1,0 +1,65 @@
+//! The real `ferry-agent` binary as its own process, as it runs in
+//! production: for benchmarks that measure its latency or its footprint.
+
+use std::path::Path;
+
+use futures::StreamExt;
+
+use crate::{bin, System, WAIT};
+
+/// A `ferry-agent` process for the `dev` environment of `system`, killed on drop.
+pub struct AgentProcess {
+    child: std::process::Child,
+}
+
+impl AgentProcess {
+    /// Writes a configuration for `dev` with `services_toml` (the
+    /// `[services...]` tables), starts the agent on it and waits for its
+    /// first heartbeat.
+    pub async fn start(system: &System, services_toml: &str) -> AgentProcess {
+        let config = system.dir.path().join("agent-dev.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n\n{services_toml}",
+                system.nats.url(),
+                system.dir.path().join("agent-dev").display(),
+                system.controller_key.public_key(),
+            ),
+        )
+        .unwrap();
+        let client = system.nats.client().await;
+        let mut heartbeats = client
+            .subscribe("ferry.v1.agent.dev.heartbeat")
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let child = spawn(&config);
+        tokio::time::timeout(WAIT, heartbeats.next())
+            .await
+            .expect("agent heartbeat");
+        AgentProcess { child }
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+fn spawn(config: &Path) -> std::process::Child {
+    std::process::Command::new(bin("ferry-agent"))
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
