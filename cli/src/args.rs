@@ -543,6 +543,78 @@ mod tests {
     }
 
     #[test]
+    fn approve_reject_approvals_promote_and_audit_parse() {
+        let args = parse(&[
+            "approve",
+            "web",
+            "1.0.0",
+            "-e",
+            "production",
+            "--key",
+            "/k.nk",
+            "--valid-for",
+            "2h",
+            "--security-override",
+        ])
+        .unwrap();
+        let Command::Approve(approve) = args.command else {
+            panic!("not approve");
+        };
+        assert_eq!(approve.valid_for, Duration::from_secs(7200));
+        assert!(approve.security_override);
+        assert_eq!(approve.key, PathBuf::from("/k.nk"));
+        assert!(
+            parse(&["reject", "web", "1.0.0", "-e", "production"]).is_err(),
+            "a reason is required"
+        );
+        assert!(parse(&["reject", "web", "1.0.0", "-e", "production", "-r", "no"]).is_ok());
+        assert!(parse(&["approvals", "--all", "-e", "production"]).is_ok());
+        assert!(parse(&["promote", "web", "1.0.0", "-e", "acceptance"]).is_ok());
+        let args = parse(&[
+            "audit", "--since", "24h", "--actor", "bob", "--action", "approve",
+        ])
+        .unwrap();
+        let Command::Audit(audit) = args.command else {
+            panic!("not audit");
+        };
+        let since = audit.since.unwrap();
+        let ago = OffsetDateTime::now_utc() - since;
+        assert!(ago > time::Duration::hours(23) && ago < time::Duration::hours(25));
+        assert_eq!(audit.actor.as_deref(), Some("bob"));
+        assert!(parse(&["audit", "--since", "yesterday"]).is_err());
+        let args = parse(&[
+            "release",
+            "publish",
+            "-s",
+            "web",
+            "--version",
+            "1",
+            "--artifact",
+            "/a",
+            "--scan",
+            "critical=1,high=2",
+        ])
+        .unwrap();
+        let Command::Release(ReleaseCommand::Publish(publish)) = args.command else {
+            panic!("not publish");
+        };
+        assert_eq!(publish.scan.unwrap().critical, 1);
+        assert!(parse(&[
+            "release",
+            "publish",
+            "-s",
+            "web",
+            "--version",
+            "1",
+            "--artifact",
+            "/a",
+            "--scan",
+            "severe=1"
+        ])
+        .is_err());
+    }
+
+    #[test]
     fn the_definition_is_consistent() {
         use clap::CommandFactory;
         Args::command().debug_assert();

@@ -458,6 +458,27 @@ pub(crate) async fn advance(
         .await;
     }
 
+    // Already running there (deployed by hand with the same quorum): close
+    // the promotion rather than deploy the same version again.
+    let here = shared.store.deployment(env, service).await?;
+    if here.as_ref().and_then(|d| d.serving.as_ref()) == Some(version) {
+        let detail = format!("{service} {version} already runs in {env}");
+        shared
+            .store
+            .update_promotion(service, version, env, |current| {
+                let mut r = current?;
+                if r.is_closed() {
+                    return None;
+                }
+                r.state = PromotionState::Issued;
+                r.detail = detail.clone();
+                r.updated_at = OffsetDateTime::now_utc();
+                Some(r)
+            })
+            .await?;
+        return Ok(());
+    }
+
     // Eligible and approved: issue. Issuing is idempotent (deterministic id),
     // so two instances getting here both publish the same command id and
     // JetStream keeps one; the compare-and-set below closes the promotion.
@@ -1093,5 +1114,135 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
                 warn!(service = %record.service, version = %record.version, environment = %record.environment, "could not advance the promotion: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ferry_protocol::approval::Approval;
+    use ferry_protocol::{SigningKey, TrustedKeys};
+
+    use super::*;
+    use crate::config::Reviewer;
+
+    struct Person {
+        name: &'static str,
+        key: SigningKey,
+    }
+
+    fn person(name: &'static str) -> Person {
+        Person {
+            name,
+            key: SigningKey::generate(),
+        }
+    }
+
+    fn stage(required: u32, people: &[&Person]) -> Stage {
+        let reviewers: Vec<Reviewer> = people
+            .iter()
+            .map(|p| Reviewer {
+                name: p.name.into(),
+                key: p.key.public_key(),
+            })
+            .collect();
+        let keys = Arc::new(TrustedKeys::new(reviewers.iter().map(|r| r.key.as_str())).unwrap());
+        Stage {
+            auto_deploy: true,
+            soak: Duration::ZERO,
+            approvals_required: required,
+            reviewers: reviewers.clone(),
+            reviewer_keys: keys.clone(),
+            strategy: None,
+            override_reviewers: reviewers,
+            override_keys: keys,
+        }
+    }
+
+    fn release(author: &str) -> Release {
+        Release {
+            service: ServiceName::new("web").unwrap(),
+            version: Version::new("1.0.0").unwrap(),
+            artifact: "/bin/web".into(),
+            digest: Some("sha256:ab".into()),
+            env: Default::default(),
+            author: Some(author.into()),
+            commit: None,
+            hotfix: false,
+            scan: None,
+        }
+    }
+
+    fn approval(p: &Person, declared: &str, valid: Duration, kind: ApprovalKind) -> SignedApproval {
+        let now = OffsetDateTime::now_utc();
+        Approval {
+            service: ServiceName::new("web").unwrap(),
+            version: Version::new("1.0.0").unwrap(),
+            digest: "sha256:ab".into(),
+            environment: EnvName::new("production").unwrap(),
+            reviewer: p.key.public_key(),
+            reviewer_name: declared.into(),
+            issued_at: now,
+            expires_at: now + valid,
+            kind,
+        }
+        .sign(&p.key)
+        .unwrap()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn authors_repeats_expired_and_strangers_do_not_count() {
+        let (alice, bob, carol, mallory) = (
+            person("alice"),
+            person("bob"),
+            person("carol"),
+            person("mallory"),
+        );
+        let stage = stage(2, &[&alice, &bob, &carol]);
+        let env = EnvName::new("production").unwrap();
+        let now = OffsetDateTime::now_utc();
+        let carol_wrote_it = release("carol");
+        let approvals = vec![
+            approval(&alice, "alice", HOUR, ApprovalKind::Deploy),
+            approval(&alice, "alice", HOUR, ApprovalKind::Deploy),
+            // carol's key under another name is still carol.
+            approval(&carol, "not-carol", HOUR, ApprovalKind::Deploy),
+            approval(&mallory, "mallory", HOUR, ApprovalKind::Deploy),
+            approval(&bob, "bob", Duration::from_secs(1), ApprovalKind::Deploy),
+            approval(&bob, "bob", HOUR, ApprovalKind::SecurityOverride),
+        ];
+        let later = now + Duration::from_secs(2);
+        let t = tally(&carol_wrote_it, &env, &stage, &approvals, later);
+        let counted: Vec<&str> = t
+            .deploy
+            .iter()
+            .map(|a| a.data.reviewer_name.as_str())
+            .collect();
+        assert_eq!(counted, ["alice"]);
+        assert_eq!(t.overrides, 1);
+        assert_eq!(t.waiting_for, ["bob"], "the author is never asked");
+
+        // A reviewer who declares the author's name is taken as the author.
+        let t = tally(
+            &release("bob"),
+            &env,
+            &stage,
+            &[approval(&alice, "bob", HOUR, ApprovalKind::Deploy)],
+            now,
+        );
+        assert!(t.deploy.is_empty());
+        // And an author given as a public key is matched by key.
+        let by_key = release(&alice.key.public_key());
+        let t = tally(
+            &by_key,
+            &env,
+            &stage,
+            &[approval(&alice, "alice", HOUR, ApprovalKind::Deploy)],
+            now,
+        );
+        assert!(t.deploy.is_empty());
     }
 }

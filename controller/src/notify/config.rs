@@ -459,3 +459,87 @@ impl NotifyConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_pick_sinks_by_environment_and_event() {
+        let envs = [
+            EnvName::new("dev").unwrap(),
+            EnvName::new("production").unwrap(),
+        ];
+        let config = NotifyConfig {
+            slack: Some(SlackSettings {
+                webhook_url: Some("https://hooks.slack.com/services/T/B/X".into()),
+                ..Default::default()
+            }),
+            pagerduty: Some(PagerDutySettings {
+                routing_key: Some("key".into()),
+                ..Default::default()
+            }),
+            routes: vec![
+                RouteSettings {
+                    sinks: vec!["slack".into()],
+                    ..Default::default()
+                },
+                RouteSettings {
+                    environments: vec!["production".into()],
+                    events: vec!["deployment_failed".into()],
+                    sinks: vec!["pagerduty".into()],
+                },
+            ],
+            ..Default::default()
+        };
+        let resolved = config.validate(&envs).unwrap();
+        assert_eq!(
+            resolved.sinks_for(Some(&envs[1]), "deployment_failed"),
+            [Sink::Slack, Sink::PagerDuty]
+        );
+        assert_eq!(
+            resolved.sinks_for(Some(&envs[0]), "deployment_failed"),
+            [Sink::Slack]
+        );
+        assert_eq!(
+            resolved.sinks_for(Some(&envs[1]), "deployment_started"),
+            [Sink::Slack]
+        );
+        assert!(
+            !format!("{resolved:?}").contains("hooks.slack.com"),
+            "Debug shows a secret"
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let envs = [EnvName::new("dev").unwrap()];
+        let config = NotifyConfig {
+            webhook: Some(WebhookSettings {
+                url: "ftp://x".into(),
+                secret: Some("short".into()),
+                ..Default::default()
+            }),
+            routes: vec![RouteSettings {
+                environments: vec!["staging".into()],
+                events: vec!["deployed".into()],
+                sinks: vec!["email".into(), "pager".into()],
+            }],
+            ..Default::default()
+        };
+        let problems = config.validate(&envs).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.0).collect();
+        assert_eq!(
+            fields,
+            [
+                "notify.webhook.url",
+                "notify.webhook.secret",
+                "notify.routes.environments",
+                "notify.routes.events",
+                "notify.routes.sinks",
+                "notify.routes.sinks"
+            ],
+            "{problems:?}"
+        );
+    }
+}
