@@ -18,6 +18,7 @@ use ferry_protocol::approval::{Approval, ApprovalKind, SignedApproval};
 use ferry_protocol::command::{Action, ActionKind, Command, ReleaseSpec};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::{subject, EnvName, Envelope, RefusalReason, ServiceName, SigningKey, Version};
+use futures::StreamExt;
 use time::OffsetDateTime;
 
 struct Reviewer {
@@ -61,14 +62,22 @@ struct Pipeline {
 /// approvals); alice, bob and carol review; each environment has its agent,
 /// the gated ones requiring the same quorum of the same reviewer keys.
 async fn pipeline() -> Pipeline {
+    pipeline_with(true).await
+}
+
+/// As [`pipeline`]; with `production_auto = false` production waits for
+/// `ferry promote`.
+async fn pipeline_with(production_auto: bool) -> Pipeline {
     let mut system = System::without_controller();
     let alice = reviewer(&system, "alice");
     let bob = reviewer(&system, "bob");
     let carol = reviewer(&system, "carol");
     let all = [&alice, &bob, &carol];
+    let mut production = stage(2, "0s", &all);
+    production.auto_deploy = Some(production_auto);
     system.controller_config.pipeline = BTreeMap::from([
         ("acceptance".to_owned(), stage(1, "1s", &all)),
-        ("production".to_owned(), stage(2, "0s", &all)),
+        ("production".to_owned(), production),
     ]);
     system.start_controller().await;
     let mut ports = BTreeMap::new();
@@ -587,5 +596,172 @@ async fn a_release_with_critical_vulnerabilities_is_blocked_until_two_reviewers_
     })
     .await;
     wait_serving(p.ports["dev"], "1.0.0", WAIT).await;
+    p.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_promote_opens_a_manual_promotion_and_ferry_reject_stops_one() {
+    let p = pipeline_with(false).await;
+    let system = &p.system;
+    let client = system.nats.client().await;
+    let mut acceptance = EventWatch::new(&client, "acceptance", "web").await;
+    let mut production = EventWatch::new(&client, "production", "web").await;
+    publish(system, "1.0.0", "ci-bot", None).await;
+    assert_ok(
+        &approve(system, &p.alice, "acceptance", &[]).await,
+        "alice approves acceptance",
+    );
+    acceptance
+        .wait_for(WAIT, "acceptance deploy of 1.0.0", |e| {
+            deploy_succeeded(e, "1.0.0")
+        })
+        .await;
+    // Production does not open by itself: approvals are recorded but wait.
+    assert_ok(
+        &approve(system, &p.alice, "production", &[]).await,
+        "alice approves production",
+    );
+    assert_ok(
+        &approve(system, &p.bob, "production", &[]).await,
+        "bob approves production",
+    );
+    let row = promotion_row(system, "production").await.unwrap();
+    assert_eq!(row["state"], "waiting", "{row}");
+    assert_eq!(row["approvals_valid"], 2, "{row}");
+    assert!(
+        row["detail"].as_str().unwrap().contains("ferry promote"),
+        "{row}"
+    );
+
+    let out = system
+        .cli_async(&["promote", "web", "1.0.0", "-e", "production", "-o", "json"])
+        .await;
+    assert_ok(&out, "ferry promote");
+    production
+        .wait_for(WAIT, "production deploy of 1.0.0", |e| {
+            deploy_succeeded(e, "1.0.0")
+        })
+        .await;
+    let promoted = audit(system, &["--action", "promote", "-e", "production"]).await;
+    assert!(
+        promoted
+            .iter()
+            .any(|r| r["outcome"] == "requested" && r["actor"] == "e2e-test"),
+        "{promoted:#?}"
+    );
+
+    // 2.0.0 is rejected for acceptance: approvals no longer move it.
+    publish(system, "2.0.0", "ci-bot", None).await;
+    let out = system
+        .cli_async(&[
+            "reject",
+            "web",
+            "2.0.0",
+            "-e",
+            "acceptance",
+            "--reason",
+            "breaks checkout",
+        ])
+        .await;
+    assert_ok(&out, "ferry reject");
+    let file = p.alice.file.to_str().unwrap().to_owned();
+    let out = system
+        .cli_async(&[
+            "approve",
+            "web",
+            "2.0.0",
+            "-e",
+            "acceptance",
+            "--key",
+            &file,
+            "--name",
+            "alice",
+        ])
+        .await;
+    assert!(
+        !out.status.success(),
+        "an approval of a rejected release was accepted"
+    );
+    assert!(stderr(&out).contains("rejected"), "{}", stderr(&out));
+    let rejected = audit(system, &["--action", "reject"]).await;
+    assert!(
+        rejected.iter().any(|r| r["version"] == "2.0.0"
+            && r["detail"].as_str().unwrap().contains("breaks checkout")),
+        "{rejected:#?}"
+    );
+    let out = system
+        .cli_async(&["approvals", "--all", "-e", "acceptance", "-o", "json"])
+        .await;
+    let rows = json(&out);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "2.0.0")
+        .unwrap();
+    assert_eq!(row["state"], "rejected", "{row}");
+    p.system.shutdown().await;
+}
+
+/// How many commands the FERRY_COMMANDS stream holds for `env`'s web.
+async fn stored_commands(client: &async_nats::Client, env: &str) -> u64 {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream("FERRY_COMMANDS").await.unwrap();
+    let subject = format!("ferry.v1.cmd.{env}.web");
+    let mut subjects = stream.info_with_subjects(&subject).await.unwrap();
+    let mut total = 0;
+    while let Some(entry) = subjects.next().await {
+        total += entry.unwrap().1;
+    }
+    total as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_promote_a_release_once() {
+    let p = pipeline().await;
+    let system = &p.system;
+    // A second controller instance on the same NATS and key.
+    let mut second = system.controller_config.clone();
+    second.nats_url = system.nats.url();
+    second.signing_key_file = system.dir.path().join("controller.nk");
+    let second = second.validate().unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(ferry_controller::run(second, token.clone()));
+
+    let client = system.nats.client().await;
+    let mut production = EventWatch::new(&client, "production", "web").await;
+    publish(system, "1.0.0", "ci-bot", None).await;
+    assert_ok(
+        &approve(system, &p.alice, "acceptance", &[]).await,
+        "alice approves acceptance",
+    );
+    wait_promotion(system, "production", "waiting for approvals", |r| {
+        r["detail"].as_str().unwrap().contains("approvals")
+    })
+    .await;
+    assert_ok(
+        &approve(system, &p.alice, "production", &[]).await,
+        "alice approves production",
+    );
+    assert_ok(
+        &approve(system, &p.bob, "production", &[]).await,
+        "bob approves production",
+    );
+    production
+        .wait_for(WAIT, "production deploy of 1.0.0", |e| {
+            deploy_succeeded(e, "1.0.0")
+        })
+        .await;
+    for env in ["dev", "acceptance", "production"] {
+        assert_eq!(stored_commands(&client, env).await, 1, "commands to {env}");
+    }
+    let starts: Vec<serde_json::Value> = audit(system, &["--action", "deploy", "-e", "production"])
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "issued")
+        .collect();
+    assert_eq!(starts.len(), 1, "{starts:#?}");
+    token.cancel();
+    task.await.unwrap().unwrap();
     p.system.shutdown().await;
 }
