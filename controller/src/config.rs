@@ -158,7 +158,7 @@ impl Default for ControllerConfig {
             agent_timeout: "15s".to_owned(),
             approval_ttl: "72h".to_owned(),
             security_override_approvals: 2,
-            promotion_check_interval: "1s".to_owned(),
+            promotion_check_interval: "5s".to_owned(),
             pipeline: BTreeMap::new(),
             notify: crate::notify::NotifyConfig::default(),
         }

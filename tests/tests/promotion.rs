@@ -338,6 +338,16 @@ async fn an_expired_approval_does_not_count_and_a_restarted_controller_keeps_pen
     );
     assert_eq!(row["state"], "waiting", "{row}");
 
+    // The audit trail is append-only: JetStream refuses to purge it or to
+    // delete a record from it.
+    let js = jetstream::new(client.clone());
+    let history = js.get_stream("FERRY_HISTORY").await.unwrap();
+    assert!(history.purge().await.is_err(), "the audit trail was purged");
+    assert!(
+        history.delete_message(1).await.is_err(),
+        "a record was deleted from the audit trail"
+    );
+
     let history_before = audit(&p.system, &[]).await;
     p.system.stop_controller().await;
     p.system.start_controller().await;
