@@ -168,6 +168,14 @@ pub(crate) fn tally(
     }
 }
 
+/// `2026-11-26T19:28:36Z`: whole seconds, for sentences.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
 fn critical(release: &Release) -> u32 {
     release.scan.map_or(0, |s| s.critical)
 }
@@ -439,7 +447,7 @@ pub(crate) async fn advance(
                 .await
             }
             Some(at) if at > now => {
-                return waiting(format!("soaking in {previous} until {at}")).await;
+                return waiting(format!("soaking in {previous} until {}", rfc3339(at))).await;
             }
             Some(_) => {}
         }
@@ -1003,7 +1011,9 @@ fn view_of(shared: &Shared, release: &Release, record: &PromotionRecord) -> Opti
         approvals_valid: counted.deploy.len() as u32,
         overrides_required,
         overrides_valid: counted.overrides as u32,
-        waiting_for: if record.is_closed() {
+        waiting_for: if record.is_closed()
+            || counted.deploy.len() >= stage.approvals_required as usize
+        {
             Vec::new()
         } else {
             counted.waiting_for
