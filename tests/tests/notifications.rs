@@ -359,3 +359,141 @@ async fn a_failed_and_a_good_production_deploy_reach_slack_pagerduty_the_webhook
     }
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_send_approval_needed_to_the_webhook_and_only_production_to_pagerduty() {
+    let (http, inbox) = http_receiver().await;
+    let base = format!("http://127.0.0.1:{http}");
+    let mut system = System::without_controller();
+    let alice = ferry_protocol::SigningKey::generate();
+    let alice_file = system.dir.path().join("alice.nk");
+    std::fs::write(&alice_file, alice.seed().unwrap()).unwrap();
+    system.controller_config.environments = vec!["dev".into(), "production".into()];
+    system.controller_config.pipeline = std::collections::BTreeMap::from([(
+        "production".to_owned(),
+        ferry_controller::config::StageSettings {
+            auto_deploy: Some(true),
+            approvals_required: 1,
+            reviewers: vec![ferry_controller::config::ReviewerSettings {
+                name: "alice".into(),
+                key: alice.public_key(),
+            }],
+            ..Default::default()
+        },
+    )]);
+    system.controller_config.notify = NotifyConfig {
+        pagerduty: Some(PagerDutySettings {
+            routing_key: Some(ROUTING_KEY.into()),
+            events_url: Some(format!("{base}/pagerduty")),
+            ..Default::default()
+        }),
+        webhook: Some(WebhookSettings {
+            url: format!("{base}/webhook"),
+            secret: Some(HMAC_SECRET.into()),
+            ..Default::default()
+        }),
+        routes: vec![
+            RouteSettings {
+                environments: vec!["production".into()],
+                events: vec!["approval_needed".into()],
+                sinks: vec!["webhook".into()],
+            },
+            RouteSettings {
+                environments: vec!["production".into()],
+                events: vec!["deployment_succeeded".into(), "deployment_failed".into()],
+                sinks: vec!["pagerduty".into()],
+            },
+        ],
+        retry_backoff: Some("50ms".into()),
+        ..Default::default()
+    };
+    system.start_controller().await;
+    let dev_port = free_port();
+    system.start_agent("dev", dev_port).await;
+    let prod_port = free_port();
+    let mut config = system.agent_config("production", &[("web", prod_port)]);
+    config.approvals_required = 1;
+    config.reviewer_keys = vec![alice.public_key()];
+    system.start_agent_with(config).await;
+    let client = system.nats.client().await;
+    let mut production = EventWatch::new(&client, "production", "web").await;
+
+    system.publish_release("web", "1.0.0", &[]).await;
+    let posts = |path: &str| -> Vec<Received> {
+        inbox
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    };
+    let asked = until("the approval_needed webhook", || {
+        posts("webhook")
+            .into_iter()
+            .find(|r| r.json()["kind"] == "approval_needed")
+    })
+    .await;
+    let body = asked.json();
+    assert_eq!(body["environment"], "production");
+    assert_eq!(body["version"], "1.0.0");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ferry approve web 1.0.0 -e production"),
+        "{body}"
+    );
+    assert_eq!(
+        asked.signature.as_deref(),
+        Some(hmac_hex(HMAC_SECRET, &asked.body).as_str())
+    );
+
+    let out = system
+        .cli_async(&[
+            "approve",
+            "web",
+            "1.0.0",
+            "-e",
+            "production",
+            "--key",
+            alice_file.to_str().unwrap(),
+            "--name",
+            "alice",
+        ])
+        .await;
+    assert_ok(&out, "alice approves production");
+    production
+        .wait_for(WAIT, "production deploy of 1.0.0", |e| {
+            matches!(
+                &e.body,
+                EventBody::Succeeded {
+                    action: ActionKind::Deploy,
+                    ..
+                }
+            )
+        })
+        .await;
+    let pd = until("PagerDuty's resolve for production", || {
+        let pd = posts("pagerduty");
+        (!pd.is_empty()).then_some(pd)
+    })
+    .await;
+    for post in &pd {
+        let body = post.json();
+        assert_eq!(
+            body["dedup_key"], "ferry/production/web",
+            "dev reached PagerDuty: {body}"
+        );
+        assert_eq!(body["event_action"], "resolve");
+    }
+    // dev's deploy (started, succeeded) reached neither sink.
+    let hooks = posts("webhook");
+    assert!(
+        hooks.iter().all(|r| r.json()["kind"] == "approval_needed"),
+        "{:#?}",
+        hooks.iter().map(Received::json).collect::<Vec<_>>()
+    );
+    assert_eq!(hooks.len(), 1, "one message per transition");
+    system.shutdown().await;
+}
