@@ -168,6 +168,14 @@ pub(crate) fn tally(
     }
 }
 
+/// The name a reviewer key is configured under (what the audit trail
+/// records), else the name the approval declares.
+fn reviewer_name(stage: &Stage, key: &str, declared: &str) -> String {
+    stage
+        .reviewer(key)
+        .map_or_else(|| declared.to_owned(), |r| r.name.clone())
+}
+
 /// `2026-11-26T19:28:36Z`: whole seconds, for sentences.
 fn rfc3339(t: OffsetDateTime) -> String {
     t.replace_nanosecond(0)
@@ -497,7 +505,7 @@ pub(crate) async fn advance(
     };
     let approvers: Vec<String> = approvals
         .iter()
-        .map(|a| a.data.reviewer_name.clone())
+        .map(|a| reviewer_name(stage, &a.data.reviewer, &a.data.reviewer_name))
         .collect();
     let id = ids::release_deploy(service, version, env);
     let actor = match (&record.requested_by, approvers.is_empty()) {
@@ -585,13 +593,12 @@ pub(crate) async fn approve(
         .ok_or_else(|| format!("unknown release {service} {version}"))?
         .release;
     let now = OffsetDateTime::now_utc();
+    let who = reviewer_name(stage, &a.reviewer, &a.reviewer_name);
     let refuse = |why: String| {
-        let a = &a;
+        let who = &who;
         async move {
-            let detail = format!(
-                "approval by {} of {service} {version} in {env} refused: {why}",
-                a.reviewer_name
-            );
+            let detail =
+                format!("approval by {who} of {service} {version} in {env} refused: {why}");
             // Refused approvals are audited too (a random id: each attempt is an event).
             if let Err(e) = audit(
                 shared,
@@ -601,7 +608,7 @@ pub(crate) async fn approve(
                 "approve",
                 "refused",
                 detail.clone(),
-                Some(a.reviewer_name.clone()),
+                Some(who.clone()),
                 Uuid::new_v4(),
             )
             .await
@@ -649,8 +656,7 @@ pub(crate) async fn approve(
     }
     if is_author(&release, stage, &a.reviewer, &a.reviewer_name) {
         return refuse(format!(
-            "{} is the author of {service} {version} and cannot approve it",
-            a.reviewer_name
+            "{who} is the author of {service} {version} and cannot approve it"
         ))
         .await;
     }
@@ -691,8 +697,7 @@ pub(crate) async fn approve(
         Submitted::Added(record) => record,
         Submitted::Duplicate => {
             return refuse(format!(
-                "{} already approved it; one reviewer counts once",
-                a.reviewer_name
+                "{who} already approved it; one reviewer counts once"
             ))
             .await
         }
@@ -709,8 +714,8 @@ pub(crate) async fn approve(
         ),
     };
     let detail = format!(
-        "{} approved {service} {version} for {env} ({}; {have} of {need})",
-        a.reviewer_name, a.kind
+        "{who} approved {service} {version} for {env} ({}; {have} of {need})",
+        a.kind
     );
     audit(
         shared,
@@ -720,7 +725,7 @@ pub(crate) async fn approve(
         "approve",
         "recorded",
         detail.clone(),
-        Some(a.reviewer_name.clone()),
+        Some(who.clone()),
         ids::history(signed.id, "approved"),
     )
     .await
@@ -1022,7 +1027,7 @@ fn view_of(shared: &Shared, release: &Release, record: &PromotionRecord) -> Opti
             .approvals
             .iter()
             .map(|a| ApprovalView {
-                reviewer_name: a.data.reviewer_name.clone(),
+                reviewer_name: reviewer_name(stage, &a.data.reviewer, &a.data.reviewer_name),
                 reviewer: a.data.reviewer.clone(),
                 kind: a.data.kind,
                 expires_at: a.data.expires_at,
