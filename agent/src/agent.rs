@@ -116,7 +116,11 @@ async fn reconnect_docker(
 
 /// Runs the agent until `shutdown` is cancelled or a fatal error occurs.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
-    let trusted = Arc::new(config.trusted()?);
+    let trusted = Arc::new(intake::Trust {
+        commands: config.trusted()?,
+        reviewers: config.reviewers()?,
+        approvals_required: config.approvals_required as usize,
+    });
     let client = connect(&config).await?;
     let js = jetstream::new(client.clone());
     intake::ensure_stream(&js, &streams::events()).await?;

@@ -155,6 +155,11 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Public nkeys whose signed commands are accepted.
     pub trusted_keys: Vec<String>,
+    /// Approvals from distinct reviewers a deploy to this environment must
+    /// carry (0: none, the environment is not approval-gated).
+    pub approvals_required: u32,
+    /// Public nkeys of the reviewers whose approvals count here.
+    pub reviewer_keys: Vec<String>,
     /// Time between heartbeats.
     pub heartbeat_interval: Duration,
     /// Time between metrics and health events.
@@ -170,6 +175,11 @@ impl AgentConfig {
     pub fn trusted(&self) -> Result<TrustedKeys, Error> {
         TrustedKeys::new(&self.trusted_keys).map_err(Error::Protocol)
     }
+
+    /// The reviewer keys, parsed.
+    pub fn reviewers(&self) -> Result<TrustedKeys, Error> {
+        TrustedKeys::new(&self.reviewer_keys).map_err(Error::Protocol)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,6 +190,10 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     #[serde(default)]
     trusted_keys: Vec<String>,
+    #[serde(default)]
+    approvals_required: u32,
+    #[serde(default)]
+    reviewer_keys: Vec<String>,
     heartbeat_interval: Option<String>,
     metrics_interval: Option<String>,
     shutdown_grace: Option<String>,
@@ -235,6 +249,7 @@ pub fn load(file: Option<&Path>) -> Result<AgentConfig, Error> {
             .separator("__")
             .list_separator(",")
             .with_list_parse_key("trusted_keys")
+            .with_list_parse_key("reviewer_keys")
             .try_parsing(true),
     );
     let raw: RawConfig = builder
@@ -454,6 +469,32 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             problems.push(format!("trusted_keys: {e}"));
         }
     }
+    for key in &raw.reviewer_keys {
+        if let Err(e) = TrustedKeys::new([key]) {
+            problems.push(format!("reviewer_keys: {e}"));
+        }
+    }
+    if raw
+        .reviewer_keys
+        .iter()
+        .any(|k| raw.trusted_keys.contains(k))
+    {
+        problems.push(
+            "reviewer_keys: a key is both a reviewer and a trusted command signer; a reviewer's key must be the reviewer's alone, or the controller could approve its own commands"
+                .into(),
+        );
+    }
+    let distinct_reviewers = raw
+        .reviewer_keys
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if raw.approvals_required as usize > distinct_reviewers {
+        problems.push(format!(
+            "approvals_required: {} approvals cannot be given by {distinct_reviewers} reviewer keys; list the reviewers' public keys (ferry keygen) in reviewer_keys",
+            raw.approvals_required
+        ));
+    }
     let heartbeat_interval = duration(
         &mut problems,
         "heartbeat_interval",
@@ -609,6 +650,8 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             nats_creds: raw.nats_creds,
             state_dir,
             trusted_keys: raw.trusted_keys,
+            approvals_required: raw.approvals_required,
+            reviewer_keys: raw.reviewer_keys,
             heartbeat_interval,
             metrics_interval,
             shutdown_grace,
@@ -621,6 +664,41 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approval_gate_settings_are_checked() {
+        let controller = ferry_protocol::SigningKey::generate().public_key();
+        let reviewer = ferry_protocol::SigningKey::generate().public_key();
+        let text = format!(
+            "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{controller}\"]\napprovals_required = 2\nreviewer_keys = [\"{reviewer}\", \"{controller}\", \"nope\"]\n"
+        );
+        let Err(Error::Config(problems)) = from_toml(&text) else {
+            panic!("accepted a bad approval gate");
+        };
+        let joined = problems.join("\n");
+        assert!(
+            joined.contains("reviewer_keys: key error: \"nope\""),
+            "{joined}"
+        );
+        assert!(joined.contains("both a reviewer"), "{joined}");
+        let text = format!(
+            "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{controller}\"]\napprovals_required = 2\nreviewer_keys = [\"{reviewer}\"]\n"
+        );
+        let Err(Error::Config(problems)) = from_toml(&text) else {
+            panic!("accepted 2 approvals from 1 reviewer");
+        };
+        assert!(
+            problems[0].starts_with("approvals_required"),
+            "{problems:?}"
+        );
+        let other = ferry_protocol::SigningKey::generate().public_key();
+        let text = format!(
+            "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{controller}\"]\napprovals_required = 2\nreviewer_keys = [\"{reviewer}\", \"{other}\"]\n[services.web]\nruntime = \"docker\"\nport = 18080\n"
+        );
+        let config = from_toml(&text).unwrap();
+        assert_eq!(config.approvals_required, 2);
+        assert_eq!(config.reviewers().unwrap().len(), 2);
+    }
 
     #[test]
     fn a_complete_file_resolves() {

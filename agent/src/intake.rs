@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
-use ferry_protocol::command::Command;
+use ferry_protocol::approval::{self, ApprovalKind, ApprovalTarget};
+use ferry_protocol::command::{Action, Command};
 use ferry_protocol::envelope::peek_id;
 use ferry_protocol::event::AgentEvent;
 use ferry_protocol::{
@@ -34,6 +35,50 @@ const MAX_ACK_PENDING: i64 = 256;
 const ACK_WAIT: Duration = Duration::from_secs(60);
 const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(20);
 
+/// Whom the agent trusts: the keys that may sign commands, and, for an
+/// approval-gated environment, the reviewers whose approvals a deploy must
+/// carry and how many.
+#[derive(Debug)]
+pub struct Trust {
+    /// Keys whose signed commands are accepted (the controller's).
+    pub commands: TrustedKeys,
+    /// Reviewer keys whose approvals count.
+    pub reviewers: TrustedKeys,
+    /// Approvals from distinct reviewers every deploy needs (0: none).
+    pub approvals_required: usize,
+}
+
+impl Trust {
+    /// Checks a deploy's approvals: none needed when the environment is not
+    /// gated. Rollback, scale and maintenance carry none: a rollback only
+    /// returns to a version this agent already ran, which passed this check
+    /// when it was deployed.
+    fn check_approvals(&self, command: &Command, now: OffsetDateTime) -> Result<(), Refusal> {
+        let Action::Deploy {
+            release, approvals, ..
+        } = &command.action
+        else {
+            return Ok(());
+        };
+        let digest = release.approval_digest();
+        let target = ApprovalTarget {
+            service: &command.service,
+            version: &release.version,
+            digest: &digest,
+            environment: &command.environment,
+            kind: ApprovalKind::Deploy,
+        };
+        approval::check_quorum(
+            approvals,
+            self.approvals_required,
+            &self.reviewers,
+            target,
+            now,
+        )
+        .map(|_| ())
+    }
+}
+
 /// Creates a stream from its spec if it does not exist.
 pub async fn ensure_stream(
     js: &jetstream::Context,
@@ -57,7 +102,7 @@ pub fn consumer_name(environment: &ferry_protocol::EnvName) -> String {
 pub async fn run(
     client: async_nats::Client,
     executor: Arc<Executor>,
-    trusted: Arc<TrustedKeys>,
+    trusted: Arc<Trust>,
     publisher: EventPublisher,
     shutdown: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
@@ -137,7 +182,7 @@ async fn route(
     workers: &HashMap<ServiceName, mpsc::Sender<Admitted>>,
     executor: &Executor,
     publisher: &EventPublisher,
-    trusted: &TrustedKeys,
+    trusted: &Trust,
     in_flight: &InFlight,
 ) {
     let parsed = subject::Subject::parse(message.subject.as_str());
@@ -308,20 +353,18 @@ async fn admit(
     message: jetstream::Message,
     service: ServiceName,
     executor: &Executor,
-    trusted: &TrustedKeys,
+    trusted: &Trust,
     in_flight: &InFlight,
 ) -> Admission {
-    let envelope = match Envelope::<Command>::decode_verified(
-        &message.payload,
-        trusted,
-        OffsetDateTime::now_utc(),
-    ) {
-        Ok(envelope) => envelope,
-        Err(refusal) => {
-            let report = executor.refuse(&service, peek_id(&message.payload), &refusal);
-            return Admission::Finish(refused(message, report));
-        }
-    };
+    let now = OffsetDateTime::now_utc();
+    let envelope =
+        match Envelope::<Command>::decode_verified(&message.payload, &trusted.commands, now) {
+            Ok(envelope) => envelope,
+            Err(refusal) => {
+                let report = executor.refuse(&service, peek_id(&message.payload), &refusal);
+                return Admission::Finish(refused(message, report));
+            }
+        };
     let id = envelope.id;
     let command = envelope.data;
     let mismatch = if &command.environment != executor.environment() {
@@ -346,6 +389,7 @@ async fn admit(
             .validate()
             .err()
             .map(|e| Refusal::new(RefusalReason::Invalid, e.to_string()))
+            .or_else(|| trusted.check_approvals(&command, now).err())
     };
     if let Some(refusal) = mismatch {
         let report = executor.refuse(&service, Some(id), &refusal);

@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use ferry_protocol::api::MAX_HISTORY_LIMIT;
 use ferry_protocol::command::{MAX_MESSAGE_LEN, MAX_REPLICAS};
+use ferry_protocol::release::ScanSummary;
 use ferry_protocol::{EnvName, ServiceName, Version};
+use time::OffsetDateTime;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -148,6 +150,47 @@ Examples:
     /// List the releases CI has published.
     Releases(ReleasesArgs),
 
+    /// Read the audit trail: releases, promotions, approvals, rejections,
+    /// security gate decisions, commands and outcomes (who, what, when, why).
+    #[command(after_help = "\
+Examples:
+  ferry audit -e production --since 24h
+  ferry audit --actor alice --action approve --output json")]
+    Audit(AuditArgs),
+
+    /// Ask for a release to be promoted into an environment; it deploys once
+    /// eligible (previous environment healthy for the soak time) and approved.
+    #[command(after_help = "Examples:\n  ferry promote web 1.4.2 -e acceptance")]
+    Promote(PromoteArgs),
+
+    /// Approve a release for an environment, signed with your reviewer key.
+    #[command(
+        long_about = "Approve a release for an environment, signed with your reviewer key.\n\n\
+            The approval (service, version, artifact digest, environment, expiry) is \
+            signed here with the seed in --key (or FERRY_REVIEWER_KEY); the seed never \
+            leaves this process. The controller counts it if your public key is among \
+            the environment's reviewers and you are not the release's author; the \
+            agent of an approval-gated environment checks the signatures again.",
+        after_help = "\
+Examples:
+  ferry keygen --out ~/.ferry/reviewer.nk       # once; give the public key to the ops team
+  ferry approve web 1.4.2 -e production --key ~/.ferry/reviewer.nk
+  ferry approve web 1.4.2 -e production --security-override   # critical vulnerabilities accepted"
+    )]
+    Approve(ApproveArgs),
+
+    /// Reject a release for an environment: its promotion stops there.
+    #[command(
+        after_help = "Examples:\n  ferry reject web 1.4.2 -e production --reason 'breaks checkout'"
+    )]
+    Reject(RejectArgs),
+
+    /// List promotions waiting for approvals, soak time or the security gate.
+    #[command(
+        after_help = "Examples:\n  ferry approvals\n  ferry approvals -e production --all --output json"
+    )]
+    Approvals(ApprovalsArgs),
+
     /// Generate a signing key (nkey) for ferry-controller.
     #[command(
         long_about = "Generate a signing key (an ed25519 nkey) for ferry-controller.\n\n\
@@ -206,6 +249,11 @@ pub struct PublishArgs {
     /// Mark it a hotfix (it takes the short canary path).
     #[arg(long)]
     pub hotfix: bool,
+    /// The vulnerability scan's counts by severity, e.g.
+    /// critical=0,high=2,medium=5,low=11; any critical holds the release at
+    /// the security gate.
+    #[arg(long, value_name = "SEVERITY=N,...", value_parser = parse_scan)]
+    pub scan: Option<ScanSummary>,
 }
 
 impl PublishArgs {
@@ -344,6 +392,98 @@ pub struct HistoryArgs {
     /// At most this many records.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_HISTORY_LIMIT)))]
     pub limit: u32,
+    /// Only records by this actor.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only records of the last DURATION (e.g. 24h) or since an RFC 3339 time.
+    #[arg(long, value_parser = parse_since, value_name = "DURATION|TIME")]
+    pub since: Option<OffsetDateTime>,
+    /// Only this action: release, promote, approve, reject, gate, deploy,
+    /// rollback, scale, maintenance.
+    #[arg(long)]
+    pub action: Option<String>,
+}
+
+/// `ferry audit`: the same filters as history.
+pub type AuditArgs = HistoryArgs;
+
+/// `ferry promote`
+#[derive(Debug, ClapArgs)]
+pub struct PromoteArgs {
+    /// Service name.
+    pub service: ServiceName,
+    /// Version.
+    pub version: Version,
+    /// Target environment.
+    #[arg(short = 'e', long = "env", visible_alias = "environment")]
+    pub environment: EnvName,
+}
+
+/// `ferry approve`
+#[derive(Debug, ClapArgs)]
+pub struct ApproveArgs {
+    /// Service name.
+    pub service: ServiceName,
+    /// Version.
+    pub version: Version,
+    /// Environment the approval is for.
+    #[arg(short = 'e', long = "env", visible_alias = "environment")]
+    pub environment: EnvName,
+    /// File holding your reviewer nkey seed (ferry keygen --out FILE).
+    #[arg(long, env = "FERRY_REVIEWER_KEY", value_name = "FILE")]
+    pub key: PathBuf,
+    /// Your name as a reviewer (default: FERRY_ACTOR, else $USER).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long the approval counts (the controller refuses more than its approval_ttl).
+    #[arg(long, default_value = "72h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub valid_for: Duration,
+    /// Approve letting a release with critical vulnerabilities past the
+    /// security gate into this environment, instead of a deploy approval.
+    #[arg(long)]
+    pub security_override: bool,
+}
+
+/// `ferry reject`
+#[derive(Debug, ClapArgs)]
+pub struct RejectArgs {
+    /// Service name.
+    pub service: ServiceName,
+    /// Version.
+    pub version: Version,
+    /// Environment.
+    #[arg(short = 'e', long = "env", visible_alias = "environment")]
+    pub environment: EnvName,
+    /// Why (recorded in the audit trail and notified).
+    #[arg(long, short = 'r', value_parser = parse_message)]
+    pub reason: String,
+}
+
+/// `ferry approvals`
+#[derive(Debug, ClapArgs)]
+pub struct ApprovalsArgs {
+    /// Only this environment.
+    #[arg(short = 'e', long = "env", visible_alias = "environment")]
+    pub environment: Option<EnvName>,
+    /// Only this service.
+    #[arg(short = 's', long)]
+    pub service: Option<ServiceName>,
+    /// Include promotions already deployed or rejected.
+    #[arg(long)]
+    pub all: bool,
+}
+
+fn parse_scan(text: &str) -> Result<ScanSummary, String> {
+    ScanSummary::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_since(text: &str) -> Result<OffsetDateTime, String> {
+    if let Ok(t) = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is neither a duration (24h) nor an RFC 3339 time"))?;
+    Ok(OffsetDateTime::now_utc() - ago)
 }
 
 /// `ferry releases`
@@ -400,6 +540,78 @@ mod tests {
 
     fn parse(line: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("ferry").chain(line.iter().copied()))
+    }
+
+    #[test]
+    fn approve_reject_approvals_promote_and_audit_parse() {
+        let args = parse(&[
+            "approve",
+            "web",
+            "1.0.0",
+            "-e",
+            "production",
+            "--key",
+            "/k.nk",
+            "--valid-for",
+            "2h",
+            "--security-override",
+        ])
+        .unwrap();
+        let Command::Approve(approve) = args.command else {
+            panic!("not approve");
+        };
+        assert_eq!(approve.valid_for, Duration::from_secs(7200));
+        assert!(approve.security_override);
+        assert_eq!(approve.key, PathBuf::from("/k.nk"));
+        assert!(
+            parse(&["reject", "web", "1.0.0", "-e", "production"]).is_err(),
+            "a reason is required"
+        );
+        assert!(parse(&["reject", "web", "1.0.0", "-e", "production", "-r", "no"]).is_ok());
+        assert!(parse(&["approvals", "--all", "-e", "production"]).is_ok());
+        assert!(parse(&["promote", "web", "1.0.0", "-e", "acceptance"]).is_ok());
+        let args = parse(&[
+            "audit", "--since", "24h", "--actor", "bob", "--action", "approve",
+        ])
+        .unwrap();
+        let Command::Audit(audit) = args.command else {
+            panic!("not audit");
+        };
+        let since = audit.since.unwrap();
+        let ago = OffsetDateTime::now_utc() - since;
+        assert!(ago > time::Duration::hours(23) && ago < time::Duration::hours(25));
+        assert_eq!(audit.actor.as_deref(), Some("bob"));
+        assert!(parse(&["audit", "--since", "yesterday"]).is_err());
+        let args = parse(&[
+            "release",
+            "publish",
+            "-s",
+            "web",
+            "--version",
+            "1",
+            "--artifact",
+            "/a",
+            "--scan",
+            "critical=1,high=2",
+        ])
+        .unwrap();
+        let Command::Release(ReleaseCommand::Publish(publish)) = args.command else {
+            panic!("not publish");
+        };
+        assert_eq!(publish.scan.unwrap().critical, 1);
+        assert!(parse(&[
+            "release",
+            "publish",
+            "-s",
+            "web",
+            "--version",
+            "1",
+            "--artifact",
+            "/a",
+            "--scan",
+            "severe=1"
+        ])
+        .is_err());
     }
 
     #[test]

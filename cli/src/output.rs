@@ -4,7 +4,7 @@
 use std::io::Write as _;
 
 use comfy_table::{presets, ContentArrangement, Table};
-use ferry_protocol::api::{CommandIssued, HistoryRecord, ReleaseRecord, StatusRow};
+use ferry_protocol::api::{CommandIssued, HistoryRecord, PromotionView, ReleaseRecord, StatusRow};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use serde::Serialize;
 use time::macros::format_description;
@@ -160,6 +160,53 @@ pub fn history_table(records: &[HistoryRecord]) -> String {
             r.action.clone(),
             r.outcome.clone(),
             or_dash(r.actor.as_ref()),
+            r.detail.clone(),
+        ]);
+    }
+    t.trim_fmt()
+}
+
+/// The `ferry approvals` table: what each promotion waits for, and for whom.
+pub fn promotions_table(rows: &[PromotionView]) -> String {
+    if rows.is_empty() {
+        return "Nothing waits for approval.".to_owned();
+    }
+    let mut t = table(&[
+        "SERVICE",
+        "VERSION",
+        "ENVIRONMENT",
+        "STATE",
+        "APPROVALS",
+        "OVERRIDES",
+        "APPROVED BY",
+        "WAITING FOR",
+        "DETAIL",
+    ]);
+    for r in rows {
+        let approved: Vec<String> = r
+            .approvals
+            .iter()
+            .map(|a| {
+                if a.counts {
+                    format!("{} ({})", a.reviewer_name, a.kind)
+                } else {
+                    format!("{} ({}, not counted)", a.reviewer_name, a.kind)
+                }
+            })
+            .collect();
+        t.add_row(vec![
+            r.service.to_string(),
+            r.version.to_string(),
+            r.environment.to_string(),
+            r.state.to_string(),
+            format!("{}/{}", r.approvals_valid, r.approvals_required),
+            if r.overrides_required == 0 {
+                "-".to_owned()
+            } else {
+                format!("{}/{}", r.overrides_valid, r.overrides_required)
+            },
+            or_dash((!approved.is_empty()).then(|| approved.join(", "))),
+            or_dash((!r.waiting_for.is_empty()).then(|| r.waiting_for.join(", "))),
             r.detail.clone(),
         ]);
     }
@@ -463,6 +510,7 @@ mod tests {
                 author: None,
                 commit: Some("0123456789abcdef0123".into()),
                 hotfix: true,
+                scan: None,
             },
             received_at: NOW,
         };

@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 use uuid::Uuid;
 
-use crate::{ids, issue, status, Error, Shared, SOURCE};
+use crate::store::HistoryFilter;
+use crate::{ids, issue, promotion, status, Error, Shared, SOURCE};
 
 /// The queue group every controller instance answers the API in.
 pub const QUEUE_GROUP: &str = "ferry-controller";
@@ -138,7 +139,60 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             environment,
             service,
             limit,
-        } => history(shared, environment, service, limit).await,
+            actor,
+            since,
+            action,
+        } => {
+            let filter = HistoryFilter {
+                environment,
+                service,
+                actor,
+                since,
+                action,
+            };
+            history(shared, filter, limit).await
+        }
+        ApiRequest::Approve { approval } => {
+            let (sentence, view) = promotion::approve(shared, *approval).await?;
+            Ok(encode(ApiReply::ok(sentence, view)))
+        }
+        ApiRequest::Reject {
+            environment,
+            service,
+            version,
+            reason,
+            actor,
+        } => {
+            let actor = check_actor(actor)?;
+            let (sentence, view) =
+                promotion::reject(shared, &environment, &service, &version, reason, actor).await?;
+            Ok(encode(ApiReply::ok(sentence, view)))
+        }
+        ApiRequest::Promote {
+            environment,
+            service,
+            version,
+            actor,
+        } => {
+            let actor = check_actor(actor)?;
+            let (sentence, view) =
+                promotion::promote(shared, &environment, &service, &version, actor).await?;
+            Ok(encode(ApiReply::ok(sentence, view)))
+        }
+        ApiRequest::Approvals {
+            environment,
+            service,
+            all,
+        } => {
+            if let Some(env) = &environment {
+                check_environment(shared, env)?;
+            }
+            let rows = promotion::list(shared, environment.as_ref(), service.as_ref(), all).await?;
+            Ok(encode(ApiReply::ok(
+                format!("{} promotions", rows.len()),
+                rows,
+            )))
+        }
         ApiRequest::Releases { service } => {
             let releases = shared
                 .store
@@ -169,10 +223,15 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
                         "unknown release {service} {version}: publish it first with ferry release publish"
                     )
                 })?;
+            // Approval-gated environments and the security gate apply to a
+            // deploy by hand too: it carries the recorded quorum or is refused.
+            let approvals =
+                promotion::approvals_for_deploy(shared, &release.release, &environment).await?;
             let action = Action::Deploy {
                 release: release.release.spec(),
                 replicas,
                 health: None,
+                approvals,
             };
             issue_command(shared, request_id, environment, service, actor, action).await
         }
@@ -252,16 +311,11 @@ async fn status(shared: &Shared, environment: Option<EnvName>) -> Answer {
     )))
 }
 
-async fn history(
-    shared: &Shared,
-    environment: Option<EnvName>,
-    service: Option<ServiceName>,
-    limit: u32,
-) -> Answer {
+async fn history(shared: &Shared, filter: HistoryFilter, limit: u32) -> Answer {
     let limit = limit.min(MAX_HISTORY_LIMIT);
     let records = shared
         .store
-        .history(environment.as_ref(), service.as_ref(), limit as usize)
+        .history(&filter, limit as usize)
         .await
         .map_err(internal("read the history"))?;
     Ok(encode(ApiReply::ok(

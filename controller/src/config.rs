@@ -2,13 +2,13 @@
 //! `FERRY_*` environment variables, then validated into a [`ResolvedConfig`]
 //! with every problem reported at once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::{streams, EnvName, SigningKey};
+use ferry_protocol::{streams, EnvName, SigningKey, TrustedKeys};
 use serde::Deserialize;
 
 use crate::Error;
@@ -47,6 +47,104 @@ pub struct ControllerConfig {
     pub command_ttl: String,
     /// How long after its last heartbeat an agent counts as down.
     pub agent_timeout: String,
+    /// Longest validity of a reviewer's approval (default 72h).
+    pub approval_ttl: String,
+    /// Security override approvals from distinct reviewers a release with
+    /// critical vulnerabilities needs in each environment (default 2).
+    pub security_override_approvals: u32,
+    /// How often each instance looks for promotions that became eligible
+    /// (soak times elapsing).
+    pub promotion_check_interval: String,
+    /// Per-environment promotion settings, keyed by environment name.
+    pub pipeline: BTreeMap<String, StageSettings>,
+    /// Notification sinks and routes.
+    pub notify: crate::notify::NotifyConfig,
+}
+
+/// One environment's promotion settings, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageSettings {
+    /// Open a promotion into this environment by itself once the previous
+    /// environment runs the release successfully (the first environment:
+    /// deploy every new release). Default: true for the first environment,
+    /// false for the others (they wait for `ferry promote`).
+    pub auto_deploy: Option<bool>,
+    /// How long the previous environment must have run the release
+    /// successfully before it is eligible here, e.g. "30m" (default "0s").
+    pub soak: Option<String>,
+    /// Approvals from distinct reviewers a deploy here needs (default 0).
+    pub approvals_required: u32,
+    /// Who may approve here.
+    pub reviewers: Vec<ReviewerSettings>,
+    /// Rollout strategy name, passed through for the rollout machinery.
+    pub strategy: Option<String>,
+}
+
+/// A reviewer: a name and the public nkey their approvals are signed with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewerSettings {
+    /// Name, as in the release author field (an author cannot approve).
+    pub name: String,
+    /// Public nkey (`U...`), printed by `ferry keygen`.
+    pub key: String,
+}
+
+/// A reviewer, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reviewer {
+    /// Name.
+    pub name: String,
+    /// Public nkey.
+    pub key: String,
+}
+
+/// One environment's promotion settings, checked.
+#[derive(Clone, Debug)]
+pub struct Stage {
+    /// See [`StageSettings::auto_deploy`].
+    pub auto_deploy: bool,
+    /// See [`StageSettings::soak`].
+    pub soak: Duration,
+    /// See [`StageSettings::approvals_required`].
+    pub approvals_required: u32,
+    /// Who may approve here.
+    pub reviewers: Vec<Reviewer>,
+    /// Their keys, for verifying signatures.
+    pub reviewer_keys: Arc<TrustedKeys>,
+    /// See [`StageSettings::strategy`].
+    pub strategy: Option<String>,
+    /// Who may give security overrides here: the environment's reviewers,
+    /// or, where it has none (dev, typically), every reviewer of the pipeline.
+    pub override_reviewers: Vec<Reviewer>,
+    /// Their keys.
+    pub override_keys: Arc<TrustedKeys>,
+}
+
+impl Stage {
+    /// The configured reviewer (deploy or override) with `key`.
+    pub fn reviewer(&self, key: &str) -> Option<&Reviewer> {
+        self.reviewers
+            .iter()
+            .chain(&self.override_reviewers)
+            .find(|r| r.key == key)
+    }
+
+    /// The reviewers who may give approvals of `kind`, and their keys.
+    pub fn reviewers_for(
+        &self,
+        kind: ferry_protocol::approval::ApprovalKind,
+    ) -> (&[Reviewer], &TrustedKeys) {
+        match kind {
+            ferry_protocol::approval::ApprovalKind::Deploy => {
+                (&self.reviewers, &self.reviewer_keys)
+            }
+            ferry_protocol::approval::ApprovalKind::SecurityOverride => {
+                (&self.override_reviewers, &self.override_keys)
+            }
+        }
+    }
 }
 
 impl Default for ControllerConfig {
@@ -58,6 +156,11 @@ impl Default for ControllerConfig {
             environments: vec!["dev".into(), "acceptance".into(), "production".into()],
             command_ttl: "1h".to_owned(),
             agent_timeout: "15s".to_owned(),
+            approval_ttl: "72h".to_owned(),
+            security_override_approvals: 2,
+            promotion_check_interval: "5s".to_owned(),
+            pipeline: BTreeMap::new(),
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 }
@@ -89,9 +192,52 @@ pub struct ResolvedConfig {
     environments: Vec<EnvName>,
     command_ttl: Duration,
     agent_timeout: Duration,
+    approval_ttl: Duration,
+    security_override_approvals: u32,
+    promotion_check_interval: Duration,
+    stages: Vec<Stage>,
+    notify: crate::notify::ResolvedNotify,
 }
 
 impl ResolvedConfig {
+    /// The promotion settings of `env`, if it is in the pipeline.
+    pub fn stage(&self, env: &EnvName) -> Option<&Stage> {
+        let i = self.environments.iter().position(|e| e == env)?;
+        self.stages.get(i)
+    }
+
+    /// The environment before `env` in the pipeline.
+    pub fn previous_environment(&self, env: &EnvName) -> Option<&EnvName> {
+        let i = self.environments.iter().position(|e| e == env)?;
+        i.checked_sub(1).and_then(|p| self.environments.get(p))
+    }
+
+    /// The environment after `env` in the pipeline.
+    pub fn next_environment(&self, env: &EnvName) -> Option<&EnvName> {
+        let i = self.environments.iter().position(|e| e == env)?;
+        self.environments.get(i + 1)
+    }
+
+    /// Longest validity of an approval.
+    pub fn approval_ttl(&self) -> Duration {
+        self.approval_ttl
+    }
+
+    /// Security override approvals needed per environment.
+    pub fn security_override_approvals(&self) -> u32 {
+        self.security_override_approvals
+    }
+
+    /// How often promotions are re-checked.
+    pub fn promotion_check_interval(&self) -> Duration {
+        self.promotion_check_interval
+    }
+
+    /// Notification settings.
+    pub fn notify(&self) -> &crate::notify::ResolvedNotify {
+        &self.notify
+    }
+
     /// NATS server URL.
     pub fn nats_url(&self) -> &str {
         &self.nats_url
@@ -265,25 +411,149 @@ impl ControllerConfig {
         .map_err(|m| problem("agent_timeout", m))
         .ok();
 
+        let approval_ttl = parse_duration(
+            &self.approval_ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(365 * 24 * 60 * 60),
+        )
+        .map_err(|m| problem("approval_ttl", m))
+        .ok();
+        let promotion_check_interval = parse_duration(
+            &self.promotion_check_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )
+        .map_err(|m| problem("promotion_check_interval", m))
+        .ok();
+        for name in self.pipeline.keys() {
+            if !environments.iter().any(|e| e.as_str() == name) {
+                problem(
+                    "pipeline",
+                    format!(
+                        "{name} is not one of the environments ({})",
+                        self.environments.join(", ")
+                    ),
+                );
+            }
+        }
+        let mut stages = Vec::new();
+        for (i, env) in environments.iter().enumerate() {
+            let settings = self.pipeline.get(env.as_str()).cloned().unwrap_or_default();
+            let soak = parse_duration(
+                settings.soak.as_deref().unwrap_or("0s"),
+                Duration::ZERO,
+                Duration::from_secs(30 * 24 * 60 * 60),
+            )
+            .map_err(|m| problem("pipeline.soak", format!("{env}: {m}")))
+            .unwrap_or_default();
+            let mut reviewers = Vec::new();
+            for r in &settings.reviewers {
+                let name = r.name.trim();
+                if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+                    problem(
+                        "pipeline.reviewers",
+                        format!(
+                            "{env}: reviewer name {:?} must be 1 to 128 printable characters",
+                            r.name
+                        ),
+                    );
+                }
+                if let Err(e) = TrustedKeys::new([&r.key]) {
+                    problem("pipeline.reviewers", format!("{env}: reviewer {name}: {e}"));
+                } else if signing_key
+                    .as_ref()
+                    .is_some_and(|k| k.public_key() == r.key.trim())
+                {
+                    problem("pipeline.reviewers", format!("{env}: reviewer {name} holds the controller's own key; a reviewer key must be the reviewer's alone"));
+                } else if reviewers.iter().any(|x: &Reviewer| x.key == r.key.trim()) {
+                    problem(
+                        "pipeline.reviewers",
+                        format!("{env}: key of {name} is listed twice"),
+                    );
+                } else {
+                    reviewers.push(Reviewer {
+                        name: name.to_owned(),
+                        key: r.key.trim().to_owned(),
+                    });
+                }
+            }
+            if settings.approvals_required as usize > reviewers.len() {
+                problem(
+                    "pipeline.approvals_required",
+                    format!(
+                        "{env}: {} approvals cannot be given by {} reviewers",
+                        settings.approvals_required,
+                        reviewers.len()
+                    ),
+                );
+            }
+            let reviewer_keys =
+                TrustedKeys::new(reviewers.iter().map(|r| r.key.as_str())).unwrap_or_default();
+            stages.push(Stage {
+                auto_deploy: settings.auto_deploy.unwrap_or(i == 0),
+                soak,
+                approvals_required: settings.approvals_required,
+                reviewers,
+                reviewer_keys: Arc::new(reviewer_keys),
+                strategy: settings.strategy.clone(),
+                override_reviewers: Vec::new(),
+                override_keys: Arc::default(),
+            });
+        }
+        let mut everyone: Vec<Reviewer> = Vec::new();
+        for r in stages.iter().flat_map(|s| &s.reviewers) {
+            if !everyone.iter().any(|x| x.key == r.key) {
+                everyone.push(r.clone());
+            }
+        }
+        for stage in &mut stages {
+            stage.override_reviewers = if stage.reviewers.is_empty() {
+                everyone.clone()
+            } else {
+                stage.reviewers.clone()
+            };
+            stage.override_keys = Arc::new(
+                TrustedKeys::new(stage.override_reviewers.iter().map(|r| r.key.as_str()))
+                    .unwrap_or_default(),
+            );
+        }
+        let notify = self
+            .notify
+            .validate(&environments)
+            .map_err(|found| {
+                for (field, message) in found {
+                    problem(field, message);
+                }
+            })
+            .ok();
+
         match (
             signing_key,
             environments.first().cloned(),
             command_ttl,
             agent_timeout,
+            (approval_ttl, promotion_check_interval, notify),
         ) {
-            (Some(key), Some(first_environment), Some(command_ttl), Some(agent_timeout))
-                if problems.is_empty() =>
-            {
-                Ok(ResolvedConfig {
-                    nats_url: nats_url.to_owned(),
-                    nats_creds: self.nats_creds.clone(),
-                    signing_key: Arc::new(key),
-                    first_environment,
-                    environments,
-                    command_ttl,
-                    agent_timeout,
-                })
-            }
+            (
+                Some(key),
+                Some(first_environment),
+                Some(command_ttl),
+                Some(agent_timeout),
+                (Some(approval_ttl), Some(promotion_check_interval), Some(notify)),
+            ) if problems.is_empty() => Ok(ResolvedConfig {
+                nats_url: nats_url.to_owned(),
+                nats_creds: self.nats_creds.clone(),
+                signing_key: Arc::new(key),
+                first_environment,
+                environments,
+                command_ttl,
+                agent_timeout,
+                approval_ttl,
+                security_override_approvals: self.security_override_approvals,
+                promotion_check_interval,
+                stages,
+                notify,
+            }),
             _ => Err(problems),
         }
     }
@@ -336,6 +606,7 @@ mod tests {
             environments: vec!["dev".into(), "Prod".into(), "dev".into()],
             command_ttl: "forever".into(),
             agent_timeout: "0s".into(),
+            ..ControllerConfig::default()
         };
         let problems = config.validate().unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
@@ -421,6 +692,63 @@ mod tests {
         let env = config::Map::from([(ENV_ENVIRONMENTS.to_owned(), "dev".to_owned())]);
         let config = ControllerConfig::load(None, Some(env)).unwrap();
         assert_eq!(config.environments, ["dev"]);
+    }
+
+    #[test]
+    fn the_deploy_example_is_a_valid_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.toml");
+        let env = config::Map::from([(
+            ENV_SIGNING_KEY_FILE.to_owned(),
+            key_file(dir.path()).display().to_string(),
+        )]);
+        let resolved = ControllerConfig::load(Some(&file), Some(env))
+            .unwrap()
+            .validate()
+            .unwrap_or_else(|p| panic!("{p:?}"));
+        let production = resolved
+            .stage(&EnvName::new("production").unwrap())
+            .unwrap();
+        assert_eq!(production.approvals_required, 2);
+        assert_eq!(production.reviewers.len(), 3);
+        assert_eq!(production.soak, Duration::from_secs(3600));
+        assert!(
+            resolved
+                .stage(&EnvName::new("dev").unwrap())
+                .unwrap()
+                .auto_deploy
+        );
+        assert_eq!(resolved.approval_ttl(), Duration::from_secs(72 * 3600));
+    }
+
+    #[test]
+    fn approvals_beyond_the_reviewers_and_unknown_stages_are_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            ..ControllerConfig::default()
+        };
+        config.pipeline.insert(
+            "production".into(),
+            StageSettings {
+                approvals_required: 2,
+                reviewers: vec![ReviewerSettings {
+                    name: "alice".into(),
+                    key: SigningKey::generate().public_key(),
+                }],
+                ..Default::default()
+            },
+        );
+        config
+            .pipeline
+            .insert("staging".into(), StageSettings::default());
+        let problems = config.validate().unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            ["pipeline", "pipeline.approvals_required"],
+            "{problems:?}"
+        );
     }
 
     #[test]

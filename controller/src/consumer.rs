@@ -36,6 +36,10 @@ pub(crate) struct Durable {
     pub name: &'static str,
     /// Subjects it selects; empty for the whole stream.
     pub filter_subjects: Vec<String>,
+    /// Start at messages stored after the consumer is created, not at the
+    /// stream's beginning (notifications: enabling them must not replay a
+    /// year of history).
+    pub only_new: bool,
 }
 
 /// One message to handle.
@@ -76,7 +80,11 @@ where
     let config = pull::Config {
         durable_name: Some(durable.name.to_owned()),
         description: Some("ferry controller (shared by every instance)".to_owned()),
-        deliver_policy: DeliverPolicy::All,
+        deliver_policy: if durable.only_new {
+            DeliverPolicy::New
+        } else {
+            DeliverPolicy::All
+        },
         ack_policy: AckPolicy::Explicit,
         ack_wait: ACK_WAIT,
         // One message in flight across all instances keeps them in stream

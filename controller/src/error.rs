@@ -77,6 +77,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// Notifications could not be set up.
+    #[error("notifications: {0}")]
+    Notify(String),
     /// One of the controller's loops stopped although no shutdown was asked for.
     #[error("the {task} loop stopped unexpectedly")]
     TaskEnded {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use ferry_protocol::api::HistoryRecord;
+use ferry_protocol::command::ActionKind;
 use ferry_protocol::event::{AgentEvent, EventBody, ServiceEvent};
 use ferry_protocol::streams;
 use ferry_protocol::subject::{AgentEventKind, EventKind, Subject, PREFIX};
@@ -14,7 +15,7 @@ use tracing::warn;
 
 use crate::consumer::{self, Disposition, Durable, Incoming};
 use crate::records::{AgentRecord, DeploymentRecord, EventFacts};
-use crate::{ids, Error, Shared};
+use crate::{ids, promotion, Error, Shared};
 
 /// The durable consumer every controller instance shares for agent events.
 pub const CONSUMER: &str = "ferry-controller-events";
@@ -40,6 +41,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
         stream: streams::events().name,
         name: CONSUMER,
         filter_subjects: filter_subjects(),
+        only_new: false,
     };
     consumer::run(shared, durable, shutdown, handle).await
 }
@@ -152,10 +154,23 @@ async fn service_event(
         return Disposition::Done;
     };
     let id = ids::history(envelope.id, &history.outcome);
-    match shared.store.append_history(&env, history, id).await {
-        Ok(()) => Disposition::Done,
-        Err(e) => Disposition::Retry(e),
+    if let Err(e) = shared.store.append_history(&env, history, id).await {
+        return Disposition::Retry(e);
     }
+    // A successful deploy moves the release on towards the next environment.
+    if let EventBody::Succeeded {
+        action: ActionKind::Deploy,
+        version: Some(version),
+        ..
+    } = &event.body
+    {
+        if let Err(e) =
+            promotion::on_deployed(shared, &env, &service, version, message.stored_at).await
+        {
+            return Disposition::Retry(e);
+        }
+    }
+    Disposition::Done
 }
 
 /// The history record of a final event, with what the deployments record

@@ -29,6 +29,17 @@ pub(crate) fn history(subject_id: Uuid, outcome: &str) -> Uuid {
     v5(&format!("history/{subject_id}/{outcome}"))
 }
 
+/// A promotion's transition worth recording once (`awaiting_approval`,
+/// `blocked`, `rejected`): `promotion/<service>/<version>/<env>/<what>`.
+pub(crate) fn promotion(
+    service: &ServiceName,
+    version: &Version,
+    env: &EnvName,
+    what: &str,
+) -> Uuid {
+    v5(&format!("promotion/{service}/{version}/{env}/{what}"))
+}
+
 /// The history record of a release's publication.
 pub(crate) fn release_published(service: &ServiceName, version: &Version) -> Uuid {
     v5(&format!("history/release/{service}/{version}/published"))

@@ -20,6 +20,8 @@ pub mod error;
 pub mod events;
 mod ids;
 mod issue;
+pub mod notify;
+mod promotion;
 mod records;
 pub mod releases;
 mod status;
@@ -117,6 +119,10 @@ async fn supervise(
     names.insert(handle.id(), "events");
     let handle = loops.spawn(api::run(shared.clone(), stop.clone()));
     names.insert(handle.id(), "api");
+    let handle = loops.spawn(promotion::run(shared.clone(), stop.clone()));
+    names.insert(handle.id(), "promotions");
+    let handle = loops.spawn(notify::run(shared.clone(), stop.clone()));
+    names.insert(handle.id(), "notifications");
 
     let mut first_error = None;
     while let Some(joined) = loops.join_next_with_id().await {

@@ -286,6 +286,7 @@ mod tests {
                 },
                 replicas: None,
                 health: None,
+                approvals: Vec::new(),
             },
         }
     }

@@ -1,10 +1,10 @@
-//! The release flow: CI's release events are stored and deployed at once to
-//! the first environment of the pipeline.
+//! The release flow: CI's release events are stored and enter the pipeline at
+//! its first environment (see [`crate::promotion`]: deployed at once unless
+//! the security gate holds them).
 
 use std::sync::Arc;
 
 use ferry_protocol::api::{HistoryRecord, ReleaseRecord};
-use ferry_protocol::command::{Action, Command};
 use ferry_protocol::release::Release;
 use ferry_protocol::streams;
 use ferry_protocol::subject::Subject;
@@ -14,13 +14,10 @@ use tracing::{debug, info};
 
 use crate::consumer::{self, Disposition, Durable, Incoming};
 use crate::store::StoredRelease;
-use crate::{ids, issue, Error, Shared};
+use crate::{ids, promotion, Error, Shared};
 
 /// The durable consumer every controller instance shares for releases.
 pub const CONSUMER: &str = "ferry-controller-releases";
-
-/// Actor of a deploy triggered by a release without an author.
-const DEFAULT_ACTOR: &str = "ci";
 
 /// Handles release events until `shutdown`.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Error> {
@@ -28,6 +25,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
         stream: streams::releases().name,
         name: CONSUMER,
         filter_subjects: Vec::new(),
+        only_new: false,
     };
     consumer::run(shared, durable, shutdown, handle).await
 }
@@ -106,25 +104,9 @@ async fn handle(shared: Arc<Shared>, message: Incoming) -> Disposition {
         return Disposition::Retry(e);
     }
 
-    let id = ids::release_deploy(&release.service, &release.version, &first);
-    let command = Command {
-        environment: first,
-        service: release.service.clone(),
-        actor: Some(
-            release
-                .author
-                .clone()
-                .unwrap_or_else(|| DEFAULT_ACTOR.to_owned()),
-        ),
-        action: Action::Deploy {
-            release: release.spec(),
-            replicas: None,
-            health: None,
-        },
-    };
-    match issue::issue(&shared, id, command).await {
-        Ok(issued) => {
-            info!(service = %release.service, version = %release.version, command = %issued.command_id, "new release deployed to {}", issued.environment);
+    match promotion::on_release(&shared, &record).await {
+        Ok(()) => {
+            info!(service = %release.service, version = %release.version, "new release entered the pipeline at {first}");
             Disposition::Done
         }
         Err(Error::InvalidCommand(e)) => Disposition::Reject(format!(

@@ -19,6 +19,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::promotion::PromotionRecord;
 use crate::records::{AgentRecord, DeploymentRecord};
 use crate::{Error, SOURCE};
 
@@ -39,7 +40,23 @@ pub(crate) struct Store {
     releases: kv::Store,
     deployments: kv::Store,
     agents: kv::Store,
+    promotions: kv::Store,
     history: stream::Stream,
+}
+
+/// Which history records to read.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HistoryFilter {
+    /// Only this environment.
+    pub environment: Option<EnvName>,
+    /// Only this service.
+    pub service: Option<ServiceName>,
+    /// Only records by this actor.
+    pub actor: Option<String>,
+    /// Only records at or after this time.
+    pub since: Option<time::OffsetDateTime>,
+    /// Only this action.
+    pub action: Option<String>,
 }
 
 /// What storing a release found.
@@ -63,11 +80,13 @@ impl Store {
         let releases = ensure_bucket(&js, streams::RELEASES_BUCKET, 5).await?;
         let deployments = ensure_bucket(&js, streams::DEPLOYMENTS_BUCKET, 1).await?;
         let agents = ensure_bucket(&js, streams::AGENTS_BUCKET, 1).await?;
+        let promotions = ensure_bucket(&js, streams::PROMOTIONS_BUCKET, 5).await?;
         Ok(Store {
             js,
             releases,
             deployments,
             agents,
+            promotions,
             history,
         })
     }
@@ -148,6 +167,55 @@ impl Store {
         modify(&self.deployments, streams::DEPLOYMENTS_BUCKET, &key, change).await
     }
 
+    /// One deployment record.
+    pub(crate) async fn deployment(
+        &self,
+        env: &EnvName,
+        service: &ServiceName,
+    ) -> Result<Option<DeploymentRecord>, Error> {
+        let key = format!("{env}.{service}");
+        let value = self
+            .deployments
+            .get(&key)
+            .await
+            .map_err(|e| Error::nats(format!("read deployment {key}"), e))?;
+        Ok(value.and_then(|v| decode(streams::DEPLOYMENTS_BUCKET, &key, &v)))
+    }
+
+    /// Changes a promotion with `change` (compare-and-set: of two controllers
+    /// racing on one promotion, one write wins and the other re-reads).
+    pub(crate) async fn update_promotion(
+        &self,
+        service: &ServiceName,
+        version: &Version,
+        env: &EnvName,
+        change: impl FnMut(Option<PromotionRecord>) -> Option<PromotionRecord>,
+    ) -> Result<Option<PromotionRecord>, Error> {
+        let key = streams::promotion_key(service, version, env);
+        modify(&self.promotions, streams::PROMOTIONS_BUCKET, &key, change).await
+    }
+
+    /// One promotion.
+    pub(crate) async fn promotion(
+        &self,
+        service: &ServiceName,
+        version: &Version,
+        env: &EnvName,
+    ) -> Result<Option<PromotionRecord>, Error> {
+        let key = streams::promotion_key(service, version, env);
+        let value = self
+            .promotions
+            .get(&key)
+            .await
+            .map_err(|e| Error::nats(format!("read promotion {key}"), e))?;
+        Ok(value.and_then(|v| decode(streams::PROMOTIONS_BUCKET, &key, &v)))
+    }
+
+    /// Every promotion.
+    pub(crate) async fn promotions(&self) -> Result<Vec<PromotionRecord>, Error> {
+        latest_values(&self.promotions, streams::PROMOTIONS_BUCKET, ">").await
+    }
+
     /// Every deployment record.
     pub(crate) async fn deployments(&self) -> Result<Vec<DeploymentRecord>, Error> {
         let bucket = streams::DEPLOYMENTS_BUCKET;
@@ -215,35 +283,44 @@ impl Store {
     /// a start time or sequence cursor in the request is the remedy.
     pub(crate) async fn history(
         &self,
-        env: Option<&EnvName>,
-        service: Option<&ServiceName>,
+        which: &HistoryFilter,
         limit: usize,
     ) -> Result<Vec<HistoryRecord>, Error> {
         let filter = format!(
             "{}.history.{}.{}",
             subject::PREFIX,
-            env.map_or("*", EnvName::as_str),
-            service.map_or("*", ServiceName::as_str)
+            which.environment.as_ref().map_or("*", EnvName::as_str),
+            which.service.as_ref().map_or("*", ServiceName::as_str)
         );
+        let deliver = match which.since {
+            Some(start_time) => DeliverPolicy::ByStartTime { start_time },
+            None => DeliverPolicy::All,
+        };
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut last = VecDeque::with_capacity(limit.min(1024));
-        read_to_end(
-            &self.history,
-            filter,
-            DeliverPolicy::All,
-            "history",
-            |msg| match Envelope::<HistoryRecord>::decode(&msg.payload) {
+        read_to_end(&self.history, filter, deliver, "history", |msg| {
+            match Envelope::<HistoryRecord>::decode(&msg.payload) {
                 Ok(envelope) => {
+                    let record = &envelope.data;
+                    let wanted = which
+                        .actor
+                        .as_ref()
+                        .is_none_or(|a| record.actor.as_ref() == Some(a))
+                        && which.action.as_ref().is_none_or(|a| &record.action == a)
+                        && which.since.is_none_or(|t| record.time >= t);
+                    if !wanted {
+                        return;
+                    }
                     if last.len() == limit {
                         last.pop_front();
                     }
                     last.push_back(envelope.data);
                 }
                 Err(e) => warn!(subject = %msg.subject, "skipping unreadable history record: {e}"),
-            },
-        )
+            }
+        })
         .await?;
         Ok(last.into())
     }

@@ -151,6 +151,7 @@ fn release(version: &str) -> Release {
         author: Some("alice".into()),
         commit: None,
         hotfix: false,
+        scan: None,
     }
 }
 
@@ -385,6 +386,9 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
         environment: Some(env("dev")),
         service: Some(web()),
         limit: 10,
+        actor: None,
+        since: None,
+        action: None,
     };
     let outcomes = poll(|| async {
         let reply: ApiReply<Vec<HistoryRecord>> = try_api(&client, &history_request).await?;
@@ -407,6 +411,9 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             environment: None,
             service: None,
             limit: 2,
+            actor: None,
+            since: None,
+            action: None,
         },
     )
     .await;
@@ -544,6 +551,9 @@ async fn two_instances_share_the_work_and_a_restart_loses_nothing() {
             environment: None,
             service: None,
             limit: 1000,
+            actor: None,
+            since: None,
+            action: None,
         },
     )
     .await;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::approval::{ApprovalKind, SignedApproval};
 use crate::command::{ActionKind, MaintenanceMode, RollbackTarget};
 use crate::event::{MaintenanceInfo, ServiceState};
 use crate::names::{EnvName, ServiceName, Version};
@@ -36,6 +37,19 @@ pub enum ApiRequest {
         service: Option<ServiceName>,
         /// At most this many records (capped at [`MAX_HISTORY_LIMIT`]).
         limit: u32,
+        /// Only records by this actor.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+        /// Only records at or after this time.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "time::serde::rfc3339::option"
+        )]
+        since: Option<OffsetDateTime>,
+        /// Only records of this action (`deploy`, `approve`, `promote`...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
     },
     /// Known releases, optionally of one service.
     Releases {
@@ -100,6 +114,52 @@ pub enum ApiRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
     },
+    /// Record a reviewer's signed approval (signed by the CLI where the
+    /// reviewer's key is; the seed never travels).
+    Approve {
+        /// The signed approval.
+        approval: Box<SignedApproval>,
+    },
+    /// Reject a release in an environment: its promotion stops there.
+    Reject {
+        /// Where.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// Which version.
+        version: Version,
+        /// Why.
+        reason: String,
+        /// Who.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
+    /// Promotions waiting (or done), optionally of one environment or service.
+    Approvals {
+        /// Only this environment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<EnvName>,
+        /// Only this service.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service: Option<ServiceName>,
+        /// Include finished promotions (deployed, rejected).
+        #[serde(default)]
+        all: bool,
+    },
+    /// Ask for a release to be promoted into an environment: it deploys as
+    /// soon as it is eligible (previous environment healthy for the soak
+    /// time) and approved.
+    Promote {
+        /// Where to.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// Which version.
+        version: Version,
+        /// Who asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
 }
 
 impl ApiRequest {
@@ -113,6 +173,10 @@ impl ApiRequest {
             ApiRequest::Rollback { .. } => ApiOp::Rollback,
             ApiRequest::Scale { .. } => ApiOp::Scale,
             ApiRequest::Maintenance { .. } => ApiOp::Maintenance,
+            ApiRequest::Approve { .. } => ApiOp::Approve,
+            ApiRequest::Reject { .. } => ApiOp::Reject,
+            ApiRequest::Approvals { .. } => ApiOp::Approvals,
+            ApiRequest::Promote { .. } => ApiOp::Promote,
         }
     }
 }
@@ -263,4 +327,80 @@ pub struct ReleaseRecord {
     /// When the controller received it.
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+}
+
+/// Where a promotion of one release into one environment stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionState {
+    /// Waiting for the previous environment, the soak time or approvals.
+    Waiting,
+    /// Held by the security gate: critical vulnerabilities, no override quorum.
+    Blocked,
+    /// The deploy command was issued.
+    Issued,
+    /// A reviewer rejected it; it goes no further.
+    Rejected,
+}
+
+impl std::fmt::Display for PromotionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PromotionState::Waiting => "waiting",
+            PromotionState::Blocked => "blocked",
+            PromotionState::Issued => "issued",
+            PromotionState::Rejected => "rejected",
+        })
+    }
+}
+
+/// One approval as `ferry approvals` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    /// Reviewer name.
+    pub reviewer_name: String,
+    /// Reviewer public key.
+    pub reviewer: String,
+    /// Deploy or security override.
+    pub kind: ApprovalKind,
+    /// When it stops counting.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// Whether it counts now (not expired).
+    pub counts: bool,
+}
+
+/// One row of `ferry approvals`: a release on its way into an environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionView {
+    /// Environment.
+    pub environment: EnvName,
+    /// Service.
+    pub service: ServiceName,
+    /// Version.
+    pub version: Version,
+    /// Where it stands.
+    pub state: PromotionState,
+    /// Deploy approvals the environment needs.
+    pub approvals_required: u32,
+    /// Valid deploy approvals so far.
+    pub approvals_valid: u32,
+    /// Security override approvals needed (0 unless the scan found criticals).
+    pub overrides_required: u32,
+    /// Valid security override approvals so far.
+    pub overrides_valid: u32,
+    /// Reviewers who may still approve.
+    pub waiting_for: Vec<String>,
+    /// Every approval recorded.
+    pub approvals: Vec<ApprovalView>,
+    /// When it becomes eligible (previous environment healthy plus the soak
+    /// time), once known.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub eligible_at: Option<OffsetDateTime>,
+    /// A sentence: what it waits for, why it is blocked or rejected.
+    pub detail: String,
 }

@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::approval::SignedApproval;
 use crate::names::{EnvName, ServiceName, Version};
 use crate::{Error, Payload};
 
@@ -15,6 +16,8 @@ pub const MAX_REPLICAS: u32 = 64;
 pub const MAX_ARTIFACT_LEN: usize = 1024;
 /// Most environment variables a release may set.
 pub const MAX_ENV_VARS: usize = 128;
+/// Most approvals one deploy may carry.
+pub const MAX_APPROVALS: usize = 32;
 /// Longest maintenance message accepted.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 
@@ -35,6 +38,12 @@ pub struct ReleaseSpec {
 }
 
 impl ReleaseSpec {
+    /// What approvals of this release sign: the digest, or the artifact
+    /// reference when there is no digest.
+    pub fn approval_digest(&self) -> String {
+        self.digest.clone().unwrap_or_else(|| self.artifact.clone())
+    }
+
     /// Checks sizes and characters: artifact and variables reach a runtime, so
     /// nothing that could smuggle a second argument or variable gets through.
     pub fn validate(&self) -> Result<(), Error> {
@@ -145,6 +154,10 @@ pub enum Action {
         /// Health check overrides.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         health: Option<HealthOverride>,
+        /// Reviewers' signed approvals of exactly this release in this
+        /// environment; an agent that requires approvals checks them itself.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<SignedApproval>,
     },
     /// Go back to an earlier version.
     Rollback {
@@ -228,7 +241,14 @@ impl Command {
                 release,
                 replicas,
                 health,
+                approvals,
             } => {
+                if approvals.len() > MAX_APPROVALS {
+                    return Err(Error::InvalidField {
+                        field: "approvals",
+                        reason: format!("at most {MAX_APPROVALS}"),
+                    });
+                }
                 release.validate()?;
                 if let Some(r) = replicas {
                     check_replicas(*r, 1)?;

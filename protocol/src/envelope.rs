@@ -30,7 +30,7 @@ pub trait Payload {
 }
 
 /// A CloudEvents 1.0 event in structured JSON mode.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<T> {
     /// Always `1.0`.
     pub specversion: String,

@@ -3,6 +3,7 @@
 //! only crate in ferry that derives `Serialize` for the wire.
 
 pub mod api;
+pub mod approval;
 pub mod command;
 pub mod envelope;
 pub mod event;
@@ -82,6 +83,11 @@ pub enum RefusalReason {
     UnknownService,
     /// Well-formed but asks for something invalid (zero replicas, unknown version...).
     Invalid,
+    /// A deploy to an approval-gated environment without enough valid
+    /// approvals from distinct trusted reviewers.
+    ApprovalsMissing,
+    /// An approval that is forged, untrusted, expired or about another release.
+    BadApproval,
 }
 
 impl fmt::Display for RefusalReason {
@@ -96,6 +102,8 @@ impl fmt::Display for RefusalReason {
             RefusalReason::WrongEnvironment => "wrong_environment",
             RefusalReason::UnknownService => "unknown_service",
             RefusalReason::Invalid => "invalid",
+            RefusalReason::ApprovalsMissing => "approvals_missing",
+            RefusalReason::BadApproval => "bad_approval",
         };
         f.write_str(text)
     }

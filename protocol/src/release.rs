@@ -32,6 +32,62 @@ pub struct Release {
     /// A hotfix takes the short canary path (see the progressive delivery docs).
     #[serde(default)]
     pub hotfix: bool,
+    /// CI's vulnerability scan of the artifact, by severity. A release with
+    /// critical findings is held by the controller's security gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanSummary>,
+}
+
+/// Vulnerabilities found by CI's scanner, counted by severity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanSummary {
+    /// Critical findings; any blocks the release.
+    #[serde(default)]
+    pub critical: u32,
+    /// High.
+    #[serde(default)]
+    pub high: u32,
+    /// Medium.
+    #[serde(default)]
+    pub medium: u32,
+    /// Low.
+    #[serde(default)]
+    pub low: u32,
+}
+
+impl ScanSummary {
+    /// Parses `critical=1,high=2,medium=0,low=5` (any subset, any order).
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let mut scan = ScanSummary::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = || Error::InvalidField {
+                field: "scan",
+                reason: format!(
+                    "{part:?} is not <severity>=<count> with severity critical, high, medium or low"
+                ),
+            };
+            let (name, count) = part.split_once('=').ok_or_else(bad)?;
+            let count: u32 = count.trim().parse().map_err(|_| bad())?;
+            match name.trim() {
+                "critical" => scan.critical = count,
+                "high" => scan.high = count,
+                "medium" => scan.medium = count,
+                "low" => scan.low = count,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(scan)
+    }
+}
+
+impl std::fmt::Display for ScanSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "critical={},high={},medium={},low={}",
+            self.critical, self.high, self.medium, self.low
+        )
+    }
 }
 
 impl Release {
@@ -45,6 +101,12 @@ impl Release {
         }
     }
 
+    /// What approvals of this release sign: the artifact digest, or the
+    /// artifact reference when CI gave no digest.
+    pub fn approval_digest(&self) -> String {
+        self.spec().approval_digest()
+    }
+
     /// Size and character checks.
     pub fn validate(&self) -> Result<(), Error> {
         self.spec().validate()
@@ -54,5 +116,28 @@ impl Release {
 impl Payload for Release {
     fn event_type(&self) -> &'static str {
         "ferry.v1.release.published"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_summaries_parse_and_print() {
+        let scan = ScanSummary::parse("high=2, critical=1,low=7").unwrap();
+        assert_eq!(
+            scan,
+            ScanSummary {
+                critical: 1,
+                high: 2,
+                medium: 0,
+                low: 7
+            }
+        );
+        assert_eq!(ScanSummary::parse(&scan.to_string()).unwrap(), scan);
+        for bad in ["critical", "critical=x", "severe=1", "critical=-1"] {
+            assert!(ScanSummary::parse(bad).is_err(), "{bad}");
+        }
     }
 }

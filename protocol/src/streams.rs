@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::names::{ServiceName, Version};
+use crate::names::{EnvName, ServiceName, Version};
 
 const DAY: u64 = 24 * 60 * 60;
 
@@ -24,6 +24,9 @@ pub struct StreamSpec {
     pub max_messages_per_subject: i64,
     /// Window in which a repeated `Nats-Msg-Id` is dropped.
     pub duplicate_window: Duration,
+    /// Messages cannot be deleted and the stream cannot be purged through the
+    /// API (the audit trail); only age and size limits remove old ones.
+    pub append_only: bool,
 }
 
 impl StreamSpec {
@@ -38,6 +41,8 @@ impl StreamSpec {
             max_bytes: self.max_bytes,
             max_messages_per_subject: self.max_messages_per_subject,
             duplicate_window: self.duplicate_window,
+            deny_delete: self.append_only,
+            deny_purge: self.append_only,
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
@@ -56,6 +61,7 @@ pub fn commands() -> StreamSpec {
         max_bytes: 256 * 1024 * 1024,
         max_messages_per_subject: 10_000,
         duplicate_window: Duration::from_secs(10 * 60),
+        append_only: false,
     }
 }
 
@@ -71,6 +77,7 @@ pub fn events() -> StreamSpec {
         max_bytes: 512 * 1024 * 1024,
         max_messages_per_subject: 10_000,
         duplicate_window: Duration::from_secs(2 * 60),
+        append_only: false,
     }
 }
 
@@ -83,10 +90,14 @@ pub fn releases() -> StreamSpec {
         max_bytes: 256 * 1024 * 1024,
         max_messages_per_subject: 1_000,
         duplicate_window: Duration::from_secs(10 * 60),
+        append_only: false,
     }
 }
 
-/// The controller's history records.
+/// The controller's history records: the audit trail of every release,
+/// promotion, approval, rejection, security gate decision, command and
+/// outcome (who, what, when, why, outcome). Append-only: delete and purge are
+/// denied.
 pub fn history() -> StreamSpec {
     StreamSpec {
         name: "FERRY_HISTORY",
@@ -95,6 +106,7 @@ pub fn history() -> StreamSpec {
         max_bytes: 1024 * 1024 * 1024,
         max_messages_per_subject: 100_000,
         duplicate_window: Duration::from_secs(2 * 60),
+        append_only: true,
     }
 }
 
@@ -104,6 +116,16 @@ pub const RELEASES_BUCKET: &str = "ferry_releases";
 pub const DEPLOYMENTS_BUCKET: &str = "ferry_deployments";
 /// Key-value bucket of each environment's last heartbeat, keyed `<env>`.
 pub const AGENTS_BUCKET: &str = "ferry_agents";
+
+/// Key-value bucket of promotions (approvals, rejections, where each release
+/// stands on its way into each environment), keyed by [`promotion_key`].
+pub const PROMOTIONS_BUCKET: &str = "ferry_promotions";
+
+/// `<service>.<version>.<env>` (version as in [`release_key`]); version tokens
+/// may hold dots, so read the service and environment from the ends.
+pub fn promotion_key(service: &ServiceName, version: &Version, env: &EnvName) -> String {
+    format!("{}.{env}", release_key(service, version))
+}
 
 /// `<service>.<version>` with `+` written as `=`: KV keys may not hold `+`,
 /// and versions may not hold `=`, so the mapping is one-to-one.

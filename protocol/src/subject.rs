@@ -107,11 +107,19 @@ pub enum ApiOp {
     Scale,
     /// Turn maintenance on or off.
     Maintenance,
+    /// Record a reviewer's signed approval.
+    Approve,
+    /// Reject a release in an environment.
+    Reject,
+    /// List promotions and what they wait for.
+    Approvals,
+    /// Ask for a promotion.
+    Promote,
 }
 
 impl ApiOp {
     /// Every operation.
-    pub const ALL: [ApiOp; 7] = [
+    pub const ALL: [ApiOp; 11] = [
         ApiOp::Status,
         ApiOp::History,
         ApiOp::Releases,
@@ -119,6 +127,10 @@ impl ApiOp {
         ApiOp::Rollback,
         ApiOp::Scale,
         ApiOp::Maintenance,
+        ApiOp::Approve,
+        ApiOp::Reject,
+        ApiOp::Approvals,
+        ApiOp::Promote,
     ];
 
     /// The subject token.
@@ -131,6 +143,10 @@ impl ApiOp {
             ApiOp::Rollback => "rollback",
             ApiOp::Scale => "scale",
             ApiOp::Maintenance => "maintenance",
+            ApiOp::Approve => "approve",
+            ApiOp::Reject => "reject",
+            ApiOp::Approvals => "approvals",
+            ApiOp::Promote => "promote",
         }
     }
 

@@ -248,6 +248,7 @@ impl Ferry {
             },
             replicas: Some(REPLICAS as u32),
             health: None,
+            approvals: Vec::new(),
         })
         .await
     }

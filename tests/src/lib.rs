@@ -80,6 +80,9 @@ pub struct System {
     /// Files that must outlive the system's parts.
     pub dir: tempfile::TempDir,
     controller: Option<Running>,
+    /// The controller's configuration (NATS URL and key file are filled in
+    /// at start); change it before `start_controller` to configure the pipeline.
+    pub controller_config: ferry_controller::ControllerConfig,
     /// Agents by environment.
     pub agents: BTreeMap<String, AgentSlot>,
 }
@@ -98,11 +101,18 @@ impl System {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let controller_key = SigningKey::generate();
+        let controller_config = ferry_controller::ControllerConfig {
+            environments: ENVIRONMENTS.iter().map(|e| e.to_string()).collect(),
+            agent_timeout: "5s".into(),
+            promotion_check_interval: "100ms".into(),
+            ..Default::default()
+        };
         System {
             nats,
             controller_key,
             dir,
             controller: None,
+            controller_config,
             agents: BTreeMap::new(),
         }
     }
@@ -114,9 +124,7 @@ impl System {
         let config = ferry_controller::ControllerConfig {
             nats_url: self.nats.url(),
             signing_key_file: key_file,
-            environments: ENVIRONMENTS.iter().map(|e| e.to_string()).collect(),
-            agent_timeout: "5s".into(),
-            ..Default::default()
+            ..self.controller_config.clone()
         };
         let resolved = config
             .validate()
@@ -182,6 +190,8 @@ impl System {
             nats_creds: None,
             state_dir: self.dir.path().join(format!("agent-{env}")),
             trusted_keys: vec![self.controller_key.public_key()],
+            approvals_required: 0,
+            reviewer_keys: Vec::new(),
             heartbeat_interval: Duration::from_millis(500),
             metrics_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),

@@ -1,6 +1,7 @@
 //! One module per command group; [`run`] dispatches.
 
 mod action;
+mod approval;
 mod keygen;
 mod query;
 mod release;
@@ -23,5 +24,10 @@ pub async fn run(args: Args) -> Result<()> {
         Command::History(history) => query::history(global, history).await,
         Command::Releases(releases) => query::releases(global, releases).await,
         Command::Keygen(keygen) => keygen::run(global, &keygen),
+        Command::Audit(audit) => query::history(global, audit).await,
+        Command::Promote(promote) => approval::promote(global, promote).await,
+        Command::Approve(approve) => approval::approve(global, approve).await,
+        Command::Reject(reject) => approval::reject(global, reject).await,
+        Command::Approvals(list) => approval::list(global, list).await,
     }
 }

@@ -31,6 +31,9 @@ pub async fn history(global: &GlobalOpts, args: HistoryArgs) -> Result<()> {
             environment: args.environment,
             service: args.service,
             limit: args.limit,
+            actor: args.actor,
+            since: args.since,
+            action: args.action,
         })
         .await?
         .response;

@@ -26,6 +26,7 @@ fn release(args: &PublishArgs) -> Result<Release> {
         author: args.author.clone().filter(|a| !a.is_empty()),
         commit: args.commit.clone().filter(|c| !c.is_empty()),
         hotfix: args.hotfix,
+        scan: args.scan,
     };
     release
         .validate()
