@@ -1,0 +1,239 @@
+//! Leak check: 10,000 commands (deploy, scale and rollback cycles on the
+//! process runtime) through one `ferry-agent` process, printing its resident
+//! memory when idle, after the first 100 commands and after all of them,
+//! with its open file descriptors and child processes at each point.
+//! Run with `cargo bench -p ferry-e2e --bench agent_soak`
+//! (`FERRY_SOAK_COMMANDS=N` for a shorter run).
+
+// A benchmark that cannot set up must stop loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::{bin, free_port, AgentProcess, System, WAIT};
+use ferry_protocol::command::{Action, Command, ReleaseSpec, RollbackTarget};
+use ferry_protocol::event::{EventBody, ServiceEvent};
+use ferry_protocol::{EnvName, Envelope, ServiceName, Version};
+use futures::StreamExt;
+
+/// What the issue asks: the footprint after the first 100 commands is the
+/// reference the end is compared with.
+const WARM: usize = 100;
+const IDLE_RSS_BAR_BYTES: u64 = 15 * 1024 * 1024;
+const GROWTH_BAR: f64 = 0.10;
+
+/// The agent's footprint at one moment, read from /proc.
+#[derive(Clone, Copy, Debug)]
+struct Footprint {
+    rss_bytes: u64,
+    open_fds: usize,
+    children: usize,
+}
+
+impl Footprint {
+    fn of(pid: u32) -> Footprint {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc status");
+        let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        let children = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| parent_of(stat) == Some(pid))
+            .count();
+        Footprint {
+            rss_bytes: rss_kib * 1024,
+            open_fds,
+            children,
+        }
+    }
+
+    fn row(&self, when: &str) {
+        println!(
+            "{when:<34} {:>8.1} {:>9} {:>9}",
+            self.rss_bytes as f64 / (1024.0 * 1024.0),
+            self.open_fds,
+            self.children
+        );
+    }
+}
+
+/// The parent pid in a /proc/<pid>/stat line (the field after the
+/// parenthesised command name, which may itself hold spaces).
+fn parent_of(stat: &str) -> Option<u32> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The command cycle: deploy, scale up, scale down, roll back.
+fn action(i: usize, artifact: &str) -> Action {
+    let deploy = |version: &str| Action::Deploy {
+        release: ReleaseSpec {
+            version: Version::new(version).unwrap(),
+            artifact: artifact.to_owned(),
+            digest: None,
+            env: Default::default(),
+        },
+        replicas: Some(1),
+        health: None,
+        approvals: Vec::new(),
+    };
+    match i % 4 {
+        0 => deploy("2.0.0"),
+        1 => Action::Scale { replicas: 2 },
+        2 => Action::Scale { replicas: 1 },
+        _ => Action::Rollback {
+            to: RollbackTarget::Previous,
+            force: false,
+            dry_run: false,
+        },
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let total: usize = std::env::var("FERRY_SOAK_COMMANDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let system = System::without_controller();
+    let sample = bin("ferry-sample");
+    let artifact = sample.to_str().unwrap().to_owned();
+    let agent = AgentProcess::start(
+        &system,
+        &format!(
+            "[services.web]\ncommand = [\"{{artifact}}\"]\nport = {}\nreplicas = 1\nstop_timeout = \"2s\"\n\n[services.web.health]\npath = \"/health\"\ninterval = \"20ms\"\ntimeout = \"1s\"\nfailure_threshold = 2\nstart_timeout = \"10s\"\n",
+            free_port()
+        ),
+    )
+    .await;
+    let pid = agent.pid();
+    let client = system.nats.client().await;
+    let mut outcomes = client
+        .subscribe("ferry.v1.evt.dev.web.outcome")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let mut failures = 0usize;
+    let key = &system.controller_key;
+    let idle = Footprint::of(pid);
+    // The first version, so the cycle always has a previous one to go back to.
+    failures += run(
+        &client,
+        key,
+        &mut outcomes,
+        Action::Deploy {
+            release: ReleaseSpec {
+                version: Version::new("1.0.0").unwrap(),
+                artifact: artifact.clone(),
+                digest: None,
+                env: Default::default(),
+            },
+            replicas: Some(1),
+            health: None,
+            approvals: Vec::new(),
+        },
+    )
+    .await as usize;
+    let started = Instant::now();
+    let mut warm = None;
+    for i in 0..total {
+        failures += run(&client, key, &mut outcomes, action(i, &artifact)).await as usize;
+        if i + 1 == WARM.min(total) {
+            warm = Some(Footprint::of(pid));
+        }
+        if (i + 1) % 1000 == 0 {
+            eprintln!("agent_soak: {} commands, {:?}", i + 1, started.elapsed());
+        }
+    }
+    let end = Footprint::of(pid);
+    let warm = warm.unwrap();
+    let elapsed = started.elapsed();
+
+    println!(
+        "agent_soak: {} commands (+1 first deploy) in {:.0} s, {failures} not succeeded",
+        total,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "{:<34} {:>8} {:>9} {:>9}",
+        "", "RSS MiB", "open fds", "children"
+    );
+    idle.row("idle, before any command");
+    warm.row(&format!("after the first {WARM} commands"));
+    end.row(&format!("after all {total} commands"));
+    let growth = end.rss_bytes as f64 / warm.rss_bytes as f64 - 1.0;
+    println!(
+        "idle RSS {:.1} MiB (bar: at most 15 MiB): {}",
+        idle.rss_bytes as f64 / (1024.0 * 1024.0),
+        verdict(idle.rss_bytes <= IDLE_RSS_BAR_BYTES)
+    );
+    println!(
+        "RSS growth from {WARM} to {total} commands {:+.1}% (bar: within 10%): {}",
+        growth * 100.0,
+        verdict(growth.abs() <= GROWTH_BAR)
+    );
+    println!(
+        "file descriptors {} -> {}, child processes {} -> {} (bar: no growth): {}",
+        warm.open_fds,
+        end.open_fds,
+        warm.children,
+        end.children,
+        verdict(end.open_fds <= warm.open_fds && end.children <= warm.children)
+    );
+    println!("commands not succeeded: {failures}");
+}
+
+/// Sends one signed command and waits for its outcome; true when it did not
+/// succeed (and says why on stderr).
+async fn run(
+    client: &async_nats::Client,
+    key: &ferry_protocol::SigningKey,
+    outcomes: &mut async_nats::Subscriber,
+    action: Action,
+) -> bool {
+    let command = Command {
+        environment: EnvName::new("dev").unwrap(),
+        service: ServiceName::new("web").unwrap(),
+        actor: Some("soak".into()),
+        action,
+    };
+    let envelope = Envelope::new("/ferry/controller", command)
+        .expiring_in(Duration::from_secs(3600))
+        .sign(key)
+        .unwrap();
+    let id = envelope.id;
+    let bytes = bytes::Bytes::from(envelope.to_bytes().unwrap());
+    client.publish("ferry.v1.cmd.dev.web", bytes).await.unwrap();
+    loop {
+        let message = tokio::time::timeout(WAIT, outcomes.next())
+            .await
+            .expect("an outcome in time")
+            .unwrap();
+        let event = Envelope::<ServiceEvent>::decode(&message.payload).unwrap();
+        if event.data.command_id != Some(id) {
+            continue;
+        }
+        let failed = !matches!(event.data.body, EventBody::Succeeded { .. });
+        if failed {
+            eprintln!("command {id} did not succeed: {:?}", event.data.body);
+        }
+        return failed;
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "OVER"
+    }
+}
