@@ -8,12 +8,12 @@
 // A benchmark that cannot set up must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use ferry_e2e::{bin, free_port, AgentProcess, System, WAIT};
-use ferry_protocol::command::{Action, Command, ReleaseSpec, RollbackTarget};
+use ferry_e2e::{bin, free_port, send_command, AgentProcess, System, WAIT};
+use ferry_protocol::command::{Action, ReleaseSpec, RollbackTarget};
 use ferry_protocol::event::{EventBody, ServiceEvent};
-use ferry_protocol::{EnvName, Envelope, ServiceName, Version};
+use ferry_protocol::{Envelope, Version};
 use futures::StreamExt;
 
 /// What the issue asks: the footprint after the first 100 commands is the
@@ -200,19 +200,7 @@ async fn run(
     outcomes: &mut async_nats::Subscriber,
     action: Action,
 ) -> bool {
-    let command = Command {
-        environment: EnvName::new("dev").unwrap(),
-        service: ServiceName::new("web").unwrap(),
-        actor: Some("soak".into()),
-        action,
-    };
-    let envelope = Envelope::new("/ferry/controller", command)
-        .expiring_in(Duration::from_secs(3600))
-        .sign(key)
-        .unwrap();
-    let id = envelope.id;
-    let bytes = bytes::Bytes::from(envelope.to_bytes().unwrap());
-    client.publish("ferry.v1.cmd.dev.web", bytes).await.unwrap();
+    let id = send_command(client, key, "dev", "web", action).await;
     loop {
         let message = tokio::time::timeout(WAIT, outcomes.next())
             .await

@@ -10,6 +10,8 @@ use crate::{bin, System, WAIT};
 /// A `ferry-agent` process for the `dev` environment of `system`, killed on drop.
 pub struct AgentProcess {
     child: std::process::Child,
+    config: std::path::PathBuf,
+    nats_url: String,
 }
 
 impl AgentProcess {
@@ -38,7 +40,32 @@ impl AgentProcess {
         tokio::time::timeout(WAIT, heartbeats.next())
             .await
             .expect("agent heartbeat");
-        AgentProcess { child }
+        AgentProcess {
+            child,
+            config,
+            nats_url: system.nats.url(),
+        }
+    }
+
+    /// SIGKILL: the agent gets no chance to stop anything.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the agent again on the same configuration and state, waiting
+    /// for its first heartbeat.
+    pub async fn start_again(&mut self) {
+        let client = async_nats::connect(self.nats_url.as_str()).await.unwrap();
+        let mut heartbeats = client
+            .subscribe("ferry.v1.agent.dev.heartbeat")
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        self.child = spawn(&self.config);
+        tokio::time::timeout(WAIT, heartbeats.next())
+            .await
+            .expect("agent heartbeat after the restart");
     }
 
     /// The agent's process id.

@@ -428,3 +428,34 @@ pub async fn wait_serving(port: u16, version: &str, timeout: Duration) {
 pub fn state_dir(system: &System, env: &str) -> PathBuf {
     system.dir.path().join(format!("agent-{env}"))
 }
+
+/// Signs `action` for `env`/`service` with the controller's key, as the
+/// controller would, and stores it in the commands stream; returns its id.
+pub async fn send_command(
+    client: &async_nats::Client,
+    key: &SigningKey,
+    env: &str,
+    service: &str,
+    action: ferry_protocol::command::Action,
+) -> uuid::Uuid {
+    let environment = EnvName::new(env).unwrap();
+    let service = ServiceName::new(service).unwrap();
+    let subject = ferry_protocol::subject::command(&environment, &service);
+    let command = ferry_protocol::command::Command {
+        environment,
+        service,
+        actor: Some("test".into()),
+        action,
+    };
+    let envelope = ferry_protocol::Envelope::new("/ferry/controller", command)
+        .expiring_in(Duration::from_secs(3600))
+        .sign(key)
+        .unwrap();
+    async_nats::jetstream::new(client.clone())
+        .publish(subject, envelope.to_bytes().unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    envelope.id
+}

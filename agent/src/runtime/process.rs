@@ -4,10 +4,13 @@
 //!
 //! Replicas do not outlive the agent: they are its children and are stopped
 //! when it shuts down; a restarted agent restores them from its state file.
+//! An agent that was killed (SIGKILL, OOM) could not stop them: the next one
+//! finds those orphans by their stdout, still open on this service's log file
+//! in this agent's state directory, and stops them before restoring.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -61,6 +64,29 @@ impl ReplicaRuntime for ProcessRuntime {
             return Err(bad(format!("{program} is not an executable file")));
         }
         Ok(())
+    }
+
+    /// Nothing is adopted (a replica's exit can only be watched by its
+    /// parent); orphans of a killed agent are stopped so the restore starts
+    /// from a clean slate.
+    async fn adopt(
+        &self,
+        ctx: &ReplicaContext,
+        _release: Option<&ReleaseSpec>,
+    ) -> Result<Vec<ReplicaHandle>, RuntimeError> {
+        let log = log_path(&ctx.log_dir, ctx.service.name.as_str());
+        let marks = [
+            format!("FERRY_ENVIRONMENT={}", ctx.environment),
+            format!("FERRY_SERVICE={}", ctx.service.name),
+        ];
+        let orphans = tokio::task::spawn_blocking(move || orphans_of(&log, &marks))
+            .await
+            .unwrap_or_default();
+        for pid in orphans {
+            tracing::warn!(service = %ctx.service.name, pid, "stopping a replica left running by an agent that did not shut down");
+            stop_orphan(pid, ctx.service.stop_timeout).await;
+        }
+        Ok(Vec::new())
     }
 
     async fn start(
@@ -149,12 +175,71 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+fn log_path(dir: &Path, service: &str) -> PathBuf {
+    dir.join(format!("{service}.log"))
+}
+
 fn open_log(dir: &Path, service: &str) -> std::io::Result<std::fs::File> {
     std::fs::create_dir_all(dir)?;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join(format!("{service}.log")))
+        .open(log_path(dir, service))
+}
+
+/// Live processes, other than this agent's own children, whose stdout is the
+/// service's log file and whose environment names the service: replicas an
+/// earlier agent of this state directory started and never stopped.
+fn orphans_of(log: &Path, marks: &[String]) -> Vec<i32> {
+    let Ok(log) = std::fs::canonicalize(log) else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            let stdout_is_log = std::fs::read_link(proc_dir.join("fd/1")).is_ok_and(|p| p == log);
+            stdout_is_log
+                && proc_status(pid).is_some_and(|(state, parent)| state != 'Z' && parent != me)
+                && std::fs::read(proc_dir.join("environ")).is_ok_and(|environ| {
+                    marks
+                        .iter()
+                        .all(|mark| environ.split(|b| *b == 0).any(|var| var == mark.as_bytes()))
+                })
+        })
+        .collect()
+}
+
+/// State letter and parent pid of `pid`, from /proc/<pid>/stat (fields after
+/// the parenthesised command name, which may hold spaces).
+fn proc_status(pid: i32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// SIGTERM, then SIGKILL after `grace`; it is not our child, so its end is
+/// seen in /proc, not through wait().
+async fn stop_orphan(pid: i32, grace: Duration) {
+    let target = Pid::from_raw(pid);
+    if kill(target, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let gone = || proc_status(pid).is_none_or(|(state, _)| state == 'Z');
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if gone() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = kill(target, Signal::SIGKILL);
 }
 
 async fn supervise(

@@ -1,0 +1,164 @@
+//! Faults injected into a running agent: what it loses (nothing) and what it
+//! leaves behind (nothing).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_e2e::{
+    bin, free_port, send_command, wait_serving, AgentProcess, EventWatch, System, WAIT,
+};
+use ferry_protocol::command::{Action, ReleaseSpec};
+use ferry_protocol::event::EventBody;
+use ferry_protocol::Version;
+
+/// A replica process as /proc shows it.
+#[derive(Debug)]
+struct Replica {
+    pid: u32,
+    parent: u32,
+    version: String,
+}
+
+/// The running processes whose stdout is `log` (the service's log in the
+/// agent's state directory) and whose environment names dev's `web`.
+fn replicas_writing_to(log: &Path) -> Vec<Replica> {
+    let log = std::fs::canonicalize(log).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let dir = PathBuf::from(format!("/proc/{pid}"));
+            if std::fs::read_link(dir.join("fd/1")).ok()? != log {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            if fields.next()? == "Z" {
+                return None;
+            }
+            let parent = fields.next()?.parse().ok()?;
+            let environ = std::fs::read(dir.join("environ")).ok()?;
+            let vars: BTreeMap<String, String> = environ
+                .split(|b| *b == 0)
+                .filter_map(|v| {
+                    let (k, v) = std::str::from_utf8(v).ok()?.split_once('=')?;
+                    Some((k.to_owned(), v.to_owned()))
+                })
+                .collect();
+            if vars.get("FERRY_SERVICE")? != "web" || vars.get("FERRY_ENVIRONMENT")? != "dev" {
+                return None;
+            }
+            Some(Replica {
+                pid,
+                parent,
+                version: vars.get("FERRY_VERSION")?.clone(),
+            })
+        })
+        .collect()
+}
+
+async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn deploy(version: &str, env: &[(&str, &str)]) -> Action {
+    Action::Deploy {
+        release: ReleaseSpec {
+            version: Version::new(version).unwrap(),
+            artifact: bin("ferry-sample").to_str().unwrap().to_owned(),
+            digest: None,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        },
+        replicas: Some(2),
+        health: None,
+        approvals: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_deploy_restarts_on_one_version_with_no_orphaned_replicas() {
+    let system = System::without_controller();
+    let port = free_port();
+    let mut agent = AgentProcess::start(
+        &system,
+        &format!(
+            "[services.web]\ncommand = [\"{{artifact}}\"]\nport = {port}\nreplicas = 2\nstop_timeout = \"2s\"\n\n[services.web.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nfailure_threshold = 2\nstart_timeout = \"30s\"\n"
+        ),
+    )
+    .await;
+    let log = system.dir.path().join("agent-dev/logs/web.log");
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let key = &system.controller_key;
+
+    let first = send_command(&client, key, "dev", "web", deploy("1.0.0", &[])).await;
+    let outcome = watch.outcome(first, WAIT).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    wait_serving(port, "1.0.0", WAIT).await;
+
+    // 2.0.0 never turns healthy, so the agent is still waiting on it, with
+    // both versions' replicas running, when it is killed.
+    send_command(
+        &client,
+        key,
+        "dev",
+        "web",
+        deploy("2.0.0", &[("SAMPLE_HEALTHY", "false")]),
+    )
+    .await;
+    until("two 2.0.0 replicas starting", || {
+        let running = replicas_writing_to(&log);
+        (running.iter().filter(|r| r.version == "2.0.0").count() == 2).then_some(())
+    })
+    .await;
+    let killed = agent.pid();
+    agent.kill_hard();
+    let orphans = replicas_writing_to(&log);
+    assert_eq!(
+        orphans.len(),
+        4,
+        "both versions' replicas outlive a SIGKILLed agent: {orphans:?}"
+    );
+    assert!(orphans.iter().all(|r| r.parent != killed), "{orphans:?}");
+
+    agent.start_again().await;
+    let restarted = agent.pid();
+    let converged = until(
+        "the restarted agent running exactly two 1.0.0 replicas of its own",
+        || {
+            let running = replicas_writing_to(&log);
+            (running.len() == 2
+                && running
+                    .iter()
+                    .all(|r| r.version == "1.0.0" && r.parent == restarted))
+            .then_some(running)
+        },
+    )
+    .await;
+    for orphan in &orphans {
+        assert!(
+            converged.iter().all(|r| r.pid != orphan.pid),
+            "orphan {orphan:?} survived the restart"
+        );
+    }
+    wait_serving(port, "1.0.0", WAIT).await;
+}
