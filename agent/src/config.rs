@@ -11,7 +11,9 @@ use ferry_protocol::command::check_health_path;
 use ferry_protocol::{EnvName, ServiceName, TrustedKeys};
 use serde::Deserialize;
 
+use crate::rollout::Thresholds;
 use crate::Error;
+use ferry_protocol::rollout::{AnalysisOverride, Strategy};
 
 /// Prefix of environment overrides: `FERRY_NATS_URL`, `FERRY_SERVICES__WEB__PORT`...
 pub const ENV_PREFIX: &str = "FERRY";
@@ -119,7 +121,7 @@ impl std::fmt::Debug for RegistryAuth {
 }
 
 /// One managed service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceConfig {
     /// Its name.
     pub name: ServiceName,
@@ -140,6 +142,11 @@ pub struct ServiceConfig {
     pub stop_timeout: Duration,
     /// Container settings (docker runtime only).
     pub docker: DockerOptions,
+    /// How deploys replace the running version unless a command says
+    /// otherwise (`recreate`: the health-gated replace).
+    pub strategy: Strategy,
+    /// Thresholds a new version is held to during canary steps.
+    pub analysis: Thresholds,
 }
 
 /// The agent's whole configuration, checked.
@@ -208,6 +215,8 @@ struct RawService {
     registry_server: Option<String>,
     registry_username: Option<String>,
     registry_password_file: Option<PathBuf>,
+    strategy: Option<Strategy>,
+    analysis: Option<AnalysisOverride>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -578,6 +587,17 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                 "{prefix}.health.failure_threshold: must be at least 1"
             ));
         }
+        let strategy = service.strategy.clone().unwrap_or(Strategy::Recreate);
+        if let Err(e) = strategy.validate() {
+            problems.push(format!("{prefix}.strategy: {e}"));
+        }
+        let mut analysis = Thresholds::default();
+        if let Some(o) = &service.analysis {
+            match o.validate() {
+                Ok(()) => analysis = analysis.with(o),
+                Err(e) => problems.push(format!("{prefix}.analysis: {e}")),
+            }
+        }
         let stop_timeout = duration(
             &mut problems,
             &format!("{prefix}.stop_timeout"),
@@ -597,6 +617,8 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                     health,
                     stop_timeout,
                     docker,
+                    strategy,
+                    analysis,
                 },
             );
         }

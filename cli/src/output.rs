@@ -295,9 +295,58 @@ pub fn event_line(event: &ServiceEvent) -> Option<String> {
             "down",
             format!("the {runtime} runtime is unreachable: {detail}"),
         ),
+        EventBody::Rollout(rollout) => ("rollout", rollout_line(rollout)),
+        EventBody::Alert(alert) => (
+            "alert",
+            format!(
+                "{} {}{}",
+                if alert.raised { "raised:" } else { "cleared:" },
+                alert.breach,
+                version(&alert.version)
+            ),
+        ),
         EventBody::Health(_) | EventBody::Metrics(_) => return None,
     };
     Some(format!("{label:<9}  {text}"))
+}
+
+/// One line for a rollout event: where it is and what happened.
+pub fn rollout_line(event: &ferry_protocol::rollout::RolloutEvent) -> String {
+    use ferry_protocol::rollout::RolloutPhase;
+    let s = &event.status;
+    let at = format!(
+        "{} {} step {}/{} ({}%)",
+        s.strategy, s.version, s.step, s.steps, s.weight_percent
+    );
+    match &event.phase {
+        RolloutPhase::StepStarted => format!("{at}: step started"),
+        RolloutPhase::Analysed {
+            signals,
+            breaches,
+            conclusive,
+        } => {
+            let verdict = if !breaches.is_empty() {
+                let list: Vec<String> = breaches.iter().map(ToString::to_string).collect();
+                format!("BREACH {}", list.join(", "))
+            } else if *conclusive {
+                "pass".to_owned()
+            } else {
+                "too few requests; health only".to_owned()
+            };
+            format!(
+                "{at}: {} req, errors {:.1}%, p95 {:.0} ms, p99 {:.0} ms, availability {:.1}%: {verdict}",
+                signals.requests,
+                signals.error_rate_percent,
+                signals.p95_ms,
+                signals.p99_ms,
+                signals.availability_percent
+            )
+        }
+        RolloutPhase::Paused => format!("{at}: paused"),
+        RolloutPhase::Resumed => format!("{at}: resumed"),
+        RolloutPhase::Promoted => format!("{at}: promoted"),
+        RolloutPhase::Aborted { reason } => format!("{at}: ABORTED: {reason}"),
+    }
 }
 
 #[cfg(test)]

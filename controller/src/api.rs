@@ -173,6 +173,8 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
                 release: release.release.spec(),
                 replicas,
                 health: None,
+                rollout: None,
+                hotfix: release.release.hotfix,
             };
             issue_command(shared, request_id, environment, service, actor, action).await
         }

@@ -286,6 +286,8 @@ mod tests {
                 },
                 replicas: None,
                 health: None,
+                rollout: None,
+                hotfix: false,
             },
         }
     }

@@ -120,6 +120,8 @@ async fn handle(shared: Arc<Shared>, message: Incoming) -> Disposition {
             release: release.spec(),
             replicas: None,
             health: None,
+            rollout: None,
+            hotfix: release.hotfix,
         },
     };
     match issue::issue(&shared, id, command).await {

@@ -132,6 +132,7 @@ mod tests {
             maintenance: None,
             runtime: "process".into(),
             address: Some("127.0.0.1:8080".into()),
+            rollout: None,
         }
     }
 

@@ -346,6 +346,7 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             maintenance: None,
             runtime: "process".into(),
             address: Some("127.0.0.1:18080".into()),
+            rollout: None,
         }],
     });
     publish(

@@ -9,6 +9,7 @@ pub mod event;
 pub mod keys;
 pub mod names;
 pub mod release;
+pub mod rollout;
 pub mod streams;
 pub mod subject;
 

@@ -33,17 +33,20 @@ pub enum EventKind {
     Health,
     /// Request counts, error rate and latency measured at the agent's proxy.
     Metrics,
+    /// A running service crossed a threshold (published by the controller).
+    Alert,
 }
 
 impl EventKind {
     /// Every kind, for tests and for subscribers that list them.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Accepted,
         EventKind::Refused,
         EventKind::Progress,
         EventKind::Outcome,
         EventKind::Health,
         EventKind::Metrics,
+        EventKind::Alert,
     ];
 
     /// The subject token.
@@ -55,6 +58,7 @@ impl EventKind {
             EventKind::Outcome => "outcome",
             EventKind::Health => "health",
             EventKind::Metrics => "metrics",
+            EventKind::Alert => "alert",
         }
     }
 

@@ -248,6 +248,8 @@ impl Ferry {
             },
             replicas: Some(REPLICAS as u32),
             health: None,
+            rollout: None,
+            hotfix: false,
         })
         .await
     }

@@ -8,6 +8,7 @@
 
 pub mod bins;
 pub mod events;
+pub mod load;
 pub mod nats;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use bins::bin;
 pub use events::EventWatch;
+pub use load::{Load, LoadStats};
 pub use nats::NatsServer;
 
 /// The pipeline every test system runs.
@@ -170,6 +172,8 @@ impl System {
                     },
                     stop_timeout: Duration::from_secs(5),
                     docker: DockerOptions::default(),
+                    strategy: ferry_protocol::rollout::Strategy::Recreate,
+                    analysis: ferry_agent::rollout::Thresholds::default(),
                 };
                 (name, config)
             })
