@@ -693,6 +693,10 @@ impl ManagedService {
             .map(|(id, _)| id)
             .zip(results.into_iter().map(|r| r.is_ok()))
             .collect();
+        // Health checks count toward the service's availability.
+        for ok in results.values() {
+            self.proxy.record_check(*ok);
+        }
 
         let mut set = self.set.lock().await;
         let threshold = self.ctx.service.health.failure_threshold;

@@ -191,6 +191,17 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             let action = Action::Rollback { to, force, dry_run };
             issue_command(shared, request_id, environment, service, actor, action).await
         }
+        ApiRequest::Rollout {
+            environment,
+            service,
+            control,
+            actor,
+        } => {
+            check_environment(shared, &environment)?;
+            let actor = check_actor(actor)?;
+            let action = Action::Rollout { control };
+            issue_command(shared, request_id, environment, service, actor, action).await
+        }
         ApiRequest::Scale {
             environment,
             service,

@@ -10,6 +10,7 @@ use crate::command::{ActionKind, MaintenanceMode, RollbackTarget};
 use crate::event::{MaintenanceInfo, ServiceState};
 use crate::names::{EnvName, ServiceName, Version};
 use crate::release::Release;
+use crate::rollout::RolloutControl;
 use crate::subject::ApiOp;
 use crate::Payload;
 
@@ -100,6 +101,18 @@ pub enum ApiRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
     },
+    /// Pause, resume, promote or abort the rollout in progress.
+    Rollout {
+        /// Where.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// What to do.
+        control: RolloutControl,
+        /// Who asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
 }
 
 impl ApiRequest {
@@ -113,6 +126,7 @@ impl ApiRequest {
             ApiRequest::Rollback { .. } => ApiOp::Rollback,
             ApiRequest::Scale { .. } => ApiOp::Scale,
             ApiRequest::Maintenance { .. } => ApiOp::Maintenance,
+            ApiRequest::Rollout { .. } => ApiOp::Rollout,
         }
     }
 }

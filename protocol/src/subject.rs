@@ -111,11 +111,13 @@ pub enum ApiOp {
     Scale,
     /// Turn maintenance on or off.
     Maintenance,
+    /// Act on a rollout in progress.
+    Rollout,
 }
 
 impl ApiOp {
     /// Every operation.
-    pub const ALL: [ApiOp; 7] = [
+    pub const ALL: [ApiOp; 8] = [
         ApiOp::Status,
         ApiOp::History,
         ApiOp::Releases,
@@ -123,6 +125,7 @@ impl ApiOp {
         ApiOp::Rollback,
         ApiOp::Scale,
         ApiOp::Maintenance,
+        ApiOp::Rollout,
     ];
 
     /// The subject token.
@@ -135,6 +138,7 @@ impl ApiOp {
             ApiOp::Rollback => "rollback",
             ApiOp::Scale => "scale",
             ApiOp::Maintenance => "maintenance",
+            ApiOp::Rollout => "rollout",
         }
     }
 
@@ -249,6 +253,16 @@ pub fn event(env: &EnvName, service: &ServiceName, kind: EventKind) -> String {
 /// `ferry.v1.evt.<env>.<service>.>`: every event about one service.
 pub fn events_for_service(env: &EnvName, service: &ServiceName) -> String {
     format!("{PREFIX}.evt.{env}.{service}.>")
+}
+
+/// `ferry.v1.evt.<env>.*.<kind>`: one kind of event of every service of an environment.
+pub fn events_of_kind(env: &EnvName, kind: EventKind) -> String {
+    format!("{PREFIX}.evt.{env}.*.{}", kind.as_str())
+}
+
+/// `ferry.v1.evt.*.*.<kind>`: one kind of event of every service everywhere.
+pub fn all_events_of_kind(kind: EventKind) -> String {
+    format!("{PREFIX}.evt.*.*.{}", kind.as_str())
 }
 
 /// `ferry.v1.evt.>`: every per-service event.

@@ -601,3 +601,60 @@ async fn with_nats_stopped_mid_canary_the_agent_rolls_back_and_reports_it_after_
     load.stop().await;
     system.shutdown().await;
 }
+
+/// Runs `ferry monitor` against the system's NATS (stdout is a pipe, so it
+/// prints one line per service and interval).
+async fn monitor(system: &System, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["monitor", "-e", "dev"];
+    all.extend_from_slice(args);
+    system.cli_async(&all).await
+}
+
+fn live_rates(stdout: &str) -> Vec<f64> {
+    stdout
+        .lines()
+        .filter(|l| l.contains("service=web"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("req_per_sec="))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_monitor_shows_live_numbers_and_exits_non_zero_after_a_breach() {
+    let (system, port, client, mut watch) = serving_v1().await;
+    let load = Load::start(port, 2, Duration::from_millis(5));
+
+    let out = monitor(&system, &["-d", "4", "-i", "1"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "healthy service: {stdout}");
+    assert!(stdout.contains("version=1.0.0"), "{stdout}");
+    assert!(
+        live_rates(&stdout).iter().any(|r| *r > 1.0),
+        "live request rates: {stdout}"
+    );
+    assert!(stdout.contains("summary"), "{stdout}");
+
+    let id = send(
+        &system,
+        &client,
+        deploy("2.0.0", &[("SAMPLE_ERROR_RATE", "0.3")], None),
+    )
+    .await;
+    let outcome = watch.outcome(id, WAIT).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    wait_serving(port, "2.0.0", WAIT).await;
+    let out = monitor(&system, &["-d", "4", "-i", "1", "-t", "10"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "breach exits 5: {stdout}");
+    assert!(stdout.contains("version=2.0.0"), "{stdout}");
+    assert!(stdout.contains("BREACHED"), "{stdout}");
+    assert!(stdout.contains("error rate"), "{stdout}");
+    load.stop().await;
+    system.shutdown().await;
+}

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use ferry_protocol::api::{ApiRequest, CommandIssued};
 use ferry_protocol::command::{MaintenanceMode, RollbackTarget};
+use ferry_protocol::rollout::RolloutControl;
 use ferry_protocol::{EnvName, ServiceName};
 
 use crate::args::{
-    DeployArgs, GlobalOpts, MaintenanceArgs, OutputFormat, RollbackArgs, ScaleArgs,
-    DEFAULT_MAINTENANCE,
+    DeployArgs, GlobalOpts, MaintenanceArgs, OutputFormat, RollbackArgs, RolloutAction,
+    RolloutArgs, ScaleArgs, DEFAULT_MAINTENANCE,
 };
 use crate::client::{actor, Connection};
 use crate::error::{CliError, Result};
@@ -93,6 +94,35 @@ pub async fn scale(global: &GlobalOpts, args: ScaleArgs) -> Result<()> {
         &args.service,
         &what,
         wait,
+    )
+    .await
+}
+
+/// `ferry rollout`: always waits, so the operator sees the effect.
+pub async fn rollout(global: &GlobalOpts, args: RolloutArgs) -> Result<()> {
+    let control = match args.action {
+        RolloutAction::Pause => RolloutControl::Pause,
+        RolloutAction::Resume => RolloutControl::Resume,
+        RolloutAction::Promote => RolloutControl::Promote,
+        RolloutAction::Abort => RolloutControl::Abort,
+    };
+    let what = format!(
+        "{control} of the rollout of {} in {}",
+        args.service, args.environment
+    );
+    let request = ApiRequest::Rollout {
+        environment: args.environment.clone(),
+        service: args.service.clone(),
+        control,
+        actor: Some(actor()),
+    };
+    issue(
+        global,
+        request,
+        &args.environment,
+        &args.service,
+        &what,
+        Some(args.wait_timeout),
     )
     .await
 }

@@ -2,6 +2,7 @@
 
 mod action;
 mod keygen;
+mod monitor;
 mod query;
 mod release;
 
@@ -23,5 +24,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::History(history) => query::history(global, history).await,
         Command::Releases(releases) => query::releases(global, releases).await,
         Command::Keygen(keygen) => keygen::run(global, &keygen),
+        Command::Rollout(rollout) => action::rollout(global, rollout).await,
+        Command::Monitor(args) => monitor::run(global, args).await,
     }
 }
