@@ -80,6 +80,8 @@ pub struct System {
     /// Files that must outlive the system's parts.
     pub dir: tempfile::TempDir,
     controller: Option<Running>,
+    /// Port the controller serves `/metrics` on, when set before it starts.
+    pub metrics_port: Option<u16>,
     /// Agents by environment.
     pub agents: BTreeMap<String, AgentSlot>,
 }
@@ -103,6 +105,7 @@ impl System {
             controller_key,
             dir,
             controller: None,
+            metrics_port: None,
             agents: BTreeMap::new(),
         }
     }
@@ -116,6 +119,7 @@ impl System {
             signing_key_file: key_file,
             environments: ENVIRONMENTS.iter().map(|e| e.to_string()).collect(),
             agent_timeout: "5s".into(),
+            metrics_listen: self.metrics_port.map(|p| format!("127.0.0.1:{p}")),
             ..Default::default()
         };
         let resolved = config

@@ -658,3 +658,142 @@ async fn ferry_monitor_shows_live_numbers_and_exits_non_zero_after_a_breach() {
     load.stop().await;
     system.shutdown().await;
 }
+
+async fn scrape(port: u16) -> Option<(String, prometheus_parse::Scrape)> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let text = response.text().await.ok()?;
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    Some((text, scrape))
+}
+
+fn gauge(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .find_map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+fn alert(e: &ServiceEvent, metric: Metric, raised: bool) -> bool {
+    matches!(&e.body, EventBody::Alert(a) if a.breach.metric == metric && a.raised == raised)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_alerts_fire_once_per_transition() {
+    let mut system = System::without_controller();
+    let metrics_port = free_port();
+    system.metrics_port = Some(metrics_port);
+    system.start_controller().await;
+    let port = free_port();
+    system.start_agent("dev", port).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let id = send(&system, &client, deploy("1.0.0", &[], None)).await;
+    assert!(matches!(
+        watch.outcome(id, WAIT).await.body,
+        EventBody::Succeeded { .. }
+    ));
+    let load = Load::start(port, 2, Duration::from_millis(5));
+
+    let web = [("environment", "dev"), ("service", "web")];
+    let deadline = Instant::now() + WAIT;
+    let (text, scrape) = loop {
+        if let Some((text, scrape)) = scrape(metrics_port).await {
+            let live =
+                gauge(&scrape, "ferry_service_requests_per_second", &web).is_some_and(|r| r > 1.0);
+            let healthy = gauge(&scrape, "ferry_service_replicas_healthy", &web) == Some(2.0);
+            if live && healthy {
+                break (text, scrape);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed web's traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Every sample line became a sample: nothing was skipped as unparseable.
+    let sample_lines = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .count();
+    assert_eq!(scrape.samples.len(), sample_lines, "{text}");
+    assert_eq!(
+        gauge(&scrape, "ferry_agent_up", &[("environment", "dev")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        gauge(&scrape, "ferry_agent_up", &[("environment", "production")]),
+        Some(0.0),
+        "an environment without an agent is down"
+    );
+    assert_eq!(
+        gauge(
+            &scrape,
+            "ferry_service_version_info",
+            &[("service", "web"), ("version", "1.0.0")]
+        ),
+        Some(1.0)
+    );
+    for (name, labels) in [
+        ("ferry_service_replicas_desired", vec![]),
+        ("ferry_service_error_ratio", vec![]),
+        ("ferry_service_latency_seconds", vec![("quantile", "0.95")]),
+        ("ferry_service_latency_seconds", vec![("quantile", "0.99")]),
+        ("ferry_service_availability_ratio", vec![]),
+        ("ferry_service_rollout_state", vec![("state", "none")]),
+        ("ferry_service_alert", vec![("metric", "error_rate")]),
+    ] {
+        let labels: Vec<(&str, &str)> = web.iter().copied().chain(labels).collect();
+        assert!(
+            gauge(&scrape, name, &labels).is_some(),
+            "{name} missing:\n{text}"
+        );
+    }
+
+    // A running service that starts failing raises one alert; it clears
+    // when a good version replaces it.
+    let id = send(
+        &system,
+        &client,
+        deploy("2.0.0", &[("SAMPLE_ERROR_RATE", "0.3")], None),
+    )
+    .await;
+    assert!(matches!(
+        watch.outcome(id, WAIT).await.body,
+        EventBody::Succeeded { .. }
+    ));
+    watch
+        .wait_for(WAIT, "an error-rate alert", |e| {
+            alert(e, Metric::ErrorRate, true)
+        })
+        .await;
+    let id = send(&system, &client, deploy("3.0.0", &[], None)).await;
+    assert!(matches!(
+        watch.outcome(id, WAIT).await.body,
+        EventBody::Succeeded { .. }
+    ));
+    watch
+        .wait_for(WAIT, "the alert cleared", |e| {
+            alert(e, Metric::ErrorRate, false)
+        })
+        .await;
+    let raised = watch
+        .seen
+        .iter()
+        .filter(|e| alert(e, Metric::ErrorRate, true))
+        .count();
+    assert_eq!(raised, 1, "one alert per transition, not per interval");
+    load.stop().await;
+    system.shutdown().await;
+}
