@@ -797,3 +797,88 @@ async fn metrics_parse_as_prometheus_text_and_alerts_fire_once_per_transition() 
     load.stop().await;
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hotfix_release_takes_the_short_canary_and_ferry_rollout_acts_on_it() {
+    let mut system = System::start().await;
+    let port = free_port();
+    let mut config = system.agent_config("dev", &[("web", port)]);
+    for service in config.services.values_mut() {
+        // The service's own analysis: a hotfix step lasts two intervals.
+        service.analysis.interval = Duration::from_secs(2);
+        service.analysis.min_requests = 5;
+    }
+    system.start_agent_with(config).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    system.publish_release("web", "1.0.0", &[]).await;
+    watch
+        .wait_for(WAIT, "1.0.0 deployed", |e| {
+            matches!(&e.body, EventBody::Succeeded { version: Some(v), .. } if v.as_str() == "1.0.0")
+        })
+        .await;
+    wait_serving(port, "1.0.0", WAIT).await;
+    let load = Load::start(port, 2, Duration::from_millis(5));
+
+    let sample = bin("ferry-sample");
+    let out = system
+        .cli_async(&[
+            "release",
+            "publish",
+            "--service",
+            "web",
+            "--version",
+            "1.0.1",
+            "--artifact",
+            sample.to_str().unwrap(),
+            "--hotfix",
+        ])
+        .await;
+    assert_ok(&out, "ferry release publish --hotfix");
+    let step = watch
+        .wait_for(
+            WAIT,
+            "the hotfix canary's first step",
+            |e| matches!(&e.body, EventBody::Rollout(r) if r.phase == RolloutPhase::StepStarted),
+        )
+        .await;
+    match &step.body {
+        EventBody::Rollout(r) => {
+            assert_eq!(r.status.steps, 2, "a short canary: {r:?}");
+            assert_eq!(r.status.weight_percent, 25);
+        }
+        _ => unreachable!(),
+    }
+    let out = system
+        .cli_async(&["rollout", "pause", "web", "-e", "dev"])
+        .await;
+    assert_ok(&out, "ferry rollout pause");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("paused at step 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Paused, the hotfix is still analysed.
+    watch
+        .wait_for(WAIT, "an analysis of the hotfix", |e| {
+            matches!(rollout_phase(e), Some(RolloutPhase::Analysed { .. }))
+        })
+        .await;
+    let out = system
+        .cli_async(&["rollout", "abort", "web", "-e", "dev"])
+        .await;
+    assert_ok(&out, "ferry rollout abort");
+    let outcome = watch
+        .wait_for(WAIT, "the hotfix's outcome", |e| {
+            matches!(&e.body, EventBody::Failed { version: Some(v), .. } if v.as_str() == "1.0.1")
+        })
+        .await;
+    assert!(
+        matches!(&outcome.body, EventBody::Failed { reason, serving: Some(s), .. }
+            if reason.contains("aborted by an operator at step 1") && s.as_str() == "1.0.0"),
+        "{outcome:?}"
+    );
+    wait_no_traffic_to(&load, "1.0.1", 100, WAIT).await;
+    load.stop().await;
+    system.shutdown().await;
+}
