@@ -671,6 +671,55 @@ mod tests {
     }
 
     #[test]
+    fn strategy_and_analysis_resolve_per_service_with_the_seeds_defaults() {
+        let key = ferry_protocol::SigningKey::generate().public_key();
+        let cfg = from_toml(&format!(
+            r#"
+            environment = "production"
+            state_dir = "/tmp/x"
+            trusted_keys = ["{key}"]
+            [services.web]
+            port = 18080
+            [services.web.strategy]
+            type = "canary"
+            steps = [10, 35, 60, 85, 100]
+            step_secs = 30
+            [services.web.analysis]
+            error_rate_percent = 2.0
+            interval_ms = 2000
+            [services.api]
+            port = 18081
+            [services.api.strategy]
+            type = "blue_green"
+            "#
+        ))
+        .unwrap();
+        let web = &cfg.services[&ServiceName::new("web").unwrap()];
+        assert_eq!(web.strategy, Strategy::default_canary());
+        assert_eq!(web.analysis.error_rate_percent, 2.0);
+        assert_eq!(web.analysis.interval, Duration::from_secs(2));
+        assert_eq!(web.analysis.p95_ms, 2000.0, "the rest keeps the defaults");
+        let api = &cfg.services[&ServiceName::new("api").unwrap()];
+        assert_eq!(api.strategy, Strategy::BlueGreen { keep_old_for_secs: 60 });
+        assert_eq!(api.analysis, Thresholds::default());
+
+        let bad = from_toml(&format!(
+            r#"
+            environment = "production"
+            state_dir = "/tmp/x"
+            trusted_keys = ["{key}"]
+            [services.web]
+            port = 18080
+            [services.web.strategy]
+            type = "canary"
+            steps = [50, 10]
+            "#
+        ))
+        .unwrap_err();
+        assert!(bad.to_string().contains("services.web.strategy"), "{bad}");
+    }
+
+    #[test]
     fn a_docker_service_resolves_its_container_settings() {
         let key = ferry_protocol::SigningKey::generate().public_key();
         let cfg = from_toml(&format!(

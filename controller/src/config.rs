@@ -503,6 +503,26 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_serves_metrics_and_alerts_on_the_seeds_thresholds() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.toml");
+        let config = ControllerConfig::load(Some(&file), Some(config::Map::new())).unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(config.alert_error_rate_percent, 5.0);
+        assert_eq!(config.alert_availability_percent, 95.0);
+        let dir = tempfile::tempdir().unwrap();
+        let resolved = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            ..config
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            resolved.metrics_listen(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn bad_toml_is_a_load_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("controller.toml");
