@@ -272,8 +272,51 @@ pub struct DeployArgs {
     /// Replicas to run (default: the current count).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_REPLICAS)))]
     pub replicas: Option<u32>,
+    /// Strategy for this deploy (default: the service's configured one).
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategyArg>,
+    /// Canary: traffic percentages per step, e.g. 10,50,100.
+    #[arg(long, value_delimiter = ',', requires = "strategy")]
+    pub steps: Vec<u8>,
+    /// Canary: seconds each step is held and analysed.
+    #[arg(long, requires = "strategy")]
+    pub step_secs: Option<u64>,
+    /// Blue-green: seconds the old set stays for an instant rollback.
+    #[arg(long, requires = "strategy")]
+    pub keep_old_secs: Option<u64>,
+    /// Rolling: replicas replaced per batch.
+    #[arg(long, requires = "strategy")]
+    pub batch_size: Option<u32>,
+    /// Rolling: old replicas that may stop before their replacements are healthy.
+    #[arg(long, requires = "strategy")]
+    pub max_unavailable: Option<u32>,
+    /// Analysis: error-rate threshold, percent (default 5).
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+    /// Analysis: p95 threshold, ms (default 2000).
+    #[arg(long)]
+    pub max_p95_ms: Option<f64>,
+    /// Analysis: interval, e.g. 5s (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub analysis_interval: Option<Duration>,
+    /// Take the short canary of a hotfix.
+    #[arg(long)]
+    pub hotfix: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// A strategy named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Start the whole new set, switch when healthy, stop the old.
+    Recreate,
+    /// Batch by batch, gated on health.
+    Rolling,
+    /// New set beside the old, atomic switch, old kept for a rollback.
+    BlueGreen,
+    /// Weighted steps with analysis and automatic rollback.
+    Canary,
 }
 
 /// The only symbolic rollback target.

@@ -156,6 +156,8 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             version,
             replicas,
             actor,
+            rollout,
+            hotfix,
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
@@ -173,8 +175,8 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
                 release: release.release.spec(),
                 replicas,
                 health: None,
-                rollout: None,
-                hotfix: release.release.hotfix,
+                rollout,
+                hotfix: hotfix || release.release.hotfix,
             };
             issue_command(shared, request_id, environment, service, actor, action).await
         }

@@ -262,6 +262,8 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             version: Version::new("9.9.9").unwrap(),
             replicas: None,
             actor: None,
+            rollout: None,
+            hotfix: false,
         },
     )
     .await;
@@ -278,6 +280,8 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             version: Version::new("1.2.3").unwrap(),
             replicas: None,
             actor: None,
+            rollout: None,
+            hotfix: false,
         },
     )
     .await;
@@ -298,6 +302,8 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             version: Version::new("1.2.3").unwrap(),
             replicas: Some(2),
             actor: Some("bob".into()),
+            rollout: None,
+            hotfix: false,
         },
     )
     .await;

@@ -10,7 +10,7 @@ use crate::command::{ActionKind, MaintenanceMode, RollbackTarget};
 use crate::event::{MaintenanceInfo, ServiceState};
 use crate::names::{EnvName, ServiceName, Version};
 use crate::release::Release;
-use crate::rollout::RolloutControl;
+use crate::rollout::{RolloutControl, RolloutOptions};
 use crate::subject::ApiOp;
 use crate::Payload;
 
@@ -18,7 +18,7 @@ use crate::Payload;
 pub const MAX_HISTORY_LIMIT: u32 = 1000;
 
 /// A request to the controller.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ApiRequest {
     /// Live status, optionally of one environment.
@@ -58,6 +58,13 @@ pub enum ApiRequest {
         /// Who asks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
+        /// Strategy and analysis overrides for this deploy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<Box<RolloutOptions>>,
+        /// Take the short canary of a hotfix (also when the release is not
+        /// marked as one).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hotfix: bool,
     },
     /// Roll back.
     Rollback {

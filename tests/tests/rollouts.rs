@@ -882,3 +882,62 @@ async fn a_hotfix_release_takes_the_short_canary_and_ferry_rollout_acts_on_it() 
     load.stop().await;
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_deploy_overrides_the_strategy_and_wait_shows_each_canary_step() {
+    let mut system = System::start().await;
+    let port = free_port();
+    system.start_agent("acceptance", port).await;
+    system.publish_release("web", "1.0.0", &[]).await;
+    system.publish_release("web", "2.0.0", &[]).await;
+    let out = system
+        .cli_async(&["deploy", "web", "1.0.0", "-e", "acceptance", "--wait"])
+        .await;
+    assert_ok(&out, "ferry deploy 1.0.0");
+    let load = Load::start(port, 2, Duration::from_millis(5));
+    let out = system
+        .cli_async(&[
+            "deploy",
+            "web",
+            "2.0.0",
+            "-e",
+            "acceptance",
+            "--strategy",
+            "canary",
+            "--steps",
+            "50,100",
+            "--step-secs",
+            "1",
+            "--analysis-interval",
+            "500ms",
+            "--wait",
+        ])
+        .await;
+    assert_ok(&out, "ferry deploy --strategy canary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("canary 2.0.0 step 1/2 (50%): step started"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("canary 2.0.0 step 2/2 (100%): step started"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("passed 2 steps"), "{stdout}");
+    let bad = system
+        .cli_async(&[
+            "deploy",
+            "web",
+            "2.0.0",
+            "-e",
+            "acceptance",
+            "--strategy",
+            "canary",
+            "--steps",
+            "60,20",
+        ])
+        .await;
+    assert_eq!(bad.status.code(), Some(2), "steps must rise: {bad:?}");
+    load.stop().await;
+    system.shutdown().await;
+}
