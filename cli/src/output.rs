@@ -133,6 +133,14 @@ pub fn status_table(rows: &[StatusRow], now: OffsetDateTime) -> String {
             ));
         }
     }
+    for row in rows {
+        if let (Some(service), Some(r)) = (&row.service, &row.rollout) {
+            text.push_str(&format!(
+                "\n{}/{service} {} of {}: step {}/{} ({}% of traffic), {}",
+                row.environment, r.strategy, r.version, r.step, r.steps, r.weight_percent, r.state
+            ));
+        }
+    }
     text
 }
 
@@ -377,7 +385,28 @@ mod tests {
             agent_up: true,
             maintenance: None,
             address: Some("127.0.0.1:8080".into()),
+            rollout: None,
         }
+    }
+
+    #[test]
+    fn status_shows_a_rollout_in_progress_below_the_table() {
+        let mut canary = row();
+        canary.rollout = Some(ferry_protocol::rollout::RolloutStatus {
+            strategy: ferry_protocol::rollout::StrategyKind::Canary,
+            version: Version::new("1.5.0").unwrap(),
+            state: ferry_protocol::rollout::RolloutState::Progressing,
+            step: 2,
+            steps: 5,
+            weight_percent: 35,
+        });
+        let text = status_table(&[canary], NOW);
+        assert!(
+            text.ends_with(
+                "production/web canary of 1.5.0: step 2/5 (35% of traffic), progressing"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

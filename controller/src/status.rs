@@ -62,6 +62,7 @@ pub(crate) fn rows(
                 agent_up,
                 maintenance: None,
                 address: None,
+                rollout: None,
             });
             continue;
         }
@@ -95,6 +96,7 @@ pub(crate) fn rows(
                 agent_up,
                 maintenance: snapshot.and_then(|s| s.maintenance.clone()),
                 address: snapshot.and_then(|s| s.address.clone()),
+                rollout: snapshot.and_then(|s| s.rollout.clone()),
             });
         }
     }

@@ -240,6 +240,9 @@ pub struct StatusRow {
     /// Stable address the agent serves the service on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The service's rollout in progress, or its last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 /// One record of history.

@@ -858,6 +858,30 @@ async fn a_hotfix_release_takes_the_short_canary_and_ferry_rollout_acts_on_it() 
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // `ferry status` shows where the rollout is.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = system
+            .cli_async(&["status", "-e", "dev", "--output", "json"])
+            .await;
+        assert_ok(&out, "ferry status");
+        let rows = json(&out);
+        let rollout = rows
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["service"] == "web"))
+            .map(|r| r["rollout"].clone())
+            .unwrap_or_default();
+        if rollout["state"] == "paused" {
+            assert_eq!(rollout["version"], "1.0.1");
+            assert_eq!(rollout["step"], 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed the paused rollout: {rows}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Paused, the hotfix is still analysed.
     watch
         .wait_for(WAIT, "an analysis of the hotfix", |e| {
