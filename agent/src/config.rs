@@ -700,7 +700,12 @@ mod tests {
         assert_eq!(web.analysis.interval, Duration::from_secs(2));
         assert_eq!(web.analysis.p95_ms, 2000.0, "the rest keeps the defaults");
         let api = &cfg.services[&ServiceName::new("api").unwrap()];
-        assert_eq!(api.strategy, Strategy::BlueGreen { keep_old_for_secs: 60 });
+        assert_eq!(
+            api.strategy,
+            Strategy::BlueGreen {
+                keep_old_for_secs: 60
+            }
+        );
         assert_eq!(api.analysis, Thresholds::default());
 
         let bad = from_toml(&format!(
