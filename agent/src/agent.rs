@@ -126,7 +126,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     intake::ensure_stream(&js, &streams::events()).await?;
     let state = Arc::new(Mutex::new(State::load(&config.state_dir)?));
 
-    let publisher = EventPublisher::new(client.clone(), config.environment.clone());
+    let publisher = EventPublisher::new(client.clone(), config.environment.clone())
+        .with_shutdown(shutdown.clone());
     // The event queue outlives the services so their last events are sent.
     let sink_shutdown = CancellationToken::new();
     let (sink, sink_task) = publisher.spawn_sink(sink_shutdown.clone());

@@ -11,7 +11,9 @@ use ferry_protocol::command::check_health_path;
 use ferry_protocol::{EnvName, ServiceName, TrustedKeys};
 use serde::Deserialize;
 
+use crate::rollout::Thresholds;
 use crate::Error;
+use ferry_protocol::rollout::{AnalysisOverride, Strategy};
 
 /// Prefix of environment overrides: `FERRY_NATS_URL`, `FERRY_SERVICES__WEB__PORT`...
 pub const ENV_PREFIX: &str = "FERRY";
@@ -119,7 +121,7 @@ impl std::fmt::Debug for RegistryAuth {
 }
 
 /// One managed service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServiceConfig {
     /// Its name.
     pub name: ServiceName,
@@ -140,6 +142,11 @@ pub struct ServiceConfig {
     pub stop_timeout: Duration,
     /// Container settings (docker runtime only).
     pub docker: DockerOptions,
+    /// How deploys replace the running version unless a command says
+    /// otherwise (`recreate`: the health-gated replace).
+    pub strategy: Strategy,
+    /// Thresholds a new version is held to during canary steps.
+    pub analysis: Thresholds,
 }
 
 /// The agent's whole configuration, checked.
@@ -222,6 +229,8 @@ struct RawService {
     registry_server: Option<String>,
     registry_username: Option<String>,
     registry_password_file: Option<PathBuf>,
+    strategy: Option<Strategy>,
+    analysis: Option<AnalysisOverride>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -619,6 +628,17 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                 "{prefix}.health.failure_threshold: must be at least 1"
             ));
         }
+        let strategy = service.strategy.clone().unwrap_or(Strategy::Recreate);
+        if let Err(e) = strategy.validate() {
+            problems.push(format!("{prefix}.strategy: {e}"));
+        }
+        let mut analysis = Thresholds::default();
+        if let Some(o) = &service.analysis {
+            match o.validate() {
+                Ok(()) => analysis = analysis.with(o),
+                Err(e) => problems.push(format!("{prefix}.analysis: {e}")),
+            }
+        }
         let stop_timeout = duration(
             &mut problems,
             &format!("{prefix}.stop_timeout"),
@@ -638,6 +658,8 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                     health,
                     stop_timeout,
                     docker,
+                    strategy,
+                    analysis,
                 },
             );
         }
@@ -724,6 +746,60 @@ mod tests {
         assert_eq!(web.health.path, "/healthz");
         assert_eq!(web.health.start_timeout, Duration::from_secs(5));
         assert_eq!(cfg.heartbeat_interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn strategy_and_analysis_resolve_per_service_with_the_seeds_defaults() {
+        let key = ferry_protocol::SigningKey::generate().public_key();
+        let cfg = from_toml(&format!(
+            r#"
+            environment = "production"
+            state_dir = "/tmp/x"
+            trusted_keys = ["{key}"]
+            [services.web]
+            port = 18080
+            [services.web.strategy]
+            type = "canary"
+            steps = [10, 35, 60, 85, 100]
+            step_secs = 30
+            [services.web.analysis]
+            error_rate_percent = 2.0
+            interval_ms = 2000
+            [services.api]
+            port = 18081
+            [services.api.strategy]
+            type = "blue_green"
+            "#
+        ))
+        .unwrap();
+        let web = &cfg.services[&ServiceName::new("web").unwrap()];
+        assert_eq!(web.strategy, Strategy::default_canary());
+        assert_eq!(web.analysis.error_rate_percent, 2.0);
+        assert_eq!(web.analysis.interval, Duration::from_secs(2));
+        assert_eq!(web.analysis.p95_ms, 2000.0, "the rest keeps the defaults");
+        let api = &cfg.services[&ServiceName::new("api").unwrap()];
+        assert_eq!(
+            api.strategy,
+            Strategy::BlueGreen {
+                keep_old_for_secs: 60
+            }
+        );
+        assert_eq!(api.analysis, Thresholds::default());
+
+        let bad = from_toml(&format!(
+            r#"
+            environment = "production"
+            state_dir = "/tmp/x"
+            trusted_keys = ["{key}"]
+            [services.web]
+            port = 18080
+            [services.web.strategy]
+            type = "canary"
+            steps = [50, 10]
+            "#
+        ))
+        .unwrap_err();
+        assert!(bad.to_string().contains("services.web.strategy"), "{bad}");
     }
 
     #[test]

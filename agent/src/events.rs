@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 /// Queue length between event producers and the publisher task.
 const QUEUE: usize = 1024;
-/// Tries for an outcome's JetStream publish before it is only logged.
-const DURABLE_TRIES: u32 = 5;
+/// Longest wait between two tries of an outcome's JetStream publish.
+const DURABLE_MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Publishes events for one environment.
 #[derive(Clone)]
@@ -25,6 +25,7 @@ pub struct EventPublisher {
     jetstream: jetstream::Context,
     environment: EnvName,
     source: String,
+    shutdown: CancellationToken,
 }
 
 impl EventPublisher {
@@ -37,7 +38,14 @@ impl EventPublisher {
             jetstream,
             environment,
             source,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Stops durable publishes from retrying once `shutdown` is cancelled.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     fn service_envelope(
@@ -61,7 +69,9 @@ impl EventPublisher {
     }
 
     /// Publishes an event and waits until JetStream has stored it, retrying
-    /// with backoff; returns whether it was stored.
+    /// with backoff for as long as it takes (NATS may be gone for a while:
+    /// the agent decides alone and reports when it is back) or until
+    /// shutdown; returns whether it was stored.
     pub async fn publish_durable(
         &self,
         service: &ServiceName,
@@ -71,13 +81,17 @@ impl EventPublisher {
         let (subject, Some(bytes)) = self.service_envelope(service, command_id, body) else {
             return false;
         };
+        // One id for every try, so JetStream stores the outcome once even when
+        // a try that looked failed (NATS went away before the ack) got through.
+        let msg_id = Uuid::new_v4().to_string();
         let mut delay = Duration::from_millis(100);
-        for attempt in 1..=DURABLE_TRIES {
-            let result = match self
-                .jetstream
-                .publish(subject.clone(), bytes.clone().into())
-                .await
-            {
+        let mut attempt = 0u64;
+        loop {
+            attempt += 1;
+            let message = jetstream::message::PublishMessage::build()
+                .payload(bytes.clone().into())
+                .message_id(&msg_id);
+            let result = match self.jetstream.send_publish(subject.clone(), message).await {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
@@ -85,8 +99,11 @@ impl EventPublisher {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::warn!(%subject, attempt, error = %e, "event not stored yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.cancelled() => break,
+                    }
+                    delay = (delay * 2).min(DURABLE_MAX_BACKOFF);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! against the agent's state (which version is "previous", how many replicas),
 //! drives the service's backend, records the result, and reports the outcome.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +16,11 @@ use uuid::Uuid;
 
 use crate::config::ServiceConfig;
 use crate::events::{EventPublisher, EventSink};
+use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
 use crate::runtime::{Progress, Replacement, RuntimeError, ServiceBackend};
 use crate::state::{ServiceRecord, State, StateWrite};
+use ferry_protocol::rollout::{RolloutControl, RolloutEvent, Strategy};
+use tokio::sync::{mpsc, oneshot};
 
 /// A managed service: its configuration and its backend.
 #[derive(Clone)]
@@ -57,13 +60,30 @@ pub struct Executor {
     sink: EventSink,
     changed: Arc<tokio::sync::Notify>,
     disk_order: tokio::sync::Mutex<()>,
+    /// Control handles of the rollouts running now, by service.
+    controls: Mutex<HashMap<ServiceName, mpsc::Sender<ControlRequest>>>,
 }
+
+/// Control actions queued for one running rollout.
+const CONTROL_QUEUE: usize = 8;
+/// How long a control action waits for the rollout to act on it.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct CommandProgress<'a> {
     sink: &'a EventSink,
     service: &'a ServiceName,
     command_id: Uuid,
     action: ActionKind,
+}
+
+impl RolloutObserver for CommandProgress<'_> {
+    fn event(&self, event: RolloutEvent) {
+        self.sink.emit(
+            self.service,
+            Some(self.command_id),
+            EventBody::Rollout(event),
+        );
+    }
 }
 
 impl Progress for CommandProgress<'_> {
@@ -99,6 +119,7 @@ impl Executor {
             sink,
             changed: Arc::new(tokio::sync::Notify::new()),
             disk_order: tokio::sync::Mutex::new(()),
+            controls: Mutex::new(HashMap::new()),
         }
     }
 
@@ -229,6 +250,67 @@ impl Executor {
         })
     }
 
+    /// Carries out a rollout control action (verified and checked for
+    /// replay): hands it to the service's running rollout and waits until it
+    /// took effect. It never enters the service's command queue, whose worker
+    /// is busy with the rollout itself.
+    pub async fn control(
+        &self,
+        id: Uuid,
+        expires: OffsetDateTime,
+        service: ServiceName,
+        control: RolloutControl,
+    ) -> Report {
+        let handle = self
+            .controls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&service).cloned());
+        let result = match handle {
+            None => Err(format!("no rollout of {service} is in progress")),
+            Some(tx) => {
+                let (reply, answer) = oneshot::channel();
+                match tx.try_send(ControlRequest { control, reply }) {
+                    Err(_) => Err(format!("the rollout of {service} has ended")),
+                    Ok(()) => match tokio::time::timeout(CONTROL_TIMEOUT, answer).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(format!("the rollout of {service} ended first")),
+                        Err(_) => Err(format!(
+                            "the rollout of {service} did not act within {CONTROL_TIMEOUT:?}"
+                        )),
+                    },
+                }
+            }
+        };
+        tracing::info!(%service, command_id = %id, %control, ?result, "rollout control");
+        if let Err(e) = self
+            .write_state(|state| Ok(state.mark_executed(id, expires, OffsetDateTime::now_utc())))
+            .await
+        {
+            tracing::error!(error = %e, "could not record the executed command");
+        }
+        let record = self.record(&service);
+        let body = match result {
+            Ok(detail) => EventBody::Succeeded {
+                action: ActionKind::Rollout,
+                version: record.current.map(|r| r.version),
+                replicas: record.replicas,
+                detail,
+            },
+            Err(reason) => EventBody::Failed {
+                action: ActionKind::Rollout,
+                version: None,
+                reason,
+                serving: record.current.map(|r| r.version),
+            },
+        };
+        Report {
+            service,
+            command_id: Some(id),
+            body,
+        }
+    }
+
     /// Changes the state in memory, then performs the disk write it needs on
     /// the blocking pool. Writes happen in the order the changes were made
     /// (`disk_order`), and the state's lock is never held across one.
@@ -278,9 +360,24 @@ impl Executor {
         let kind = action.kind();
         match action {
             Action::Deploy {
-                release, replicas, ..
+                release,
+                replicas,
+                rollout,
+                hotfix,
+                ..
             } => {
                 let replicas = replicas.unwrap_or_else(|| default_replicas(&record, &entry.config));
+                let plan = RolloutPlan::resolve(
+                    &entry.config.strategy,
+                    &entry.config.analysis,
+                    rollout.as_deref(),
+                    hotfix,
+                );
+                if plan.strategy != Strategy::Recreate {
+                    return self
+                        .roll_out(entry, &record, release, replicas, &plan, progress)
+                        .await;
+                }
                 self.replace(
                     entry,
                     &record,
@@ -358,6 +455,9 @@ impl Executor {
                     detail,
                 })
             }
+            Action::Rollout { control } => Err(RuntimeError::Unsupported(format!(
+                "{control} reached the command queue; rollout control goes to the running rollout"
+            ))),
             Action::Maintenance(mode) => {
                 let (info, detail) = match mode {
                     MaintenanceMode::Enable {
@@ -387,6 +487,66 @@ impl Executor {
                     detail,
                 })
             }
+        }
+    }
+
+    async fn roll_out(
+        &self,
+        entry: &ManagedEntry,
+        record: &ServiceRecord,
+        release: ReleaseSpec,
+        replicas: u32,
+        plan: &RolloutPlan,
+        progress: &CommandProgress<'_>,
+    ) -> Result<EventBody, RuntimeError> {
+        let service = &entry.config.name;
+        let was = record.current.as_ref().map(|r| r.version.clone());
+        let (tx, mut rx) = mpsc::channel(CONTROL_QUEUE);
+        if let Ok(mut controls) = self.controls.lock() {
+            controls.insert(service.clone(), tx);
+        }
+        let result = entry
+            .backend
+            .roll_out(&release, replicas, plan, &mut rx, progress, progress)
+            .await;
+        if let Ok(mut controls) = self.controls.lock() {
+            controls.remove(service);
+        }
+        // Control actions that arrived as it ended get their answer.
+        rx.close();
+        while let Ok(request) = rx.try_recv() {
+            let _ = request
+                .reply
+                .send(Err(format!("the rollout of {service} has ended")));
+        }
+        match result {
+            Ok(RolloutEnd::Promoted { detail }) => {
+                let version = release.version.clone();
+                self.update_record(service, |r| {
+                    r.promote(release);
+                    r.replicas = replicas;
+                })
+                .await?;
+                Ok(EventBody::Succeeded {
+                    action: ActionKind::Deploy,
+                    version: Some(version),
+                    replicas,
+                    detail: format!("{service}: {detail}"),
+                })
+            }
+            Ok(RolloutEnd::Aborted(reason)) => Ok(EventBody::Failed {
+                action: ActionKind::Deploy,
+                version: Some(release.version),
+                reason: format!("rolled back: {} aborted: {reason}", plan.strategy.kind()),
+                serving: was,
+            }),
+            Err(RuntimeError::Interrupted) => Err(RuntimeError::Interrupted),
+            Err(e) => Ok(EventBody::Failed {
+                action: ActionKind::Deploy,
+                version: Some(release.version),
+                reason: e.to_string(),
+                serving: was,
+            }),
         }
     }
 

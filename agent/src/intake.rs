@@ -180,7 +180,7 @@ pub async fn run(
 async fn route(
     message: jetstream::Message,
     workers: &HashMap<ServiceName, mpsc::Sender<Admitted>>,
-    executor: &Executor,
+    executor: &Arc<Executor>,
     publisher: &EventPublisher,
     trusted: &Trust,
     in_flight: &InFlight,
@@ -215,6 +215,11 @@ async fn route(
     };
     match workers.get(&service) {
         Some(tx) => match admit(message, service.clone(), executor, trusted, in_flight).await {
+            Admission::Run(admitted)
+                if matches!(admitted.command.action, Action::Rollout { .. }) =>
+            {
+                control(admitted, executor.clone(), in_flight.clone());
+            }
             Admission::Run(admitted) => {
                 if tx.send(admitted).await.is_err() {
                     tracing::error!(%service, "service worker is gone; the command will be redelivered");
@@ -435,6 +440,36 @@ async fn admit(
         expires,
         command,
     })
+}
+
+/// A rollout control action goes straight to the running rollout (the
+/// service's worker is busy driving it), in a task of its own so the intake
+/// loop does not wait; it is acknowledged after its outcome is published.
+fn control(admitted: Admitted, executor: Arc<Executor>, in_flight: InFlight) {
+    let Admitted {
+        message,
+        id,
+        expires,
+        command,
+    } = admitted;
+    let Action::Rollout { control } = command.action else {
+        return;
+    };
+    tokio::spawn(async move {
+        let report = executor
+            .control(id, expires, command.service, control)
+            .await;
+        in_flight.remove(&id);
+        finish(
+            Done {
+                message,
+                report: Some(report),
+                end: End::Ack,
+            },
+            &executor,
+        )
+        .await;
+    });
 }
 
 async fn execute(admitted: Admitted, executor: &Executor) -> Done {

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod intake;
 pub mod managed;
 pub mod proxy;
+pub mod rollout;
 pub mod runtime;
 pub mod state;
 pub mod telemetry;

@@ -14,13 +14,15 @@ use ferry_protocol::event::{
     EventBody, MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot,
     ServiceState,
 };
+use ferry_protocol::rollout::RolloutStatus;
 use futures::future::join_all;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeKind;
 use crate::events::EventSink;
-use crate::proxy::Proxy;
+use crate::proxy::{CanaryWindow, Proxy};
+use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
 use crate::runtime::{
     NoProgress, Progress, Replacement, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
     ServiceBackend,
@@ -82,6 +84,22 @@ pub struct ManagedService {
     http: reqwest::Client,
     next_id: AtomicU64,
     shutdown: CancellationToken,
+    /// The new version's replicas while a rollout runs (the proxy's canary set).
+    next: Mutex<Vec<ReplicaHandle>>,
+    /// The previous set, kept after a blue-green switch for an instant rollback.
+    retired: Mutex<Option<Retired>>,
+    retired_generation: AtomicU64,
+    /// The rollout in progress, or the last one.
+    rollout: std::sync::Mutex<Option<RolloutStatus>>,
+    this: std::sync::OnceLock<std::sync::Weak<ManagedService>>,
+}
+
+/// A replica set kept running after a switch, until `keep_old_for` passes.
+struct Retired {
+    release: ReleaseSpec,
+    desired: u32,
+    slots: Vec<Slot>,
+    generation: u64,
 }
 
 impl ManagedService {
@@ -117,7 +135,13 @@ impl ManagedService {
             http,
             next_id: AtomicU64::new(1),
             shutdown,
+            next: Mutex::new(Vec::new()),
+            retired: Mutex::new(None),
+            retired_generation: AtomicU64::new(0),
+            rollout: std::sync::Mutex::new(None),
+            this: std::sync::OnceLock::new(),
         });
+        let _ = service.this.set(Arc::downgrade(&service));
         tokio::spawn(supervise(
             Arc::downgrade(&service),
             service.shutdown.clone(),
@@ -277,6 +301,9 @@ impl ManagedService {
         replacement: Replacement,
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
+        if replacement == Replacement::HealthGated && self.reinstate(release, progress).await {
+            return Ok(());
+        }
         self.runtime.prepare(&self.ctx, release, progress).await?;
         if replacement == Replacement::StopFirst {
             let old = {
@@ -327,6 +354,234 @@ impl ManagedService {
                 .await;
         }
         Ok(())
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &ferry_protocol::ServiceName {
+        &self.ctx.service.name
+    }
+
+    /// Cancelled when the agent shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Records where the rollout is, for snapshots.
+    pub fn set_rollout_status(&self, status: Option<RolloutStatus>) {
+        if let Ok(mut guard) = self.rollout.lock() {
+            *guard = status;
+        }
+    }
+
+    /// Starts `count` replicas of `release` into the next set, health-gated;
+    /// on failure the ones started are stopped and nothing else changes.
+    pub async fn start_next(
+        &self,
+        release: &ReleaseSpec,
+        count: u32,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError> {
+        self.runtime.prepare(&self.ctx, release, progress).await?;
+        let new = self.start_replicas(release, count).await?;
+        if let Err(e) = self.wait_healthy(&new, release, progress).await {
+            self.stop_all(new).await;
+            return Err(e);
+        }
+        self.next.lock().await.extend(new);
+        Ok(())
+    }
+
+    /// Sends `weight` percent of requests to the next set's live replicas.
+    pub async fn route_next(&self, weight: u8) {
+        let next = self.next.lock().await;
+        let live = next
+            .iter()
+            .filter(|h| h.exited().is_none())
+            .map(|h| h.address)
+            .collect();
+        self.proxy.set_canary(live, weight);
+    }
+
+    /// Health-checks the next set once, counting each check toward its
+    /// availability; a replica that exited counts as a failed check. Returns
+    /// the first failure.
+    pub async fn check_next(&self) -> Option<String> {
+        let targets: Vec<(String, SocketAddr, Option<String>)> = self
+            .next
+            .lock()
+            .await
+            .iter()
+            .map(|h| (h.id.clone(), h.address, h.exited().map(|e| e.detail)))
+            .collect();
+        let results = join_all(targets.iter().map(|(_, address, exited)| async move {
+            match exited {
+                Some(detail) => Err(detail.clone()),
+                None => self.check(*address).await,
+            }
+        }))
+        .await;
+        let mut first = None;
+        for ((id, _, _), result) in targets.iter().zip(results) {
+            self.proxy.record_canary_check(result.is_ok());
+            if let (Err(e), None) = (result, &first) {
+                first = Some(format!("replica {id}: {e}"));
+            }
+        }
+        first
+    }
+
+    /// What the next set answered since the last call.
+    pub fn take_next_window(&self) -> CanaryWindow {
+        self.proxy.take_canary_window()
+    }
+
+    /// Takes the next set out of the path at once, then stops it.
+    pub async fn abort_next(&self) {
+        self.proxy.set_canary(Vec::new(), 0);
+        let next = std::mem::take(&mut *self.next.lock().await);
+        self.stop_all(next).await;
+    }
+
+    /// Replicas in the stable set.
+    pub async fn stable_count(&self) -> u32 {
+        u32::try_from(self.set.lock().await.slots.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Takes `count` replicas of the stable set out of the path and stops them.
+    pub async fn stop_stable(&self, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let removed: Vec<Slot> = {
+            let mut set = self.set.lock().await;
+            let keep = set.slots.len().saturating_sub(count as usize);
+            let removed = set.slots.drain(keep..).collect();
+            self.proxy.set_backends(set.healthy_addresses());
+            removed
+        };
+        self.stop_all(removed.into_iter().map(|s| s.handle).collect())
+            .await;
+    }
+
+    /// Brings the stable set back to its desired count (after a failed
+    /// rolling batch stopped some of it).
+    pub async fn restore_stable(&self) {
+        let desired = self.set.lock().await.desired;
+        if let Err(e) = self.scale_now(desired, &NoProgress).await {
+            tracing::error!(service = %self.ctx.service.name, error = %e, "could not bring the stable set back to its size");
+        }
+    }
+
+    /// Makes the next set the stable one in one proxy switch. The old set is
+    /// stopped, or kept for `keep_old` (blue-green) so that a rollback to it
+    /// is a switch back.
+    pub async fn promote_next(
+        &self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        keep_old: Option<Duration>,
+    ) {
+        let new = std::mem::take(&mut *self.next.lock().await);
+        let (old, old_release, old_desired) = {
+            let mut set = self.set.lock().await;
+            let slots = new.into_iter().map(|h| Slot::new(h, true, 0)).collect();
+            let old = std::mem::replace(&mut set.slots, slots);
+            let old_release = set.release.replace(release.clone());
+            let old_desired = std::mem::replace(&mut set.desired, replicas);
+            self.proxy.set_backends(set.healthy_addresses());
+            self.proxy.set_canary(Vec::new(), 0);
+            (old, old_release, old_desired)
+        };
+        match (keep_old, old_release) {
+            (Some(keep), Some(old_release)) if !old.is_empty() && !keep.is_zero() => {
+                self.retire(old, old_release, old_desired, keep).await
+            }
+            _ => {
+                self.stop_all(old.into_iter().map(|s| s.handle).collect())
+                    .await
+            }
+        }
+    }
+
+    async fn retire(&self, slots: Vec<Slot>, release: ReleaseSpec, desired: u32, keep: Duration) {
+        let generation = self.retired_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let earlier = self.retired.lock().await.replace(Retired {
+            release,
+            desired,
+            slots,
+            generation,
+        });
+        if let Some(earlier) = earlier {
+            self.stop_all(earlier.slots.into_iter().map(|s| s.handle).collect())
+                .await;
+        }
+        let Some(service) = self.weak_self() else {
+            return;
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(keep) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(service) = service.upgrade() else {
+                return;
+            };
+            let expired = {
+                let mut retired = service.retired.lock().await;
+                match retired.as_ref() {
+                    Some(r) if r.generation == generation => retired.take(),
+                    _ => None,
+                }
+            };
+            if let Some(expired) = expired {
+                tracing::info!(service = %service.ctx.service.name, version = %expired.release.version, "stopping the previous set kept after the switch");
+                service
+                    .stop_all(expired.slots.into_iter().map(|s| s.handle).collect())
+                    .await;
+            }
+        });
+    }
+
+    fn weak_self(&self) -> Option<std::sync::Weak<ManagedService>> {
+        self.this.get().cloned()
+    }
+
+    /// A rollback to the set kept after a blue-green switch: switch back to
+    /// it at once if all its replicas still run.
+    async fn reinstate(&self, release: &ReleaseSpec, progress: &dyn Progress) -> bool {
+        let kept = {
+            let mut retired = self.retired.lock().await;
+            match retired.as_ref() {
+                Some(r)
+                    if r.release.version == release.version
+                        && r.slots.iter().all(|s| s.handle.exited().is_none()) =>
+                {
+                    retired.take()
+                }
+                _ => None,
+            }
+        };
+        let Some(kept) = kept else {
+            return false;
+        };
+        progress.step(
+            "switching back to the kept previous set",
+            Some(&release.version),
+            kept.desired,
+            kept.desired,
+        );
+        let old = {
+            let mut set = self.set.lock().await;
+            let old = std::mem::replace(&mut set.slots, kept.slots);
+            set.release = Some(kept.release);
+            set.desired = kept.desired;
+            self.proxy.set_backends(set.healthy_addresses());
+            old
+        };
+        self.stop_all(old.into_iter().map(|s| s.handle).collect())
+            .await;
+        true
     }
 
     /// [`ServiceBackend::scale`], under the operation lock.
@@ -438,6 +693,10 @@ impl ManagedService {
             .map(|(id, _)| id)
             .zip(results.into_iter().map(|r| r.is_ok()))
             .collect();
+        // Health checks count toward the service's availability.
+        for ok in results.values() {
+            self.proxy.record_check(*ok);
+        }
 
         let mut set = self.set.lock().await;
         let threshold = self.ctx.service.health.failure_threshold;
@@ -634,7 +893,35 @@ impl ServiceBackend for ManagedService {
             maintenance,
             runtime: self.runtime.kind().as_str().to_owned(),
             address: Some(self.ctx.service.listen.to_string()),
+            rollout: self.rollout.lock().ok().and_then(|r| r.clone()),
         }
+    }
+
+    async fn roll_out(
+        &self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        plan: &RolloutPlan,
+        controls: &mut mpsc::Receiver<ControlRequest>,
+        progress: &dyn Progress,
+        observer: &dyn RolloutObserver,
+    ) -> Result<RolloutEnd, RuntimeError> {
+        let _op = self.op.lock().await;
+        self.runtime.available()?;
+        let serving = self.set.lock().await.release.is_some();
+        if !serving {
+            // Nothing to compare with or fall back to: a plain health-gated deploy.
+            self.deploy_now(release, replicas, Replacement::HealthGated, progress)
+                .await?;
+            return Ok(RolloutEnd::Promoted {
+                detail: format!(
+                    "{} is the first version; deployed health-gated without a {}",
+                    release.version,
+                    plan.strategy.kind()
+                ),
+            });
+        }
+        crate::rollout::drive(self, release, replicas, plan, controls, progress, observer).await
     }
 
     fn set_busy(&self, busy: bool) {
@@ -643,6 +930,12 @@ impl ServiceBackend for ManagedService {
 
     async fn shutdown(&self) {
         self.shutdown.cancel();
+        let next = std::mem::take(&mut *self.next.lock().await);
+        self.stop_all(next).await;
+        if let Some(retired) = self.retired.lock().await.take() {
+            self.stop_all(retired.slots.into_iter().map(|s| s.handle).collect())
+                .await;
+        }
         let slots = std::mem::take(&mut self.set.lock().await.slots);
         self.proxy.set_backends(Vec::new());
         if self.runtime.replicas_outlive_agent() {

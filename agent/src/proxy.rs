@@ -41,17 +41,40 @@ pub struct Proxy {
 
 struct Shared {
     service: String,
-    backends: RwLock<Arc<Vec<SocketAddr>>>,
+    routing: RwLock<Arc<Routing>>,
     next: AtomicUsize,
+    split: AtomicUsize,
     maintenance: RwLock<Option<MaintenanceInfo>>,
+    /// All traffic, taken by telemetry.
     stats: Mutex<Stats>,
+    /// Traffic the canary set answered, taken by the rollout's analysis.
+    canary_stats: Mutex<Stats>,
     client: Client<HttpConnector, Body>,
+}
+
+/// Where requests go: the stable set, and a share of them to the canary set
+/// while a rollout runs. Replaced as a whole, so a switch is atomic.
+#[derive(Clone, Debug, Default)]
+struct Routing {
+    stable: Vec<SocketAddr>,
+    canary: Vec<SocketAddr>,
+    /// Percent of requests sent to `canary` (when it has replicas).
+    weight: u8,
+}
+
+/// Which set answered a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Set {
+    Stable,
+    Canary,
 }
 
 struct Stats {
     since: Instant,
     requests: u64,
     errors: u64,
+    checks: u64,
+    failed_checks: u64,
     latency_us: Option<Histogram<u64>>,
 }
 
@@ -61,9 +84,67 @@ impl Stats {
             since: Instant::now(),
             requests: 0,
             errors: 0,
+            checks: 0,
+            failed_checks: 0,
             latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).ok(),
         }
     }
+
+    fn record(&mut self, us: u64, failed: bool) {
+        self.requests += 1;
+        if failed {
+            self.errors += 1;
+        }
+        if let Some(h) = self.latency_us.as_mut() {
+            h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+        }
+    }
+
+    fn record_check(&mut self, ok: bool) {
+        self.checks += 1;
+        if !ok {
+            self.failed_checks += 1;
+        }
+    }
+
+    fn metrics(&self) -> ServiceMetrics {
+        let secs = self.since.elapsed().as_secs_f64().max(f64::EPSILON);
+        let quantile = |q: f64| {
+            self.latency_us
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
+                .unwrap_or(0.0)
+        };
+        let attempts = self.requests + self.checks;
+        ServiceMetrics {
+            interval_secs: secs,
+            requests: self.requests,
+            errors: self.errors,
+            error_rate: if self.requests == 0 {
+                0.0
+            } else {
+                self.errors as f64 / self.requests as f64
+            },
+            requests_per_sec: self.requests as f64 / secs,
+            p50_ms: quantile(0.50),
+            p95_ms: quantile(0.95),
+            p99_ms: quantile(0.99),
+            availability_percent: (attempts > 0).then(|| {
+                100.0 * (attempts - self.errors - self.failed_checks) as f64 / attempts as f64
+            }),
+            replicas: Vec::new(),
+        }
+    }
+}
+
+/// What the canary set measured over one analysis interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CanaryWindow {
+    /// Traffic (and availability, health checks included).
+    pub metrics: ServiceMetrics,
+    /// Health checks made.
+    pub checks: u64,
 }
 
 impl Proxy {
@@ -85,10 +166,12 @@ impl Proxy {
         connector.set_nodelay(true);
         let shared = Arc::new(Shared {
             service: service.to_owned(),
-            backends: RwLock::new(Arc::new(Vec::new())),
+            routing: RwLock::new(Arc::new(Routing::default())),
             next: AtomicUsize::new(0),
+            split: AtomicUsize::new(0),
             maintenance: RwLock::new(None),
             stats: Mutex::new(Stats::new()),
+            canary_stats: Mutex::new(Stats::new()),
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
@@ -97,20 +180,85 @@ impl Proxy {
         Ok(Proxy { shared })
     }
 
-    /// Replaces the set of replicas that receive traffic, atomically.
-    pub fn set_backends(&self, backends: Vec<SocketAddr>) {
-        if let Ok(mut guard) = self.shared.backends.write() {
-            *guard = Arc::new(backends);
+    fn update_routing(&self, change: impl FnOnce(&mut Routing)) {
+        if let Ok(mut guard) = self.shared.routing.write() {
+            let mut routing = (**guard).clone();
+            change(&mut routing);
+            *guard = Arc::new(routing);
         }
     }
 
-    /// The replicas receiving traffic.
+    /// Replaces the stable set of replicas, atomically (a canary set and its
+    /// weight stay as they are).
+    pub fn set_backends(&self, backends: Vec<SocketAddr>) {
+        self.update_routing(|r| r.stable = backends);
+    }
+
+    /// The stable replicas receiving traffic.
     pub fn backends(&self) -> Arc<Vec<SocketAddr>> {
+        Arc::new(self.routing().stable.clone())
+    }
+
+    fn routing(&self) -> Arc<Routing> {
         self.shared
-            .backends
+            .routing
             .read()
-            .map(|b| b.clone())
+            .map(|r| r.clone())
             .unwrap_or_default()
+    }
+
+    /// Sends `weight` percent of requests to `canary` (0 takes it out of
+    /// the path at once; requests already sent to it finish).
+    pub fn set_canary(&self, canary: Vec<SocketAddr>, weight: u8) {
+        self.update_routing(|r| {
+            r.canary = canary;
+            r.weight = weight.min(100);
+        });
+    }
+
+    /// The canary set's share of requests now, percent.
+    pub fn canary_weight(&self) -> u8 {
+        let routing = self.routing();
+        if routing.canary.is_empty() {
+            0
+        } else {
+            routing.weight
+        }
+    }
+
+    /// Makes the canary set the stable set and drops the canary, in one switch.
+    pub fn promote_canary(&self) {
+        self.update_routing(|r| {
+            r.stable = std::mem::take(&mut r.canary);
+            r.weight = 0;
+        });
+    }
+
+    /// Counts a health check of a canary replica toward its availability.
+    pub fn record_canary_check(&self, ok: bool) {
+        if let Ok(mut stats) = self.shared.canary_stats.lock() {
+            stats.record_check(ok);
+        }
+    }
+
+    /// Counts a health check of a stable replica toward availability.
+    pub fn record_check(&self, ok: bool) {
+        if let Ok(mut stats) = self.shared.stats.lock() {
+            stats.record_check(ok);
+        }
+    }
+
+    /// What the canary set answered since the last call.
+    pub fn take_canary_window(&self) -> CanaryWindow {
+        let Ok(mut stats) = self.shared.canary_stats.lock() else {
+            return CanaryWindow::default();
+        };
+        let old = std::mem::replace(&mut *stats, Stats::new());
+        drop(stats);
+        CanaryWindow {
+            metrics: old.metrics(),
+            checks: old.checks,
+        }
     }
 
     /// Turns maintenance on or off.
@@ -132,28 +280,7 @@ impl Proxy {
         };
         let old = std::mem::replace(&mut *stats, Stats::new());
         drop(stats);
-        let secs = old.since.elapsed().as_secs_f64().max(f64::EPSILON);
-        let quantile = |q: f64| {
-            old.latency_us
-                .as_ref()
-                .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
-                .unwrap_or(0.0)
-        };
-        ServiceMetrics {
-            interval_secs: secs,
-            requests: old.requests,
-            errors: old.errors,
-            error_rate: if old.requests == 0 {
-                0.0
-            } else {
-                old.errors as f64 / old.requests as f64
-            },
-            requests_per_sec: old.requests as f64 / secs,
-            p50_ms: quantile(0.50),
-            p95_ms: quantile(0.95),
-            p99_ms: quantile(0.99),
-            replicas: Vec::new(),
-        }
+        old.metrics()
     }
 }
 
@@ -167,16 +294,33 @@ impl Shared {
         }
     }
 
-    fn record(&self, started: Instant, failed: bool) {
+    fn record(&self, started: Instant, failed: bool, set: Set) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(LATENCY_MAX_US);
         if let Ok(mut stats) = self.stats.lock() {
-            stats.requests += 1;
-            if failed {
-                stats.errors += 1;
+            stats.record(us, failed);
+        }
+        if set == Set::Canary {
+            if let Ok(mut stats) = self.canary_stats.lock() {
+                stats.record(us, failed);
             }
-            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(LATENCY_MAX_US);
-            if let Some(h) = stats.latency_us.as_mut() {
-                h.saturating_record(us.clamp(1, LATENCY_MAX_US));
-            }
+        }
+    }
+
+    /// Chooses the set for one request: exactly `weight` of every 100
+    /// requests go to the canary, spread over the hundred (37 is coprime
+    /// with 100, so `n * 37 % 100` visits every slot once per hundred).
+    fn choose<'a>(&self, routing: &'a Routing) -> (Set, &'a [SocketAddr]) {
+        if routing.canary.is_empty() || routing.weight == 0 {
+            return (Set::Stable, &routing.stable);
+        }
+        if routing.weight >= 100 || routing.stable.is_empty() {
+            return (Set::Canary, &routing.canary);
+        }
+        let n = self.split.fetch_add(1, Ordering::Relaxed);
+        if (n.wrapping_mul(37) % 100) < usize::from(routing.weight) {
+            (Set::Canary, &routing.canary)
+        } else {
+            (Set::Stable, &routing.stable)
         }
     }
 
@@ -264,11 +408,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     }
 
     let started = Instant::now();
-    let backends = shared
-        .backends
-        .read()
-        .map(|b| b.clone())
-        .unwrap_or_default();
+    let routing = shared.routing.read().map(|b| b.clone()).unwrap_or_default();
+    let (set, backends) = shared.choose(&routing);
     let (parts, body) = req.into_parts();
     // Requests without a body can be replayed, so a replica that went away
     // between pick and connect costs a retry on the next one, not an error.
@@ -281,7 +422,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let mut body = Some(body.boxed());
     let mut last_error = String::from("no healthy replica");
     for _ in 0..attempts {
-        let Some(backend) = shared.pick(&backends) else {
+        let Some(backend) = shared.pick(backends) else {
             break;
         };
         let path = parts
@@ -314,7 +455,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
         match shared.client.request(outgoing).await {
             Ok(response) => {
-                shared.record(started, response.status().is_server_error());
+                shared.record(started, response.status().is_server_error(), set);
                 return Ok(response.map(|b| b.boxed()));
             }
             Err(e) => {
@@ -323,7 +464,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             }
         }
     }
-    shared.record(started, true);
+    shared.record(started, true, set);
     let status = if backends.is_empty() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

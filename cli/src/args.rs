@@ -140,6 +140,33 @@ Examples:
     )]
     Maintenance(MaintenanceArgs),
 
+    /// Act on a rollout in progress: pause, resume, promote or abort.
+    #[command(
+        long_about = "Act on a rollout in progress: pause, resume, promote or abort.\n\n\
+            pause holds the canary at its step (analysis goes on and may still roll back); \
+            resume continues; promote sends all traffic to the new version now; abort \
+            rolls back to the stable version now. ferry waits for the agent to act.",
+        after_help = "\
+Examples:
+  ferry rollout pause web -e production
+  ferry rollout abort web -e production"
+    )]
+    Rollout(RolloutArgs),
+
+    /// Watch an environment live: traffic, errors, latency, availability, rollouts.
+    #[command(
+        long_about = "Watch an environment live: per service its version, replicas, requests \
+            per second, error rate, p95, availability and rollout, redrawn every interval \
+            (one line per service and interval when stdout is not a terminal), then a summary.\n\n\
+            Exit codes: 0 no threshold breached, 5 a threshold was breached, 3 NATS unreachable.",
+        after_help = "\
+Examples:
+  ferry monitor -e production -d 600 -i 30
+  ferry monitor -e production -c
+  ferry monitor -e production -t 2 -r 1500 -a 99"
+    )]
+    Monitor(MonitorArgs),
+
     /// Show what runs where, as the agents last reported it.
     Status(StatusArgs),
 
@@ -293,8 +320,51 @@ pub struct DeployArgs {
     /// Replicas to run (default: the current count).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_REPLICAS)))]
     pub replicas: Option<u32>,
+    /// Strategy for this deploy (default: the service's configured one).
+    #[arg(long, value_enum)]
+    pub strategy: Option<StrategyArg>,
+    /// Canary: traffic percentages per step, e.g. 10,50,100.
+    #[arg(long, value_delimiter = ',', requires = "strategy")]
+    pub steps: Vec<u8>,
+    /// Canary: seconds each step is held and analysed.
+    #[arg(long, requires = "strategy")]
+    pub step_secs: Option<u64>,
+    /// Blue-green: seconds the old set stays for an instant rollback.
+    #[arg(long, requires = "strategy")]
+    pub keep_old_secs: Option<u64>,
+    /// Rolling: replicas replaced per batch.
+    #[arg(long, requires = "strategy")]
+    pub batch_size: Option<u32>,
+    /// Rolling: old replicas that may stop before their replacements are healthy.
+    #[arg(long, requires = "strategy")]
+    pub max_unavailable: Option<u32>,
+    /// Analysis: error-rate threshold, percent (default 5).
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+    /// Analysis: p95 threshold, ms (default 2000).
+    #[arg(long)]
+    pub max_p95_ms: Option<f64>,
+    /// Analysis: interval, e.g. 5s (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub analysis_interval: Option<Duration>,
+    /// Take the short canary of a hotfix.
+    #[arg(long)]
+    pub hotfix: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// A strategy named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StrategyArg {
+    /// Start the whole new set, switch when healthy, stop the old.
+    Recreate,
+    /// Batch by batch, gated on health.
+    Rolling,
+    /// New set beside the old, atomic switch, old kept for a rollback.
+    BlueGreen,
+    /// Weighted steps with analysis and automatic rollback.
+    Canary,
 }
 
 /// The only symbolic rollback target.
@@ -327,6 +397,60 @@ pub struct RollbackArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
+}
+
+/// What `ferry rollout` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RolloutAction {
+    /// Hold at the current step.
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// Send all traffic to the new version now.
+    Promote,
+    /// Roll back to the stable version now.
+    Abort,
+}
+
+/// `ferry rollout`
+#[derive(Debug, ClapArgs)]
+pub struct RolloutArgs {
+    /// What to do.
+    pub action: RolloutAction,
+    /// Service name.
+    pub service: ServiceName,
+    /// Target environment.
+    #[arg(short = 'e', long = "env", visible_alias = "environment")]
+    pub environment: EnvName,
+    /// Give up waiting for the agent after this long (exit 4).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub wait_timeout: Duration,
+}
+
+/// `ferry monitor`
+#[derive(Debug, ClapArgs)]
+pub struct MonitorArgs {
+    /// Environment to watch.
+    #[arg(short = 'e', long = "env", visible_alias = "environment")]
+    pub environment: EnvName,
+    /// How long to watch, seconds.
+    #[arg(short = 'd', long, default_value_t = 300)]
+    pub duration: u64,
+    /// Seconds between redraws.
+    #[arg(short = 'i', long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// Watch until interrupted (ignores --duration).
+    #[arg(short = 'c', long)]
+    pub continuous: bool,
+    /// Error-rate threshold, percent.
+    #[arg(short = 't', long = "error-threshold", default_value_t = 5.0)]
+    pub error_threshold: f64,
+    /// Response-time (p95) threshold, milliseconds.
+    #[arg(short = 'r', long = "response-threshold", default_value_t = 2000.0)]
+    pub response_threshold: f64,
+    /// Availability threshold, percent.
+    #[arg(short = 'a', long = "availability-threshold", default_value_t = 95.0)]
+    pub availability_threshold: f64,
 }
 
 /// `ferry scale`

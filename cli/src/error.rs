@@ -15,6 +15,8 @@ pub enum Exit {
     Unreachable,
     /// 4: `--wait` ran out of time.
     WaitTimedOut,
+    /// 5: `ferry monitor` saw a threshold breached.
+    ThresholdBreached,
 }
 
 impl Exit {
@@ -25,6 +27,7 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Unreachable => 3,
             Exit::WaitTimedOut => 4,
+            Exit::ThresholdBreached => 5,
         }
     }
 }

@@ -133,6 +133,14 @@ pub fn status_table(rows: &[StatusRow], now: OffsetDateTime) -> String {
             ));
         }
     }
+    for row in rows {
+        if let (Some(service), Some(r)) = (&row.service, &row.rollout) {
+            text.push_str(&format!(
+                "\n{}/{service} {} of {}: step {}/{} ({}% of traffic), {}",
+                row.environment, r.strategy, r.version, r.step, r.steps, r.weight_percent, r.state
+            ));
+        }
+    }
     text
 }
 
@@ -342,9 +350,58 @@ pub fn event_line(event: &ServiceEvent) -> Option<String> {
             "down",
             format!("the {runtime} runtime is unreachable: {detail}"),
         ),
+        EventBody::Rollout(rollout) => ("rollout", rollout_line(rollout)),
+        EventBody::Alert(alert) => (
+            "alert",
+            format!(
+                "{} {}{}",
+                if alert.raised { "raised:" } else { "cleared:" },
+                alert.breach,
+                version(&alert.version)
+            ),
+        ),
         EventBody::Health(_) | EventBody::Metrics(_) => return None,
     };
     Some(format!("{label:<9}  {text}"))
+}
+
+/// One line for a rollout event: where it is and what happened.
+pub fn rollout_line(event: &ferry_protocol::rollout::RolloutEvent) -> String {
+    use ferry_protocol::rollout::RolloutPhase;
+    let s = &event.status;
+    let at = format!(
+        "{} {} step {}/{} ({}%)",
+        s.strategy, s.version, s.step, s.steps, s.weight_percent
+    );
+    match &event.phase {
+        RolloutPhase::StepStarted => format!("{at}: step started"),
+        RolloutPhase::Analysed {
+            signals,
+            breaches,
+            conclusive,
+        } => {
+            let verdict = if !breaches.is_empty() {
+                let list: Vec<String> = breaches.iter().map(ToString::to_string).collect();
+                format!("BREACH {}", list.join(", "))
+            } else if *conclusive {
+                "pass".to_owned()
+            } else {
+                "too few requests; health only".to_owned()
+            };
+            format!(
+                "{at}: {} req, errors {:.1}%, p95 {:.0} ms, p99 {:.0} ms, availability {:.1}%: {verdict}",
+                signals.requests,
+                signals.error_rate_percent,
+                signals.p95_ms,
+                signals.p99_ms,
+                signals.availability_percent
+            )
+        }
+        RolloutPhase::Paused => format!("{at}: paused"),
+        RolloutPhase::Resumed => format!("{at}: resumed"),
+        RolloutPhase::Promoted => format!("{at}: promoted"),
+        RolloutPhase::Aborted { reason } => format!("{at}: ABORTED: {reason}"),
+    }
 }
 
 #[cfg(test)]
@@ -375,7 +432,28 @@ mod tests {
             agent_up: true,
             maintenance: None,
             address: Some("127.0.0.1:8080".into()),
+            rollout: None,
         }
+    }
+
+    #[test]
+    fn status_shows_a_rollout_in_progress_below_the_table() {
+        let mut canary = row();
+        canary.rollout = Some(ferry_protocol::rollout::RolloutStatus {
+            strategy: ferry_protocol::rollout::StrategyKind::Canary,
+            version: Version::new("1.5.0").unwrap(),
+            state: ferry_protocol::rollout::RolloutState::Progressing,
+            step: 2,
+            steps: 5,
+            weight_percent: 35,
+        });
+        let text = status_table(&[canary], NOW);
+        assert!(
+            text.ends_with(
+                "production/web canary of 1.5.0: step 2/5 (35% of traffic), progressing"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

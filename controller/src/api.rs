@@ -210,6 +210,8 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             version,
             replicas,
             actor,
+            rollout,
+            hotfix,
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
@@ -232,6 +234,8 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
                 replicas,
                 health: None,
                 approvals,
+                rollout,
+                hotfix: hotfix || release.release.hotfix,
             };
             issue_command(shared, request_id, environment, service, actor, action).await
         }
@@ -246,6 +250,17 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
             let action = Action::Rollback { to, force, dry_run };
+            issue_command(shared, request_id, environment, service, actor, action).await
+        }
+        ApiRequest::Rollout {
+            environment,
+            service,
+            control,
+            actor,
+        } => {
+            check_environment(shared, &environment)?;
+            let actor = check_actor(actor)?;
+            let action = Action::Rollout { control };
             issue_command(shared, request_id, environment, service, actor, action).await
         }
         ApiRequest::Scale {

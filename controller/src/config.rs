@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ pub const ENV_AGENT_TIMEOUT: &str = "FERRY_AGENT_TIMEOUT";
 ///
 /// Durations are humantime strings (`"1h"`, `"15s"`) so that a bad one is
 /// reported together with every other problem rather than failing the load.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ControllerConfig {
     /// NATS server URL.
@@ -59,6 +60,17 @@ pub struct ControllerConfig {
     pub pipeline: BTreeMap<String, StageSettings>,
     /// Notification sinks and routes.
     pub notify: crate::notify::NotifyConfig,
+    /// Where to serve Prometheus metrics on `/metrics`, e.g. `127.0.0.1:9464`;
+    /// off when absent.
+    pub metrics_listen: Option<String>,
+    /// Alert when a running service's error rate passes this, percent.
+    pub alert_error_rate_percent: f64,
+    /// Alert when a running service's p95 latency passes this, ms.
+    pub alert_p95_ms: f64,
+    /// Alert when a running service's availability falls below this, percent.
+    pub alert_availability_percent: f64,
+    /// Requests an interval needs before error rate and latency can alert.
+    pub alert_min_requests: u64,
 }
 
 /// One environment's promotion settings, as written.
@@ -161,6 +173,11 @@ impl Default for ControllerConfig {
             promotion_check_interval: "5s".to_owned(),
             pipeline: BTreeMap::new(),
             notify: crate::notify::NotifyConfig::default(),
+            metrics_listen: None,
+            alert_error_rate_percent: 5.0,
+            alert_p95_ms: 2000.0,
+            alert_availability_percent: 95.0,
+            alert_min_requests: 20,
         }
     }
 }
@@ -197,6 +214,21 @@ pub struct ResolvedConfig {
     promotion_check_interval: Duration,
     stages: Vec<Stage>,
     notify: crate::notify::ResolvedNotify,
+    metrics_listen: Option<SocketAddr>,
+    alerts: AlertThresholds,
+}
+
+/// When a running service raises an alert (the seed's thresholds by default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertThresholds {
+    /// Error rate above this, percent.
+    pub error_rate_percent: f64,
+    /// p95 latency above this, ms.
+    pub p95_ms: f64,
+    /// Availability below this, percent.
+    pub availability_percent: f64,
+    /// Requests an interval needs before error rate and latency count.
+    pub min_requests: u64,
 }
 
 impl ResolvedConfig {
@@ -271,6 +303,16 @@ impl ResolvedConfig {
     /// How long after its last heartbeat an agent counts as down.
     pub fn agent_timeout(&self) -> Duration {
         self.agent_timeout
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics_listen
+    }
+
+    /// Alert thresholds.
+    pub fn alerts(&self) -> &AlertThresholds {
+        &self.alerts
     }
 
     /// Whether `env` is part of the pipeline.
@@ -526,6 +568,39 @@ impl ControllerConfig {
                 }
             })
             .ok();
+        let metrics_listen = match self.metrics_listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(address) => Some(address),
+                Err(e) => {
+                    problem(
+                        "metrics_listen",
+                        format!("{text:?} is not an address such as 127.0.0.1:9464: {e}"),
+                    );
+                    None
+                }
+            },
+        };
+        let alerts = AlertThresholds {
+            error_rate_percent: self.alert_error_rate_percent,
+            p95_ms: self.alert_p95_ms,
+            availability_percent: self.alert_availability_percent,
+            min_requests: self.alert_min_requests,
+        };
+        for (field, value) in [
+            ("alert_error_rate_percent", alerts.error_rate_percent),
+            ("alert_availability_percent", alerts.availability_percent),
+        ] {
+            if !(0.0..=100.0).contains(&value) {
+                problem(field, format!("{value} is not a percentage from 0 to 100"));
+            }
+        }
+        if !(alerts.p95_ms.is_finite() && alerts.p95_ms > 0.0) {
+            problem(
+                "alert_p95_ms",
+                format!("{} is not a positive number of milliseconds", alerts.p95_ms),
+            );
+        }
 
         match (
             signing_key,
@@ -553,6 +628,8 @@ impl ControllerConfig {
                 promotion_check_interval,
                 stages,
                 notify,
+                metrics_listen,
+                alerts,
             }),
             _ => Err(problems),
         }
@@ -748,6 +825,26 @@ mod tests {
             fields,
             ["pipeline", "pipeline.approvals_required"],
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_example_file_serves_metrics_and_alerts_on_the_seeds_thresholds() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.toml");
+        let config = ControllerConfig::load(Some(&file), Some(config::Map::new())).unwrap();
+        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(config.alert_error_rate_percent, 5.0);
+        assert_eq!(config.alert_availability_percent, 95.0);
+        let dir = tempfile::tempdir().unwrap();
+        let resolved = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            ..config
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            resolved.metrics_listen(),
+            Some("127.0.0.1:9464".parse().unwrap())
         );
     }
 

@@ -45,6 +45,15 @@ pub enum Error {
         #[source]
         source: async_nats::Error,
     },
+    /// The `/metrics` address could not be bound.
+    #[error("could not serve metrics on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A key kept changing under concurrent writers (another controller
     /// instance) and the controller gave up after several attempts.
     #[error("key {key} in bucket {bucket} kept changing during {attempts} attempts to update it")]

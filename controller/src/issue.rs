@@ -108,6 +108,7 @@ pub(crate) fn describe(command: &Command) -> String {
         Action::Maintenance(MaintenanceMode::Disable) => {
             format!("turn maintenance off for {svc} in {env}")
         }
+        Action::Rollout { control } => format!("{control} the rollout of {svc} in {env}"),
     }
 }
 

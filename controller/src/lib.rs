@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+mod alerts;
 pub mod api;
 pub mod config;
 mod consumer;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod events;
 mod ids;
 mod issue;
+mod metrics;
 pub mod notify;
 mod promotion;
 mod records;
@@ -123,6 +125,8 @@ async fn supervise(
     names.insert(handle.id(), "promotions");
     let handle = loops.spawn(notify::run(shared.clone(), stop.clone()));
     names.insert(handle.id(), "notifications");
+    let handle = loops.spawn(metrics::run(shared.clone(), stop.clone()));
+    names.insert(handle.id(), "metrics");
 
     let mut first_error = None;
     while let Some(joined) = loops.join_next_with_id().await {

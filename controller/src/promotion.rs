@@ -526,6 +526,8 @@ pub(crate) async fn advance(
             replicas: None,
             health: None,
             approvals,
+            rollout: None,
+            hotfix: release.hotfix,
         },
     };
     match issue::issue(shared, id, command).await {

@@ -287,6 +287,8 @@ mod tests {
                 replicas: None,
                 health: None,
                 approvals: Vec::new(),
+                rollout: None,
+                hotfix: false,
             },
         }
     }

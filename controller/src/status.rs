@@ -62,6 +62,7 @@ pub(crate) fn rows(
                 agent_up,
                 maintenance: None,
                 address: None,
+                rollout: None,
             });
             continue;
         }
@@ -95,6 +96,7 @@ pub(crate) fn rows(
                 agent_up,
                 maintenance: snapshot.and_then(|s| s.maintenance.clone()),
                 address: snapshot.and_then(|s| s.address.clone()),
+                rollout: snapshot.and_then(|s| s.rollout.clone()),
             });
         }
     }
@@ -132,6 +134,7 @@ mod tests {
             maintenance: None,
             runtime: "process".into(),
             address: Some("127.0.0.1:8080".into()),
+            rollout: None,
         }
     }
 

@@ -263,6 +263,8 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             version: Version::new("9.9.9").unwrap(),
             replicas: None,
             actor: None,
+            rollout: None,
+            hotfix: false,
         },
     )
     .await;
@@ -279,6 +281,8 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             version: Version::new("1.2.3").unwrap(),
             replicas: None,
             actor: None,
+            rollout: None,
+            hotfix: false,
         },
     )
     .await;
@@ -299,6 +303,8 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             version: Version::new("1.2.3").unwrap(),
             replicas: Some(2),
             actor: Some("bob".into()),
+            rollout: None,
+            hotfix: false,
         },
     )
     .await;
@@ -347,6 +353,7 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             maintenance: None,
             runtime: "process".into(),
             address: Some("127.0.0.1:18080".into()),
+            rollout: None,
         }],
     });
     publish(

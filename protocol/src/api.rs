@@ -11,6 +11,7 @@ use crate::command::{ActionKind, MaintenanceMode, RollbackTarget};
 use crate::event::{MaintenanceInfo, ServiceState};
 use crate::names::{EnvName, ServiceName, Version};
 use crate::release::Release;
+use crate::rollout::{RolloutControl, RolloutOptions};
 use crate::subject::ApiOp;
 use crate::Payload;
 
@@ -18,7 +19,7 @@ use crate::Payload;
 pub const MAX_HISTORY_LIMIT: u32 = 1000;
 
 /// A request to the controller.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ApiRequest {
     /// Live status, optionally of one environment.
@@ -71,6 +72,13 @@ pub enum ApiRequest {
         /// Who asks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
+        /// Strategy and analysis overrides for this deploy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<Box<RolloutOptions>>,
+        /// Take the short canary of a hotfix (also when the release is not
+        /// marked as one).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hotfix: bool,
     },
     /// Roll back.
     Rollback {
@@ -160,6 +168,18 @@ pub enum ApiRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
     },
+    /// Pause, resume, promote or abort the rollout in progress.
+    Rollout {
+        /// Where.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// What to do.
+        control: RolloutControl,
+        /// Who asks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
 }
 
 impl ApiRequest {
@@ -177,6 +197,7 @@ impl ApiRequest {
             ApiRequest::Reject { .. } => ApiOp::Reject,
             ApiRequest::Approvals { .. } => ApiOp::Approvals,
             ApiRequest::Promote { .. } => ApiOp::Promote,
+            ApiRequest::Rollout { .. } => ApiOp::Rollout,
         }
     }
 }
@@ -283,6 +304,9 @@ pub struct StatusRow {
     /// Stable address the agent serves the service on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The service's rollout in progress, or its last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
 }
 
 /// One record of history.

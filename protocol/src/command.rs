@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::approval::SignedApproval;
 use crate::names::{EnvName, ServiceName, Version};
+use crate::rollout::{RolloutControl, RolloutOptions};
 use crate::{Error, Payload};
 
 /// Most replicas one command may ask for on one agent.
@@ -140,8 +141,8 @@ pub enum MaintenanceMode {
     Disable,
 }
 
-/// The four things an agent can be told to do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What an agent can be told to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Replace the running version with `release`, health-gated.
@@ -158,6 +159,13 @@ pub enum Action {
         /// environment; an agent that requires approvals checks them itself.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         approvals: Vec<SignedApproval>,
+        /// Strategy and analysis overrides (the service's configured ones
+        /// otherwise).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<Box<RolloutOptions>>,
+        /// A hotfix takes the short canary: fewer, shorter steps, analysis kept.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hotfix: bool,
     },
     /// Go back to an earlier version.
     Rollback {
@@ -179,6 +187,12 @@ pub enum Action {
     },
     /// Maintenance on or off.
     Maintenance(MaintenanceMode),
+    /// Acts on the rollout in progress (it goes to the running rollout, not
+    /// into the service's command queue).
+    Rollout {
+        /// Pause, resume, promote or abort.
+        control: RolloutControl,
+    },
 }
 
 /// Short names of actions, for events, history and the CLI.
@@ -193,6 +207,8 @@ pub enum ActionKind {
     Scale,
     /// Maintenance on or off.
     Maintenance,
+    /// Rollout control.
+    Rollout,
 }
 
 impl fmt::Display for ActionKind {
@@ -202,6 +218,7 @@ impl fmt::Display for ActionKind {
             ActionKind::Rollback => "rollback",
             ActionKind::Scale => "scale",
             ActionKind::Maintenance => "maintenance",
+            ActionKind::Rollout => "rollout",
         })
     }
 }
@@ -214,12 +231,13 @@ impl Action {
             Action::Rollback { .. } => ActionKind::Rollback,
             Action::Scale { .. } => ActionKind::Scale,
             Action::Maintenance(_) => ActionKind::Maintenance,
+            Action::Rollout { .. } => ActionKind::Rollout,
         }
     }
 }
 
 /// A command to one service in one environment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Command {
     /// Target environment; must match the subject and the agent.
     pub environment: EnvName,
@@ -242,6 +260,8 @@ impl Command {
                 replicas,
                 health,
                 approvals,
+                rollout,
+                ..
             } => {
                 if approvals.len() > MAX_APPROVALS {
                     return Err(Error::InvalidField {
@@ -250,6 +270,9 @@ impl Command {
                     });
                 }
                 release.validate()?;
+                if let Some(rollout) = rollout {
+                    rollout.validate()?;
+                }
                 if let Some(r) = replicas {
                     check_replicas(*r, 1)?;
                 }
@@ -270,6 +293,7 @@ impl Command {
                 Ok(())
             }
             Action::Maintenance(MaintenanceMode::Disable) => Ok(()),
+            Action::Rollout { .. } => Ok(()),
         }
     }
 }
@@ -307,6 +331,7 @@ impl Payload for Command {
             ActionKind::Rollback => "ferry.v1.command.rollback",
             ActionKind::Scale => "ferry.v1.command.scale",
             ActionKind::Maintenance => "ferry.v1.command.maintenance",
+            ActionKind::Rollout => "ferry.v1.command.rollout",
         }
     }
 }

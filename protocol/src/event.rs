@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::command::ActionKind;
 use crate::names::{EnvName, ServiceName, Version};
+use crate::rollout::{Breach, RolloutEvent, RolloutStatus};
 use crate::subject::EventKind;
 use crate::{Payload, RefusalReason};
 
@@ -107,6 +108,11 @@ pub enum EventBody {
     },
     /// Traffic measured at the agent's proxy.
     Metrics(ServiceMetrics),
+    /// A step of a progressive rollout (canary, blue-green, rolling).
+    Rollout(RolloutEvent),
+    /// A running service crossed a threshold outside any rollout (raised),
+    /// or came back within it (cleared). Published by the controller.
+    Alert(Alert),
     /// The service's runtime cannot be reached (its engine is down); commands
     /// for the service fail until the agent reconnects and restores it.
     RuntimeUnavailable {
@@ -131,6 +137,8 @@ impl EventBody {
             | EventBody::ReplicaExited { .. }
             | EventBody::RuntimeUnavailable { .. } => EventKind::Health,
             EventBody::Metrics(_) => EventKind::Metrics,
+            EventBody::Rollout(_) => EventKind::Progress,
+            EventBody::Alert(_) => EventKind::Alert,
         }
     }
 
@@ -159,6 +167,8 @@ impl Payload for ServiceEvent {
             EventBody::ReplicaExited { .. } => "ferry.v1.event.replica_exited",
             EventBody::Metrics(_) => "ferry.v1.event.metrics",
             EventBody::RuntimeUnavailable { .. } => "ferry.v1.event.runtime_unavailable",
+            EventBody::Rollout(_) => "ferry.v1.event.rollout",
+            EventBody::Alert(_) => "ferry.v1.event.alert",
         }
     }
 }
@@ -211,6 +221,10 @@ pub struct ServiceMetrics {
     pub p95_ms: f64,
     /// 99th percentile latency, milliseconds.
     pub p99_ms: f64,
+    /// Successful requests and health checks over all of them, percent;
+    /// absent from agents that do not measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_percent: Option<f64>,
     /// What each replica uses, where the runtime measures it (Docker);
     /// absent from the JSON otherwise, so older readers are unaffected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -303,6 +317,21 @@ pub struct ServiceSnapshot {
     /// The stable address the agent serves it on, if it proxies it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The rollout in progress (or last finished), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// A threshold crossed (or recovered) by a running service, outside rollouts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// True when raised, false when cleared.
+    pub raised: bool,
+    /// What crossed which threshold (the last value measured when cleared).
+    pub breach: Breach,
+    /// The version serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
 }
 
 /// Host resources, from sysinfo.

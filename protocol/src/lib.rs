@@ -10,6 +10,7 @@ pub mod event;
 pub mod keys;
 pub mod names;
 pub mod release;
+pub mod rollout;
 pub mod streams;
 pub mod subject;
 

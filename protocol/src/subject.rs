@@ -33,17 +33,20 @@ pub enum EventKind {
     Health,
     /// Request counts, error rate and latency measured at the agent's proxy.
     Metrics,
+    /// A running service crossed a threshold (published by the controller).
+    Alert,
 }
 
 impl EventKind {
     /// Every kind, for tests and for subscribers that list them.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Accepted,
         EventKind::Refused,
         EventKind::Progress,
         EventKind::Outcome,
         EventKind::Health,
         EventKind::Metrics,
+        EventKind::Alert,
     ];
 
     /// The subject token.
@@ -55,6 +58,7 @@ impl EventKind {
             EventKind::Outcome => "outcome",
             EventKind::Health => "health",
             EventKind::Metrics => "metrics",
+            EventKind::Alert => "alert",
         }
     }
 
@@ -115,11 +119,13 @@ pub enum ApiOp {
     Approvals,
     /// Ask for a promotion.
     Promote,
+    /// Act on a rollout in progress.
+    Rollout,
 }
 
 impl ApiOp {
     /// Every operation.
-    pub const ALL: [ApiOp; 11] = [
+    pub const ALL: [ApiOp; 12] = [
         ApiOp::Status,
         ApiOp::History,
         ApiOp::Releases,
@@ -131,6 +137,7 @@ impl ApiOp {
         ApiOp::Reject,
         ApiOp::Approvals,
         ApiOp::Promote,
+        ApiOp::Rollout,
     ];
 
     /// The subject token.
@@ -147,6 +154,7 @@ impl ApiOp {
             ApiOp::Reject => "reject",
             ApiOp::Approvals => "approvals",
             ApiOp::Promote => "promote",
+            ApiOp::Rollout => "rollout",
         }
     }
 
@@ -261,6 +269,16 @@ pub fn event(env: &EnvName, service: &ServiceName, kind: EventKind) -> String {
 /// `ferry.v1.evt.<env>.<service>.>`: every event about one service.
 pub fn events_for_service(env: &EnvName, service: &ServiceName) -> String {
     format!("{PREFIX}.evt.{env}.{service}.>")
+}
+
+/// `ferry.v1.evt.<env>.*.<kind>`: one kind of event of every service of an environment.
+pub fn events_of_kind(env: &EnvName, kind: EventKind) -> String {
+    format!("{PREFIX}.evt.{env}.*.{}", kind.as_str())
+}
+
+/// `ferry.v1.evt.*.*.<kind>`: one kind of event of every service everywhere.
+pub fn all_events_of_kind(kind: EventKind) -> String {
+    format!("{PREFIX}.evt.*.*.{}", kind.as_str())
 }
 
 /// `ferry.v1.evt.>`: every per-service event.

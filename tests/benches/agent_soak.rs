@@ -84,6 +84,8 @@ fn action(i: usize, artifact: &str) -> Action {
         replicas: Some(1),
         health: None,
         approvals: Vec::new(),
+        rollout: None,
+        hotfix: false,
     };
     match i % 4 {
         0 => deploy("2.0.0"),
@@ -140,6 +142,8 @@ async fn main() {
             replicas: Some(1),
             health: None,
             approvals: Vec::new(),
+            rollout: None,
+            hotfix: false,
         },
     )
     .await as usize;

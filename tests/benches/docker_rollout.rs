@@ -249,6 +249,8 @@ impl Ferry {
             replicas: Some(REPLICAS as u32),
             health: None,
             approvals: Vec::new(),
+            rollout: None,
+            hotfix: false,
         })
         .await
     }

@@ -9,6 +9,7 @@
 pub mod agent_process;
 pub mod bins;
 pub mod events;
+pub mod load;
 pub mod nats;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 pub use agent_process::AgentProcess;
 pub use bins::bin;
 pub use events::EventWatch;
+pub use load::{Load, LoadStats};
 pub use nats::NatsServer;
 
 /// The pipeline every test system runs.
@@ -83,6 +85,8 @@ pub struct System {
     /// The controller's configuration (NATS URL and key file are filled in
     /// at start); change it before `start_controller` to configure the pipeline.
     pub controller_config: ferry_controller::ControllerConfig,
+    /// Port the controller serves `/metrics` on, when set before it starts.
+    pub metrics_port: Option<u16>,
     /// Agents by environment.
     pub agents: BTreeMap<String, AgentSlot>,
 }
@@ -113,6 +117,7 @@ impl System {
             dir,
             controller: None,
             controller_config,
+            metrics_port: None,
             agents: BTreeMap::new(),
         }
     }
@@ -124,6 +129,10 @@ impl System {
         let config = ferry_controller::ControllerConfig {
             nats_url: self.nats.url(),
             signing_key_file: key_file,
+            metrics_listen: self
+                .metrics_port
+                .map(|p| format!("127.0.0.1:{p}"))
+                .or_else(|| self.controller_config.metrics_listen.clone()),
             ..self.controller_config.clone()
         };
         let resolved = config
@@ -180,6 +189,8 @@ impl System {
                     },
                     stop_timeout: Duration::from_secs(5),
                     docker: DockerOptions::default(),
+                    strategy: ferry_protocol::rollout::Strategy::Recreate,
+                    analysis: ferry_agent::rollout::Thresholds::default(),
                 };
                 (name, config)
             })

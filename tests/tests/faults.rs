@@ -88,6 +88,8 @@ fn deploy(version: &str, env: &[(&str, &str)]) -> Action {
         replicas: Some(2),
         health: None,
         approvals: Vec::new(),
+        rollout: None,
+        hotfix: false,
     }
 }
 

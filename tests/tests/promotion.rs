@@ -452,6 +452,8 @@ async fn the_production_agent_refuses_a_controller_signed_deploy_without_a_revie
             replicas: Some(1),
             health: None,
             approvals,
+            rollout: None,
+            hotfix: false,
         },
     };
     let cases = [

@@ -27,6 +27,7 @@ use ferry_protocol::{EnvName, Version};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{RuntimeKind, ServiceConfig};
+use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
 
 /// Errors of runtimes and backends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +71,9 @@ pub enum RuntimeError {
         /// Why.
         detail: String,
     },
+    /// The backend cannot do what was asked (a strategy it has no means for).
+    #[error("{0}")]
+    Unsupported(String),
     /// The operation was cut short by shutdown; the previous state was kept.
     #[error("interrupted by agent shutdown; the previous version keeps serving")]
     Interrupted,
@@ -259,6 +263,26 @@ pub trait ServiceBackend: Send + Sync {
         replacement: Replacement,
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError>;
+
+    /// Rolls `release` out progressively (canary, blue-green, rolling) per
+    /// `plan`, taking operator `controls` while it runs. Backends without
+    /// the agent's proxy in the path (Kubernetes) cannot weigh traffic, and
+    /// refuse with [`RuntimeError::Unsupported`] by default.
+    async fn roll_out(
+        &self,
+        _release: &ReleaseSpec,
+        _replicas: u32,
+        plan: &RolloutPlan,
+        _controls: &mut mpsc::Receiver<ControlRequest>,
+        _progress: &dyn Progress,
+        _observer: &dyn RolloutObserver,
+    ) -> Result<RolloutEnd, RuntimeError> {
+        Err(RuntimeError::Unsupported(format!(
+            "the {} runtime does not support {} deploys (it has no agent proxy to weigh traffic)",
+            self.runtime().as_str(),
+            plan.strategy.kind()
+        )))
+    }
 
     /// Changes the replica count of the running release.
     async fn scale(&self, replicas: u32, progress: &dyn Progress) -> Result<(), RuntimeError>;

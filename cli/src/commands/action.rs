@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use ferry_protocol::api::{ApiRequest, CommandIssued};
 use ferry_protocol::command::{MaintenanceMode, RollbackTarget};
+use ferry_protocol::rollout::{AnalysisOverride, RolloutControl, RolloutOptions, Strategy};
 use ferry_protocol::{EnvName, ServiceName};
 
 use crate::args::{
-    DeployArgs, GlobalOpts, MaintenanceArgs, OutputFormat, RollbackArgs, ScaleArgs,
-    DEFAULT_MAINTENANCE,
+    DeployArgs, GlobalOpts, MaintenanceArgs, OutputFormat, RollbackArgs, RolloutAction,
+    RolloutArgs, ScaleArgs, StrategyArg, DEFAULT_MAINTENANCE,
 };
 use crate::client::{actor, Connection};
 use crate::error::{CliError, Result};
@@ -22,12 +23,15 @@ pub async fn deploy(global: &GlobalOpts, args: DeployArgs) -> Result<()> {
         "deploy of {} {} to {}",
         args.service, args.version, args.environment
     );
+    let rollout = rollout_options(&args)?;
     let request = ApiRequest::Deploy {
         environment: args.environment.clone(),
         service: args.service.clone(),
         version: args.version,
         replicas: args.replicas,
         actor: Some(actor()),
+        rollout: rollout.map(Box::new),
+        hotfix: args.hotfix,
     };
     let wait = args.wait.wait.then_some(args.wait.wait_timeout);
     issue(
@@ -39,6 +43,52 @@ pub async fn deploy(global: &GlobalOpts, args: DeployArgs) -> Result<()> {
         wait,
     )
     .await
+}
+
+/// The deploy's strategy and analysis overrides, if any flag set one.
+fn rollout_options(args: &DeployArgs) -> Result<Option<RolloutOptions>> {
+    let strategy = args.strategy.map(|kind| match kind {
+        StrategyArg::Recreate => Strategy::Recreate,
+        StrategyArg::Rolling => Strategy::Rolling {
+            batch_size: args.batch_size.unwrap_or(1),
+            max_unavailable: args.max_unavailable.unwrap_or(0),
+        },
+        StrategyArg::BlueGreen => Strategy::BlueGreen {
+            keep_old_for_secs: args.keep_old_secs.unwrap_or(60),
+        },
+        StrategyArg::Canary => {
+            let defaults = Strategy::default_canary();
+            let (steps, step_secs) = match defaults {
+                Strategy::Canary { steps, step_secs } => (steps, step_secs),
+                _ => (Vec::new(), 30),
+            };
+            Strategy::Canary {
+                steps: if args.steps.is_empty() {
+                    steps
+                } else {
+                    args.steps.clone()
+                },
+                step_secs: args.step_secs.unwrap_or(step_secs),
+            }
+        }
+    });
+    let analysis = AnalysisOverride {
+        error_rate_percent: args.max_error_rate,
+        p95_ms: args.max_p95_ms,
+        interval_ms: args
+            .analysis_interval
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        ..Default::default()
+    };
+    let analysis = (analysis != AnalysisOverride::default()).then_some(analysis);
+    if strategy.is_none() && analysis.is_none() {
+        return Ok(None);
+    }
+    let options = RolloutOptions { strategy, analysis };
+    options
+        .validate()
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    Ok(Some(options))
 }
 
 /// `ferry rollback`; a dry run always waits for the agent's plan.
@@ -93,6 +143,35 @@ pub async fn scale(global: &GlobalOpts, args: ScaleArgs) -> Result<()> {
         &args.service,
         &what,
         wait,
+    )
+    .await
+}
+
+/// `ferry rollout`: always waits, so the operator sees the effect.
+pub async fn rollout(global: &GlobalOpts, args: RolloutArgs) -> Result<()> {
+    let control = match args.action {
+        RolloutAction::Pause => RolloutControl::Pause,
+        RolloutAction::Resume => RolloutControl::Resume,
+        RolloutAction::Promote => RolloutControl::Promote,
+        RolloutAction::Abort => RolloutControl::Abort,
+    };
+    let what = format!(
+        "{control} of the rollout of {} in {}",
+        args.service, args.environment
+    );
+    let request = ApiRequest::Rollout {
+        environment: args.environment.clone(),
+        service: args.service.clone(),
+        control,
+        actor: Some(actor()),
+    };
+    issue(
+        global,
+        request,
+        &args.environment,
+        &args.service,
+        &what,
+        Some(args.wait_timeout),
     )
     .await
 }

@@ -3,6 +3,7 @@
 mod action;
 mod approval;
 mod keygen;
+mod monitor;
 mod query;
 mod release;
 
@@ -29,5 +30,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Approve(approve) => approval::approve(global, approve).await,
         Command::Reject(reject) => approval::reject(global, reject).await,
         Command::Approvals(list) => approval::list(global, list).await,
+        Command::Rollout(rollout) => action::rollout(global, rollout).await,
+        Command::Monitor(args) => monitor::run(global, args).await,
     }
 }

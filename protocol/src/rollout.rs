@@ -1,0 +1,540 @@
+//! Progressive delivery on the wire: deployment strategies, analysis
+//! thresholds, rollout control actions and the events a rollout reports.
+//!
+//! Everything here is optional on the messages that carry it (serde
+//! defaults), so a message without a strategy still decodes and means "the
+//! agent's configured strategy".
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::Version;
+use crate::Error;
+
+/// Most canary steps one strategy may list.
+pub const MAX_CANARY_STEPS: usize = 20;
+
+/// How a deploy replaces the running version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Strategy {
+    /// Start the whole new set beside the old, switch when all are healthy,
+    /// stop the old (ferry's original health-gated replace).
+    Recreate,
+    /// Replace replicas in batches, each gated on health.
+    Rolling {
+        /// New replicas started per batch.
+        #[serde(default = "one")]
+        batch_size: u32,
+        /// Old replicas that may be stopped before their replacements are
+        /// healthy (0: always start first).
+        #[serde(default)]
+        max_unavailable: u32,
+    },
+    /// Start the whole new set beside the old, verify it, switch the proxy
+    /// atomically, keep the old set for an instant rollback.
+    BlueGreen {
+        /// Seconds the old set stays running after the switch.
+        #[serde(default = "default_keep_old_secs")]
+        keep_old_for_secs: u64,
+    },
+    /// Weighted routing in steps, each held for an analysis window.
+    Canary {
+        /// Share of requests sent to the new version at each step, percent,
+        /// rising; a last step below 100 is followed by 100.
+        #[serde(default = "default_canary_steps")]
+        steps: Vec<u8>,
+        /// Seconds each step is held (and analysed) before the next.
+        #[serde(default = "default_step_secs")]
+        step_secs: u64,
+    },
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_keep_old_secs() -> u64 {
+    60
+}
+
+/// The seed's canary: 10 % first, then +25 % per step.
+pub fn default_canary_steps() -> Vec<u8> {
+    vec![10, 35, 60, 85, 100]
+}
+
+fn default_step_secs() -> u64 {
+    30
+}
+
+impl Strategy {
+    /// The seed's default canary.
+    pub fn default_canary() -> Strategy {
+        Strategy::Canary {
+            steps: default_canary_steps(),
+            step_secs: default_step_secs(),
+        }
+    }
+
+    /// Its short name.
+    pub fn kind(&self) -> StrategyKind {
+        match self {
+            Strategy::Recreate => StrategyKind::Recreate,
+            Strategy::Rolling { .. } => StrategyKind::Rolling,
+            Strategy::BlueGreen { .. } => StrategyKind::BlueGreen,
+            Strategy::Canary { .. } => StrategyKind::Canary,
+        }
+    }
+
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: String| Error::InvalidField {
+            field: "strategy",
+            reason,
+        };
+        match self {
+            Strategy::Recreate => Ok(()),
+            Strategy::Rolling { batch_size, .. } => {
+                if *batch_size == 0 || *batch_size > crate::command::MAX_REPLICAS {
+                    return Err(invalid(format!(
+                        "batch_size {batch_size} is outside 1..={}",
+                        crate::command::MAX_REPLICAS
+                    )));
+                }
+                Ok(())
+            }
+            Strategy::BlueGreen { keep_old_for_secs } => {
+                if *keep_old_for_secs > 7 * 24 * 3600 {
+                    return Err(invalid("keep_old_for_secs is at most a week".into()));
+                }
+                Ok(())
+            }
+            Strategy::Canary { steps, step_secs } => {
+                if steps.is_empty() || steps.len() > MAX_CANARY_STEPS {
+                    return Err(invalid(format!(
+                        "a canary has 1 to {MAX_CANARY_STEPS} steps"
+                    )));
+                }
+                if steps.iter().any(|s| *s == 0 || *s > 100) {
+                    return Err(invalid("canary steps are percentages from 1 to 100".into()));
+                }
+                if steps.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(invalid("canary steps must rise".into()));
+                }
+                if *step_secs == 0 || *step_secs > 24 * 3600 {
+                    return Err(invalid("step_secs is 1 second to 1 day".into()));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Short names of strategies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StrategyKind {
+    /// See [`Strategy::Recreate`].
+    Recreate,
+    /// See [`Strategy::Rolling`].
+    Rolling,
+    /// See [`Strategy::BlueGreen`].
+    BlueGreen,
+    /// See [`Strategy::Canary`].
+    Canary,
+}
+
+impl fmt::Display for StrategyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StrategyKind::Recreate => "recreate",
+            StrategyKind::Rolling => "rolling",
+            StrategyKind::BlueGreen => "blue-green",
+            StrategyKind::Canary => "canary",
+        })
+    }
+}
+
+/// Thresholds a new version is held to at every analysis interval. Absent
+/// fields take the agent's configured value (whose defaults are the seed's).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisOverride {
+    /// Breach above this share of failed requests, percent (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate_percent: Option<f64>,
+    /// Breach above this 95th percentile latency, ms (default 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p95_ms: Option<f64>,
+    /// Breach above this 99th percentile latency, ms (default 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// Breach below this share of successful requests and health checks,
+    /// percent (default 95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_percent: Option<f64>,
+    /// Requests an interval needs before error rate and latency count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u64>,
+    /// Length of one analysis interval, ms (default 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    /// Consecutive breached intervals that abort (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures_to_abort: Option<u32>,
+}
+
+impl AnalysisOverride {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: &str| Error::InvalidField {
+            field: "analysis",
+            reason: reason.to_owned(),
+        };
+        for p in [self.error_rate_percent, self.availability_percent]
+            .into_iter()
+            .flatten()
+        {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(invalid("percentages are 0 to 100"));
+            }
+        }
+        for ms in [self.p95_ms, self.p99_ms].into_iter().flatten() {
+            if !ms.is_finite() || ms <= 0.0 {
+                return Err(invalid("latency thresholds are positive milliseconds"));
+            }
+        }
+        if let Some(ms) = self.interval_ms {
+            if !(50..=3_600_000).contains(&ms) {
+                return Err(invalid("interval_ms is 50 ms to 1 hour"));
+            }
+        }
+        if let Some(n) = self.failures_to_abort {
+            if !(1..=100).contains(&n) {
+                return Err(invalid("failures_to_abort is 1 to 100"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A deploy's progressive delivery options (all optional).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RolloutOptions {
+    /// Overrides the service's configured strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Overrides thresholds of the service's configured analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisOverride>,
+}
+
+impl RolloutOptions {
+    /// Range checks.
+    pub fn validate(&self) -> Result<(), Error> {
+        if let Some(s) = &self.strategy {
+            s.validate()?;
+        }
+        if let Some(a) = &self.analysis {
+            a.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// What an operator can do to a rollout in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutControl {
+    /// Hold at the current step (analysis goes on and may still abort).
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// Skip the remaining steps: send everything to the new version now.
+    Promote,
+    /// Roll back to the stable version now.
+    Abort,
+}
+
+impl fmt::Display for RolloutControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RolloutControl::Pause => "pause",
+            RolloutControl::Resume => "resume",
+            RolloutControl::Promote => "promote",
+            RolloutControl::Abort => "abort",
+        })
+    }
+}
+
+/// The golden signals of one version over one analysis interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which failed (5xx or no answer).
+    pub errors: u64,
+    /// errors / requests, percent.
+    pub error_rate_percent: f64,
+    /// 95th percentile latency, ms.
+    pub p95_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Successful requests and health checks over all of them, percent.
+    pub availability_percent: f64,
+    /// Health checks made.
+    pub health_checks: u64,
+}
+
+/// Which golden signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Share of failed requests, percent.
+    ErrorRate,
+    /// 95th percentile latency, ms.
+    P95,
+    /// 99th percentile latency, ms.
+    P99,
+    /// Share of successful requests and health checks, percent.
+    Availability,
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Metric::ErrorRate => "error rate",
+            Metric::P95 => "p95 latency",
+            Metric::P99 => "p99 latency",
+            Metric::Availability => "availability",
+        })
+    }
+}
+
+impl Metric {
+    /// The unit values of this metric are in.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::ErrorRate | Metric::Availability => "%",
+            Metric::P95 | Metric::P99 => " ms",
+        }
+    }
+}
+
+/// One threshold crossed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Breach {
+    /// Which signal.
+    pub metric: Metric,
+    /// Its measured value.
+    pub value: f64,
+    /// The threshold it crossed.
+    pub threshold: f64,
+}
+
+impl fmt::Display for Breach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (op, unit) = match self.metric {
+            Metric::Availability => ("<", self.metric.unit()),
+            _ => (">", self.metric.unit()),
+        };
+        write!(
+            f,
+            "{} {:.1}{unit} {op} {:.1}{unit}",
+            self.metric, self.value, self.threshold
+        )
+    }
+}
+
+/// Why a rollout was aborted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cause", rename_all = "snake_case")]
+pub enum AbortReason {
+    /// A threshold was breached for enough consecutive intervals.
+    Threshold {
+        /// The breach of the last interval.
+        #[serde(flatten)]
+        breach: Breach,
+        /// Step (1-based) at which it happened.
+        step: u32,
+        /// Traffic share of the new version at that step, percent.
+        weight_percent: u8,
+        /// Consecutive breached intervals.
+        intervals: u32,
+    },
+    /// New replicas did not become healthy.
+    Unhealthy {
+        /// What failed.
+        detail: String,
+    },
+    /// An operator aborted it.
+    Operator {
+        /// Step (1-based) at which it happened.
+        step: u32,
+    },
+}
+
+impl fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AbortReason::Threshold {
+                breach,
+                step,
+                weight_percent,
+                intervals,
+            } => write!(
+                f,
+                "{breach} at step {step} ({weight_percent}% of traffic) for {intervals} consecutive interval{}",
+                if *intervals == 1 { "" } else { "s" }
+            ),
+            AbortReason::Unhealthy { detail } => write!(f, "new replicas unhealthy: {detail}"),
+            AbortReason::Operator { step } => write!(f, "aborted by an operator at step {step}"),
+        }
+    }
+}
+
+/// Where a rollout is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// Moving through its steps.
+    Progressing,
+    /// Held by an operator.
+    Paused,
+    /// Finished: the new version serves everything.
+    Promoted,
+    /// Rolled back: the stable version serves everything.
+    Aborted,
+}
+
+impl fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RolloutState::Progressing => "progressing",
+            RolloutState::Paused => "paused",
+            RolloutState::Promoted => "promoted",
+            RolloutState::Aborted => "aborted",
+        })
+    }
+}
+
+/// A rollout's position, for heartbeats, status and `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// Strategy.
+    pub strategy: StrategyKind,
+    /// The version being rolled out.
+    pub version: Version,
+    /// Where it is.
+    pub state: RolloutState,
+    /// Current step, 1-based.
+    pub step: u32,
+    /// Steps in all.
+    pub steps: u32,
+    /// Traffic share of the new version, percent.
+    pub weight_percent: u8,
+}
+
+/// What happened in a rollout (published as a progress event of the deploy).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum RolloutPhase {
+    /// A step began: the new version now gets `weight_percent` of traffic.
+    StepStarted,
+    /// An analysis interval ended.
+    Analysed {
+        /// What was measured on the new version.
+        signals: Signals,
+        /// Thresholds crossed (empty: passed).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        breaches: Vec<Breach>,
+        /// Whether there were enough requests for a verdict on error rate
+        /// and latency.
+        conclusive: bool,
+    },
+    /// Held by an operator.
+    Paused,
+    /// Continued after a pause.
+    Resumed,
+    /// The new version serves everything.
+    Promoted,
+    /// Rolled back.
+    Aborted {
+        /// Why.
+        reason: AbortReason,
+    },
+}
+
+/// A rollout event: where the rollout is and what happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutEvent {
+    /// Position.
+    pub status: RolloutStatus,
+    /// What happened.
+    pub phase: RolloutPhase,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategies_round_trip_and_take_defaults() {
+        let canary: Strategy = serde_json::from_str(r#"{"type":"canary"}"#).unwrap();
+        assert_eq!(canary, Strategy::default_canary());
+        let rolling: Strategy = serde_json::from_str(r#"{"type":"rolling"}"#).unwrap();
+        assert_eq!(
+            rolling,
+            Strategy::Rolling {
+                batch_size: 1,
+                max_unavailable: 0
+            }
+        );
+        for s in [
+            Strategy::Recreate,
+            rolling,
+            Strategy::BlueGreen {
+                keep_old_for_secs: 5,
+            },
+            canary,
+        ] {
+            s.validate().unwrap();
+            let back: Strategy = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
+            assert_eq!(back, s);
+        }
+    }
+
+    #[test]
+    fn bad_canary_steps_are_refused() {
+        for steps in [vec![], vec![0, 50], vec![50, 40], vec![10, 101]] {
+            let s = Strategy::Canary {
+                steps: steps.clone(),
+                step_secs: 1,
+            };
+            assert!(s.validate().is_err(), "{steps:?}");
+        }
+    }
+
+    #[test]
+    fn abort_reasons_say_metric_value_threshold_and_step() {
+        let reason = AbortReason::Threshold {
+            breach: Breach {
+                metric: Metric::ErrorRate,
+                value: 21.34,
+                threshold: 5.0,
+            },
+            step: 1,
+            weight_percent: 10,
+            intervals: 2,
+        };
+        assert_eq!(
+            reason.to_string(),
+            "error rate 21.3% > 5.0% at step 1 (10% of traffic) for 2 consecutive intervals"
+        );
+        let json = serde_json::to_value(&reason).unwrap();
+        assert_eq!(json["metric"], "error_rate");
+        assert_eq!(json["threshold"], 5.0);
+        let back: AbortReason = serde_json::from_value(json).unwrap();
+        assert_eq!(back, reason);
+    }
+}

@@ -1,0 +1,209 @@
+//! Progressive delivery on the Docker runtime: the same agent proxy weighs
+//! traffic between containers. Needs a Docker engine and the `ferry-sample`
+//! image (`scripts/build-sample-image`); skipped with the reason otherwise,
+//! except under CI, where that fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command as Process;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use ferry_e2e::*;
+use ferry_protocol::command::{Action, Command, ReleaseSpec};
+use ferry_protocol::event::EventBody;
+use ferry_protocol::rollout::{
+    AbortReason, AnalysisOverride, Metric, RolloutOptions, RolloutPhase, Strategy,
+};
+use ferry_protocol::{EnvName, Envelope, ServiceName, Version};
+
+fn engine_ready(test: &str) -> bool {
+    let reason = match Process::new("docker").args(["info"]).output() {
+        Err(e) => format!("the docker CLI cannot run: {e}"),
+        Ok(out) if !out.status.success() => "no Docker engine is reachable".to_owned(),
+        Ok(_) => {
+            let present = Process::new("docker")
+                .args(["image", "inspect", "ferry-sample:1.0.0"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if present {
+                return true;
+            }
+            "image ferry-sample:1.0.0 is missing; run scripts/build-sample-image".to_owned()
+        }
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {reason} (CI is set, so the Docker tests must run)");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    false
+}
+
+/// Removes the test's containers when it ends, passed or failed.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let listed = Process::new("docker")
+            .args(["ps", "-aq", "--filter", "label=io.ferry.managed=true"])
+            .args(["--filter", &format!("label=io.ferry.service={}", self.0)])
+            .output();
+        let ids: Vec<String> = listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Process::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+    }
+}
+
+fn deploy(version: &str, env: &[(&str, &str)], canary: bool) -> Action {
+    Action::Deploy {
+        release: ReleaseSpec {
+            version: Version::new(version).unwrap(),
+            artifact: format!("ferry-sample:{version}"),
+            digest: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        },
+        replicas: Some(2),
+        health: None,
+        rollout: canary.then(|| {
+            Box::new(RolloutOptions {
+                strategy: Some(Strategy::Canary {
+                    steps: vec![10, 50, 100],
+                    step_secs: 2,
+                }),
+                analysis: Some(AnalysisOverride {
+                    interval_ms: Some(500),
+                    failures_to_abort: Some(2),
+                    min_requests: Some(5),
+                    ..Default::default()
+                }),
+            })
+        }),
+        hotfix: false,
+        approvals: Vec::new(),
+    }
+}
+
+async fn send(
+    system: &System,
+    client: &async_nats::Client,
+    service: &str,
+    action: Action,
+) -> uuid::Uuid {
+    let command = Command {
+        environment: EnvName::new("dev").unwrap(),
+        service: ServiceName::new(service).unwrap(),
+        actor: Some("e2e-test".into()),
+        action,
+    };
+    let envelope = Envelope::new("/ferry/controller", command)
+        .expiring_in(Duration::from_secs(600))
+        .sign(&system.controller_key)
+        .unwrap();
+    jetstream::new(client.clone())
+        .publish(
+            format!("ferry.v1.cmd.dev.{service}"),
+            envelope.to_bytes().unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    envelope.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_canaries_are_promoted_when_good_and_rolled_back_at_the_first_step_when_bad() {
+    if !engine_ready("docker canary") {
+        return;
+    }
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let service = format!("cw-{}", &id[..8]);
+    let _cleanup = Cleanup(service.clone());
+    let mut system = System::without_controller();
+    let port = free_port();
+    let config = system.docker_agent_config("dev", &service, port);
+    system.start_agent_with(config).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", &service).await;
+
+    let first = send(&system, &client, &service, deploy("1.0.0", &[], false)).await;
+    assert!(matches!(
+        watch.outcome(first, WAIT).await.body,
+        EventBody::Succeeded { .. }
+    ));
+    wait_serving(port, "1.0.0", WAIT).await;
+    let load = Load::start(port, 4, Duration::from_millis(2));
+
+    let good = send(&system, &client, &service, deploy("2.0.0", &[], true)).await;
+    let outcome = watch.outcome(good, Duration::from_secs(60)).await;
+    assert!(
+        matches!(&outcome.body, EventBody::Succeeded { version: Some(v), .. } if v.as_str() == "2.0.0"),
+        "{outcome:?}"
+    );
+    let steps = watch
+        .seen
+        .iter()
+        .filter(|e| e.command_id == Some(good))
+        .filter(
+            |e| matches!(&e.body, EventBody::Rollout(r) if r.phase == RolloutPhase::StepStarted),
+        )
+        .count();
+    assert_eq!(steps, 3);
+    wait_serving(port, "2.0.0", WAIT).await;
+
+    let bad = send(
+        &system,
+        &client,
+        &service,
+        deploy("3.0.0", &[("SAMPLE_ERROR_RATE", "0.2")], true),
+    )
+    .await;
+    let outcome = watch.outcome(bad, Duration::from_secs(60)).await;
+    assert!(
+        matches!(&outcome.body, EventBody::Failed { serving: Some(v), .. } if v.as_str() == "2.0.0"),
+        "{outcome:?}"
+    );
+    let reason = watch
+        .seen
+        .iter()
+        .filter(|e| e.command_id == Some(bad))
+        .find_map(|e| match &e.body {
+            EventBody::Rollout(r) => match &r.phase {
+                RolloutPhase::Aborted { reason } => Some(reason.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("an abort event");
+    assert!(
+        matches!(&reason, AbortReason::Threshold { breach, step: 1, .. } if breach.metric == Metric::ErrorRate),
+        "{reason:?}"
+    );
+    // The bad containers are stopped; traffic is 2.0.0's alone.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let before = load.stats();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = load.stats();
+        let bad_answers = after.by_version.get("3.0.0").copied().unwrap_or(0)
+            - before.by_version.get("3.0.0").copied().unwrap_or(0);
+        if bad_answers == 0 && after.total > before.total + 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "3.0.0 kept getting traffic");
+    }
+    load.stop().await;
+    system.shutdown().await;
+}
