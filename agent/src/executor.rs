@@ -343,10 +343,7 @@ impl Executor {
             state.snapshot().map(Some)
         })
         .await
-        .map_err(|e| RuntimeError::Start {
-            replica: "-".into(),
-            detail: format!("the change is live but {e}"),
-        })
+        .map_err(|e| RuntimeError::NotRecorded(e.to_string()))
     }
 
     async fn run(

@@ -164,3 +164,130 @@ async fn an_agent_killed_mid_deploy_restarts_on_one_version_with_no_orphaned_rep
     }
     wait_serving(port, "1.0.0", WAIT).await;
 }
+
+/// Commands whose outcome `watch` has seen, of each kind: succeeded, refused.
+fn outcomes_of(watch: &EventWatch, id: uuid::Uuid) -> (usize, usize) {
+    let of_id = watch.seen.iter().filter(|e| e.command_id == Some(id));
+    let succeeded = of_id
+        .clone()
+        .filter(|e| matches!(e.body, EventBody::Succeeded { .. }))
+        .count();
+    let refused = of_id
+        .filter(|e| matches!(e.body, EventBody::Refused { .. }))
+        .count();
+    (succeeded, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_delivered_again_by_jetstream_runs_once() {
+    let mut system = System::without_controller();
+    let port = free_port();
+    system.start_agent("dev", port).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let key =
+        ferry_protocol::SigningKey::from_seed(&system.controller_key.seed().unwrap()).unwrap();
+    let mut ids = Vec::new();
+    for action in [deploy("1.0.0", &[]), Action::Scale { replicas: 3 }] {
+        let id = send_command(&client, &key, "dev", "web", action).await;
+        let outcome = watch.outcome(id, WAIT).await;
+        assert!(
+            matches!(outcome.body, EventBody::Succeeded { .. }),
+            "{outcome:?}"
+        );
+        ids.push(id);
+    }
+    wait_serving(port, "1.0.0", WAIT).await;
+    let log = system.dir.path().join("agent-dev/logs/web.log");
+    let before: Vec<u32> = replicas_writing_to(&log).iter().map(|r| r.pid).collect();
+    assert_eq!(before.len(), 3);
+
+    // The agent's consumer is deleted while it is down: the new one it
+    // creates starts from the first message, so JetStream hands it every
+    // command again, as it would after losing the consumer's state.
+    system.stop_agent("dev").await;
+    let stream = async_nats::jetstream::new(client.clone())
+        .get_stream("FERRY_COMMANDS")
+        .await
+        .unwrap();
+    stream.delete_consumer("ferry-agent-dev").await.unwrap();
+    let config = system.agents["dev"].config.clone();
+    system.start_agent_with(config).await;
+
+    for id in &ids {
+        watch
+            .wait_for(WAIT, "the replay refused as replayed", |e| {
+                e.command_id == Some(*id)
+                    && matches!(
+                        e.body,
+                        EventBody::Refused {
+                            reason: ferry_protocol::RefusalReason::Replayed,
+                            ..
+                        }
+                    )
+            })
+            .await;
+        assert_eq!(outcomes_of(&watch, *id), (1, 1), "command {id} ran once");
+    }
+    // A later command still runs, after the replays, on the same service.
+    let later = send_command(&client, &key, "dev", "web", Action::Scale { replicas: 2 }).await;
+    let outcome = watch.outcome(later, WAIT).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { replicas: 2, .. }),
+        "{outcome:?}"
+    );
+    wait_serving(port, "1.0.0", WAIT).await;
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_that_cannot_be_written_fails_the_command_with_the_reason_and_the_agent_goes_on(
+) {
+    let mut system = System::without_controller();
+    let port = free_port();
+    system.start_agent("dev", port).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let key =
+        ferry_protocol::SigningKey::from_seed(&system.controller_key.seed().unwrap()).unwrap();
+    let id = send_command(&client, &key, "dev", "web", deploy("1.0.0", &[])).await;
+    assert!(matches!(
+        watch.outcome(id, WAIT).await.body,
+        EventBody::Succeeded { .. }
+    ));
+
+    // The atomic write's temp file cannot be created (a directory is in the
+    // way; permissions would not stop root).
+    let state_dir = system.dir.path().join("agent-dev");
+    let blocker = state_dir.join(".state.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let id = send_command(&client, &key, "dev", "web", Action::Scale { replicas: 3 }).await;
+    let outcome = watch.outcome(id, WAIT).await;
+    let EventBody::Failed { reason, .. } = &outcome.body else {
+        panic!("the scale should fail to be recorded: {outcome:?}")
+    };
+    assert!(
+        reason.contains("the change is live but was not recorded") && reason.contains("state.json"),
+        "the reason names the state file: {reason}"
+    );
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(
+        recorded["services"]["web"]["replicas"], 2,
+        "the last good state is intact"
+    );
+    wait_serving(port, "1.0.0", WAIT).await;
+
+    // Once the disk is fixed, the next command is recorded.
+    std::fs::remove_dir(&blocker).unwrap();
+    let id = send_command(&client, &key, "dev", "web", Action::Scale { replicas: 1 }).await;
+    let outcome = watch.outcome(id, WAIT).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { replicas: 1, .. }),
+        "{outcome:?}"
+    );
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(recorded["services"]["web"]["replicas"], 1);
+    system.shutdown().await;
+}

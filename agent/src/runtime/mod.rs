@@ -48,6 +48,10 @@ pub enum RuntimeError {
         /// Why.
         detail: String,
     },
+    /// The change is live but the state file could not record it: a
+    /// restarted agent would go back to the last recorded state.
+    #[error("the change is live but was not recorded ({0}); a restarted agent returns to the last recorded state until a later command is recorded")]
+    NotRecorded(String),
     /// New replicas did not become healthy; the previous version keeps serving.
     #[error("{0}")]
     Unhealthy(String),
