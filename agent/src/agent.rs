@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentConfig, RuntimeKind, ServiceConfig};
 use crate::events::{EventPublisher, EventSink};
 use crate::executor::{Executor, ManagedEntry};
+use crate::link::LinkWatch;
 use crate::managed::ManagedService;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
@@ -196,6 +197,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ready_tx,
     ));
     // Heartbeats start once commands are being taken, so the first one means "ready".
+    let link = LinkWatch::default();
+    let link_task = tokio::spawn(link.clone().run(client.clone(), services_shutdown.clone()));
     let telemetry = if ready_rx.await.is_ok() {
         let telemetry = Telemetry {
             agent_id: uuid::Uuid::new_v4().to_string(),
@@ -204,6 +207,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             heartbeat_interval: config.heartbeat_interval,
             metrics_interval: config.metrics_interval,
             state_dir: config.state_dir.clone(),
+            link,
         };
         Some(tokio::spawn(telemetry.run(
             executor.clone(),
@@ -229,6 +233,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if let Some(telemetry) = telemetry {
         let _ = telemetry.await;
     }
+    let _ = link_task.await;
     if let Some(reconnect) = reconnect {
         let _ = reconnect.await;
     }

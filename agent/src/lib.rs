@@ -10,6 +10,7 @@ mod error;
 pub mod events;
 pub mod executor;
 pub mod intake;
+pub mod link;
 pub mod managed;
 pub mod proxy;
 pub mod rollout;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventPublisher, EventSink};
 use crate::executor::Executor;
+use crate::link::LinkWatch;
 
 /// What the telemetry loop needs.
 pub struct Telemetry {
@@ -29,6 +30,8 @@ pub struct Telemetry {
     pub metrics_interval: Duration,
     /// Where the state lives (its disk is the one reported).
     pub state_dir: PathBuf,
+    /// The NATS connection's outages, marked on the next heartbeat.
+    pub link: LinkWatch,
 }
 
 impl Telemetry {
@@ -51,6 +54,7 @@ impl Telemetry {
         metrics.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         metrics.tick().await;
         let changed = executor.changed();
+        let link_back = self.link.back();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -60,6 +64,12 @@ impl Telemetry {
                     publisher.publish_agent(AgentEvent::Heartbeat(event)).await;
                 }
                 _ = metrics.tick() => self.service_reports(&executor, &sink).await,
+                // A heartbeat at once after an outage, carrying its window.
+                _ = link_back.notified() => {
+                    let event = self.heartbeat(&executor, host.clone()).await;
+                    publisher.publish_agent(AgentEvent::Heartbeat(event)).await;
+                    heartbeat.reset();
+                }
                 _ = changed.notified() => {
                     let event = self.heartbeat(&executor, host.clone()).await;
                     publisher.publish_agent(AgentEvent::Heartbeat(event)).await;
@@ -96,6 +106,7 @@ impl Telemetry {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             host,
             services,
+            gap: self.link.take_gap(),
         }
     }
 

@@ -148,6 +148,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 host: HostMetrics::default(),
                 services,
+                gap: None,
             },
             received_at: seen,
         }

@@ -384,6 +384,22 @@ pub struct Heartbeat {
     pub host: HostMetrics,
     /// Every managed service.
     pub services: Vec<ServiceSnapshot>,
+    /// Set on the first heartbeat after the agent lost NATS and got it back:
+    /// the window in which its periodic events (health, metrics, progress)
+    /// may be missing. Outcomes are not: they are retried until stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<Gap>,
+}
+
+/// A time the agent was cut off from NATS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// When the connection was lost.
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    /// When it was back.
+    #[serde(with = "time::serde::rfc3339")]
+    pub to: OffsetDateTime,
 }
 
 impl Payload for AgentEvent {

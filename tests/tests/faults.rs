@@ -291,3 +291,73 @@ async fn a_state_file_that_cannot_be_written_fails_the_command_with_the_reason_a
     assert_eq!(recorded["services"]["web"]["replicas"], 1);
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_from_nats_keeps_serving_and_its_next_heartbeat_marks_the_gap() {
+    let mut system = System::without_controller();
+    let port = free_port();
+    system.start_agent("dev", port).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let key =
+        ferry_protocol::SigningKey::from_seed(&system.controller_key.seed().unwrap()).unwrap();
+    let id = send_command(&client, &key, "dev", "web", deploy("1.0.0", &[])).await;
+    assert!(matches!(
+        watch.outcome(id, WAIT).await.body,
+        EventBody::Succeeded { .. }
+    ));
+    wait_serving(port, "1.0.0", WAIT).await;
+
+    system.nats.kill();
+    let cut = time::OffsetDateTime::now_utc();
+    // Two seconds of traffic with NATS gone: every request is served.
+    let outage = std::time::Instant::now();
+    let mut served = 0;
+    while outage.elapsed() < Duration::from_secs(2) {
+        let answer = ferry_e2e::get(port, "/").await;
+        assert!(
+            answer
+                .as_ref()
+                .is_some_and(|a| a.status == 200 && a.version.as_deref() == Some("1.0.0")),
+            "request {served} failed while NATS was gone: {answer:?}"
+        );
+        served += 1;
+    }
+    assert!(served > 10, "only {served} requests in two seconds");
+
+    system.nats.restart();
+    let client = system.nats.client().await;
+    let mut heartbeats = client
+        .subscribe("ferry.v1.agent.dev.heartbeat")
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let gap = loop {
+        let heartbeat = ferry_e2e::events::next_heartbeat(&mut heartbeats, WAIT).await;
+        if let Some(gap) = heartbeat.gap {
+            break gap;
+        }
+    };
+    let restarted = time::OffsetDateTime::now_utc();
+    assert!(
+        gap.from >= cut - time::Duration::seconds(1)
+            && gap.from <= cut + time::Duration::seconds(1),
+        "the gap starts when NATS went away ({cut}): {gap:?}"
+    );
+    assert!(
+        gap.to > gap.from + time::Duration::seconds(2) && gap.to <= restarted,
+        "the gap ends when NATS was back: {gap:?}"
+    );
+
+    // Commands flow again.
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let id = send_command(&client, &key, "dev", "web", Action::Scale { replicas: 3 }).await;
+    assert!(
+        matches!(
+            watch.outcome(id, WAIT).await.body,
+            EventBody::Succeeded { replicas: 3, .. }
+        ),
+        "a command after the outage runs"
+    );
+    system.shutdown().await;
+}
