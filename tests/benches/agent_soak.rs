@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use ferry_e2e::{bin, free_port, send_command, AgentProcess, System, WAIT};
+use ferry_e2e::{bin, free_port, sample_release, send_command, AgentProcess, System, WAIT};
 use ferry_protocol::command::{Action, ReleaseSpec, RollbackTarget};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::{Envelope, Version};
@@ -73,14 +73,9 @@ fn parent_of(stat: &str) -> Option<u32> {
 }
 
 /// The command cycle: deploy, scale up, scale down, roll back.
-fn action(i: usize, artifact: &str) -> Action {
+fn action(i: usize, _artifact: &str) -> Action {
     let deploy = |version: &str| Action::Deploy {
-        release: ReleaseSpec {
-            version: Version::new(version).unwrap(),
-            artifact: artifact.to_owned(),
-            digest: None,
-            env: Default::default(),
-        },
+        release: sample_release(version, &[]),
         replicas: Some(1),
         health: None,
         approvals: Vec::new(),

@@ -11,30 +11,21 @@
 // A benchmark that cannot set up must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
-use ferry_e2e::{bin, free_port, wait_serving, EventWatch, Load, System, WAIT};
-use ferry_protocol::command::{Action, Command, ReleaseSpec};
+use ferry_e2e::{
+    free_port, sample_release, send_command, wait_serving, EventWatch, Load, System, WAIT,
+};
+use ferry_protocol::command::Action;
 use ferry_protocol::event::EventBody;
 use ferry_protocol::rollout::{RolloutOptions, RolloutPhase, Strategy};
-use ferry_protocol::{EnvName, Envelope, ServiceName, Version};
 
 const RUNS: usize = 3;
 const BAR: Duration = Duration::from_secs(15);
 
 fn deploy(version: &str, env: &[(&str, &str)], canary: bool) -> Action {
     Action::Deploy {
-        release: ReleaseSpec {
-            version: Version::new(version).unwrap(),
-            artifact: bin("ferry-sample").to_str().unwrap().to_owned(),
-            digest: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-        },
+        release: sample_release(version, env),
         replicas: Some(2),
         health: None,
         // The seed's canary and the default analysis: nothing overridden.
@@ -50,23 +41,7 @@ fn deploy(version: &str, env: &[(&str, &str)], canary: bool) -> Action {
 }
 
 async fn send(system: &System, client: &async_nats::Client, action: Action) -> uuid::Uuid {
-    let command = Command {
-        environment: EnvName::new("dev").unwrap(),
-        service: ServiceName::new("web").unwrap(),
-        actor: Some("bench".into()),
-        action,
-    };
-    let envelope = Envelope::new("/ferry/controller", command)
-        .expiring_in(Duration::from_secs(600))
-        .sign(&system.controller_key)
-        .unwrap();
-    jetstream::new(client.clone())
-        .publish("ferry.v1.cmd.dev.web", envelope.to_bytes().unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    envelope.id
+    send_command(client, &system.controller_key, "dev", "web", action).await
 }
 
 struct Run {

@@ -470,3 +470,17 @@ pub async fn send_command(
         .unwrap();
     envelope.id
 }
+
+/// A release of the sample service on the process runtime: the
+/// `ferry-sample` binary as its artifact, `env` as its environment.
+pub fn sample_release(version: &str, env: &[(&str, &str)]) -> ferry_protocol::command::ReleaseSpec {
+    ferry_protocol::command::ReleaseSpec {
+        version: ferry_protocol::Version::new(version).unwrap(),
+        artifact: bin("ferry-sample").to_str().unwrap().to_owned(),
+        digest: None,
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}

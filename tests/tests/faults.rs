@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_e2e::{
-    bin, free_port, send_command, wait_serving, AgentProcess, EventWatch, System, WAIT,
+    free_port, sample_release, send_command, wait_serving, AgentProcess, EventWatch, System, WAIT,
 };
-use ferry_protocol::command::{Action, ReleaseSpec};
+use ferry_protocol::command::Action;
 use ferry_protocol::event::EventBody;
-use ferry_protocol::Version;
 
 /// A replica process as /proc shows it.
 #[derive(Debug)]
@@ -76,15 +75,7 @@ async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
 
 fn deploy(version: &str, env: &[(&str, &str)]) -> Action {
     Action::Deploy {
-        release: ReleaseSpec {
-            version: Version::new(version).unwrap(),
-            artifact: bin("ferry-sample").to_str().unwrap().to_owned(),
-            digest: None,
-            env: env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        },
+        release: sample_release(version, env),
         replicas: Some(2),
         health: None,
         approvals: Vec::new(),

@@ -7,17 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use ferry_e2e::*;
-use ferry_protocol::command::{Action, ActionKind, Command, ReleaseSpec};
+use ferry_protocol::command::{Action, ActionKind};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::rollout::{
     AbortReason, AnalysisOverride, Metric, RolloutControl, RolloutOptions, RolloutPhase, Strategy,
 };
-use ferry_protocol::{EnvName, Envelope, ServiceName, Version};
+use ferry_protocol::Envelope;
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -40,17 +39,8 @@ fn quick_canary() -> Strategy {
 }
 
 fn deploy(version: &str, env_vars: &[(&str, &str)], rollout: Option<RolloutOptions>) -> Action {
-    let env: BTreeMap<String, String> = env_vars
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     Action::Deploy {
-        release: ReleaseSpec {
-            version: Version::new(version).unwrap(),
-            artifact: bin("ferry-sample").to_str().unwrap().to_owned(),
-            digest: None,
-            env,
-        },
+        release: sample_release(version, env_vars),
         replicas: Some(2),
         health: None,
         rollout: rollout.map(Box::new),
@@ -62,23 +52,7 @@ fn deploy(version: &str, env_vars: &[(&str, &str)], rollout: Option<RolloutOptio
 /// Signs `action` for dev/web with the controller's key and stores it in
 /// the commands stream, as the controller would.
 async fn send(system: &System, client: &async_nats::Client, action: Action) -> Uuid {
-    let command = Command {
-        environment: EnvName::new("dev").unwrap(),
-        service: ServiceName::new("web").unwrap(),
-        actor: Some("e2e-test".into()),
-        action,
-    };
-    let envelope = Envelope::new("/ferry/controller", command)
-        .expiring_in(Duration::from_secs(600))
-        .sign(&system.controller_key)
-        .unwrap();
-    let js = jetstream::new(client.clone());
-    js.publish("ferry.v1.cmd.dev.web", envelope.to_bytes().unwrap().into())
-        .await
-        .expect("publish command")
-        .await
-        .expect("command stored");
-    envelope.id
+    send_command(client, &system.controller_key, "dev", "web", action).await
 }
 
 /// A system with a dev agent serving web 1.0.0 on a fresh port.
