@@ -89,7 +89,9 @@ pub struct StageSettings {
     pub approvals_required: u32,
     /// Who may approve here.
     pub reviewers: Vec<ReviewerSettings>,
-    /// Rollout strategy name, passed through for the rollout machinery.
+    /// Rollout strategy of deploys the pipeline issues here (`recreate`,
+    /// `rolling`, `blue-green`, `canary`, with their default settings);
+    /// absent: the agent's configured strategy for the service.
     pub strategy: Option<String>,
 }
 
@@ -126,7 +128,7 @@ pub struct Stage {
     /// Their keys, for verifying signatures.
     pub reviewer_keys: Arc<TrustedKeys>,
     /// See [`StageSettings::strategy`].
-    pub strategy: Option<String>,
+    pub strategy: Option<ferry_protocol::rollout::StrategyKind>,
     /// Who may give security overrides here: the environment's reviewers,
     /// or, where it has none (dev, typically), every reviewer of the pipeline.
     pub override_reviewers: Vec<Reviewer>,
@@ -537,7 +539,11 @@ impl ControllerConfig {
                 approvals_required: settings.approvals_required,
                 reviewers,
                 reviewer_keys: Arc::new(reviewer_keys),
-                strategy: settings.strategy.clone(),
+                strategy: settings.strategy.as_deref().and_then(|name| {
+                    name.parse()
+                        .map_err(|e| problem("pipeline.strategy", format!("{env}: {e}")))
+                        .ok()
+                }),
                 override_reviewers: Vec::new(),
                 override_keys: Arc::default(),
             });
@@ -796,6 +802,40 @@ mod tests {
                 .auto_deploy
         );
         assert_eq!(resolved.approval_ttl(), Duration::from_secs(72 * 3600));
+    }
+
+    #[test]
+    fn a_stage_strategy_is_a_known_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            ..ControllerConfig::default()
+        };
+        config.pipeline.insert(
+            "production".into(),
+            StageSettings {
+                strategy: Some("canary".into()),
+                ..Default::default()
+            },
+        );
+        let resolved = config.clone().validate().unwrap();
+        assert_eq!(
+            resolved
+                .stage(&EnvName::new("production").unwrap())
+                .unwrap()
+                .strategy,
+            Some(ferry_protocol::rollout::StrategyKind::Canary)
+        );
+        config.pipeline.insert(
+            "acceptance".into(),
+            StageSettings {
+                strategy: Some("sideways".into()),
+                ..Default::default()
+            },
+        );
+        let problems = config.validate().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "pipeline.strategy");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use ferry_protocol::api::{
 use ferry_protocol::approval::{self, ApprovalKind, ApprovalTarget, SignedApproval};
 use ferry_protocol::command::{Action, Command};
 use ferry_protocol::release::Release;
+use ferry_protocol::rollout::{RolloutOptions, Strategy};
 use ferry_protocol::{EnvName, ServiceName, Version};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -526,7 +527,12 @@ pub(crate) async fn advance(
             replicas: None,
             health: None,
             approvals,
-            rollout: None,
+            rollout: stage.strategy.map(|kind| {
+                Box::new(RolloutOptions {
+                    strategy: Some(Strategy::defaults(kind)),
+                    analysis: None,
+                })
+            }),
             hotfix: release.hotfix,
         },
     };

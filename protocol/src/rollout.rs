@@ -77,6 +77,21 @@ impl Strategy {
         }
     }
 
+    /// A strategy of `kind` with its default settings.
+    pub fn defaults(kind: StrategyKind) -> Strategy {
+        match kind {
+            StrategyKind::Recreate => Strategy::Recreate,
+            StrategyKind::Rolling => Strategy::Rolling {
+                batch_size: one(),
+                max_unavailable: 0,
+            },
+            StrategyKind::BlueGreen => Strategy::BlueGreen {
+                keep_old_for_secs: default_keep_old_secs(),
+            },
+            StrategyKind::Canary => Strategy::default_canary(),
+        }
+    }
+
     /// Its short name.
     pub fn kind(&self) -> StrategyKind {
         match self {
@@ -143,6 +158,24 @@ pub enum StrategyKind {
     BlueGreen,
     /// See [`Strategy::Canary`].
     Canary,
+}
+
+impl std::str::FromStr for StrategyKind {
+    type Err = Error;
+
+    /// The names [`fmt::Display`] prints (`blue_green` is accepted too).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "recreate" => Ok(StrategyKind::Recreate),
+            "rolling" => Ok(StrategyKind::Rolling),
+            "blue-green" | "blue_green" => Ok(StrategyKind::BlueGreen),
+            "canary" => Ok(StrategyKind::Canary),
+            other => Err(Error::InvalidField {
+                field: "strategy",
+                reason: format!("{other:?} is not one of recreate, rolling, blue-green, canary"),
+            }),
+        }
+    }
 }
 
 impl fmt::Display for StrategyKind {
@@ -477,6 +510,22 @@ pub struct RolloutEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strategy_names_round_trip_and_defaults_are_valid() {
+        for kind in [
+            StrategyKind::Recreate,
+            StrategyKind::Rolling,
+            StrategyKind::BlueGreen,
+            StrategyKind::Canary,
+        ] {
+            assert_eq!(kind.to_string().parse::<StrategyKind>().unwrap(), kind);
+            let strategy = Strategy::defaults(kind);
+            assert_eq!(strategy.kind(), kind);
+            strategy.validate().unwrap();
+        }
+        assert!("sideways".parse::<StrategyKind>().is_err());
+    }
 
     #[test]
     fn strategies_round_trip_and_take_defaults() {
