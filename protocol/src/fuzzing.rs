@@ -348,3 +348,22 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod corpus {
+    /// Writes the signed seeds where cargo-fuzz looks for its corpus:
+    /// `cargo test -p ferry-protocol write_seed_corpus -- --ignored`.
+    #[test]
+    #[ignore = "writes fuzz/corpus/decode; run by hand before fuzzing"]
+    fn write_seed_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/decode");
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = super::harness_key().unwrap();
+        // Far-future time, so the signed seeds stay unexpired for fuzzing runs.
+        let now =
+            time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(10 * 365 * 86_400);
+        for (i, seed) in super::seeds(&key, now).unwrap().iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}.json")), seed).unwrap();
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod approval;
 pub mod command;
 pub mod envelope;
 pub mod event;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod keys;
 pub mod names;
