@@ -148,6 +148,7 @@ fn release(version: &str) -> Release {
         artifact: "/opt/web/bin/web".into(),
         digest: None,
         env: Default::default(),
+        secret_env: Default::default(),
         author: Some("alice".into()),
         commit: None,
         hotfix: false,

@@ -98,6 +98,7 @@ pub fn seeds(key: &SigningKey, now: OffsetDateTime) -> Result<Vec<Vec<u8>>, Erro
             artifact: release.artifact.clone(),
             digest: None,
             env: release.env.clone(),
+            secret_env: Default::default(),
             author: Some("ci".into()),
             commit: None,
             hotfix: false,
