@@ -103,10 +103,8 @@ async fn refused(
 /// The agent still carries out a good command: deploys `version` of the sample
 /// and serves it on `port`.
 async fn still_works(system: &System, events: &mut EventWatch, port: u16, version: &str) {
-    let client = system.nats.client().await;
-    let id = send_command(
-        &client,
-        &system.controller_key,
+    let id = send(
+        system,
         "dev",
         "web",
         deploy_of(&sample(), version, BTreeMap::new()),
@@ -118,6 +116,12 @@ async fn still_works(system: &System, events: &mut EventWatch, port: u16, versio
         "a good deploy after bad input: {outcome:?}"
     );
     wait_serving(port, version, WAIT).await;
+}
+
+/// Signs `action` for `env`/`service` as the controller would and stores it.
+async fn send(system: &System, env: &str, service: &str, action: Action) -> Uuid {
+    let client = system.nats.client().await;
+    send_command(&client, &system.controller_key, env, service, action).await
 }
 
 async fn dev_agent() -> (System, EventWatch, u16) {
@@ -237,14 +241,7 @@ async fn unknown_environments_services_and_subjects_are_refused_with_a_reason() 
 
     // A service this agent does not manage: refused on that service's subject.
     let mut ghost = EventWatch::new(&client, "dev", "ghost").await;
-    let id = send_command(
-        &client,
-        &system.controller_key,
-        "dev",
-        "ghost",
-        Action::Scale { replicas: 1 },
-    )
-    .await;
+    let id = send(&system, "dev", "ghost", Action::Scale { replicas: 1 }).await;
     match ghost.outcome(id, WAIT).await.body {
         EventBody::Refused { reason, detail } => {
             assert_eq!(reason, RefusalReason::UnknownService);
@@ -278,14 +275,7 @@ async fn unknown_environments_services_and_subjects_are_refused_with_a_reason() 
 
     // A command for an environment with no agent stays in the stream unread:
     // dev's agent only consumes ferry.v1.cmd.dev.> and never sees it.
-    let staging = send_command(
-        &client,
-        &system.controller_key,
-        "staging",
-        "web",
-        Action::Scale { replicas: 1 },
-    )
-    .await;
+    let staging = send(&system, "staging", "web", Action::Scale { replicas: 1 }).await;
 
     still_works(&system, &mut events, port, "1.0.0").await;
     // Stored, never delivered to dev's agent: had it been, dev would have
@@ -349,10 +339,8 @@ async fn path_traversal_and_relative_artifacts_are_refused() {
     }
     // A relative path without dots passes the protocol (it could be an image
     // name) and is refused by the process runtime before anything changes.
-    let client = system.nats.client().await;
-    let id = send_command(
-        &client,
-        &system.controller_key,
+    let id = send(
+        &system,
         "dev",
         "web",
         deploy_of("bin/sh", "1.0.0", BTreeMap::new()),
@@ -389,10 +377,8 @@ async fn shell_metacharacters_in_artifacts_are_never_interpreted() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::copy(bin("ferry-sample"), path).unwrap();
         let version = format!("1.0.{i}");
-        let client = system.nats.client().await;
-        let id = send_command(
-            &client,
-            &system.controller_key,
+        let id = send(
+            &system,
             "dev",
             "web",
             deploy_of(artifact, &version, BTreeMap::new()),
@@ -406,10 +392,8 @@ async fn shell_metacharacters_in_artifacts_are_never_interpreted() {
         wait_serving(port, &version, WAIT).await;
     }
     // A malicious artifact that only exists if a shell splits it.
-    let client = system.nats.client().await;
-    let id = send_command(
-        &client,
-        &system.controller_key,
+    let id = send(
+        &system,
         "dev",
         "web",
         deploy_of(
@@ -479,14 +463,7 @@ async fn release_variables_cannot_take_over_ferrys_own_or_inject_more() {
 
     // Ordinary variables, shell text in a value included, pass as they are.
     let env = BTreeMap::from([("GREETING".to_owned(), "$(id);`id`".to_owned())]);
-    let id = send_command(
-        &client,
-        &system.controller_key,
-        "dev",
-        "web",
-        deploy_of(&sample(), "1.0.0", env),
-    )
-    .await;
+    let id = send(&system, "dev", "web", deploy_of(&sample(), "1.0.0", env)).await;
     let outcome = events.outcome(id, WAIT).await;
     assert!(
         matches!(outcome.body, EventBody::Succeeded { .. }),
