@@ -267,6 +267,10 @@ pub struct PublishArgs {
     /// An environment variable the release runs with (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub env: Vec<(String, String)>,
+    /// A secret environment variable (repeatable): the replicas get it like
+    /// --env, but ferry shows its value as <secret> everywhere.
+    #[arg(long = "secret-env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub secret_env: Vec<(String, String)>,
     /// Who made it (commit author or CI user).
     #[arg(long)]
     pub author: Option<String>,
@@ -287,9 +291,9 @@ impl PublishArgs {
     /// The variables as a map, refusing a name given twice.
     pub fn env_map(&self) -> Result<BTreeMap<String, String>, String> {
         let mut map = BTreeMap::new();
-        for (key, value) in &self.env {
+        for (key, value) in self.env.iter().chain(&self.secret_env) {
             if map.insert(key.clone(), value.clone()).is_some() {
-                return Err(format!("--env {key} is given more than once"));
+                return Err(format!("--env/--secret-env {key} is given more than once"));
             }
         }
         Ok(map)

@@ -585,6 +585,7 @@ mod tests {
                 artifact: "/opt/web".into(),
                 digest: Some(format!("sha256:{}", "a".repeat(64))),
                 env: Default::default(),
+                secret_env: Default::default(),
                 author: None,
                 commit: Some("0123456789abcdef0123".into()),
                 hotfix: true,

@@ -199,6 +199,14 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
                 .releases(service.as_ref())
                 .await
                 .map_err(internal("read the releases"))?;
+            // Secret variables never leave the controller in a reply.
+            let releases: Vec<_> = releases
+                .into_iter()
+                .map(|mut record| {
+                    record.release = record.release.redacted();
+                    record
+                })
+                .collect();
             Ok(encode(ApiReply::ok(
                 format!("{} releases", releases.len()),
                 releases,

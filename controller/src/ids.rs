@@ -45,6 +45,15 @@ pub(crate) fn release_published(service: &ServiceName, version: &Version) -> Uui
     v5(&format!("history/release/{service}/{version}/published"))
 }
 
+/// The history record of a release event the controller rejected, by the
+/// service and the time JetStream stored the event.
+pub(crate) fn release_rejected(service: &ServiceName, stored_at: time::OffsetDateTime) -> Uuid {
+    v5(&format!(
+        "history/release/{service}/{}/rejected",
+        stored_at.unix_timestamp_nanos()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

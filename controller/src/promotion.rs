@@ -1190,6 +1190,7 @@ mod tests {
             artifact: "/bin/web".into(),
             digest: Some("sha256:ab".into()),
             env: Default::default(),
+            secret_env: Default::default(),
             author: Some(author.into()),
             commit: None,
             hotfix: false,

@@ -8,7 +8,7 @@ use ferry_protocol::api::{HistoryRecord, ReleaseRecord};
 use ferry_protocol::release::Release;
 use ferry_protocol::streams;
 use ferry_protocol::subject::Subject;
-use ferry_protocol::Envelope;
+use ferry_protocol::{Envelope, Refusal, RefusalReason, ServiceName};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -30,11 +30,41 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
     consumer::run(shared, durable, shutdown, handle).await
 }
 
+/// Handles one release event; a rejected one is also recorded in the
+/// service's history (at the first environment), so CI and operators see why
+/// with `ferry history` rather than only in the controller's log.
 async fn handle(shared: Arc<Shared>, message: Incoming) -> Disposition {
     let service = match Subject::parse(&message.subject) {
         Ok(Subject::Release { service }) => service,
+        // No valid service name: there is no history to put it in.
         _ => return Disposition::Reject(format!("{} is not a release subject", message.subject)),
     };
+    let stored_at = message.stored_at;
+    match accept(&shared, message, service.clone()).await {
+        Disposition::Reject(reason) => {
+            let first = shared.config.first_environment().clone();
+            let record = HistoryRecord {
+                time: stored_at,
+                environment: None,
+                service: service.clone(),
+                version: None,
+                action: "release".to_owned(),
+                outcome: "rejected".to_owned(),
+                detail: Refusal::new(RefusalReason::Invalid, reason.clone()).detail,
+                command_id: None,
+                actor: None,
+            };
+            let id = ids::release_rejected(&service, stored_at);
+            if let Err(e) = shared.store.append_history(&first, record, id).await {
+                return Disposition::Retry(e);
+            }
+            Disposition::Reject(reason)
+        }
+        other => other,
+    }
+}
+
+async fn accept(shared: &Arc<Shared>, message: Incoming, service: ServiceName) -> Disposition {
     let release = match Envelope::<Release>::decode(&message.payload) {
         Ok(envelope) => envelope.data,
         Err(refusal) => {
@@ -104,7 +134,7 @@ async fn handle(shared: Arc<Shared>, message: Incoming) -> Disposition {
         return Disposition::Retry(e);
     }
 
-    match promotion::on_release(&shared, &record).await {
+    match promotion::on_release(shared, &record).await {
         Ok(()) => {
             info!(service = %release.service, version = %release.version, "new release entered the pipeline at {first}");
             Disposition::Done

@@ -148,6 +148,7 @@ fn release(version: &str) -> Release {
         artifact: "/opt/web/bin/web".into(),
         digest: None,
         env: Default::default(),
+        secret_env: Default::default(),
         author: Some("alice".into()),
         commit: None,
         hotfix: false,
@@ -406,9 +407,13 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             .into_iter()
             .map(|r| format!("{} {}", r.action, r.outcome))
             .collect();
-        (outcomes.len() == 3).then_some(outcomes)
+        (outcomes.len() == 4).then_some(outcomes)
     })
     .await;
+    // The garbage release event above is in web's history with its reason.
+    let (rejected, outcomes): (Vec<String>, Vec<String>) =
+        outcomes.into_iter().partition(|o| o == "release rejected");
+    assert_eq!(rejected.len(), 1);
     assert_eq!(
         outcomes,
         ["release published", "deploy issued", "deploy succeeded"]

@@ -64,6 +64,19 @@ impl ReleaseSpec {
                 reason: "must not contain whitespace or control characters".into(),
             });
         }
+        if self
+            .artifact
+            .split('/')
+            .any(|segment| segment == ".." || segment == ".")
+        {
+            return Err(Error::InvalidField {
+                field: "artifact",
+                reason: format!(
+                    "{:?} must not contain '.' or '..' path segments",
+                    self.artifact.chars().take(80).collect::<String>()
+                ),
+            });
+        }
         if self.env.len() > MAX_ENV_VARS {
             return Err(Error::InvalidField {
                 field: "env",
@@ -84,6 +97,12 @@ impl ReleaseSpec {
                     reason: format!("variable name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"),
                 });
             }
+            if let Some(owner) = reserved_env_name(name) {
+                return Err(Error::InvalidField {
+                    field: "env",
+                    reason: format!("variable {name} is reserved: {owner}"),
+                });
+            }
             if value.contains('\0') || value.len() > 32 * 1024 {
                 return Err(Error::InvalidField {
                     field: "env",
@@ -92,6 +111,19 @@ impl ReleaseSpec {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a release may not set the variable `name`, if it may not: ferry's own
+/// (`PORT`, `FERRY_*`, which every runtime sets last anyway) and the dynamic
+/// loader's (`LD_*`), which would change what code runs inside the artifact.
+pub fn reserved_env_name(name: &str) -> Option<&'static str> {
+    if name == "PORT" || name.starts_with("FERRY_") {
+        Some("ferry sets it for every replica")
+    } else if name.starts_with("LD_") {
+        Some("dynamic-loader variables could load code the artifact does not contain")
+    } else {
+        None
     }
 }
 

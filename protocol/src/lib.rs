@@ -7,6 +7,8 @@ pub mod approval;
 pub mod command;
 pub mod envelope;
 pub mod event;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod keys;
 pub mod names;
 pub mod release;
@@ -120,12 +122,22 @@ pub struct Refusal {
     pub detail: String,
 }
 
+/// Longest refusal detail kept: decoders quote the offending input, and a
+/// refusal travels in events and logs, so a megabyte field must not.
+pub const MAX_REFUSAL_DETAIL: usize = 1024;
+
 impl Refusal {
-    /// A refusal with `reason` and `detail`.
+    /// A refusal with `reason` and `detail` (cut to [`MAX_REFUSAL_DETAIL`] bytes).
     pub fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
-        Refusal {
-            reason,
-            detail: detail.into(),
+        let mut detail = detail.into();
+        if detail.len() > MAX_REFUSAL_DETAIL {
+            let mut end = MAX_REFUSAL_DETAIL;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+            detail.push_str("… (cut)");
         }
+        Refusal { reason, detail }
     }
 }

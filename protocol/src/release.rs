@@ -1,6 +1,6 @@
 //! Release events CI publishes on `ferry.v1.release.<service>`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,12 @@ pub struct Release {
     /// Environment variables the release runs with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Names of `env` variables whose values are secret: the controller's API
+    /// (and so the CLI) shows them as [`REDACTED`]. They still travel to the
+    /// agent in signed commands and sit in the releases bucket: NATS
+    /// permissions guard those (see deploy/nats).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub secret_env: BTreeSet<String>,
     /// Who made it (commit author or CI actor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
@@ -37,6 +43,9 @@ pub struct Release {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan: Option<ScanSummary>,
 }
+
+/// What a secret variable's value is shown as.
+pub const REDACTED: &str = "<secret>";
 
 /// Vulnerabilities found by CI's scanner, counted by severity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,9 +116,31 @@ impl Release {
         self.spec().approval_digest()
     }
 
-    /// Size and character checks.
+    /// Size and character checks; every secret names one of `env`.
     pub fn validate(&self) -> Result<(), Error> {
-        self.spec().validate()
+        self.spec().validate()?;
+        if let Some(name) = self.secret_env.iter().find(|n| !self.env.contains_key(*n)) {
+            return Err(Error::InvalidField {
+                field: "secret_env",
+                reason: format!(
+                    "{:?} is not one of the release's variables",
+                    name.chars().take(80).collect::<String>()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The release as it may be shown: secret variables' values replaced
+    /// by [`REDACTED`].
+    pub fn redacted(&self) -> Release {
+        let mut shown = self.clone();
+        for (name, value) in shown.env.iter_mut() {
+            if self.secret_env.contains(name) {
+                *value = REDACTED.to_owned();
+            }
+        }
+        shown
     }
 }
 
@@ -122,6 +153,33 @@ impl Payload for Release {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_variables_are_redacted_and_must_exist() {
+        let mut release = Release {
+            service: ServiceName::new("web").unwrap(),
+            version: Version::new("1.0.0").unwrap(),
+            artifact: "/bin/web".into(),
+            digest: None,
+            env: [
+                ("TOKEN".into(), "hunter2".into()),
+                ("MODE".into(), "fast".into()),
+            ]
+            .into(),
+            secret_env: ["TOKEN".to_owned()].into(),
+            author: None,
+            commit: None,
+            hotfix: false,
+            scan: None,
+        };
+        release.validate().unwrap();
+        let shown = release.redacted();
+        assert_eq!(shown.env["TOKEN"], REDACTED);
+        assert_eq!(shown.env["MODE"], "fast");
+        assert!(!serde_json::to_string(&shown).unwrap().contains("hunter2"));
+        release.secret_env.insert("MISSING".into());
+        assert!(release.validate().is_err());
+    }
 
     #[test]
     fn scan_summaries_parse_and_print() {

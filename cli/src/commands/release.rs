@@ -23,6 +23,7 @@ fn release(args: &PublishArgs) -> Result<Release> {
         artifact: args.artifact.clone(),
         digest: args.digest.clone().filter(|d| !d.is_empty()),
         env: args.env_map().map_err(CliError::usage)?,
+        secret_env: args.secret_env.iter().map(|(k, _)| k.clone()).collect(),
         author: args.author.clone().filter(|a| !a.is_empty()),
         commit: args.commit.clone().filter(|c| !c.is_empty()),
         hotfix: args.hotfix,
