@@ -767,6 +767,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nats_user_needs_a_readable_password_file_and_the_inbox_defaults_per_environment() {
+        let key = ferry_protocol::SigningKey::generate().public_key();
+        let base = format!(
+            "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n[services.web]\nport = 18080\n"
+        );
+        let cfg = from_toml(&base).expect("no NATS user is fine");
+        assert_eq!(cfg.nats_inbox_prefix, "_INBOX_ferry_agent_production");
+        assert_eq!(cfg.nats_user, None);
+
+        let Err(Error::Config(problems)) =
+            from_toml(&format!("nats_user = \"ferry-agent-production\"\n{base}"))
+        else {
+            panic!("accepted a user without a password file");
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("nats_user: set nats_password_file")),
+            "{problems:?}"
+        );
+
+        let Err(Error::Config(problems)) = from_toml(&format!(
+            "nats_user = \"u\"\nnats_password_file = \"/nonexistent/pw\"\nnats_inbox_prefix = \"_INBOX.>\"\n{base}"
+        )) else {
+            panic!("accepted a missing password file and a wildcard prefix");
+        };
+        let joined = problems.join("\n");
+        assert!(
+            joined.contains("nats_password_file: /nonexistent/pw is not a readable file"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("nats_inbox_prefix: \"_INBOX.>\""),
+            "{joined}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-value\n").unwrap();
+        let cfg = from_toml(&format!(
+            "nats_user = \"ferry-agent-production\"\nnats_password_file = {:?}\n{base}",
+            file.display().to_string()
+        ))
+        .expect("user and password file");
+        assert_eq!(cfg.nats_user.as_deref(), Some("ferry-agent-production"));
+        assert!(
+            !format!("{cfg:?}").contains("s3cret-value"),
+            "the configuration holds the path, never the password"
+        );
+    }
+
+    #[test]
     fn approval_gate_settings_are_checked() {
         let controller = ferry_protocol::SigningKey::generate().public_key();
         let reviewer = ferry_protocol::SigningKey::generate().public_key();

@@ -96,6 +96,13 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
     }
     options
         .custom_inbox_prefix(config.nats_inbox_prefix())
+        // Refusals by the server (a permissions violation) show in the log.
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::ServerError(e) => error!("NATS server error: {e}"),
+                other => info!(event = %other, "NATS connection event"),
+            }
+        })
         .connect(config.nats_url())
         .await
         .map_err(|source| Error::Connect {

@@ -110,8 +110,13 @@ impl System {
         system
     }
 
-    /// Starts nats-server only; agents create the streams they need.
+    /// Starts nats-server only; agents create the streams they need. With
+    /// `FERRY_E2E_NATS=deploy` in the environment the server runs with the
+    /// deployment configuration, as in [`System::start_with_permissions`].
     pub fn without_controller() -> System {
+        if std::env::var("FERRY_E2E_NATS").is_ok_and(|mode| mode == "deploy") {
+            return System::with_nats(NatsServer::start_with_permissions());
+        }
         System::with_nats(NatsServer::start())
     }
 

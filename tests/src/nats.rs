@@ -200,10 +200,13 @@ impl NatsServer {
     }
 
     /// A client connected to it; on a server with permissions, as the
-    /// read-only CLI user (it may follow events and call the API).
+    /// controller's user (tests that publish signed commands or read the
+    /// streams play the controller; the other roles use their own users).
     pub async fn client(&self) -> async_nats::Client {
         if self.has_permissions() {
-            return self.client_as("ferry-cli", "_INBOX_ferry_cli").await;
+            return self
+                .client_as("ferry-controller", "_INBOX_ferry_controller")
+                .await;
         }
         async_nats::connect(self.url())
             .await

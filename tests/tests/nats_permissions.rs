@@ -87,7 +87,8 @@ async fn dev_agent_credentials_cannot_read_production_commands() {
     init_tracing();
     let nats = NatsServer::start_with_permissions();
     let (_controller, controller_js) = controller(&nats).await;
-    let (dev, mut errors) = client_with_errors(&nats, "ferry-agent-dev", "_INBOX_ferry_agent_dev").await;
+    let (dev, mut errors) =
+        client_with_errors(&nats, "ferry-agent-dev", "_INBOX_ferry_agent_dev").await;
 
     // A plain subscription to production's commands is refused.
     let production = subject::commands_for_env(&env("production"));
@@ -103,7 +104,11 @@ async fn dev_agent_credentials_cannot_read_production_commands() {
         .get_stream(streams::commands().name)
         .await
         .expect("dev's agent may look up the command stream");
-    for durable in [Some("ferry-agent-dev"), Some("ferry-agent-production"), None] {
+    for durable in [
+        Some("ferry-agent-dev"),
+        Some("ferry-agent-production"),
+        None,
+    ] {
         let created = stream
             .create_consumer(consumer::pull::Config {
                 durable_name: durable.map(str::to_owned),
@@ -178,7 +183,8 @@ async fn dev_agent_credentials_cannot_publish_to_production_subjects() {
     let mut events = admin.subscribe(subject::all_events()).await.unwrap();
     let mut agent_events = admin.subscribe(subject::all_agent_events()).await.unwrap();
     admin.flush().await.unwrap();
-    let (dev, mut errors) = client_with_errors(&nats, "ferry-agent-dev", "_INBOX_ferry_agent_dev").await;
+    let (dev, mut errors) =
+        client_with_errors(&nats, "ferry-agent-dev", "_INBOX_ferry_agent_dev").await;
 
     let outcome = subject::event(
         &env("production"),
@@ -193,7 +199,9 @@ async fn dev_agent_credentials_cannot_publish_to_production_subjects() {
         &env("production"),
         ferry_protocol::subject::AgentEventKind::Heartbeat,
     );
-    dev.publish(heartbeat.clone(), "forged".into()).await.unwrap();
+    dev.publish(heartbeat.clone(), "forged".into())
+        .await
+        .unwrap();
     dev.flush().await.unwrap();
     violation(&mut errors, "publish", &heartbeat).await;
 
@@ -214,14 +222,22 @@ async fn dev_agent_credentials_cannot_publish_to_production_subjects() {
     // Dev's own event, published after the forged ones, is the first thing
     // the admin sees: the server dropped every forged message (one delivered
     // before it would have been read from the socket first).
-    let own = subject::event(&env("dev"), &web(), ferry_protocol::subject::EventKind::Outcome);
+    let own = subject::event(
+        &env("dev"),
+        &web(),
+        ferry_protocol::subject::EventKind::Outcome,
+    );
     dev.publish(own.clone(), "genuine".into()).await.unwrap();
     dev.flush().await.unwrap();
     let first = tokio::time::timeout(WAIT, events.next())
         .await
         .expect("dev's own event arrives")
         .unwrap();
-    assert_eq!(first.subject.as_str(), own, "the admin saw a forged event first");
+    assert_eq!(
+        first.subject.as_str(),
+        own,
+        "the admin saw a forged event first"
+    );
     assert_eq!(&first.payload[..], b"genuine");
     assert!(
         agent_events.next().now_or_never().is_none(),
@@ -236,7 +252,10 @@ async fn dev_agent_credentials_cannot_publish_to_production_subjects() {
         .unwrap()
         .state
         .messages;
-    assert_eq!(commands, 0, "dev's forged command reached the command stream");
+    assert_eq!(
+        commands, 0,
+        "dev's forged command reached the command stream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,9 +342,10 @@ async fn every_role_on_its_own_user_releases_deploys_and_reports() {
         let out = system.cli_async(&["status", "--output", "json"]).await;
         assert_ok(&out, "ferry status as ferry-cli");
         let rows = json(&out);
-        let running = rows.as_array().unwrap().iter().any(|r| {
-            r["environment"] == "dev" && r["service"] == "web" && r["version"] == "1.0.0"
-        });
+        let running =
+            rows.as_array().unwrap().iter().any(|r| {
+                r["environment"] == "dev" && r["service"] == "web" && r["version"] == "1.0.0"
+            });
         if running {
             break;
         }
