@@ -746,6 +746,37 @@ mod tests {
     }
 
     #[test]
+    fn a_nats_user_needs_its_password_file_and_the_inbox_prefix_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            nats_user: Some("ferry-controller".into()),
+            nats_inbox_prefix: "_INBOX.*".into(),
+            ..ControllerConfig::default()
+        };
+        let problems = config.validate().unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["nats_user", "nats_inbox_prefix"], "{problems:?}");
+
+        let password = dir.path().join("controller.password");
+        std::fs::write(&password, "s3cret-value\n").unwrap();
+        let resolved = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            nats_user: Some("ferry-controller".into()),
+            nats_password_file: Some(password.clone()),
+            ..ControllerConfig::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            resolved.nats_user(),
+            Some(("ferry-controller", password.as_path()))
+        );
+        assert_eq!(resolved.nats_inbox_prefix(), DEFAULT_INBOX_PREFIX);
+        assert!(!format!("{resolved:?}").contains("s3cret-value"));
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let config = ControllerConfig {

@@ -124,10 +124,22 @@ impl System {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let controller_key = SigningKey::generate();
+        let (nats_user, nats_password_file) = if nats.has_permissions() {
+            (
+                Some("ferry-controller".to_owned()),
+                Some(nats.password_file("ferry-controller")),
+            )
+        } else {
+            (None, None)
+        };
+        // Carries the controller's NATS user, so a second instance built
+        // from it authenticates too.
         let controller_config = ferry_controller::ControllerConfig {
             environments: ENVIRONMENTS.iter().map(|e| e.to_string()).collect(),
             agent_timeout: "5s".into(),
             promotion_check_interval: "100ms".into(),
+            nats_user,
+            nats_password_file,
             ..Default::default()
         };
         System {
@@ -145,11 +157,8 @@ impl System {
     pub async fn start_controller(&mut self) {
         let key_file = self.dir.path().join("controller.nk");
         std::fs::write(&key_file, self.controller_key.seed().expect("seed")).expect("write key");
-        let (nats_user, nats_password_file) = self.credentials("ferry-controller");
         let config = ferry_controller::ControllerConfig {
             nats_url: self.nats.url(),
-            nats_user,
-            nats_password_file,
             signing_key_file: key_file,
             metrics_listen: self
                 .metrics_port
@@ -320,9 +329,10 @@ impl System {
     }
 
     /// Runs the `ferry` CLI against this system's NATS.
-    /// On a server with permissions, as the `ferry-cli` user.
+    /// On a server with permissions, as the user of the role that runs
+    /// that command (see [`cli_user`]).
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.cli_command("ferry-cli", args)
+        self.cli_command(cli_user(args), args)
             .output()
             .expect("run ferry")
     }
@@ -353,7 +363,7 @@ impl System {
 
     /// Runs the CLI off the async runtime's threads (it may block for a while).
     pub async fn cli_async(&self, args: &[&str]) -> Output {
-        self.cli_async_as("ferry-cli", args).await
+        self.cli_async_as(cli_user(args), args).await
     }
 
     /// [`System::cli_async`] as `user` (see [`System::cli_command`]).
@@ -396,8 +406,7 @@ impl System {
             args.push("--env");
             args.push(var);
         }
-        // CI publishes releases.
-        let out = self.cli_async_as("ferry-ci", &args).await;
+        let out = self.cli_async(&args).await;
         assert_ok(&out, "ferry release publish");
     }
 
@@ -408,6 +417,16 @@ impl System {
             self.stop_agent(&env).await;
         }
         self.stop_controller().await;
+    }
+}
+
+/// The NATS user of the role that runs `ferry args`: CI publishes releases
+/// (`ferry-ci`), people run everything else (`ferry-cli`).
+pub fn cli_user(args: &[&str]) -> &'static str {
+    if args.starts_with(&["release", "publish"]) {
+        "ferry-ci"
+    } else {
+        "ferry-cli"
     }
 }
 

@@ -363,18 +363,21 @@ async fn every_role_on_its_own_user_releases_deploys_and_reports() {
     // The CLI's user cannot publish a release; CI's cannot call the API.
     let sample = bin("ferry-sample");
     let out = system
-        .cli_async(&[
-            "release",
-            "publish",
-            "--service",
-            "web",
-            "--version",
-            "2.0.0",
-            "--artifact",
-            sample.to_str().unwrap(),
-            "--timeout",
-            "2s",
-        ])
+        .cli_async_as(
+            "ferry-cli",
+            &[
+                "release",
+                "publish",
+                "--service",
+                "web",
+                "--version",
+                "2.0.0",
+                "--artifact",
+                sample.to_str().unwrap(),
+                "--timeout",
+                "2s",
+            ],
+        )
         .await;
     assert!(!out.status.success(), "ferry-cli published a release");
     let out = system
