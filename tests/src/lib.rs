@@ -207,6 +207,18 @@ impl System {
         }
     }
 
+    /// TOML lines giving `env`'s agent its NATS user on a server with
+    /// permissions (nothing on an open one), for agent config files.
+    pub fn agent_credentials_toml(&self, env: &str) -> String {
+        match self.credentials(&format!("ferry-agent-{env}")) {
+            (Some(user), Some(file)) => format!(
+                "nats_user = \"{user}\"\nnats_password_file = \"{}\"\n",
+                file.display()
+            ),
+            _ => String::new(),
+        }
+    }
+
     /// Configuration of an agent for `env` managing one sample service `service` on `port`.
     pub fn agent_config(&self, env: &str, services: &[(&str, u16)]) -> AgentConfig {
         let services = services
