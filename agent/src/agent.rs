@@ -33,8 +33,16 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
             .map_err(|e| Error::Config(vec![format!("nats_creds: {}: {e}", path.display())]))?,
         None => async_nats::ConnectOptions::new(),
     };
+    let options = match (&config.nats_user, &config.nats_password_file) {
+        (Some(user), Some(file)) => {
+            let password = read_password(file)?;
+            options.user_and_password(user.clone(), password)
+        }
+        _ => options,
+    };
     options
         .name(format!("ferry-agent-{}", config.environment))
+        .custom_inbox_prefix(&config.nats_inbox_prefix)
         .event_callback(|event| async move {
             tracing::info!(%event, "NATS connection event");
         })
@@ -44,6 +52,21 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
             url: config.nats_url.clone(),
             source,
         })
+}
+
+/// Reads a NATS password file: its first line, without the line end. The
+/// error names the file, never its content.
+fn read_password(file: &std::path::Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Error::Config(vec![format!("nats_password_file: {}: {e}", file.display())]))?;
+    let password = text.lines().next().unwrap_or("").to_owned();
+    if password.is_empty() {
+        return Err(Error::Config(vec![format!(
+            "nats_password_file: {} is empty",
+            file.display()
+        )]));
+    }
+    Ok(password)
 }
 
 /// First wait before trying an unreachable engine again; it doubles up to

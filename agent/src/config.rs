@@ -158,6 +158,14 @@ pub struct AgentConfig {
     pub nats_url: String,
     /// NATS credentials file.
     pub nats_creds: Option<PathBuf>,
+    /// NATS user name (with `nats_password_file`), for a server with
+    /// per-role users such as `deploy/nats/nats-server.conf`.
+    pub nats_user: Option<String>,
+    /// File holding `nats_user`'s password; read at connect time, never logged.
+    pub nats_password_file: Option<PathBuf>,
+    /// Prefix of the agent's reply subjects (default
+    /// `_INBOX_ferry_agent_<environment>`, what the server's permissions allow).
+    pub nats_inbox_prefix: String,
     /// Where the state file and replica logs live.
     pub state_dir: PathBuf,
     /// Public nkeys whose signed commands are accepted.
@@ -194,6 +202,9 @@ struct RawConfig {
     environment: Option<String>,
     nats_url: Option<String>,
     nats_creds: Option<PathBuf>,
+    nats_user: Option<String>,
+    nats_password_file: Option<PathBuf>,
+    nats_inbox_prefix: Option<String>,
     state_dir: Option<PathBuf>,
     #[serde(default)]
     trusted_keys: Vec<String>,
@@ -240,6 +251,57 @@ struct RawHealth {
     timeout: Option<String>,
     failure_threshold: Option<u32>,
     start_timeout: Option<String>,
+}
+
+/// The reply-inbox prefix an environment's agent uses unless configured: the
+/// one `deploy/nats/nats-server.conf` lets that agent subscribe to.
+pub fn default_inbox_prefix(environment: &EnvName) -> String {
+    format!("_INBOX_ferry_agent_{environment}")
+}
+
+/// A usable inbox prefix: non-empty subject tokens, no wildcards or spaces.
+fn valid_inbox_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.split('.').all(|token| {
+            !token.is_empty()
+                && !token.contains(['*', '>'])
+                && !token.chars().any(char::is_whitespace)
+        })
+}
+
+/// What is wrong with the NATS authentication settings: a password file
+/// without a user (or the reverse), one that cannot be read, or both a
+/// credentials file and a user.
+fn nats_auth_problems(
+    creds: bool,
+    user: Option<&str>,
+    password_file: Option<&Path>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    match (user, password_file) {
+        (Some(user), Some(file)) => {
+            if user.trim().is_empty() {
+                problems.push("nats_user: must not be empty".into());
+            }
+            if !file.is_file() {
+                problems.push(format!(
+                    "nats_password_file: {} is not a readable file",
+                    file.display()
+                ));
+            }
+            if creds {
+                problems
+                    .push("nats_creds and nats_user: set one way to authenticate, not both".into());
+            }
+        }
+        (Some(_), None) => problems
+            .push("nats_user: set nats_password_file (the file holding its password)".into()),
+        (None, Some(_)) => {
+            problems.push("nats_password_file: set nats_user (whose password it holds)".into())
+        }
+        (None, None) => {}
+    }
+    problems
 }
 
 /// Loads the configuration from `file` (if any) and `FERRY_*` variables.
@@ -458,6 +520,18 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             ));
         }
     }
+    problems.extend(nats_auth_problems(
+        raw.nats_creds.is_some(),
+        raw.nats_user.as_deref(),
+        raw.nats_password_file.as_deref(),
+    ));
+    if let Some(prefix) = &raw.nats_inbox_prefix {
+        if !valid_inbox_prefix(prefix) {
+            problems.push(format!(
+                "nats_inbox_prefix: {prefix:?} is not a NATS subject prefix without wildcards or spaces"
+            ));
+        }
+    }
     let state_dir = match raw.state_dir {
         Some(dir) => dir,
         None => {
@@ -667,9 +741,14 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
 
     match environment {
         Some(environment) if problems.is_empty() => Ok(AgentConfig {
+            nats_inbox_prefix: raw
+                .nats_inbox_prefix
+                .unwrap_or_else(|| default_inbox_prefix(&environment)),
             environment,
             nats_url,
             nats_creds: raw.nats_creds,
+            nats_user: raw.nats_user,
+            nats_password_file: raw.nats_password_file,
             state_dir,
             trusted_keys: raw.trusted_keys,
             approvals_required: raw.approvals_required,
@@ -686,6 +765,58 @@ fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nats_user_needs_a_readable_password_file_and_the_inbox_defaults_per_environment() {
+        let key = ferry_protocol::SigningKey::generate().public_key();
+        let base = format!(
+            "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n[services.web]\nport = 18080\n"
+        );
+        let cfg = from_toml(&base).expect("no NATS user is fine");
+        assert_eq!(cfg.nats_inbox_prefix, "_INBOX_ferry_agent_production");
+        assert_eq!(cfg.nats_user, None);
+
+        let Err(Error::Config(problems)) =
+            from_toml(&format!("nats_user = \"ferry-agent-production\"\n{base}"))
+        else {
+            panic!("accepted a user without a password file");
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("nats_user: set nats_password_file")),
+            "{problems:?}"
+        );
+
+        let Err(Error::Config(problems)) = from_toml(&format!(
+            "nats_user = \"u\"\nnats_password_file = \"/nonexistent/pw\"\nnats_inbox_prefix = \"_INBOX.>\"\n{base}"
+        )) else {
+            panic!("accepted a missing password file and a wildcard prefix");
+        };
+        let joined = problems.join("\n");
+        assert!(
+            joined.contains("nats_password_file: /nonexistent/pw is not a readable file"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("nats_inbox_prefix: \"_INBOX.>\""),
+            "{joined}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret-value\n").unwrap();
+        let cfg = from_toml(&format!(
+            "nats_user = \"ferry-agent-production\"\nnats_password_file = {:?}\n{base}",
+            file.display().to_string()
+        ))
+        .expect("user and password file");
+        assert_eq!(cfg.nats_user.as_deref(), Some("ferry-agent-production"));
+        assert!(
+            !format!("{cfg:?}").contains("s3cret-value"),
+            "the configuration holds the path, never the password"
+        );
+    }
 
     #[test]
     fn approval_gate_settings_are_checked() {

@@ -69,6 +69,41 @@ pub struct GlobalOpts {
     )]
     pub creds: Option<PathBuf>,
 
+    /// NATS user to authenticate as (with --nats-password-file), e.g. ferry-cli or ferry-ci.
+    #[arg(
+        long,
+        env = "FERRY_NATS_USER",
+        global = true,
+        value_name = "USER",
+        requires = "nats_password_file",
+        conflicts_with = "creds",
+        help_heading = "Global options"
+    )]
+    pub nats_user: Option<String>,
+
+    /// File holding the NATS user's password (its first line).
+    #[arg(
+        long,
+        env = "FERRY_NATS_PASSWORD_FILE",
+        global = true,
+        value_name = "FILE",
+        requires = "nats_user",
+        help_heading = "Global options"
+    )]
+    pub nats_password_file: Option<PathBuf>,
+
+    /// Prefix of the CLI's reply subjects; the NATS permissions of its user
+    /// allow this one (CI publishing releases uses _INBOX_ferry_ci).
+    #[arg(
+        long,
+        env = "FERRY_NATS_INBOX_PREFIX",
+        default_value = "_INBOX_ferry_cli",
+        global = true,
+        value_name = "PREFIX",
+        help_heading = "Global options"
+    )]
+    pub nats_inbox_prefix: String,
+
     /// How long to wait for a NATS connection and for each reply, e.g. 5s, 500ms.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, global = true, help_heading = "Global options")]
     pub timeout: Duration,

@@ -51,8 +51,22 @@ impl Connection {
                     ))
                 })?,
             None => ConnectOptions::new(),
+        };
+        let options = match (&global.nats_user, &global.nats_password_file) {
+            (Some(user), Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|e| {
+                    CliError::usage(format!(
+                        "cannot read the NATS password file {}: {e}",
+                        file.display()
+                    ))
+                })?;
+                let password = text.lines().next().unwrap_or("").to_owned();
+                options.user_and_password(user.clone(), password)
+            }
+            _ => options,
         }
         .name("ferry-cli")
+        .custom_inbox_prefix(&global.nats_inbox_prefix)
         .connection_timeout(global.timeout)
         .request_timeout(Some(global.timeout));
 
@@ -70,7 +84,7 @@ impl Connection {
                 }
                 ConnectErrorKind::Authentication | ConnectErrorKind::AuthorizationViolation => {
                     CliError::unreachable(format!(
-                        "NATS at {url} refused the connection ({e}): check --creds"
+                        "NATS at {url} refused the connection ({e}): check --creds or --nats-user/--nats-password-file"
                     ))
                 }
                 _ => CliError::unreachable(format!(

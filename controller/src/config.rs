@@ -20,6 +20,8 @@ pub const ENV_PREFIX: &str = "FERRY";
 pub const ENV_NATS_URL: &str = "FERRY_NATS_URL";
 /// Overrides `nats_creds`.
 pub const ENV_NATS_CREDS: &str = "FERRY_NATS_CREDS";
+/// The controller's reply-inbox prefix unless configured.
+pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX_ferry_controller";
 /// Overrides `signing_key_file`.
 pub const ENV_SIGNING_KEY_FILE: &str = "FERRY_SIGNING_KEY_FILE";
 /// Overrides `environments`, comma-separated.
@@ -40,6 +42,14 @@ pub struct ControllerConfig {
     pub nats_url: String,
     /// NATS credentials file (`.creds`), if the server requires one.
     pub nats_creds: Option<PathBuf>,
+    /// NATS user name (with `nats_password_file`), for a server with per-role
+    /// users such as `deploy/nats/nats-server.conf`.
+    pub nats_user: Option<String>,
+    /// File holding `nats_user`'s password; read at connect time, never logged.
+    pub nats_password_file: Option<PathBuf>,
+    /// Prefix of the controller's reply subjects (default
+    /// `_INBOX_ferry_controller`, what the server's permissions allow).
+    pub nats_inbox_prefix: String,
     /// File holding the nkey seed every command is signed with.
     pub signing_key_file: PathBuf,
     /// The pipeline, in promotion order; new releases go to the first.
@@ -166,6 +176,9 @@ impl Default for ControllerConfig {
         ControllerConfig {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             nats_creds: None,
+            nats_user: None,
+            nats_password_file: None,
+            nats_inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
             signing_key_file: PathBuf::new(),
             environments: vec!["dev".into(), "acceptance".into(), "production".into()],
             command_ttl: "1h".to_owned(),
@@ -206,6 +219,9 @@ impl fmt::Display for ConfigProblem {
 pub struct ResolvedConfig {
     nats_url: String,
     nats_creds: Option<PathBuf>,
+    nats_user: Option<String>,
+    nats_password_file: Option<PathBuf>,
+    nats_inbox_prefix: String,
     signing_key: Arc<SigningKey>,
     first_environment: EnvName,
     environments: Vec<EnvName>,
@@ -280,6 +296,19 @@ impl ResolvedConfig {
     /// NATS credentials file, if any.
     pub fn nats_creds(&self) -> Option<&Path> {
         self.nats_creds.as_deref()
+    }
+
+    /// NATS user and the file holding its password, if set.
+    pub fn nats_user(&self) -> Option<(&str, &Path)> {
+        match (&self.nats_user, &self.nats_password_file) {
+            (Some(user), Some(file)) => Some((user, file)),
+            _ => None,
+        }
+    }
+
+    /// Prefix of the controller's reply subjects.
+    pub fn nats_inbox_prefix(&self) -> &str {
+        &self.nats_inbox_prefix
     }
 
     /// The key every command is signed with.
@@ -388,6 +417,46 @@ impl ControllerConfig {
                     format!("cannot read {}: {e}", creds.display()),
                 );
             }
+        }
+
+        match (&self.nats_user, &self.nats_password_file) {
+            (Some(user), Some(file)) => {
+                if user.trim().is_empty() {
+                    problem("nats_user", "must not be empty".to_owned());
+                }
+                if let Err(e) = std::fs::File::open(file) {
+                    problem(
+                        "nats_password_file",
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                }
+                if self.nats_creds.is_some() {
+                    problem(
+                        "nats_user",
+                        "set nats_creds or nats_user, not both".to_owned(),
+                    );
+                }
+            }
+            (Some(_), None) => problem(
+                "nats_user",
+                "set nats_password_file (the file holding its password)".to_owned(),
+            ),
+            (None, Some(_)) => problem(
+                "nats_password_file",
+                "set nats_user (whose password it holds)".to_owned(),
+            ),
+            (None, None) => {}
+        }
+        let prefix = &self.nats_inbox_prefix;
+        if prefix.is_empty()
+            || prefix.split('.').any(|t| {
+                t.is_empty() || t.contains(['*', '>']) || t.chars().any(char::is_whitespace)
+            })
+        {
+            problem(
+                "nats_inbox_prefix",
+                format!("{prefix:?} is not a NATS subject prefix without wildcards or spaces"),
+            );
         }
 
         let signing_key = if self.signing_key_file.as_os_str().is_empty() {
@@ -624,6 +693,9 @@ impl ControllerConfig {
             ) if problems.is_empty() => Ok(ResolvedConfig {
                 nats_url: nats_url.to_owned(),
                 nats_creds: self.nats_creds.clone(),
+                nats_user: self.nats_user.clone(),
+                nats_password_file: self.nats_password_file.clone(),
+                nats_inbox_prefix: self.nats_inbox_prefix.clone(),
                 signing_key: Arc::new(key),
                 first_environment,
                 environments,
@@ -677,6 +749,37 @@ mod tests {
         assert_eq!(resolved.first_environment().as_str(), "dev");
         assert_eq!(resolved.command_ttl(), Duration::from_secs(3600));
         assert_eq!(resolved.agent_timeout(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn a_nats_user_needs_its_password_file_and_the_inbox_prefix_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            nats_user: Some("ferry-controller".into()),
+            nats_inbox_prefix: "_INBOX.*".into(),
+            ..ControllerConfig::default()
+        };
+        let problems = config.validate().unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["nats_user", "nats_inbox_prefix"], "{problems:?}");
+
+        let password = dir.path().join("controller.password");
+        std::fs::write(&password, "s3cret-value\n").unwrap();
+        let resolved = ControllerConfig {
+            signing_key_file: key_file(dir.path()),
+            nats_user: Some("ferry-controller".into()),
+            nats_password_file: Some(password.clone()),
+            ..ControllerConfig::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            resolved.nats_user(),
+            Some(("ferry-controller", password.as_path()))
+        );
+        assert_eq!(resolved.nats_inbox_prefix(), DEFAULT_INBOX_PREFIX);
+        assert!(!format!("{resolved:?}").contains("s3cret-value"));
     }
 
     #[test]

@@ -84,7 +84,25 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
                 source,
             })?;
     }
+    if let Some((user, file)) = config.nats_user() {
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Error::InvalidConfig(vec![crate::config::ConfigProblem {
+                field: "nats_password_file",
+                message: format!("cannot read {}: {e}", file.display()),
+            }])
+        })?;
+        let password = text.lines().next().unwrap_or("").to_owned();
+        options = options.user_and_password(user.to_owned(), password);
+    }
     options
+        .custom_inbox_prefix(config.nats_inbox_prefix())
+        // Refusals by the server (a permissions violation) show in the log.
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::ServerError(e) => error!("NATS server error: {e}"),
+                other => info!(event = %other, "NATS connection event"),
+            }
+        })
         .connect(config.nats_url())
         .await
         .map_err(|source| Error::Connect {

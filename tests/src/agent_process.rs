@@ -11,7 +11,9 @@ use crate::{bin, System, WAIT};
 pub struct AgentProcess {
     child: std::process::Child,
     config: std::path::PathBuf,
-    nats_url: String,
+    /// Watches heartbeats across restarts (the controller's user on a
+    /// server with permissions).
+    client: async_nats::Client,
 }
 
 impl AgentProcess {
@@ -20,10 +22,12 @@ impl AgentProcess {
     /// first heartbeat.
     pub async fn start(system: &System, services_toml: &str) -> AgentProcess {
         let config = system.dir.path().join("agent-dev.toml");
+        // With the deployment permissions, the agent's own user.
+        let credentials = system.agent_credentials_toml("dev");
         std::fs::write(
             &config,
             format!(
-                "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n\n{services_toml}",
+                "environment = \"dev\"\nnats_url = \"{}\"\n{credentials}state_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n\n{services_toml}",
                 system.nats.url(),
                 system.dir.path().join("agent-dev").display(),
                 system.controller_key.public_key(),
@@ -43,7 +47,7 @@ impl AgentProcess {
         AgentProcess {
             child,
             config,
-            nats_url: system.nats.url(),
+            client,
         }
     }
 
@@ -56,12 +60,12 @@ impl AgentProcess {
     /// Starts the agent again on the same configuration and state, waiting
     /// for its first heartbeat.
     pub async fn start_again(&mut self) {
-        let client = async_nats::connect(self.nats_url.as_str()).await.unwrap();
-        let mut heartbeats = client
+        let mut heartbeats = self
+            .client
             .subscribe("ferry.v1.agent.dev.heartbeat")
             .await
             .unwrap();
-        client.flush().await.unwrap();
+        self.client.flush().await.unwrap();
         self.child = spawn(&self.config);
         tokio::time::timeout(WAIT, heartbeats.next())
             .await

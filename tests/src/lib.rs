@@ -99,16 +99,47 @@ impl System {
         system
     }
 
-    /// Starts nats-server only; agents create the streams they need.
+    /// Starts nats-server with the deployment configuration
+    /// (`deploy/nats/nats-server.conf`) and the controller; every part then
+    /// authenticates as its role's user: the controller as `ferry-controller`,
+    /// each agent as `ferry-agent-<env>`, the CLI as `ferry-cli` and releases
+    /// as `ferry-ci`.
+    pub async fn start_with_permissions() -> System {
+        let mut system = System::with_nats(NatsServer::start_with_permissions());
+        system.start_controller().await;
+        system
+    }
+
+    /// Starts nats-server only; agents create the streams they need. With
+    /// `FERRY_E2E_NATS=deploy` in the environment the server runs with the
+    /// deployment configuration, as in [`System::start_with_permissions`].
     pub fn without_controller() -> System {
+        if std::env::var("FERRY_E2E_NATS").is_ok_and(|mode| mode == "deploy") {
+            return System::with_nats(NatsServer::start_with_permissions());
+        }
+        System::with_nats(NatsServer::start())
+    }
+
+    fn with_nats(nats: NatsServer) -> System {
         init_tracing();
-        let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let controller_key = SigningKey::generate();
+        let (nats_user, nats_password_file) = if nats.has_permissions() {
+            (
+                Some("ferry-controller".to_owned()),
+                Some(nats.password_file("ferry-controller")),
+            )
+        } else {
+            (None, None)
+        };
+        // Carries the controller's NATS user, so a second instance built
+        // from it authenticates too.
         let controller_config = ferry_controller::ControllerConfig {
             environments: ENVIRONMENTS.iter().map(|e| e.to_string()).collect(),
             agent_timeout: "5s".into(),
             promotion_check_interval: "100ms".into(),
+            nats_user,
+            nats_password_file,
             ..Default::default()
         };
         System {
@@ -167,6 +198,27 @@ impl System {
         }
     }
 
+    /// `user` and its password file on a server with permissions; none on an open one.
+    pub fn credentials(&self, user: &str) -> (Option<String>, Option<PathBuf>) {
+        if self.nats.has_permissions() {
+            (Some(user.to_owned()), Some(self.nats.password_file(user)))
+        } else {
+            (None, None)
+        }
+    }
+
+    /// TOML lines giving `env`'s agent its NATS user on a server with
+    /// permissions (nothing on an open one), for agent config files.
+    pub fn agent_credentials_toml(&self, env: &str) -> String {
+        match self.credentials(&format!("ferry-agent-{env}")) {
+            (Some(user), Some(file)) => format!(
+                "nats_user = \"{user}\"\nnats_password_file = \"{}\"\n",
+                file.display()
+            ),
+            _ => String::new(),
+        }
+    }
+
     /// Configuration of an agent for `env` managing one sample service `service` on `port`.
     pub fn agent_config(&self, env: &str, services: &[(&str, u16)]) -> AgentConfig {
         let services = services
@@ -195,10 +247,14 @@ impl System {
                 (name, config)
             })
             .collect();
+        let (nats_user, nats_password_file) = self.credentials(&format!("ferry-agent-{env}"));
         AgentConfig {
             environment: EnvName::new(env).expect("env name"),
             nats_url: self.nats.url(),
             nats_creds: None,
+            nats_user,
+            nats_password_file,
+            nats_inbox_prefix: format!("_INBOX_ferry_agent_{env}"),
             state_dir: self.dir.path().join(format!("agent-{env}")),
             trusted_keys: vec![self.controller_key.public_key()],
             approvals_required: 0,
@@ -285,32 +341,49 @@ impl System {
     }
 
     /// Runs the `ferry` CLI against this system's NATS.
+    /// On a server with permissions, as the user of the role that runs
+    /// that command (see [`cli_user`]).
     pub fn cli(&self, args: &[&str]) -> Output {
-        std::process::Command::new(bin("ferry"))
-            .args(args)
-            .env("FERRY_NATS_URL", self.nats.url())
-            .env("FERRY_ACTOR", "e2e-test")
-            .env_remove("FERRY_OUTPUT")
+        self.cli_command(cli_user(args), args)
             .output()
             .expect("run ferry")
     }
 
+    /// The `ferry` CLI with `args` against this system's NATS, authenticated
+    /// as `user` (`ferry-cli`, or `ferry-ci` with its inbox prefix) when the
+    /// server has permissions.
+    pub fn cli_command(&self, user: &str, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(bin("ferry"));
+        command
+            .args(args)
+            .env("FERRY_NATS_URL", self.nats.url())
+            .env("FERRY_ACTOR", "e2e-test")
+            .env_remove("FERRY_OUTPUT")
+            .env_remove("FERRY_NATS_USER")
+            .env_remove("FERRY_NATS_PASSWORD_FILE")
+            .env_remove("FERRY_NATS_INBOX_PREFIX");
+        if let (Some(name), Some(file)) = self.credentials(user) {
+            command
+                .env("FERRY_NATS_USER", name)
+                .env("FERRY_NATS_PASSWORD_FILE", file);
+            if user == "ferry-ci" {
+                command.env("FERRY_NATS_INBOX_PREFIX", "_INBOX_ferry_ci");
+            }
+        }
+        command
+    }
+
     /// Runs the CLI off the async runtime's threads (it may block for a while).
     pub async fn cli_async(&self, args: &[&str]) -> Output {
-        let url = self.nats.url();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let ferry = bin("ferry");
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(ferry)
-                .args(&args)
-                .env("FERRY_NATS_URL", url)
-                .env("FERRY_ACTOR", "e2e-test")
-                .env_remove("FERRY_OUTPUT")
-                .output()
-                .expect("run ferry")
-        })
-        .await
-        .expect("cli task")
+        self.cli_async_as(cli_user(args), args).await
+    }
+
+    /// [`System::cli_async`] as `user` (see [`System::cli_command`]).
+    pub async fn cli_async_as(&self, user: &str, args: &[&str]) -> Output {
+        let mut command = self.cli_command(user, args);
+        tokio::task::spawn_blocking(move || command.output().expect("run ferry"))
+            .await
+            .expect("cli task")
     }
 
     /// Publishes a release of the sample service through the CLI, as CI would.
@@ -356,6 +429,16 @@ impl System {
             self.stop_agent(&env).await;
         }
         self.stop_controller().await;
+    }
+}
+
+/// The NATS user of the role that runs `ferry args`: CI publishes releases
+/// (`ferry-ci`), people run everything else (`ferry-cli`).
+pub fn cli_user(args: &[&str]) -> &'static str {
+    if args.starts_with(&["release", "publish"]) {
+        "ferry-ci"
+    } else {
+        "ferry-cli"
     }
 }
 

@@ -1,5 +1,8 @@
 //! A real nats-server per test: JetStream on, a free loopback port, its own
-//! store directory; killed and removed on drop.
+//! store directory; killed and removed on drop. Open (no authentication) by
+//! default; [`NatsServer::start_with_permissions`] runs it with the
+//! deployment configuration `deploy/nats/nats-server.conf` instead (one user
+//! per role, subject permissions), its passwords generated per server.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -12,6 +15,33 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     config: Option<PathBuf>,
+    /// Per-user passwords and the files holding them, with a config.
+    users: Vec<User>,
+}
+
+/// A user of `deploy/nats/nats-server.conf`.
+struct User {
+    name: &'static str,
+    /// The environment variable the configuration reads its password from.
+    variable: &'static str,
+    password: String,
+    password_file: PathBuf,
+}
+
+/// The users of `deploy/nats/nats-server.conf` and the environment variable
+/// each one's password comes from.
+pub const DEPLOY_USERS: [(&str, &str); 6] = [
+    ("ferry-controller", "FERRY_CONTROLLER_PASSWORD"),
+    ("ferry-ci", "FERRY_CI_PASSWORD"),
+    ("ferry-cli", "FERRY_CLI_PASSWORD"),
+    ("ferry-agent-dev", "FERRY_AGENT_DEV_PASSWORD"),
+    ("ferry-agent-acceptance", "FERRY_AGENT_ACCEPTANCE_PASSWORD"),
+    ("ferry-agent-production", "FERRY_AGENT_PRODUCTION_PASSWORD"),
+];
+
+/// The deployment configuration, `deploy/nats/nats-server.conf`.
+pub fn deploy_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats-server.conf")
 }
 
 /// The nats-server binary: `$TEST_NATS_BIN`, else `nats-server` on PATH.
@@ -37,27 +67,100 @@ impl NatsServer {
             port: free_port(),
             store,
             config: None,
+            users: Vec::new(),
         };
         server.spawn();
         server
     }
 
+    /// Starts a server with `deploy/nats/nats-server.conf` (its port and store
+    /// directory overridden by flags), each user's password generated and
+    /// passed in the environment variable the configuration names, and
+    /// written to a file for the clients.
+    pub fn start_with_permissions() -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let secrets = store.path().join("passwords");
+        std::fs::create_dir_all(&secrets).expect("password dir");
+        let users = DEPLOY_USERS
+            .iter()
+            .map(|&(name, variable)| {
+                let password = format!("{}", uuid::Uuid::new_v4().simple());
+                let password_file = secrets.join(name);
+                std::fs::write(&password_file, format!("{password}\n")).expect("password file");
+                User {
+                    name,
+                    variable,
+                    password,
+                    password_file,
+                }
+            })
+            .collect();
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+            config: Some(deploy_config()),
+            users,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Whether the server runs with the deployment permissions.
+    pub fn has_permissions(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    /// The file holding `user`'s password (servers with permissions only).
+    pub fn password_file(&self, user: &str) -> PathBuf {
+        self.user(user).password_file.clone()
+    }
+
+    fn user(&self, name: &str) -> &User {
+        self.users
+            .iter()
+            .find(|u| u.name == name)
+            .unwrap_or_else(|| panic!("{name} is not a user of the deploy configuration"))
+    }
+
+    /// Options authenticating as `user` with replies under `inbox_prefix`.
+    pub fn options_as(&self, user: &str, inbox_prefix: &str) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::with_user_and_password(
+            user.to_owned(),
+            self.user(user).password.clone(),
+        )
+        .custom_inbox_prefix(inbox_prefix)
+    }
+
+    /// A client authenticated as `user` with replies under `inbox_prefix`.
+    pub async fn client_as(&self, user: &str, inbox_prefix: &str) -> async_nats::Client {
+        self.options_as(user, inbox_prefix)
+            .connect(self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
+    }
+
     fn spawn(&mut self) {
         let mut command = Command::new(nats_bin());
         command
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.store.path())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(config) = &self.config {
-            command.arg("-c").arg(config);
+        match &self.config {
+            // The configuration names its store directory through
+            // FERRY_NATS_STORE_DIR (nats-server refuses -sd beside it).
+            Some(config) => {
+                command
+                    .arg("-c")
+                    .arg(config)
+                    .env("FERRY_NATS_STORE_DIR", self.store.path());
+            }
+            None => {
+                command.arg("-sd").arg(self.store.path());
+            }
+        }
+        for user in &self.users {
+            command.env(user.variable, &user.password);
         }
         let child = command.spawn().unwrap_or_else(|e| {
             panic!(
@@ -96,8 +199,15 @@ impl NatsServer {
         self.spawn();
     }
 
-    /// A client connected to it.
+    /// A client connected to it; on a server with permissions, as the
+    /// controller's user (tests that publish signed commands or read the
+    /// streams play the controller; the other roles use their own users).
     pub async fn client(&self) -> async_nats::Client {
+        if self.has_permissions() {
+            return self
+                .client_as("ferry-controller", "_INBOX_ferry_controller")
+                .await;
+        }
         async_nats::connect(self.url())
             .await
             .expect("connect to the test nats-server")

@@ -110,8 +110,9 @@ async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
     std::fs::write(
         &config,
         format!(
-            "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nheartbeat_interval = \"200ms\"\n[services.web]\nport = {port}\nreplicas = 2\n[services.web.health]\ninterval = \"100ms\"\n",
+            "environment = \"dev\"\nnats_url = \"{}\"\n{}state_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nheartbeat_interval = \"200ms\"\n[services.web]\nport = {port}\nreplicas = 2\n[services.web.health]\ninterval = \"100ms\"\n",
             system.nats.url(),
+            system.agent_credentials_toml("dev"),
             dir.join("state-dev").display(),
             system.controller_key.public_key()
         ),
