@@ -132,6 +132,27 @@ impl NatsServer {
         .custom_inbox_prefix(inbox_prefix)
     }
 
+    /// A client as CI is one, to publish releases: the `ferry-ci` user on
+    /// the deploy configuration, anonymous on an open server.
+    pub async fn ci_client(&self) -> async_nats::Client {
+        if self.config.is_some() {
+            self.client_as("ferry-ci", "_INBOX_ferry_ci").await
+        } else {
+            self.client().await
+        }
+    }
+
+    /// A client as the CLI is one, to call the controller's API: the
+    /// `ferry-cli` user on the deploy configuration, anonymous on an open
+    /// server.
+    pub async fn cli_client(&self) -> async_nats::Client {
+        if self.config.is_some() {
+            self.client_as("ferry-cli", "_INBOX_ferry_cli").await
+        } else {
+            self.client().await
+        }
+    }
+
     /// A client authenticated as `user` with replies under `inbox_prefix`.
     pub async fn client_as(&self, user: &str, inbox_prefix: &str) -> async_nats::Client {
         self.options_as(user, inbox_prefix)

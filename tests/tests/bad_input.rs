@@ -480,8 +480,7 @@ async fn malformed_releases_and_api_requests_get_clear_errors_and_the_controller
     let mut system = System::start().await;
     let port = free_port();
     system.start_agent("dev", port).await;
-    let client = system.nats.client().await;
-    let js = async_nats::jetstream::new(client.clone());
+    let js = async_nats::jetstream::new(system.nats.ci_client().await);
     let release_subject = subject::release(&ServiceName::new("web").unwrap());
 
     // Release events CI could get wrong, published straight to the stream.
@@ -537,6 +536,7 @@ async fn malformed_releases_and_api_requests_get_clear_errors_and_the_controller
     }
 
     // API requests: junk, wrong types, an unknown environment.
+    let cli = system.nats.cli_client().await;
     let api = subject::api(ferry_protocol::subject::ApiOp::Status);
     for (payload, expected) in [
         (b"junk".to_vec(), "not valid JSON"),
@@ -548,7 +548,7 @@ async fn malformed_releases_and_api_requests_get_clear_errors_and_the_controller
             "not a valid status request",
         ),
     ] {
-        let reply = client.request(api.clone(), payload.into()).await.unwrap();
+        let reply = cli.request(api.clone(), payload.into()).await.unwrap();
         let text = String::from_utf8_lossy(&reply.payload).into_owned();
         assert!(
             text.contains(expected) && text.contains("\"success\":false"),
@@ -561,7 +561,7 @@ async fn malformed_releases_and_api_requests_get_clear_errors_and_the_controller
     assert!(stderr.contains("nowhere"), "{stderr}");
     // Over the limit: nats-server refuses it; the controller never sees it.
     let oversize = vec![b' '; MAX_MESSAGE_BYTES + 1];
-    assert!(client.request(api, oversize.into()).await.is_err());
+    assert!(cli.request(api, oversize.into()).await.is_err());
 
     // Still serving: status answers, and a good release deploys to dev.
     let out = system.cli_async(&["status", "--output", "json"]).await;
