@@ -242,6 +242,28 @@ impl Driver<'_> {
         RolloutEnd::Aborted(reason)
     }
 
+    /// Starts the new version's set beside the stable one. `Ok(Some(end))`:
+    /// it could not become healthy, and the rollout was aborted.
+    async fn start_next_set(
+        &mut self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        step: &str,
+        progress: &dyn Progress,
+    ) -> Result<Option<RolloutEnd>, RuntimeError> {
+        progress.step(step, Some(&release.version), 0, replicas);
+        match self.service.start_next(release, replicas, progress).await {
+            Ok(()) => Ok(None),
+            Err(RuntimeError::Interrupted) => Err(RuntimeError::Interrupted),
+            Err(e) => Ok(Some(
+                self.abort(AbortReason::Unhealthy {
+                    detail: e.to_string(),
+                })
+                .await,
+            )),
+        }
+    }
+
     fn promoted(&mut self) {
         self.status.state = RolloutState::Promoted;
         self.status.weight_percent = 100;
@@ -362,21 +384,11 @@ async fn canary(
     progress: &dyn Progress,
 ) -> Result<RolloutEnd, RuntimeError> {
     let service = driver.service;
-    progress.step(
-        "starting canary replicas",
-        Some(&release.version),
-        0,
-        replicas,
-    );
-    if let Err(e) = service.start_next(release, replicas, progress).await {
-        return match e {
-            RuntimeError::Interrupted => Err(e),
-            e => Ok(driver
-                .abort(AbortReason::Unhealthy {
-                    detail: e.to_string(),
-                })
-                .await),
-        };
+    if let Some(end) = driver
+        .start_next_set(release, replicas, "starting canary replicas", progress)
+        .await?
+    {
+        return Ok(end);
     }
     let mut verdicts = Verdicts::default();
     let mut paused = false;
@@ -492,21 +504,16 @@ async fn blue_green(
     let service = driver.service;
     driver.status.step = 1;
     driver.emit(RolloutPhase::StepStarted);
-    progress.step(
-        "starting the green set beside the blue one",
-        Some(&release.version),
-        0,
-        replicas,
-    );
-    if let Err(e) = service.start_next(release, replicas, progress).await {
-        return match e {
-            RuntimeError::Interrupted => Err(e),
-            e => Ok(driver
-                .abort(AbortReason::Unhealthy {
-                    detail: e.to_string(),
-                })
-                .await),
-        };
+    if let Some(end) = driver
+        .start_next_set(
+            release,
+            replicas,
+            "starting the green set beside the blue one",
+            progress,
+        )
+        .await?
+    {
+        return Ok(end);
     }
     // Verified once more just before the switch: a replica that died after
     // passing its start check must not receive traffic.
