@@ -53,7 +53,7 @@ impl EventPublisher {
         service: &ServiceName,
         command_id: Option<Uuid>,
         body: EventBody,
-    ) -> (String, Option<Vec<u8>>) {
+    ) -> (String, Option<(Uuid, Vec<u8>)>) {
         let subject = subject::event(&self.environment, service, body.kind());
         let event = ServiceEvent {
             environment: self.environment.clone(),
@@ -61,11 +61,15 @@ impl EventPublisher {
             command_id,
             body,
         };
-        let bytes = Envelope::new(self.source.clone(), event).to_bytes();
-        if let Err(e) = &bytes {
-            tracing::error!(%subject, error = %e, "could not encode event");
-        }
-        (subject, bytes.ok())
+        let envelope = Envelope::new(self.source.clone(), event);
+        let encoded = match envelope.to_bytes() {
+            Ok(bytes) => Some((envelope.id, bytes)),
+            Err(e) => {
+                tracing::error!(%subject, error = %e, "could not encode event");
+                None
+            }
+        };
+        (subject, encoded)
     }
 
     /// Publishes an event and waits until JetStream has stored it, retrying
@@ -78,12 +82,14 @@ impl EventPublisher {
         command_id: Option<Uuid>,
         body: EventBody,
     ) -> bool {
-        let (subject, Some(bytes)) = self.service_envelope(service, command_id, body) else {
+        let (subject, Some((event_id, bytes))) = self.service_envelope(service, command_id, body)
+        else {
             return false;
         };
-        // One id for every try, so JetStream stores the outcome once even when
-        // a try that looked failed (NATS went away before the ack) got through.
-        let msg_id = Uuid::new_v4().to_string();
+        // The event's own id on every try, so JetStream stores the outcome
+        // once even when a try that looked failed (NATS went away before the
+        // ack) got through.
+        let msg_id = event_id.to_string();
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0u64;
         loop {
@@ -122,7 +128,7 @@ impl EventPublisher {
         command_id: Option<Uuid>,
         body: EventBody,
     ) {
-        let (subject, Some(bytes)) = self.service_envelope(service, command_id, body) else {
+        let (subject, Some((_, bytes))) = self.service_envelope(service, command_id, body) else {
             return;
         };
         if let Err(e) = self.client.publish(subject.clone(), bytes.into()).await {
@@ -189,14 +195,5 @@ impl EventSink {
         if let Err(e) = self.tx.try_send((service.clone(), command_id, body)) {
             tracing::warn!(%service, error = %e, "event queue full or closed; event dropped");
         }
-    }
-
-    /// A sink whose events go nowhere (tests of components without NATS).
-    pub fn detached() -> (
-        EventSink,
-        mpsc::Receiver<(ServiceName, Option<Uuid>, EventBody)>,
-    ) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        (EventSink { tx }, rx)
     }
 }

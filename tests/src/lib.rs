@@ -567,3 +567,19 @@ pub fn sample_release(version: &str, env: &[(&str, &str)]) -> ferry_protocol::co
             .collect(),
     }
 }
+
+/// Polls `probe` every 50 ms until it returns something, failing the test
+/// with `what` after [`WAIT`].
+pub async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {what} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

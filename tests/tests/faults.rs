@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_e2e::{
-    free_port, sample_release, send_command, wait_serving, AgentProcess, EventWatch, System, WAIT,
+    free_port, sample_release, send_command, until, wait_serving, AgentProcess, EventWatch, System,
+    WAIT,
 };
 use ferry_protocol::command::Action;
 use ferry_protocol::event::EventBody;
@@ -57,20 +58,6 @@ fn replicas_writing_to(log: &Path) -> Vec<Replica> {
             })
         })
         .collect()
-}
-
-async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn deploy(version: &str, env: &[(&str, &str)]) -> Action {
