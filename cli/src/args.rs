@@ -253,15 +253,18 @@ Examples:
     )]
     Approvals(ApprovalsArgs),
 
-    /// Generate a signing key (nkey) for ferry-controller.
+    /// Generate a signing key (nkey): the controller's, or a reviewer's.
     #[command(
-        long_about = "Generate a signing key (an ed25519 nkey) for ferry-controller.\n\n\
-            The controller signs every command with the seed; each agent lists the \
-            public key in its trusted_keys. With --out the seed goes to FILE (mode 0600) \
-            and only the public key is printed.",
+        long_about = "Generate a signing key (an ed25519 nkey): the controller's or a reviewer's.\n\n\
+            The controller signs every command with its seed; each agent lists the \
+            public key in its trusted_keys. A reviewer signs approvals with theirs \
+            (ferry approve --key); the public key goes in the controller's \
+            [pipeline.<env>] reviewers and the gated agents' reviewer_keys. With --out \
+            the seed goes to FILE (mode 0600) and only the public key is printed.",
         after_help = "\
 Examples:
-  ferry keygen --out /etc/ferry/controller.nk   # prints the public key for agents"
+  ferry keygen --out /etc/ferry/controller.nk   # prints the public key for agents
+  ferry keygen --out ~/.ferry/reviewer.nk       # a reviewer's key"
     )]
     Keygen(KeygenArgs),
 }
