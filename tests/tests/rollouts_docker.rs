@@ -8,14 +8,13 @@
 use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use ferry_e2e::*;
-use ferry_protocol::command::{Action, Command, ReleaseSpec};
+use ferry_protocol::command::{Action, ReleaseSpec};
 use ferry_protocol::event::EventBody;
 use ferry_protocol::rollout::{
     AbortReason, AnalysisOverride, Metric, RolloutOptions, RolloutPhase, Strategy,
 };
-use ferry_protocol::{EnvName, Envelope, ServiceName, Version};
+use ferry_protocol::Version;
 
 fn engine_ready(test: &str) -> bool {
     let reason = match Process::new("docker").args(["info"]).output() {
@@ -101,26 +100,7 @@ async fn send(
     service: &str,
     action: Action,
 ) -> uuid::Uuid {
-    let command = Command {
-        environment: EnvName::new("dev").unwrap(),
-        service: ServiceName::new(service).unwrap(),
-        actor: Some("e2e-test".into()),
-        action,
-    };
-    let envelope = Envelope::new("/ferry/controller", command)
-        .expiring_in(Duration::from_secs(600))
-        .sign(&system.controller_key)
-        .unwrap();
-    jetstream::new(client.clone())
-        .publish(
-            format!("ferry.v1.cmd.dev.{service}"),
-            envelope.to_bytes().unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    envelope.id
+    send_command(client, &system.controller_key, "dev", service, action).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
