@@ -11,7 +11,7 @@ use ferry_protocol::command::check_health_path;
 use ferry_protocol::{EnvName, ServiceName, TrustedKeys};
 use serde::Deserialize;
 
-use crate::rollout::Thresholds;
+use crate::analysis::Thresholds;
 use crate::Error;
 use ferry_protocol::rollout::{AnalysisOverride, Strategy};
 

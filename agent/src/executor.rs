@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::config::ServiceConfig;
 use crate::events::{EventPublisher, EventSink};
 use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
-use crate::runtime::{Progress, Replacement, RuntimeError, ServiceBackend};
+use crate::backend::ServiceBackend;
+use crate::runtime::{Progress, Replacement, RuntimeError};
 use crate::state::{ServiceRecord, State, StateWrite};
 use ferry_protocol::rollout::{RolloutControl, RolloutEvent, Strategy};
 use tokio::sync::{mpsc, oneshot};
@@ -370,21 +371,33 @@ impl Executor {
                     rollout.as_deref(),
                     hotfix,
                 );
-                if plan.strategy != Strategy::Recreate {
-                    return self
-                        .roll_out(entry, &record, release, replicas, &plan, progress)
-                        .await;
+                let version = release.version.clone();
+                let outcome = if plan.strategy == Strategy::Recreate {
+                    self.replace(
+                        entry,
+                        &record,
+                        release,
+                        replicas,
+                        Replacement::HealthGated,
+                        kind,
+                        progress,
+                    )
+                    .await?
+                } else {
+                    self.roll_out(entry, &record, release, replicas, &plan, progress)
+                        .await?
+                };
+                // A canary's last step already analysed the version at 100%;
+                // a hotfix's short canary did not, and every switch did not.
+                let switched = hotfix || !matches!(plan.strategy, Strategy::Canary { .. });
+                if !switched
+                    || plan.thresholds.verify_for.is_zero()
+                    || !matches!(outcome, EventBody::Succeeded { .. })
+                {
+                    return Ok(outcome);
                 }
-                self.replace(
-                    entry,
-                    &record,
-                    release,
-                    replicas,
-                    Replacement::HealthGated,
-                    kind,
-                    progress,
-                )
-                .await
+                self.verify(entry, &record, &version, &plan, outcome, progress)
+                    .await
             }
             Action::Rollback { to, force, dry_run } => {
                 let target =
@@ -543,6 +556,92 @@ impl Executor {
                 version: Some(release.version),
                 reason: e.to_string(),
                 serving: was,
+            }),
+        }
+    }
+
+    /// The verification window after a switch: on a breach, the version
+    /// that served before (`before`) is brought back, health-gated (on
+    /// blue-green, a switch back to the kept set), and the deploy fails.
+    async fn verify(
+        &self,
+        entry: &ManagedEntry,
+        before: &ServiceRecord,
+        version: &Version,
+        plan: &RolloutPlan,
+        succeeded: EventBody,
+        progress: &CommandProgress<'_>,
+    ) -> Result<EventBody, RuntimeError> {
+        let service = &entry.config.name;
+        let strategy = plan.strategy.kind();
+        progress.step(
+            &format!(
+                "verifying {version} for {}",
+                humantime::format_duration(plan.thresholds.verify_for)
+            ),
+            Some(version),
+            0,
+            0,
+        );
+        let breach = match entry
+            .backend
+            .verify(version, strategy, &plan.thresholds, progress)
+            .await
+        {
+            Ok(None) => return Ok(succeeded),
+            Ok(Some(breach)) => breach,
+            Err(RuntimeError::Interrupted) => return Err(RuntimeError::Interrupted),
+            Err(e) => {
+                tracing::warn!(%service, %version, "no verification: {e}");
+                return Ok(succeeded);
+            }
+        };
+        tracing::warn!(%service, %version, %breach, "verification after the switch breached; rolling back");
+        let Some(previous) = before.current.clone() else {
+            return Ok(EventBody::Failed {
+                action: ActionKind::Deploy,
+                version: Some(version.clone()),
+                reason: format!(
+                    "verification after the {strategy} switch: {breach}; no earlier version to roll back to, {version} keeps serving"
+                ),
+                serving: Some(version.clone()),
+            });
+        };
+        let replicas = default_replicas(before, &entry.config);
+        let back = previous.version.clone();
+        match entry
+            .backend
+            .deploy(&previous, replicas, Replacement::HealthGated, progress)
+            .await
+        {
+            Ok(()) => {
+                let (current, earlier) = (before.current.clone(), before.previous.clone());
+                self.update_record(service, |r| {
+                    r.current = current;
+                    r.previous = earlier;
+                    r.replicas = replicas;
+                })
+                .await?;
+                let how = if strategy == ferry_protocol::rollout::StrategyKind::BlueGreen {
+                    format!("switched back to the kept {back} set")
+                } else {
+                    format!("rolled back to {back}")
+                };
+                Ok(EventBody::Failed {
+                    action: ActionKind::Deploy,
+                    version: Some(version.clone()),
+                    reason: format!("verification after the {strategy} switch: {breach}; {how}"),
+                    serving: Some(back),
+                })
+            }
+            Err(RuntimeError::Interrupted) => Err(RuntimeError::Interrupted),
+            Err(e) => Ok(EventBody::Failed {
+                action: ActionKind::Deploy,
+                version: Some(version.clone()),
+                reason: format!(
+                    "verification after the {strategy} switch: {breach}; rolling back to {back} failed: {e}"
+                ),
+                serving: Some(version.clone()),
             }),
         }
     }

@@ -5,6 +5,8 @@
 //! See ARCHITECTURE.md for the map; [`agent::run`] is the entry point.
 
 pub mod agent;
+pub mod analysis;
+pub mod backend;
 pub mod config;
 mod error;
 pub mod events;

@@ -14,18 +14,22 @@ use ferry_protocol::event::{
     EventBody, MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot,
     ServiceState,
 };
-use ferry_protocol::rollout::RolloutStatus;
+use ferry_protocol::rollout::{Breach, RolloutStatus, StrategyKind};
+use ferry_protocol::Version;
 use futures::future::join_all;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeKind;
 use crate::events::EventSink;
-use crate::proxy::{CanaryWindow, Proxy};
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
+use crate::analysis::{SetWindow, Thresholds};
+use crate::backend::ServiceBackend;
+use crate::proxy::Proxy;
+use crate::rollout::{
+    ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget,
+};
 use crate::runtime::{
     NoProgress, Progress, Replacement, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
-    ServiceBackend,
 };
 
 /// Longest wait before restarting a crashed replica.
@@ -431,8 +435,13 @@ impl ManagedService {
     }
 
     /// What the next set answered since the last call.
-    pub fn take_next_window(&self) -> CanaryWindow {
+    pub fn take_next_window(&self) -> SetWindow {
         self.proxy.take_canary_window()
+    }
+
+    /// What the stable set answered since the last call.
+    pub fn take_stable_window(&self) -> SetWindow {
+        self.proxy.take_stable_window()
     }
 
     /// Takes the next set out of the path at once, then stops it.
@@ -924,6 +933,16 @@ impl ServiceBackend for ManagedService {
         crate::rollout::drive(self, release, replicas, plan, controls, progress, observer).await
     }
 
+    async fn verify(
+        &self,
+        version: &Version,
+        strategy: StrategyKind,
+        thresholds: &Thresholds,
+        observer: &dyn RolloutObserver,
+    ) -> Result<Option<Breach>, RuntimeError> {
+        crate::rollout::verify(self, version, strategy, thresholds, observer).await
+    }
+
     fn set_busy(&self, busy: bool) {
         self.busy.store(busy, Ordering::Relaxed);
     }
@@ -946,5 +965,67 @@ impl ServiceBackend for ManagedService {
         }
         self.stop_all(slots.into_iter().map(|s| s.handle).collect())
             .await;
+    }
+}
+
+/// The rollout driver's view of the agent-owned replicas: the proxy weighs
+/// the traffic between the stable and the next set.
+#[async_trait]
+impl RolloutTarget for ManagedService {
+    fn name(&self) -> &ferry_protocol::ServiceName {
+        ManagedService::name(self)
+    }
+
+    fn shutdown_token(&self) -> CancellationToken {
+        ManagedService::shutdown_token(self)
+    }
+
+    fn set_rollout_status(&self, status: Option<RolloutStatus>) {
+        ManagedService::set_rollout_status(self, status);
+    }
+
+    async fn start_next(
+        &self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError> {
+        ManagedService::start_next(self, release, replicas, progress).await
+    }
+
+    async fn route_next(&self, weight: u8) {
+        ManagedService::route_next(self, weight).await;
+    }
+
+    async fn check_next(&self) -> Option<String> {
+        ManagedService::check_next(self).await
+    }
+
+    fn take_next_window(&self) -> SetWindow {
+        ManagedService::take_next_window(self)
+    }
+
+    fn take_stable_window(&self) -> SetWindow {
+        ManagedService::take_stable_window(self)
+    }
+
+    async fn abort_next(&self) {
+        ManagedService::abort_next(self).await;
+    }
+
+    async fn promote_next(&self, release: &ReleaseSpec, replicas: u32, keep_old: Option<Duration>) {
+        ManagedService::promote_next(self, release, replicas, keep_old).await;
+    }
+
+    async fn stable_count(&self) -> u32 {
+        ManagedService::stable_count(self).await
+    }
+
+    async fn stop_stable(&self, count: u32) {
+        ManagedService::stop_stable(self, count).await;
+    }
+
+    async fn restore_stable(&self) {
+        ManagedService::restore_stable(self).await;
     }
 }

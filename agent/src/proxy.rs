@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_protocol::event::{MaintenanceInfo, ServiceMetrics};
-use hdrhistogram::Histogram;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -24,14 +23,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::analysis::{SetWindow, LATENCY_MAX_US};
+
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Most client connections one service's proxy serves at once.
 const MAX_CONNECTIONS: usize = 4096;
 /// Retry-After sent while maintenance has no end time.
 const DEFAULT_RETRY_AFTER_SECS: i64 = 300;
-/// Latency histogram bounds, microseconds (1 µs to 10 min).
-const LATENCY_MAX_US: u64 = 600_000_000;
 
 /// A handle on one service's proxy.
 #[derive(Clone)]
@@ -46,9 +45,12 @@ struct Shared {
     split: AtomicUsize,
     maintenance: RwLock<Option<MaintenanceInfo>>,
     /// All traffic, taken by telemetry.
-    stats: Mutex<Stats>,
+    stats: Mutex<SetWindow>,
     /// Traffic the canary set answered, taken by the rollout's analysis.
-    canary_stats: Mutex<Stats>,
+    canary_stats: Mutex<SetWindow>,
+    /// Traffic the stable set answered, taken by the rollout's analysis
+    /// (beside a canary: the baseline; after a switch: the verification).
+    stable_stats: Mutex<SetWindow>,
     client: Client<HttpConnector, Body>,
 }
 
@@ -67,84 +69,6 @@ struct Routing {
 enum Set {
     Stable,
     Canary,
-}
-
-struct Stats {
-    since: Instant,
-    requests: u64,
-    errors: u64,
-    checks: u64,
-    failed_checks: u64,
-    latency_us: Option<Histogram<u64>>,
-}
-
-impl Stats {
-    fn new() -> Self {
-        Stats {
-            since: Instant::now(),
-            requests: 0,
-            errors: 0,
-            checks: 0,
-            failed_checks: 0,
-            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).ok(),
-        }
-    }
-
-    fn record(&mut self, us: u64, failed: bool) {
-        self.requests += 1;
-        if failed {
-            self.errors += 1;
-        }
-        if let Some(h) = self.latency_us.as_mut() {
-            h.saturating_record(us.clamp(1, LATENCY_MAX_US));
-        }
-    }
-
-    fn record_check(&mut self, ok: bool) {
-        self.checks += 1;
-        if !ok {
-            self.failed_checks += 1;
-        }
-    }
-
-    fn metrics(&self) -> ServiceMetrics {
-        let secs = self.since.elapsed().as_secs_f64().max(f64::EPSILON);
-        let quantile = |q: f64| {
-            self.latency_us
-                .as_ref()
-                .filter(|h| !h.is_empty())
-                .map(|h| h.value_at_quantile(q) as f64 / 1000.0)
-                .unwrap_or(0.0)
-        };
-        let attempts = self.requests + self.checks;
-        ServiceMetrics {
-            interval_secs: secs,
-            requests: self.requests,
-            errors: self.errors,
-            error_rate: if self.requests == 0 {
-                0.0
-            } else {
-                self.errors as f64 / self.requests as f64
-            },
-            requests_per_sec: self.requests as f64 / secs,
-            p50_ms: quantile(0.50),
-            p95_ms: quantile(0.95),
-            p99_ms: quantile(0.99),
-            availability_percent: (attempts > 0).then(|| {
-                100.0 * (attempts - self.errors - self.failed_checks) as f64 / attempts as f64
-            }),
-            replicas: Vec::new(),
-        }
-    }
-}
-
-/// What the canary set measured over one analysis interval.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CanaryWindow {
-    /// Traffic (and availability, health checks included).
-    pub metrics: ServiceMetrics,
-    /// Health checks made.
-    pub checks: u64,
 }
 
 impl Proxy {
@@ -170,8 +94,9 @@ impl Proxy {
             next: AtomicUsize::new(0),
             split: AtomicUsize::new(0),
             maintenance: RwLock::new(None),
-            stats: Mutex::new(Stats::new()),
-            canary_stats: Mutex::new(Stats::new()),
+            stats: Mutex::new(SetWindow::new()),
+            canary_stats: Mutex::new(SetWindow::new()),
+            stable_stats: Mutex::new(SetWindow::new()),
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
@@ -246,19 +171,20 @@ impl Proxy {
         if let Ok(mut stats) = self.shared.stats.lock() {
             stats.record_check(ok);
         }
+        if let Ok(mut stats) = self.shared.stable_stats.lock() {
+            stats.record_check(ok);
+        }
     }
 
     /// What the canary set answered since the last call.
-    pub fn take_canary_window(&self) -> CanaryWindow {
-        let Ok(mut stats) = self.shared.canary_stats.lock() else {
-            return CanaryWindow::default();
-        };
-        let old = std::mem::replace(&mut *stats, Stats::new());
-        drop(stats);
-        CanaryWindow {
-            metrics: old.metrics(),
-            checks: old.checks,
-        }
+    pub fn take_canary_window(&self) -> SetWindow {
+        take(&self.shared.canary_stats)
+    }
+
+    /// What the stable set answered since the last call (and how its health
+    /// checks went).
+    pub fn take_stable_window(&self) -> SetWindow {
+        take(&self.shared.stable_stats)
     }
 
     /// Turns maintenance on or off.
@@ -275,12 +201,15 @@ impl Proxy {
 
     /// Traffic since the last call.
     pub fn take_metrics(&self) -> ServiceMetrics {
-        let Ok(mut stats) = self.shared.stats.lock() else {
-            return ServiceMetrics::default();
-        };
-        let old = std::mem::replace(&mut *stats, Stats::new());
-        drop(stats);
-        old.metrics()
+        take(&self.shared.stats).metrics()
+    }
+}
+
+/// The window in `stats`, replaced by a fresh one.
+fn take(stats: &Mutex<SetWindow>) -> SetWindow {
+    match stats.lock() {
+        Ok(mut stats) => std::mem::take(&mut *stats),
+        Err(_) => SetWindow::new(),
     }
 }
 
@@ -299,10 +228,12 @@ impl Shared {
         if let Ok(mut stats) = self.stats.lock() {
             stats.record(us, failed);
         }
-        if set == Set::Canary {
-            if let Ok(mut stats) = self.canary_stats.lock() {
-                stats.record(us, failed);
-            }
+        let by_set = match set {
+            Set::Canary => &self.canary_stats,
+            Set::Stable => &self.stable_stats,
+        };
+        if let Ok(mut stats) = by_set.lock() {
+            stats.record(us, failed);
         }
     }
 

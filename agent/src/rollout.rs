@@ -1,150 +1,72 @@
 //! Progressive delivery, driven by the agent alone: one job, moving a new
 //! version through its strategy's steps (canary weights, rolling batches, a
-//! blue-green switch), analysing the new version's golden signals at the
-//! proxy at every interval, and rolling back by itself when a threshold is
-//! breached for enough consecutive intervals. Nothing here needs NATS: events
-//! go to the bounded sink, and a lost connection changes no decision.
+//! blue-green switch), weighing the new version's golden signals as they come
+//! (`crate::analysis`), verifying a switched deploy for `verify_for`, and
+//! rolling back by itself when the evidence says so. Nothing here needs NATS:
+//! events go to the bounded sink, and a lost connection changes no decision.
 //!
-//! The replica and proxy work is [`ManagedService`]'s; this module only
-//! decides when to do what.
+//! It decides when; what a strategy needs done (start the next version's
+//! set, move a share of traffic to it, read its signals, promote it, take it
+//! out) is a [`RolloutTarget`], which each runtime implements once.
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
 use ferry_protocol::rollout::{
-    AbortReason, AnalysisOverride, Breach, Metric, RolloutControl, RolloutEvent, RolloutOptions,
-    RolloutPhase, RolloutState, RolloutStatus, Signals, Strategy,
+    AbortReason, Breach, BothFailing, RolloutControl, RolloutEvent, RolloutOptions, RolloutPhase,
+    RolloutState, RolloutStatus, Strategy, StrategyKind,
 };
+use ferry_protocol::{ServiceName, Version};
+use ferry_protocol::rollout::AnalysisMode;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::managed::ManagedService;
-use crate::proxy::CanaryWindow;
+use crate::analysis::{Sequential, SetWindow, Thresholds, Verdict, Verdicts};
 use crate::runtime::{Progress, RuntimeError};
+
+/// What a strategy needs of a runtime: a stable set serving, a "next" set
+/// beside it that takes a share of the traffic, and the signals of each.
+#[async_trait]
+pub trait RolloutTarget: Send + Sync {
+    /// The service.
+    fn name(&self) -> &ServiceName;
+    /// Cancelled when the agent shuts down.
+    fn shutdown_token(&self) -> CancellationToken;
+    /// Where the rollout is, for snapshots and heartbeats.
+    fn set_rollout_status(&self, status: Option<RolloutStatus>);
+    /// Starts `replicas` of `release` beside the stable set, each healthy
+    /// before it returns; they take no traffic yet.
+    async fn start_next(
+        &self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError>;
+    /// Sends `weight` percent of the traffic to the next set.
+    async fn route_next(&self, weight: u8);
+    /// Health-checks the next set: the first failure, if any.
+    async fn check_next(&self) -> Option<String>;
+    /// What the next set answered since the last call.
+    fn take_next_window(&self) -> SetWindow;
+    /// What the stable set answered since the last call.
+    fn take_stable_window(&self) -> SetWindow;
+    /// Takes the next set out of the path and stops it.
+    async fn abort_next(&self);
+    /// Makes the next set the stable one; the old stable set is stopped, or
+    /// kept for `keep_old` (a rollback to it is then a switch back).
+    async fn promote_next(&self, release: &ReleaseSpec, replicas: u32, keep_old: Option<Duration>);
+    /// Replicas in the stable set.
+    async fn stable_count(&self) -> u32;
+    /// Stops `count` replicas of the stable set.
+    async fn stop_stable(&self, count: u32);
+    /// Brings the stable set back to its size before the rollout.
+    async fn restore_stable(&self);
+}
 
 /// Canary steps of a hotfix: a short canary, then everything.
 pub const HOTFIX_STEPS: [u8; 2] = [25, 100];
-
-/// Thresholds a new version is held to, with the seed's defaults.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Thresholds {
-    /// Breach above this share of failed requests, percent.
-    pub error_rate_percent: f64,
-    /// Breach above this p95 latency, ms.
-    pub p95_ms: f64,
-    /// Breach above this p99 latency, ms.
-    pub p99_ms: f64,
-    /// Breach below this share of successful requests and health checks, percent.
-    pub availability_percent: f64,
-    /// Requests an interval needs before error rate and latency count.
-    pub min_requests: u64,
-    /// One analysis interval.
-    pub interval: Duration,
-    /// Consecutive breached intervals that abort.
-    pub failures_to_abort: u32,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds {
-            error_rate_percent: 5.0,
-            p95_ms: 2000.0,
-            p99_ms: 2000.0,
-            availability_percent: 95.0,
-            min_requests: 20,
-            interval: Duration::from_secs(5),
-            failures_to_abort: 2,
-        }
-    }
-}
-
-impl Thresholds {
-    /// These thresholds with `o`'s fields in place of theirs.
-    pub fn with(&self, o: &AnalysisOverride) -> Thresholds {
-        Thresholds {
-            error_rate_percent: o.error_rate_percent.unwrap_or(self.error_rate_percent),
-            p95_ms: o.p95_ms.unwrap_or(self.p95_ms),
-            p99_ms: o.p99_ms.unwrap_or(self.p99_ms),
-            availability_percent: o.availability_percent.unwrap_or(self.availability_percent),
-            min_requests: o.min_requests.unwrap_or(self.min_requests),
-            interval: o
-                .interval_ms
-                .map(Duration::from_millis)
-                .unwrap_or(self.interval),
-            failures_to_abort: o.failures_to_abort.unwrap_or(self.failures_to_abort),
-        }
-    }
-
-    /// The signals of one window and the thresholds they cross. Error rate
-    /// and latency count only with at least `min_requests` requests
-    /// (`conclusive`); availability counts whenever anything was measured,
-    /// since health checks run even without traffic.
-    pub fn judge(&self, window: &CanaryWindow) -> (Signals, Vec<Breach>, bool) {
-        let m = &window.metrics;
-        let signals = Signals {
-            requests: m.requests,
-            errors: m.errors,
-            error_rate_percent: m.error_rate * 100.0,
-            p95_ms: m.p95_ms,
-            p99_ms: m.p99_ms,
-            availability_percent: m.availability_percent.unwrap_or(100.0),
-            health_checks: window.checks,
-        };
-        let conclusive = m.requests >= self.min_requests.max(1);
-        let mut breaches = Vec::new();
-        let mut above = |metric, value: f64, threshold: f64| {
-            if value > threshold {
-                breaches.push(Breach {
-                    metric,
-                    value,
-                    threshold,
-                });
-            }
-        };
-        if conclusive {
-            above(
-                Metric::ErrorRate,
-                signals.error_rate_percent,
-                self.error_rate_percent,
-            );
-            above(Metric::P95, signals.p95_ms, self.p95_ms);
-            above(Metric::P99, signals.p99_ms, self.p99_ms);
-        }
-        if m.availability_percent.is_some()
-            && signals.availability_percent < self.availability_percent
-        {
-            breaches.push(Breach {
-                metric: Metric::Availability,
-                value: signals.availability_percent,
-                threshold: self.availability_percent,
-            });
-        }
-        (signals, breaches, conclusive)
-    }
-}
-
-/// Counts consecutive breached intervals.
-#[derive(Debug, Default)]
-pub struct Verdicts {
-    consecutive: u32,
-}
-
-impl Verdicts {
-    /// Takes one interval's breaches; returns the breach that aborts, with
-    /// the count of consecutive breached intervals, once it reaches `limit`.
-    pub fn observe(&mut self, breaches: &[Breach], limit: u32) -> Option<(Breach, u32)> {
-        match breaches.first() {
-            None => {
-                self.consecutive = 0;
-                None
-            }
-            Some(first) => {
-                self.consecutive += 1;
-                (self.consecutive >= limit.max(1)).then(|| (first.clone(), self.consecutive))
-            }
-        }
-    }
-}
 
 /// What a deploy does: its strategy and its analysis.
 #[derive(Clone, Debug, PartialEq)]
@@ -217,7 +139,7 @@ pub trait RolloutObserver: Send + Sync {
 }
 
 struct Driver<'a> {
-    service: &'a ManagedService,
+    service: &'a dyn RolloutTarget,
     observer: &'a dyn RolloutObserver,
     status: RolloutStatus,
 }
@@ -281,7 +203,7 @@ fn answer(reply: oneshot::Sender<Result<String, String>>, result: Result<String,
 /// one does again; `Err` only for failures before any traffic moved, and for
 /// shutdown (after taking the new version out of the path).
 pub async fn drive(
-    service: &ManagedService,
+    service: &dyn RolloutTarget,
     release: &ReleaseSpec,
     replicas: u32,
     plan: &RolloutPlan,
@@ -372,6 +294,116 @@ pub async fn drive(
     result
 }
 
+/// The analysis of one rollout or verification window, in either mode:
+/// fed a batch at every tick, it reports what it measured once per
+/// `interval` and says when to stop.
+struct Watch<'t> {
+    thresholds: &'t Thresholds,
+    sequential: Sequential,
+    verdicts: Verdicts,
+    /// What the new version answered since the last report.
+    report: SetWindow,
+    reported: Instant,
+}
+
+/// What one look at the signals found.
+enum Look {
+    /// Keep going (with the signals to report, once per interval).
+    Continue(Option<RolloutPhase>),
+    /// Stop: this threshold is breached (the Analysed event to emit first).
+    Breach(Breach, u32, RolloutPhase),
+    /// Stop: clearly worse than the stable version.
+    WorseThanStable(Breach, RolloutPhase),
+    /// The stable version fails too.
+    BothFailing(Breach, f64),
+}
+
+impl<'t> Watch<'t> {
+    fn new(thresholds: &'t Thresholds) -> Self {
+        Watch {
+            thresholds,
+            sequential: Sequential::new(thresholds),
+            verdicts: Verdicts::default(),
+            report: SetWindow::new(),
+            reported: Instant::now(),
+        }
+    }
+
+    /// How often to look.
+    fn period(&self) -> Duration {
+        match self.thresholds.mode {
+            AnalysisMode::Sequential => self.thresholds.decide_every.min(self.thresholds.interval),
+            AnalysisMode::Intervals => self.thresholds.interval,
+        }
+    }
+
+    /// Starts over (after a pause, or at a new step in intervals mode).
+    fn restart(&mut self) {
+        self.sequential = Sequential::new(self.thresholds);
+        self.report = SetWindow::new();
+        self.reported = Instant::now();
+    }
+
+    /// Whether an interval has passed since the last report.
+    fn report_due(&self) -> bool {
+        self.thresholds.mode == AnalysisMode::Intervals
+            || self.reported.elapsed() + self.period() / 2 >= self.thresholds.interval
+    }
+
+    fn analysed(&mut self, breaches: Vec<Breach>) -> RolloutPhase {
+        let report = std::mem::take(&mut self.report);
+        self.reported = Instant::now();
+        let conclusive = match self.thresholds.mode {
+            AnalysisMode::Sequential => self.sequential.requests() >= self.thresholds.min_requests.max(1),
+            AnalysisMode::Intervals => report.requests >= self.thresholds.min_requests.max(1),
+        };
+        RolloutPhase::Analysed {
+            signals: report.signals(),
+            breaches,
+            conclusive,
+        }
+    }
+
+    /// Weighs what the new version (and the stable one beside it, if any)
+    /// answered since the last look.
+    fn look(&mut self, new: SetWindow, stable: Option<&SetWindow>) -> Look {
+        let t = self.thresholds;
+        match t.mode {
+            AnalysisMode::Intervals => {
+                let (_, breaches, _) = t.judge(&new);
+                self.report = new;
+                let verdict = self.verdicts.observe(&breaches, t.failures_to_abort);
+                let phase = self.analysed(breaches);
+                match verdict {
+                    Some((breach, intervals)) => Look::Breach(breach, intervals, phase),
+                    None => Look::Continue(Some(phase)),
+                }
+            }
+            AnalysisMode::Sequential => {
+                let verdict = self.sequential.observe(&new, stable);
+                self.report.merge(&new);
+                match verdict {
+                    Verdict::Continue => {
+                        Look::Continue(self.report_due().then(|| self.analysed(Vec::new())))
+                    }
+                    Verdict::Breach(b) => {
+                        let phase = self.analysed(vec![b.clone()]);
+                        Look::Breach(b, 1, phase)
+                    }
+                    Verdict::WorseThanStable(b) => {
+                        let phase = self.analysed(vec![b.clone()]);
+                        Look::WorseThanStable(b, phase)
+                    }
+                    Verdict::BothFailing {
+                        breach,
+                        stable_value,
+                    } => Look::BothFailing(breach, stable_value),
+                }
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn canary(
     driver: &mut Driver<'_>,
@@ -390,12 +422,14 @@ async fn canary(
     {
         return Ok(end);
     }
-    let mut verdicts = Verdicts::default();
+    let mut watch = Watch::new(thresholds);
     let mut paused = false;
+    // Set while held because the stable version fails too: reported once.
+    let mut both_failing = false;
     let mut promote_now = false;
-    let mut tick =
-        tokio::time::interval_at(Instant::now() + thresholds.interval, thresholds.interval);
+    let mut tick = tokio::time::interval_at(Instant::now() + watch.period(), watch.period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checked = Instant::now();
     let shutdown = service.shutdown_token();
     let mut index = 0;
     while index < steps.len() {
@@ -403,7 +437,11 @@ async fn canary(
         driver.status.step = u32::try_from(index + 1).unwrap_or(u32::MAX);
         driver.status.weight_percent = weight;
         service.route_next(weight).await;
-        service.take_next_window();
+        if index == 0 {
+            // Only what answered since traffic moved counts.
+            service.take_next_window();
+            service.take_stable_window();
+        }
         tracing::info!(service = %service.name(), version = %release.version, step = index + 1, weight, "canary step");
         progress.step(
             &format!(
@@ -422,18 +460,57 @@ async fn canary(
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(RuntimeError::Interrupted),
                 _ = tick.tick() => {
-                    service.check_next().await;
-                    let window = service.take_next_window();
-                    let (signals, breaches, conclusive) = thresholds.judge(&window);
-                    let verdict = verdicts.observe(&breaches, thresholds.failures_to_abort);
-                    driver.emit(RolloutPhase::Analysed { signals, breaches, conclusive });
-                    if let Some((breach, intervals)) = verdict {
-                        return Ok(driver.abort(AbortReason::Threshold {
-                            breach,
-                            step: driver.status.step,
-                            weight_percent: weight,
-                            intervals,
-                        }).await);
+                    if checked.elapsed() + watch.period() / 2 >= thresholds.interval {
+                        // Health checks feed the canary's availability.
+                        service.check_next().await;
+                        checked = Instant::now();
+                    }
+                    let new = service.take_next_window();
+                    let stable = service.take_stable_window();
+                    // At 100% no stable traffic runs beside the canary.
+                    let beside = (thresholds.compare_to_stable && weight < 100).then_some(&stable);
+                    let step = driver.status.step;
+                    match watch.look(new, beside) {
+                        Look::Continue(phase) => {
+                            if let Some(phase) = phase {
+                                driver.emit(phase);
+                            }
+                        }
+                        Look::Breach(breach, intervals, phase) => {
+                            driver.emit(phase);
+                            return Ok(driver.abort(AbortReason::Threshold {
+                                breach,
+                                step,
+                                weight_percent: weight,
+                                intervals,
+                            }).await);
+                        }
+                        Look::WorseThanStable(breach, phase) => {
+                            driver.emit(phase);
+                            return Ok(driver.abort(AbortReason::WorseThanStable {
+                                breach,
+                                step,
+                                weight_percent: weight,
+                            }).await);
+                        }
+                        Look::BothFailing(breach, stable_value) => {
+                            if thresholds.on_both_failing == BothFailing::Abort {
+                                return Ok(driver.abort(AbortReason::BothFailing {
+                                    breach,
+                                    stable_value,
+                                    step,
+                                }).await);
+                            }
+                            if !both_failing {
+                                both_failing = true;
+                                tracing::warn!(service = %service.name(), version = %release.version, %breach, stable_value, "the stable version fails too: holding the rollout, not blaming the new version");
+                                driver.emit(RolloutPhase::BothFailing { canary: breach, stable_value });
+                                paused = true;
+                                driver.status.state = RolloutState::Paused;
+                                driver.emit(RolloutPhase::Paused);
+                            }
+                            watch.restart();
+                        }
                     }
                 }
                 request = controls.recv() => {
@@ -448,6 +525,9 @@ async fn canary(
                         RolloutControl::Resume => {
                             let was = paused;
                             paused = false;
+                            both_failing = false;
+                            // Evidence from before the pause does not carry over.
+                            watch.restart();
                             driver.status.state = RolloutState::Progressing;
                             driver.emit(RolloutPhase::Resumed);
                             answer(reply, Ok(if was { format!("rollout of {} resumed at step {}", release.version, driver.status.step) } else { "the rollout was not paused".into() }));
@@ -492,6 +572,71 @@ async fn canary(
             if driver.status.steps == 1 { "" } else { "s" }
         ),
     })
+}
+
+/// Watches the version that now serves everything for `thresholds.verify_for`
+/// after a switch (recreate, rolling, blue-green, a hotfix's canary), analysed
+/// like a canary step at 100%. `Ok(Some(breach))`: it breached; rolling back
+/// is the caller's. Emits its analysis as rollout events of `strategy`.
+pub async fn verify(
+    target: &dyn RolloutTarget,
+    version: &Version,
+    strategy: StrategyKind,
+    thresholds: &Thresholds,
+    observer: &dyn RolloutObserver,
+) -> Result<Option<Breach>, RuntimeError> {
+    let mut status = RolloutStatus {
+        strategy,
+        version: version.clone(),
+        state: RolloutState::Progressing,
+        step: 1,
+        steps: 1,
+        weight_percent: 100,
+    };
+    let emit = |status: &RolloutStatus, phase| {
+        target.set_rollout_status(Some(status.clone()));
+        observer.event(RolloutEvent {
+            status: status.clone(),
+            phase,
+        });
+    };
+    // What answered before the switch is not this version's.
+    target.take_stable_window();
+    let mut watch = Watch::new(thresholds);
+    let mut tick = tokio::time::interval_at(Instant::now() + watch.period(), watch.period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = target.shutdown_token();
+    let over = tokio::time::sleep(thresholds.verify_for);
+    tokio::pin!(over);
+    tracing::info!(service = %target.name(), %version, verify_for = ?thresholds.verify_for, "verifying after the switch");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(RuntimeError::Interrupted),
+            _ = &mut over => break,
+            _ = tick.tick() => {
+                match watch.look(target.take_stable_window(), None) {
+                    Look::Continue(phase) => {
+                        if let Some(phase) = phase {
+                            emit(&status, phase);
+                        }
+                    }
+                    Look::Breach(breach, _, phase) | Look::WorseThanStable(breach, phase) => {
+                        emit(&status, phase);
+                        status.state = RolloutState::Aborted;
+                        return Ok(Some(breach));
+                    }
+                    // Nothing runs beside it to compare with.
+                    Look::BothFailing(breach, _) => {
+                        status.state = RolloutState::Aborted;
+                        return Ok(Some(breach));
+                    }
+                }
+            }
+        }
+    }
+    status.state = RolloutState::Promoted;
+    emit(&status, RolloutPhase::Promoted);
+    Ok(None)
 }
 
 async fn blue_green(
@@ -603,102 +748,3 @@ async fn rolling(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_protocol::event::ServiceMetrics;
-
-    fn window(requests: u64, errors: u64, p95: f64, checks: u64) -> CanaryWindow {
-        let attempts = requests + checks;
-        CanaryWindow {
-            metrics: ServiceMetrics {
-                requests,
-                errors,
-                error_rate: if requests == 0 {
-                    0.0
-                } else {
-                    errors as f64 / requests as f64
-                },
-                p95_ms: p95,
-                p99_ms: p95,
-                availability_percent: (attempts > 0)
-                    .then(|| 100.0 * (attempts - errors) as f64 / attempts as f64),
-                ..Default::default()
-            },
-            checks,
-        }
-    }
-
-    #[test]
-    fn defaults_are_the_seeds() {
-        let t = Thresholds::default();
-        assert_eq!(t.error_rate_percent, 5.0);
-        assert_eq!(t.p95_ms, 2000.0);
-        assert_eq!(t.availability_percent, 95.0);
-        assert_eq!(t.interval, Duration::from_secs(5));
-        assert_eq!(t.failures_to_abort, 2);
-    }
-
-    #[test]
-    fn twenty_percent_errors_breach_error_rate_and_availability() {
-        let (signals, breaches, conclusive) = Thresholds::default().judge(&window(100, 20, 5.0, 2));
-        assert!(conclusive);
-        assert_eq!(signals.error_rate_percent, 20.0);
-        let metrics: Vec<Metric> = breaches.iter().map(|b| b.metric).collect();
-        assert_eq!(metrics, vec![Metric::ErrorRate, Metric::Availability]);
-    }
-
-    #[test]
-    fn too_few_requests_judge_only_availability() {
-        let (_, breaches, conclusive) = Thresholds::default().judge(&window(5, 5, 5000.0, 100));
-        assert!(!conclusive);
-        assert!(breaches.is_empty(), "{breaches:?}");
-    }
-
-    #[test]
-    fn slow_answers_breach_p95() {
-        let (_, breaches, _) = Thresholds::default().judge(&window(50, 0, 2500.0, 0));
-        assert_eq!(breaches[0].metric, Metric::P95);
-    }
-
-    #[test]
-    fn aborts_only_after_consecutive_breaches() {
-        let breach = Breach {
-            metric: Metric::ErrorRate,
-            value: 20.0,
-            threshold: 5.0,
-        };
-        let mut v = Verdicts::default();
-        assert!(v.observe(std::slice::from_ref(&breach), 2).is_none());
-        assert!(v.observe(&[], 2).is_none(), "a good interval resets");
-        assert!(v.observe(std::slice::from_ref(&breach), 2).is_none());
-        let (b, n) = v.observe(std::slice::from_ref(&breach), 2).unwrap();
-        assert_eq!((b, n), (breach, 2));
-    }
-
-    #[test]
-    fn hotfix_takes_a_short_canary_and_keeps_analysis() {
-        let plan = RolloutPlan::resolve(&Strategy::Recreate, &Thresholds::default(), None, true);
-        assert_eq!(
-            plan.strategy,
-            Strategy::Canary {
-                steps: HOTFIX_STEPS.to_vec(),
-                step_secs: 10
-            }
-        );
-        let normal = RolloutPlan::resolve(
-            &Strategy::default_canary(),
-            &Thresholds::default(),
-            Some(&RolloutOptions {
-                strategy: None,
-                analysis: Some(AnalysisOverride {
-                    interval_ms: Some(500),
-                    ..Default::default()
-                }),
-            }),
-            false,
-        );
-        assert_eq!(normal.strategy, Strategy::default_canary());
-        assert_eq!(normal.thresholds.interval, Duration::from_millis(500));
-    }
-}

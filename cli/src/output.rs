@@ -397,6 +397,14 @@ pub fn rollout_line(event: &ferry_protocol::rollout::RolloutEvent) -> String {
                 signals.availability_percent
             )
         }
+        RolloutPhase::BothFailing {
+            canary,
+            stable_value,
+        } => format!(
+            "{at}: STABLE FAILS TOO ({} {stable_value:.1}{}): likely a dependency outage, not this release; new version: {canary}",
+            canary.metric,
+            canary.metric.unit()
+        ),
         RolloutPhase::Paused => format!("{at}: paused"),
         RolloutPhase::Resumed => format!("{at}: resumed"),
         RolloutPhase::Promoted => format!("{at}: promoted"),

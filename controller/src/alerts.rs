@@ -75,6 +75,7 @@ impl Alerts {
                 metric,
                 value,
                 threshold,
+                evidence: None,
             };
             match (breached, self.up.contains_key(&key)) {
                 (true, false) => {

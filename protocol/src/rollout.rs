@@ -212,9 +212,70 @@ pub struct AnalysisOverride {
     /// Length of one analysis interval, ms (default 5000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_ms: Option<u64>,
-    /// Consecutive breached intervals that abort (default 2).
+    /// Consecutive breached intervals that abort (default 2; `intervals`
+    /// mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failures_to_abort: Option<u32>,
+    /// How verdicts are reached (default `sequential`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AnalysisMode>,
+    /// Sequential mode: the chance of aborting a release whose signals sit at
+    /// half their thresholds, percent (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_abort_percent: Option<f64>,
+    /// Sequential mode: how often the evidence is weighed, ms (default 250).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decide_every_ms: Option<u64>,
+    /// Judge the new version against the stable one over the same window
+    /// (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_to_stable: Option<bool>,
+    /// How much worse than the stable version's error rate the new version
+    /// may be before it is rolled back, percentage points (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_margin_percent: Option<f64>,
+    /// What a rollout does when the stable version breaches as the new one
+    /// does (a dependency outage, not the release): `pause` (default) or
+    /// `abort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_both_failing: Option<BothFailing>,
+    /// Seconds of analysis after traffic moves in recreate, rolling and
+    /// blue-green deploys (and after a hotfix's canary); a breach rolls back.
+    /// 0 turns it off (the agent's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_for_secs: Option<u64>,
+}
+
+/// How analysis reaches a verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalysisMode {
+    /// A sequential test weighed every `decide_every_ms`: abort as soon as the
+    /// evidence is enough.
+    #[default]
+    Sequential,
+    /// The fixed rule: `failures_to_abort` consecutive breached intervals.
+    Intervals,
+}
+
+/// What a rollout does when the stable version fails as the new one does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BothFailing {
+    /// Hold the step and alert; an operator resumes or aborts.
+    #[default]
+    Pause,
+    /// Roll back, with the outage as the reason.
+    Abort,
+}
+
+impl fmt::Display for BothFailing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BothFailing::Pause => "pause",
+            BothFailing::Abort => "abort",
+        })
+    }
 }
 
 impl AnalysisOverride {
@@ -245,6 +306,26 @@ impl AnalysisOverride {
         if let Some(n) = self.failures_to_abort {
             if !(1..=100).contains(&n) {
                 return Err(invalid("failures_to_abort is 1 to 100"));
+            }
+        }
+        if let Some(p) = self.false_abort_percent {
+            if !(p > 0.0 && p <= 10.0) {
+                return Err(invalid("false_abort_percent is above 0 and at most 10"));
+            }
+        }
+        if let Some(ms) = self.decide_every_ms {
+            if !(50..=60_000).contains(&ms) {
+                return Err(invalid("decide_every_ms is 50 ms to 1 minute"));
+            }
+        }
+        if let Some(p) = self.stable_margin_percent {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(invalid("stable_margin_percent is 0 to 100"));
+            }
+        }
+        if let Some(s) = self.verify_for_secs {
+            if s > 24 * 3600 {
+                return Err(invalid("verify_for_secs is at most a day"));
             }
         }
         Ok(())
@@ -363,6 +444,26 @@ pub struct Breach {
     pub value: f64,
     /// The threshold it crossed.
     pub threshold: f64,
+    /// What the verdict rests on (absent from the fixed-interval rule and
+    /// from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// The evidence behind a sequential verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Requests (or requests and health checks, for availability) weighed.
+    pub requests: u64,
+    /// Of which counted against the version (failed, or slower than the
+    /// latency threshold).
+    pub bad: u64,
+    /// How sure the test is that the signal is past its threshold, percent
+    /// (1 minus the false-abort rate it was run at).
+    pub confidence_percent: f64,
+    /// The stable version's value over the same window, when it was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_value: Option<f64>,
 }
 
 impl fmt::Display for Breach {
@@ -375,7 +476,21 @@ impl fmt::Display for Breach {
             f,
             "{} {:.1}{unit} {op} {:.1}{unit}",
             self.metric, self.value, self.threshold
-        )
+        )?;
+        if let Some(e) = &self.evidence {
+            write!(
+                f,
+                " ({} of {} requests, {}% confidence",
+                e.bad,
+                e.requests,
+                e.confidence_percent
+            )?;
+            if let Some(stable) = e.stable_value {
+                write!(f, "; stable {stable:.1}{unit}")?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
     }
 }
 
@@ -405,11 +520,42 @@ pub enum AbortReason {
         /// Step (1-based) at which it happened.
         step: u32,
     },
+    /// The new version did clearly worse than the stable one over the same
+    /// window, though within the absolute thresholds.
+    WorseThanStable {
+        /// The new version's value against the stable one's plus the margin.
+        #[serde(flatten)]
+        breach: Breach,
+        /// Step (1-based) at which it happened.
+        step: u32,
+        /// Traffic share of the new version at that step, percent.
+        weight_percent: u8,
+    },
+    /// The stable version failed as the new one did (a dependency outage,
+    /// not the release), and `on_both_failing` is `abort`.
+    BothFailing {
+        /// The new version's breach.
+        #[serde(flatten)]
+        breach: Breach,
+        /// The stable version's value of the same signal.
+        stable_value: f64,
+        /// Step (1-based) at which it happened.
+        step: u32,
+    },
 }
 
 impl fmt::Display for AbortReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            AbortReason::Threshold {
+                breach,
+                step,
+                weight_percent,
+                intervals,
+            } if breach.evidence.is_some() => write!(
+                f,
+                "{breach} at step {step} ({weight_percent}% of traffic)"
+            ),
             AbortReason::Threshold {
                 breach,
                 step,
@@ -422,6 +568,24 @@ impl fmt::Display for AbortReason {
             ),
             AbortReason::Unhealthy { detail } => write!(f, "new replicas unhealthy: {detail}"),
             AbortReason::Operator { step } => write!(f, "aborted by an operator at step {step}"),
+            AbortReason::WorseThanStable {
+                breach,
+                step,
+                weight_percent,
+            } => write!(
+                f,
+                "{breach} against the stable version at step {step} ({weight_percent}% of traffic)"
+            ),
+            AbortReason::BothFailing {
+                breach,
+                stable_value,
+                step,
+            } => write!(
+                f,
+                "the stable version fails too ({} {stable_value:.1}{}) at step {step}: a dependency outage, not this release ({breach})",
+                breach.metric,
+                breach.metric.unit()
+            ),
         }
     }
 }
@@ -484,6 +648,15 @@ pub enum RolloutPhase {
         /// Whether there were enough requests for a verdict on error rate
         /// and latency.
         conclusive: bool,
+    },
+    /// The stable version breaches as the new one does: a dependency
+    /// outage is likelier than a bad release. Not blamed on the new version;
+    /// the rollout pauses (or aborts, by configuration).
+    BothFailing {
+        /// The new version's breach.
+        canary: Breach,
+        /// The stable version's value of the same signal over the same window.
+        stable_value: f64,
     },
     /// Held by an operator.
     Paused,
@@ -571,6 +744,7 @@ mod tests {
                 metric: Metric::ErrorRate,
                 value: 21.34,
                 threshold: 5.0,
+                evidence: None,
             },
             step: 1,
             weight_percent: 10,
@@ -585,5 +759,77 @@ mod tests {
         assert_eq!(json["threshold"], 5.0);
         let back: AbortReason = serde_json::from_value(json).unwrap();
         assert_eq!(back, reason);
+    }
+
+    #[test]
+    fn sequential_verdicts_carry_their_evidence_and_round_trip() {
+        let breach = Breach {
+            metric: Metric::ErrorRate,
+            value: 20.0,
+            threshold: 5.0,
+            evidence: Some(Evidence {
+                requests: 35,
+                bad: 7,
+                confidence_percent: 99.9,
+                stable_value: Some(0.0),
+            }),
+        };
+        let reason = AbortReason::Threshold {
+            breach: breach.clone(),
+            step: 1,
+            weight_percent: 10,
+            intervals: 1,
+        };
+        assert_eq!(
+            reason.to_string(),
+            "error rate 20.0% > 5.0% (7 of 35 requests, 99.9% confidence; stable 0.0%) at step 1 (10% of traffic)"
+        );
+        for reason in [
+            reason,
+            AbortReason::WorseThanStable {
+                breach: breach.clone(),
+                step: 2,
+                weight_percent: 35,
+            },
+            AbortReason::BothFailing {
+                breach: breach.clone(),
+                stable_value: 30.0,
+                step: 1,
+            },
+        ] {
+            let back: AbortReason =
+                serde_json::from_value(serde_json::to_value(&reason).unwrap()).unwrap();
+            assert_eq!(back, reason);
+        }
+        let phase = RolloutPhase::BothFailing {
+            canary: breach,
+            stable_value: 30.0,
+        };
+        let back: RolloutPhase =
+            serde_json::from_value(serde_json::to_value(&phase).unwrap()).unwrap();
+        assert_eq!(back, phase);
+        // An older agent's breach, without evidence, still decodes.
+        let old: Breach =
+            serde_json::from_str(r#"{"metric":"p95","value":2500.0,"threshold":2000.0}"#).unwrap();
+        assert_eq!(old.evidence, None);
+    }
+
+    #[test]
+    fn analysis_overrides_of_the_sequential_mode_are_checked() {
+        let ok: AnalysisOverride = serde_json::from_str(
+            r#"{"mode":"intervals","verify_for_secs":30,"on_both_failing":"abort","stable_margin_percent":1.5}"#,
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.mode, Some(AnalysisMode::Intervals));
+        for bad in [
+            r#"{"false_abort_percent":0}"#,
+            r#"{"decide_every_ms":10}"#,
+            r#"{"verify_for_secs":100000}"#,
+            r#"{"stable_margin_percent":-1}"#,
+        ] {
+            let o: AnalysisOverride = serde_json::from_str(bad).unwrap();
+            assert!(o.validate().is_err(), "{bad}");
+        }
     }
 }

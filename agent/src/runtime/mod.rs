@@ -1,15 +1,8 @@
-//! The runtime seam, at two levels.
-//!
-//! - [`ServiceBackend`] is what the command executor drives: deploy a release
-//!   health-gated, scale, maintenance, snapshot, stop. Runtimes where the agent
-//!   owns the replicas (processes, Docker) implement it once, in
-//!   [`crate::managed::ManagedService`], which adds the agent's proxy, health
-//!   checks and crash restarts on top of a [`ReplicaRuntime`]. A runtime where
-//!   a cluster owns the replicas and routes the traffic (Kubernetes: a
-//!   Deployment and a Service) implements [`ServiceBackend`] directly and has no
-//!   agent proxy in the path.
-//! - [`ReplicaRuntime`] starts and stops one replica: a child process here, a
-//!   container through the Docker API ([`docker`]).
+//! Runtimes that start and stop one replica ([`ReplicaRuntime`]: a child
+//! process, [`process`]; a container through the Docker API, [`docker`]),
+//! and what every runtime shares: [`RuntimeError`], [`Progress`],
+//! [`Replacement`]. What the executor drives is a
+//! [`crate::backend::ServiceBackend`], one level up.
 
 pub mod docker;
 pub mod process;
@@ -21,13 +14,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
 use ferry_protocol::event::{
-    MaintenanceInfo, ReplicaUsage, ServiceHealth, ServiceMetrics, ServiceSnapshot,
+    ReplicaUsage,
 };
 use ferry_protocol::{EnvName, Version};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{RuntimeKind, ServiceConfig};
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
 
 /// Errors of runtimes and backends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -250,76 +242,4 @@ pub enum Replacement {
     HealthGated,
     /// Stop the old set first (a forced rollback away from a broken version).
     StopFirst,
-}
-
-/// One service as the command executor drives it.
-#[async_trait]
-pub trait ServiceBackend: Send + Sync {
-    /// Runtime name for snapshots.
-    fn runtime(&self) -> RuntimeKind;
-
-    /// Replaces the running release with `release` at `replicas`. On failure
-    /// the previous release keeps serving (with [`Replacement::HealthGated`]).
-    async fn deploy(
-        &self,
-        release: &ReleaseSpec,
-        replicas: u32,
-        replacement: Replacement,
-        progress: &dyn Progress,
-    ) -> Result<(), RuntimeError>;
-
-    /// Rolls `release` out progressively (canary, blue-green, rolling) per
-    /// `plan`, taking operator `controls` while it runs. Backends without
-    /// the agent's proxy in the path (Kubernetes) cannot weigh traffic, and
-    /// refuse with [`RuntimeError::Unsupported`] by default.
-    async fn roll_out(
-        &self,
-        _release: &ReleaseSpec,
-        _replicas: u32,
-        plan: &RolloutPlan,
-        _controls: &mut mpsc::Receiver<ControlRequest>,
-        _progress: &dyn Progress,
-        _observer: &dyn RolloutObserver,
-    ) -> Result<RolloutEnd, RuntimeError> {
-        Err(RuntimeError::Unsupported(format!(
-            "the {} runtime does not support {} deploys (it has no agent proxy to weigh traffic)",
-            self.runtime().as_str(),
-            plan.strategy.kind()
-        )))
-    }
-
-    /// Changes the replica count of the running release.
-    async fn scale(&self, replicas: u32, progress: &dyn Progress) -> Result<(), RuntimeError>;
-
-    /// Turns maintenance on (`Some`) or off.
-    fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>);
-
-    /// Takes over what an earlier agent left running of `release` at
-    /// `replicas` (`None` or 0: nothing is to run, leftovers are removed).
-    /// Returns how many replicas were adopted; 0 means the caller deploys
-    /// afresh. Backends whose replicas end with the agent adopt nothing.
-    async fn adopt(
-        &self,
-        _release: Option<&ReleaseSpec>,
-        _replicas: u32,
-    ) -> Result<u32, RuntimeError> {
-        Ok(0)
-    }
-
-    /// Health of every replica.
-    async fn health(&self) -> ServiceHealth;
-
-    /// Traffic since the last call, if this backend sees the traffic, with
-    /// what each replica uses where the runtime measures it.
-    async fn take_metrics(&self) -> Option<ServiceMetrics>;
-
-    /// The service's state for heartbeats and status.
-    async fn snapshot(&self) -> ServiceSnapshot;
-
-    /// Marks a command in progress (for the `deploying` state).
-    fn set_busy(&self, busy: bool);
-
-    /// Stops the proxy and supervision, and every replica unless replicas
-    /// outlive the agent (then they keep serving and the next agent adopts them).
-    async fn shutdown(&self);
 }

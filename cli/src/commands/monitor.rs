@@ -41,6 +41,7 @@ fn breaches(m: &ServiceMetrics, args: &MonitorArgs) -> Vec<Breach> {
                 metric: Metric::ErrorRate,
                 value: error_rate,
                 threshold: args.error_threshold,
+                evidence: None,
             });
         }
         if m.p95_ms > args.response_threshold {
@@ -48,6 +49,7 @@ fn breaches(m: &ServiceMetrics, args: &MonitorArgs) -> Vec<Breach> {
                 metric: Metric::P95,
                 value: m.p95_ms,
                 threshold: args.response_threshold,
+                evidence: None,
             });
         }
     }
@@ -57,6 +59,7 @@ fn breaches(m: &ServiceMetrics, args: &MonitorArgs) -> Vec<Breach> {
                 metric: Metric::Availability,
                 value: a,
                 threshold: args.availability_threshold,
+                evidence: None,
             });
         }
     }
