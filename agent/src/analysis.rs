@@ -417,8 +417,8 @@ impl Sprt {
     fn observe(&mut self, h: Option<Hypotheses>, n: u64, bad: u64) -> bool {
         let Some(h) = h else { return false };
         let good = n.saturating_sub(bad);
-        self.llr = (self.llr + bad as f64 * h.bad_weight + good as f64 * h.good_weight)
-            .max(self.lower);
+        self.llr =
+            (self.llr + bad as f64 * h.bad_weight + good as f64 * h.good_weight).max(self.lower);
         self.llr >= self.upper
     }
 
@@ -496,7 +496,7 @@ const METRICS: [Metric; 4] = [
 
 /// The sequential tests of one version (and its comparison with the stable
 /// one), fed batch by batch.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Sequential {
     thresholds: Thresholds,
     tests: [Sprt; 4],
@@ -504,6 +504,9 @@ pub struct Sequential {
     vs_stable: Sprt,
     new: Totals,
     stable: Totals,
+    /// Everything each set answered so far, for the quantiles a verdict shows.
+    new_all: SetWindow,
+    stable_all: SetWindow,
 }
 
 impl Sequential {
@@ -521,6 +524,8 @@ impl Sequential {
             vs_stable: Sprt::new(alpha),
             new: Totals::default(),
             stable: Totals::default(),
+            new_all: SetWindow::new(),
+            stable_all: SetWindow::new(),
         }
     }
 
@@ -534,7 +539,11 @@ impl Sequential {
     pub fn observe(&mut self, new: &SetWindow, stable: Option<&SetWindow>) -> Verdict {
         let t = &self.thresholds;
         let batch = self.new.add(new, t);
-        let stable_batch = stable.map(|s| self.stable.add(s, t));
+        self.new_all.merge(new);
+        let stable_batch = stable.map(|s| {
+            self.stable_all.merge(s);
+            self.stable.add(s, t)
+        });
         let enough = self.new.requests >= t.min_requests.max(1);
         for (i, metric) in METRICS.into_iter().enumerate() {
             let (n, bad) = batch.of(metric);
@@ -547,12 +556,10 @@ impl Sequential {
             if stable_batch.is_some() {
                 let (sn, sbad) = self.stable.of(metric);
                 let stable_share = share(sbad, sn);
-                if sn >= t.min_requests.max(1)
-                    && stable_share > bad_share_threshold(t, metric)
-                {
+                if sn >= t.min_requests.max(1) && stable_share > bad_share_threshold(t, metric) {
                     return Verdict::BothFailing {
                         breach,
-                        stable_value: value_of(metric, stable_share),
+                        stable_value: value_of(metric, stable_share, &self.stable_all),
                     };
                 }
             }
@@ -612,11 +619,11 @@ impl Sequential {
         let observed = share(bad, n);
         let stable_value = (self.stable.requests > 0).then(|| {
             let (sn, sbad) = self.stable.of(metric);
-            value_of(metric, share(sbad, sn))
+            value_of(metric, share(sbad, sn), &self.stable_all)
         });
         Breach {
             metric,
-            value: value_of(metric, observed),
+            value: value_of(metric, observed, &self.new_all),
             threshold: threshold_of(t, metric),
             evidence: Some(Evidence {
                 requests: n,
@@ -647,12 +654,14 @@ fn threshold_of(t: &Thresholds, metric: Metric) -> f64 {
     }
 }
 
-/// A metric's value for people, from the share of bad events (latency: the
-/// share of requests slower than the threshold says the quantile is above
-/// it; the value shown is then the share, as "x% of requests slower").
-fn value_of(metric: Metric, bad_share: f64) -> f64 {
+/// A metric's value for people: a share for error rate and availability,
+/// the measured quantile for latency (the test itself weighs the share of
+/// requests slower than the threshold).
+fn value_of(metric: Metric, bad_share: f64, window: &SetWindow) -> f64 {
     match metric {
-        Metric::ErrorRate | Metric::P95 | Metric::P99 => bad_share * 100.0,
+        Metric::ErrorRate => bad_share * 100.0,
+        Metric::P95 => window.signals().p95_ms,
+        Metric::P99 => window.signals().p99_ms,
         Metric::Availability => (1.0 - bad_share) * 100.0,
     }
 }
@@ -741,7 +750,10 @@ mod tests {
         let drift = |p: f64| p * h.bad_weight + (1.0 - p) * h.good_weight;
         assert!(drift(0.05).abs() < 1e-9, "{}", drift(0.05));
         assert!(drift(0.06) > 0.0 && drift(0.04) < 0.0);
-        assert!(Hypotheses::new(0.5, 1.0).is_none(), "nothing to test at 100%");
+        assert!(
+            Hypotheses::new(0.5, 1.0).is_none(),
+            "nothing to test at 100%"
+        );
     }
 
     /// Deterministic errors (every fifth request), as ferry-sample makes
@@ -852,6 +864,8 @@ mod tests {
             Some(Verdict::Breach(b)) => {
                 assert!(matches!(b.metric, Metric::P95 | Metric::P99), "{b:?}");
                 assert_eq!(b.threshold, 2000.0);
+                assert!(b.value > 2000.0, "the quantile, in ms: {b:?}");
+                assert_eq!(b.evidence.unwrap().bad, 6, "slow requests counted");
             }
             other => panic!("{other:?}"),
         }
@@ -866,7 +880,12 @@ mod tests {
     fn false_abort_rate_of_good_canaries_is_under_one_percent() {
         let t = Thresholds::default();
         let good = t.error_rate_percent / 100.0 / 2.0;
-        let mut rng = StdRng::seed_from_u64(std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x0f3e_77a1));
+        let mut rng = StdRng::seed_from_u64(
+            std::env::var("SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0x0f3e_77a1),
+        );
         let canaries = 500;
         let mut aborted = 0;
         // Aborts by verdict: absolute breach, worse than stable, both failing.

@@ -14,10 +14,10 @@ use ferry_protocol::{EnvName, ServiceName, Version};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::backend::ServiceBackend;
 use crate::config::ServiceConfig;
 use crate::events::{EventPublisher, EventSink};
 use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
-use crate::backend::ServiceBackend;
 use crate::runtime::{Progress, Replacement, RuntimeError};
 use crate::state::{ServiceRecord, State, StateWrite};
 use ferry_protocol::rollout::{RolloutControl, RolloutEvent, Strategy};

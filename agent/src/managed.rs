@@ -20,14 +20,12 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RuntimeKind;
-use crate::events::EventSink;
 use crate::analysis::{SetWindow, Thresholds};
 use crate::backend::ServiceBackend;
+use crate::config::RuntimeKind;
+use crate::events::EventSink;
 use crate::proxy::Proxy;
-use crate::rollout::{
-    ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget,
-};
+use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget};
 use crate::runtime::{
     NoProgress, Progress, Replacement, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
 };

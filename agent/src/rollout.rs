@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
+use ferry_protocol::rollout::AnalysisMode;
 use ferry_protocol::rollout::{
-    AbortReason, Breach, BothFailing, RolloutControl, RolloutEvent, RolloutOptions, RolloutPhase,
+    AbortReason, BothFailing, Breach, RolloutControl, RolloutEvent, RolloutOptions, RolloutPhase,
     RolloutState, RolloutStatus, Strategy, StrategyKind,
 };
 use ferry_protocol::{ServiceName, Version};
-use ferry_protocol::rollout::AnalysisMode;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -354,7 +354,9 @@ impl<'t> Watch<'t> {
         let report = std::mem::take(&mut self.report);
         self.reported = Instant::now();
         let conclusive = match self.thresholds.mode {
-            AnalysisMode::Sequential => self.sequential.requests() >= self.thresholds.min_requests.max(1),
+            AnalysisMode::Sequential => {
+                self.sequential.requests() >= self.thresholds.min_requests.max(1)
+            }
             AnalysisMode::Intervals => report.requests >= self.thresholds.min_requests.max(1),
         };
         RolloutPhase::Analysed {
@@ -747,4 +749,3 @@ async fn rolling(
         ),
     })
 }
-

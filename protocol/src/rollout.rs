@@ -481,9 +481,7 @@ impl fmt::Display for Breach {
             write!(
                 f,
                 " ({} of {} requests, {}% confidence",
-                e.bad,
-                e.requests,
-                e.confidence_percent
+                e.bad, e.requests, e.confidence_percent
             )?;
             if let Some(stable) = e.stable_value {
                 write!(f, "; stable {stable:.1}{unit}")?;

@@ -242,7 +242,7 @@ impl System {
                     stop_timeout: Duration::from_secs(5),
                     docker: DockerOptions::default(),
                     strategy: ferry_protocol::rollout::Strategy::Recreate,
-                    analysis: ferry_agent::rollout::Thresholds::default(),
+                    analysis: ferry_agent::analysis::Thresholds::default(),
                 };
                 (name, config)
             })

@@ -14,7 +14,8 @@ use ferry_e2e::*;
 use ferry_protocol::command::{Action, ActionKind};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::rollout::{
-    AbortReason, AnalysisOverride, Metric, RolloutControl, RolloutOptions, RolloutPhase, Strategy,
+    AbortReason, AnalysisMode, AnalysisOverride, Metric, RolloutControl, RolloutOptions,
+    RolloutPhase, Strategy,
 };
 use ferry_protocol::Envelope;
 use futures::StreamExt;
@@ -175,6 +176,15 @@ async fn a_canary_of_a_good_release_passes_every_step_to_100_percent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_with_20_percent_errors_is_rolled_back_at_its_first_step() {
+    canary_with_20_percent_errors_is_rolled_back(AnalysisMode::Sequential).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fixed_interval_rule_still_rolls_back_after_two_breached_intervals() {
+    canary_with_20_percent_errors_is_rolled_back(AnalysisMode::Intervals).await;
+}
+
+async fn canary_with_20_percent_errors_is_rolled_back(mode: AnalysisMode) {
     let (system, port, client, mut watch) = serving_v1().await;
     let load = Load::start(port, 4, Duration::from_millis(2));
     let id = send(
@@ -189,7 +199,10 @@ async fn a_canary_with_20_percent_errors_is_rolled_back_at_its_first_step() {
                     steps: vec![10, 35, 60, 85, 100],
                     step_secs: 600,
                 }),
-                analysis: Some(quick_analysis()),
+                analysis: Some(AnalysisOverride {
+                    mode: Some(mode),
+                    ..quick_analysis()
+                }),
             }),
         ),
     )
@@ -206,12 +219,37 @@ async fn a_canary_with_20_percent_errors_is_rolled_back_at_its_first_step() {
             weight_percent,
             intervals,
         } => {
-            assert_eq!(breach.metric, Metric::ErrorRate);
-            assert!(breach.value > 5.0, "{breach:?}");
-            assert_eq!(breach.threshold, 5.0);
+            assert!(
+                matches!(breach.metric, Metric::ErrorRate | Metric::Availability),
+                "{breach:?}"
+            );
             assert_eq!(step, 1, "rolled back at its first step");
             assert_eq!(weight_percent, 10);
-            assert_eq!(intervals, 2);
+            match mode {
+                AnalysisMode::Intervals => {
+                    assert_eq!(breach.metric, Metric::ErrorRate);
+                    assert!(breach.value > 5.0, "{breach:?}");
+                    assert_eq!(breach.threshold, 5.0);
+                    assert_eq!(intervals, 2);
+                    assert_eq!(breach.evidence, None);
+                }
+                AnalysisMode::Sequential => {
+                    let evidence = breach
+                        .evidence
+                        .as_ref()
+                        .expect("a sequential verdict's evidence");
+                    assert!(evidence.requests >= 5, "min_requests holds: {evidence:?}");
+                    assert!(
+                        evidence.bad > 0 && evidence.confidence_percent >= 99.0,
+                        "{evidence:?}"
+                    );
+                    assert_eq!(
+                        evidence.stable_value,
+                        Some(0.0),
+                        "stable measured beside it"
+                    );
+                }
+            }
         }
         other => panic!("aborted for another reason: {other:?}"),
     }
@@ -504,6 +542,7 @@ async fn with_nats_stopped_mid_canary_the_agent_rolls_back_and_reports_it_after_
                 analysis: Some(AnalysisOverride {
                     // Long enough that NATS is surely gone before the verdict.
                     interval_ms: Some(1500),
+                    mode: Some(AnalysisMode::Intervals),
                     ..quick_analysis()
                 }),
             }),

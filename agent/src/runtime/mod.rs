@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
-use ferry_protocol::event::{
-    ReplicaUsage,
-};
+use ferry_protocol::event::ReplicaUsage;
 use ferry_protocol::{EnvName, Version};
 use tokio::sync::{mpsc, watch};
 
