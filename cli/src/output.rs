@@ -590,6 +590,7 @@ mod tests {
                 commit: Some("0123456789abcdef0123".into()),
                 hotfix: true,
                 scan: None,
+                scan_findings: Vec::new(),
             },
             received_at: NOW,
         };

@@ -1195,6 +1195,7 @@ mod tests {
             commit: None,
             hotfix: false,
             scan: None,
+            scan_findings: Vec::new(),
         }
     }
 
