@@ -192,11 +192,13 @@ impl ScanSummary {
     pub fn parse(text: &str) -> Result<Self, Error> {
         let mut scan = ScanSummary::default();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let bad = || Error::InvalidField {
+            let bad = || {
+                Error::InvalidField {
                 field: "scan",
                 reason: format!(
                     "{part:?} is not <severity>=<count> with severity critical, high, medium, low or unknown"
                 ),
+            }
             };
             let (name, count) = part.split_once('=').ok_or_else(bad)?;
             let count: u32 = count.trim().parse().map_err(|_| bad())?;
@@ -400,7 +402,9 @@ mod tests {
         .unwrap();
         assert!(old.scan_findings.is_empty());
         assert_eq!(old.scan.unwrap().unknown, 0);
-        assert!(!serde_json::to_string(&old).unwrap().contains("scan_findings"));
+        assert!(!serde_json::to_string(&old)
+            .unwrap()
+            .contains("scan_findings"));
     }
 
     #[test]
@@ -424,7 +428,10 @@ mod tests {
                 ..finding("CVE-1", Severity::Low)
             },
         ] {
-            assert!(release_with_findings(vec![bad.clone()]).validate().is_err(), "{bad:?}");
+            assert!(
+                release_with_findings(vec![bad.clone()]).validate().is_err(),
+                "{bad:?}"
+            );
         }
     }
 
@@ -434,8 +441,14 @@ mod tests {
             finding("CVE-2023-0286", Severity::Critical),
             finding("CVE-2023-0001", Severity::High),
         ]);
-        let critical: Vec<String> = release.critical_findings().map(ScanFinding::describe).collect();
-        assert_eq!(critical, ["CVE-2023-0286 (openssl 3.0.7-r0, fixed in 3.0.8-r0)"]);
+        let critical: Vec<String> = release
+            .critical_findings()
+            .map(ScanFinding::describe)
+            .collect();
+        assert_eq!(
+            critical,
+            ["CVE-2023-0286 (openssl 3.0.7-r0, fixed in 3.0.8-r0)"]
+        );
         let bare = ScanFinding {
             package: None,
             installed_version: None,
@@ -447,7 +460,10 @@ mod tests {
         let mut summary = ScanSummary::default();
         summary.count(Severity::Critical);
         summary.count(Severity::Unknown);
-        assert_eq!(summary.to_string(), "critical=1,high=0,medium=0,low=0,unknown=1");
+        assert_eq!(
+            summary.to_string(),
+            "critical=1,high=0,medium=0,low=0,unknown=1"
+        );
         assert_eq!(ScanSummary::parse(&summary.to_string()).unwrap(), summary);
     }
 }
