@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod error;
 mod output;
+mod scan_report;
 mod wait;
 
 use std::process::ExitCode;

@@ -238,7 +238,8 @@ pub fn releases_table(records: &[ReleaseRecord]) -> String {
         return "No releases published yet.".to_owned();
     }
     let mut t = table(&[
-        "SERVICE", "VERSION", "ARTIFACT", "DIGEST", "HOTFIX", "AUTHOR", "COMMIT", "RECEIVED",
+        "SERVICE", "VERSION", "ARTIFACT", "DIGEST", "HOTFIX", "AUTHOR", "COMMIT", "SCAN",
+        "RECEIVED",
     ]);
     for r in records {
         let release = &r.release;
@@ -250,10 +251,40 @@ pub fn releases_table(records: &[ReleaseRecord]) -> String {
             if release.hotfix { "yes" } else { "-" }.to_owned(),
             or_dash(release.author.as_ref()),
             or_dash(release.commit.as_deref().map(|c| shorten(c, 12))),
+            scan_cell(release),
             timestamp(r.received_at),
         ]);
     }
     t.trim_fmt()
+}
+
+/// Critical ids the `ferry releases` table names before `+N more`
+/// (`--output json` has every finding).
+const SHOWN_CRITICAL_IDS: usize = 5;
+
+/// The counts and, when there are any, the critical findings' ids:
+/// `critical=2,high=1,medium=0,low=0 (critical: CVE-2023-38545)`.
+fn scan_cell(release: &ferry_protocol::release::Release) -> String {
+    let Some(scan) = release.scan else {
+        return "-".to_owned();
+    };
+    let mut ids: Vec<&str> = Vec::new();
+    for finding in release.critical_findings() {
+        if !ids.contains(&finding.id.as_str()) {
+            ids.push(&finding.id);
+        }
+    }
+    if ids.is_empty() {
+        return scan.to_string();
+    }
+    let more = ids.len().saturating_sub(SHOWN_CRITICAL_IDS);
+    ids.truncate(SHOWN_CRITICAL_IDS);
+    let more = if more > 0 {
+        format!(", +{more} more")
+    } else {
+        String::new()
+    };
+    format!("{scan} (critical: {}{more})", ids.join(", "))
 }
 
 /// What `deploy`, `rollback`, `scale` and `maintenance` print without `--wait`.
@@ -418,7 +449,7 @@ mod tests {
 
     use ferry_protocol::command::ActionKind;
     use ferry_protocol::event::{MaintenanceInfo, ServiceState};
-    use ferry_protocol::release::Release;
+    use ferry_protocol::release::{Release, ScanFinding, ScanSummary, Severity};
     use ferry_protocol::{EnvName, ServiceName, Version};
     use time::macros::datetime;
 
@@ -598,10 +629,11 @@ mod tests {
                 commit: Some("0123456789abcdef0123".into()),
                 hotfix: true,
                 scan: None,
+                scan_findings: Vec::new(),
             },
             received_at: NOW,
         };
-        let text = releases_table(&[release]);
+        let text = releases_table(std::slice::from_ref(&release));
         let line = text.lines().nth(1).unwrap();
         for cell in [
             "web",
@@ -613,6 +645,35 @@ mod tests {
         ] {
             assert!(line.contains(cell), "{cell}: {text}");
         }
+
+        // A scanned release names its criticals, each id once.
+        let finding = |id: &str, package: &str, severity| ScanFinding {
+            id: id.into(),
+            severity,
+            package: Some(package.into()),
+            installed_version: None,
+            fixed_version: None,
+        };
+        let mut scanned = release.clone();
+        scanned.release.scan = Some(ScanSummary {
+            critical: 3,
+            high: 1,
+            ..Default::default()
+        });
+        scanned.release.scan_findings = vec![
+            finding("CVE-2023-38545", "curl", Severity::Critical),
+            finding("CVE-2023-38545", "libcurl", Severity::Critical),
+            finding("CVE-2024-0001", "zlib", Severity::Critical),
+            finding("CVE-2023-5363", "libssl3", Severity::High),
+        ];
+        let text = releases_table(&[scanned]);
+        assert!(
+            text.contains(
+                "critical=3,high=1,medium=0,low=0 (critical: CVE-2023-38545, CVE-2024-0001)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("CVE-2023-5363"), "{text}");
     }
 
     fn event(body: EventBody) -> ServiceEvent {

@@ -19,6 +19,7 @@ pub mod config;
 mod consumer;
 pub mod error;
 pub mod events;
+mod gate;
 mod ids;
 mod issue;
 mod metrics;

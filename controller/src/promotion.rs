@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::Stage;
+use crate::gate;
 use crate::{ids, issue, Error, Shared};
 
 /// Actor of a deploy triggered by a release without an author.
@@ -183,10 +184,6 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
-}
-
-fn critical(release: &Release) -> u32 {
-    release.scan.map_or(0, |s| s.critical)
 }
 
 /// Appends a history (audit) record about a promotion under `id`.
@@ -401,17 +398,10 @@ pub(crate) async fn advance(
     let now = OffsetDateTime::now_utc();
     let tally = tally(&release, env, stage, &record.approvals, now);
 
-    let criticals = critical(&release);
-    let overrides_needed = if criticals > 0 {
-        shared.config.security_override_approvals()
-    } else {
-        0
-    };
+    let overrides_needed =
+        gate::overrides_needed(&release, shared.config.security_override_approvals());
     if tally.overrides < overrides_needed as usize {
-        let detail = format!(
-            "blocked by the security gate: the scan found {criticals} critical vulnerabilities; fix them in a new release, or {overrides_needed} reviewers override with ferry approve {service} {version} -e {env} --security-override ({} so far)",
-            tally.overrides
-        );
+        let detail = gate::held(&release, env, overrides_needed, tally.overrides);
         if set_state(shared, &record, PromotionState::Blocked, &detail).await? {
             warn!(%service, %version, environment = %env, "{detail}");
             let id = ids::promotion(service, version, env, "blocked");
@@ -668,7 +658,7 @@ pub(crate) async fn approve(
         ))
         .await;
     }
-    if a.kind == ApprovalKind::SecurityOverride && critical(&release) == 0 {
+    if a.kind == ApprovalKind::SecurityOverride && gate::criticals(&release) == 0 {
         return refuse("the release has no critical vulnerabilities to override".to_owned()).await;
     }
     let mut outcome = Submitted::Duplicate;
@@ -946,8 +936,8 @@ pub(crate) async fn approvals_for_deploy(
     let Some(stage) = shared.config.stage(env) else {
         return Ok(Vec::new());
     };
-    let criticals = critical(release);
-    if stage.approvals_required == 0 && criticals == 0 {
+    let overrides = gate::overrides_needed(release, shared.config.security_override_approvals());
+    if stage.approvals_required == 0 && overrides == 0 {
         return Ok(Vec::new());
     }
     let record = shared
@@ -958,12 +948,8 @@ pub(crate) async fn approvals_for_deploy(
     let approvals = record.map(|r| r.approvals).unwrap_or_default();
     let now = OffsetDateTime::now_utc();
     let tally = tally(release, env, stage, &approvals, now);
-    let overrides = shared.config.security_override_approvals() as usize;
-    if criticals > 0 && tally.overrides < overrides {
-        return Err(format!(
-            "{} {} is blocked by the security gate: {criticals} critical vulnerabilities, {} of {overrides} security override approvals",
-            release.service, release.version, tally.overrides
-        ));
+    if tally.overrides < overrides as usize {
+        return Err(gate::refusal(release, overrides, tally.overrides));
     }
     if tally.deploy.len() < stage.approvals_required as usize {
         return Err(format!(
@@ -1010,11 +996,8 @@ fn view_of(shared: &Shared, release: &Release, record: &PromotionRecord) -> Opti
     let stage = shared.config.stage(&record.environment)?;
     let now = OffsetDateTime::now_utc();
     let counted = tally(release, &record.environment, stage, &record.approvals, now);
-    let overrides_required = if critical(release) > 0 {
-        shared.config.security_override_approvals()
-    } else {
-        0
-    };
+    let overrides_required =
+        gate::overrides_needed(release, shared.config.security_override_approvals());
     Some(PromotionView {
         environment: record.environment.clone(),
         service: record.service.clone(),
@@ -1195,6 +1178,7 @@ mod tests {
             commit: None,
             hotfix: false,
             scan: None,
+            scan_findings: Vec::new(),
         }
     }
 

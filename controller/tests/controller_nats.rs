@@ -153,6 +153,7 @@ fn release(version: &str) -> Release {
         commit: None,
         hotfix: false,
         scan: None,
+        scan_findings: Vec::new(),
     }
 }
 

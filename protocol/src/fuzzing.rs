@@ -102,7 +102,17 @@ pub fn seeds(key: &SigningKey, now: OffsetDateTime) -> Result<Vec<Vec<u8>>, Erro
             author: Some("ci".into()),
             commit: None,
             hotfix: false,
-            scan: None,
+            scan: Some(crate::release::ScanSummary {
+                critical: 1,
+                ..Default::default()
+            }),
+            scan_findings: vec![crate::release::ScanFinding {
+                id: "CVE-2023-0286".into(),
+                severity: crate::release::Severity::Critical,
+                package: Some("openssl".into()),
+                installed_version: Some("3.0.7-r0".into()),
+                fixed_version: Some("3.0.8-r0".into()),
+            }],
         },
     )
     .to_bytes()?;

@@ -9,6 +9,7 @@
 pub mod agent_process;
 pub mod bins;
 pub mod events;
+pub mod http_inbox;
 pub mod load;
 pub mod nats;
 
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use agent_process::AgentProcess;
 pub use bins::bin;
 pub use events::EventWatch;
+pub use http_inbox::{http_receiver, posts, Inbox, Received};
 pub use load::{Load, LoadStats};
 pub use nats::NatsServer;
 

@@ -9,9 +9,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use ferry_controller::notify::{
     EmailSettings, NotifyConfig, PagerDutySettings, RouteSettings, SlackSettings, WebhookSettings,
 };
@@ -23,55 +20,6 @@ use serde_json::Value;
 
 const ROUTING_KEY: &str = "R0UTING0KEY0FOR0TESTS0000000000";
 const HMAC_SECRET: &str = "webhook-secret-0123456789abcdef";
-
-#[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    signature: Option<String>,
-    event: Option<String>,
-    body: Bytes,
-}
-
-impl Received {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-type Inbox = Arc<Mutex<Vec<Received>>>;
-
-async fn receive(
-    State(inbox): State<Inbox>,
-    Path(path): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> &'static str {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    inbox.lock().unwrap().push(Received {
-        path,
-        signature: header("x-ferry-signature"),
-        event: header("x-ferry-event"),
-        body,
-    });
-    "ok"
-}
-
-/// An HTTP receiver on 127.0.0.1 recording every POST.
-async fn http_receiver() -> (u16, Inbox) {
-    let inbox: Inbox = Arc::default();
-    let app = axum::Router::new()
-        .route("/{path}", axum::routing::post(receive))
-        .with_state(inbox.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (port, inbox)
-}
 
 #[derive(Clone, Default)]
 struct Mailbox {
@@ -205,15 +153,7 @@ async fn a_failed_and_a_good_production_deploy_reach_slack_pagerduty_the_webhook
         })
         .await;
 
-    let posts = |path: &str| -> Vec<Received> {
-        inbox
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| r.path == path)
-            .cloned()
-            .collect()
-    };
+    let posts = |path: &str| posts(&inbox, path);
 
     // PagerDuty: a trigger for the failure, then a resolve for the good deploy.
     let pd = until("a PagerDuty resolve", || {

@@ -1,12 +1,14 @@
 //! `ferry release ...` and `ferry releases`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Subcommand};
 use ferry_protocol::release::ScanSummary;
 use ferry_protocol::{ServiceName, Version};
 
 use super::parse::*;
+use crate::scan_report::ReportFormat;
 
 /// `ferry release ...`
 #[derive(Debug, Subcommand)]
@@ -21,7 +23,10 @@ pub enum ReleaseCommand {
 Examples:
   ferry release publish --service web --version 1.4.2 \\
       --artifact registry.example.com/web:1.4.2 --digest sha256:ab12... \\
-      --env LOG_LEVEL=info --author \"$GITLAB_USER_LOGIN\" --commit \"$CI_COMMIT_SHA\""
+      --env LOG_LEVEL=info --author \"$GITLAB_USER_LOGIN\" --commit \"$CI_COMMIT_SHA\"
+  trivy image --format json --output trivy.json registry.example.com/web:1.4.2
+  ferry release publish --service web --version 1.4.2 \\
+      --artifact registry.example.com/web:1.4.2 --scan-report trivy.json"
     )]
     Publish(PublishArgs),
 }
@@ -60,8 +65,17 @@ pub struct PublishArgs {
     /// The vulnerability scan's counts by severity, e.g.
     /// critical=0,high=2,medium=5,low=11; any critical holds the release at
     /// the security gate.
-    #[arg(long, value_name = "SEVERITY=N,...", value_parser = parse_scan)]
+    #[arg(long, value_name = "SEVERITY=N,...", value_parser = parse_scan, conflicts_with = "scan_report")]
     pub scan: Option<ScanSummary>,
+    /// The scanner's report (Trivy JSON, Grype JSON or SARIF 2.1.0): its
+    /// findings are counted by severity and the worst 20 travel with the
+    /// release, so the security gate names the criticals that hold it. A
+    /// report that cannot be read publishes nothing.
+    #[arg(long, value_name = "FILE")]
+    pub scan_report: Option<PathBuf>,
+    /// The report's format, when not detected from its content.
+    #[arg(long, value_enum, requires = "scan_report")]
+    pub scan_format: Option<ReportFormat>,
 }
 
 impl PublishArgs {

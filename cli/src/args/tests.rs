@@ -313,3 +313,38 @@ fn history_defaults_to_fifty() {
     assert_eq!(args.service.unwrap().as_str(), "web");
     assert_eq!(args.environment, None);
 }
+
+#[test]
+fn a_scan_report_excludes_scan_counts_and_its_format_needs_a_report() {
+    let publish = |extra: &[&str]| {
+        let mut line = vec![
+            "release",
+            "publish",
+            "-s",
+            "web",
+            "--version",
+            "1",
+            "--artifact",
+            "/a",
+        ];
+        line.extend_from_slice(extra);
+        parse(&line)
+    };
+    let args = publish(&["--scan-report", "trivy.json", "--scan-format", "sarif"]).unwrap();
+    let Command::Release(ReleaseCommand::Publish(args)) = args.command else {
+        panic!("not publish");
+    };
+    assert_eq!(
+        args.scan_report.as_deref(),
+        Some(std::path::Path::new("trivy.json"))
+    );
+    assert_eq!(
+        args.scan_format,
+        Some(crate::scan_report::ReportFormat::Sarif)
+    );
+    let both = publish(&["--scan-report", "trivy.json", "--scan", "critical=0"]).unwrap_err();
+    assert_eq!(both.kind(), ErrorKind::ArgumentConflict);
+    let alone = publish(&["--scan-format", "trivy"]).unwrap_err();
+    assert_eq!(alone.kind(), ErrorKind::MissingRequiredArgument);
+    assert!(publish(&["--scan-report", "r.json", "--scan-format", "cyclonedx"]).is_err());
+}
