@@ -22,16 +22,9 @@ impl AgentProcess {
     /// first heartbeat.
     pub async fn start(system: &System, services_toml: &str) -> AgentProcess {
         let config = system.dir.path().join("agent-dev.toml");
-        // With the deployment permissions, the agent's own user.
-        let credentials = system.agent_credentials_toml("dev");
         std::fs::write(
             &config,
-            format!(
-                "environment = \"dev\"\nnats_url = \"{}\"\n{credentials}state_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n\n{services_toml}",
-                system.nats.url(),
-                system.dir.path().join("agent-dev").display(),
-                system.controller_key.public_key(),
-            ),
+            system.agent_toml("dev", &format!("\n{services_toml}")),
         )
         .unwrap();
         let client = system.nats.client().await;
