@@ -5,6 +5,7 @@ use std::path::Path;
 
 use futures::StreamExt;
 
+use crate::events::subscribe_heartbeats;
 use crate::{bin, System, WAIT};
 
 /// A `ferry-agent` process for the `dev` environment of `system`, killed on drop.
@@ -28,11 +29,7 @@ impl AgentProcess {
         )
         .unwrap();
         let client = system.nats.client().await;
-        let mut heartbeats = client
-            .subscribe("ferry.v1.agent.dev.heartbeat")
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
+        let mut heartbeats = subscribe_heartbeats(&client, "dev").await;
         let child = spawn(&config);
         tokio::time::timeout(WAIT, heartbeats.next())
             .await
@@ -53,12 +50,7 @@ impl AgentProcess {
     /// Starts the agent again on the same configuration and state, waiting
     /// for its first heartbeat.
     pub async fn start_again(&mut self) {
-        let mut heartbeats = self
-            .client
-            .subscribe("ferry.v1.agent.dev.heartbeat")
-            .await
-            .unwrap();
-        self.client.flush().await.unwrap();
+        let mut heartbeats = subscribe_heartbeats(&self.client, "dev").await;
         self.child = spawn(&self.config);
         tokio::time::timeout(WAIT, heartbeats.next())
             .await

@@ -274,11 +274,7 @@ async fn the_agent_with_log_format_json_writes_one_json_object_per_line() {
     )
     .unwrap();
     let client = system.nats.client().await;
-    let mut heartbeats = client
-        .subscribe("ferry.v1.agent.dev.heartbeat")
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
+    let mut heartbeats = ferry_e2e::events::subscribe_heartbeats(&client, "dev").await;
     let agent = KillOnDrop::new(
         Command::new(bin("ferry-agent"))
             .arg("--config")
@@ -291,9 +287,7 @@ async fn the_agent_with_log_format_json_writes_one_json_object_per_line() {
             .spawn()
             .unwrap(),
     );
-    tokio::time::timeout(WAIT, futures::StreamExt::next(&mut heartbeats))
-        .await
-        .expect("agent heartbeat");
+    ferry_e2e::events::next_heartbeat(&mut heartbeats, WAIT).await;
     let out = agent.stop_and_collect().await;
     assert_eq!(out.status.code(), Some(0), "clean exit");
     assert_json_log_lines("ferry-agent", &out.stderr);

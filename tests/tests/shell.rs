@@ -16,19 +16,25 @@ const SUBCOMMANDS: [&str; 6] = [
     "status",
 ];
 
-#[test]
-fn ferry_completions_bash_prints_a_script_that_completes_the_subcommands() {
+/// Runs `ferry ARGS` with an empty environment (nothing here needs NATS)
+/// and returns its stdout, failing the test unless it succeeded.
+fn ferry(args: &[&std::ffi::OsStr]) -> String {
     let out = Command::new(bin("ferry"))
-        .args(["completions", "bash"])
+        .args(args)
         .env_clear()
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "ferry {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let script = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn ferry_completions_bash_prints_a_script_that_completes_the_subcommands() {
+    let script = ferry(&["completions".as_ref(), "bash".as_ref()]);
     assert!(
         script.contains("complete -F _ferry"),
         "not a bash completion script for ferry:\n{script}"
@@ -78,18 +84,7 @@ fn ferry_completions_knows_zsh_and_fish_and_refuses_other_shells() {
 fn ferry_manpages_writes_ferry_1_and_a_page_per_subcommand() {
     let dir = tempfile::tempdir().unwrap();
     let man1 = dir.path().join("share/man/man1");
-    let out = Command::new(bin("ferry"))
-        .arg("manpages")
-        .arg(&man1)
-        .env_clear()
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed = String::from_utf8(out.stdout).unwrap();
+    let listed = ferry(&["manpages".as_ref(), man1.as_os_str()]);
     let main_page = std::fs::read_to_string(man1.join("ferry.1")).unwrap();
     assert!(
         main_page.contains(".TH ferry 1"),
