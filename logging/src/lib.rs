@@ -60,3 +60,36 @@ impl LogArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Daemon {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    #[test]
+    fn log_format_is_text_unless_json_is_asked_for() {
+        let parse = |args: &[&str]| {
+            Daemon::try_parse_from(std::iter::once("d").chain(args.iter().copied()))
+        };
+        assert_eq!(
+            parse(&["--log-format", "json"]).unwrap().log.log_format,
+            LogFormat::Json
+        );
+        assert_eq!(
+            parse(&["--log-format", "text"]).unwrap().log.log_format,
+            LogFormat::Text
+        );
+        let err = parse(&["--log-format", "xml"]).unwrap_err();
+        assert!(err.to_string().contains("json"), "{err}");
+        if std::env::var_os(ENV_LOG_FORMAT).is_none() {
+            assert_eq!(parse(&[]).unwrap().log.log_format, LogFormat::Text);
+        }
+    }
+}
