@@ -12,33 +12,32 @@ const EXIT_BAD_CONFIG: u8 = 64;
 /// The ferry agent: carries out deploy, rollback, scale and maintenance
 /// commands for one environment.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, after_help = "Every setting can be overridden with FERRY_* variables, e.g. FERRY_ENVIRONMENT=dev, FERRY_NATS_URL=nats://host:4222, FERRY_TRUSTED_KEYS=UABC...,UDEF..., FERRY_SERVICES__WEB__PORT=8080.\nExit codes: 0 clean shutdown, 1 runtime failure, 64 bad configuration.")]
+#[command(version, about, long_about = None, after_help = "Every setting can be overridden with FERRY_* variables, e.g. FERRY_ENVIRONMENT=dev, FERRY_NATS_URL=nats://host:4222, FERRY_TRUSTED_KEYS=UABC...,UDEF..., FERRY_SERVICES__WEB__PORT=8080, FERRY_LOG_FORMAT=json.\nExit codes: 0 clean shutdown, 1 runtime failure, 64 bad configuration.")]
 struct Args {
     /// TOML configuration file.
     #[arg(short, long, env = "FERRY_CONFIG")]
     config: Option<PathBuf>,
+    /// Logging flags.
+    #[command(flatten)]
+    log: ferry_logging::LogArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    args.log.init();
 
     let config = match ferry_agent::config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("ferry-agent: {e}");
+            args.log.fatal(&format!("ferry-agent: {e}"));
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ferry-agent: cannot start the async runtime: {e}");
+            args.log
+                .fatal(&format!("ferry-agent: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -48,10 +47,10 @@ fn main() -> ExitCode {
         match ferry_agent::run(config, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(ferry_agent::Error::Config(problems)) => {
-                eprintln!(
+                args.log.fatal(&format!(
                     "ferry-agent: invalid configuration:\n  - {}",
                     problems.join("\n  - ")
-                );
+                ));
                 ExitCode::from(EXIT_BAD_CONFIG)
             }
             Err(e) => {

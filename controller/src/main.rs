@@ -11,9 +11,9 @@ use ferry_controller::config::{
     ENV_SIGNING_KEY_FILE,
 };
 use ferry_controller::{ControllerConfig, Error};
+use ferry_logging::ENV_LOG_FORMAT;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Exit code for a bad configuration (EX_USAGE), so a supervisor can tell
 /// "fix the config" from "crashed, restart me".
@@ -29,38 +29,41 @@ struct Args {
     /// TOML configuration file; every setting can also come from a FERRY_* variable.
     #[arg(long, value_name = "PATH", env = "FERRY_CONFIG")]
     config: Option<PathBuf>,
+    /// Logging flags.
+    #[command(flatten)]
+    log: ferry_logging::LogArgs,
 }
 
 fn env_help() -> String {
     format!(
         "Environment overrides: {ENV_NATS_URL}, {ENV_NATS_CREDS}, {ENV_SIGNING_KEY_FILE}, \
-         {ENV_ENVIRONMENTS} (comma-separated), {ENV_COMMAND_TTL}, {ENV_AGENT_TIMEOUT}."
+         {ENV_ENVIRONMENTS} (comma-separated), {ENV_COMMAND_TTL}, {ENV_AGENT_TIMEOUT}, \
+         {ENV_LOG_FORMAT} (text or json)."
     )
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    args.log.init();
 
     let config = match ControllerConfig::load(args.config.as_deref(), None) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("ferry-controller: {e}");
+            args.log.fatal(&format!("ferry-controller: {e}"));
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
     let config = match config.validate() {
         Ok(config) => config,
         Err(problems) => {
-            eprintln!("ferry-controller: invalid configuration:");
-            for problem in problems {
-                eprintln!("  - {problem}");
-            }
+            args.log.fatal(&format!(
+                "ferry-controller: invalid configuration:\n  - {}",
+                problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n  - ")
+            ));
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
@@ -68,14 +71,16 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("ferry-controller: could not start the async runtime: {e}");
+            args.log.fatal(&format!(
+                "ferry-controller: could not start the async runtime: {e}"
+            ));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ferry-controller: {e:#}");
+            args.log.fatal(&format!("ferry-controller: {e:#}"));
             ExitCode::FAILURE
         }
     }

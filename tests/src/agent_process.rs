@@ -5,6 +5,7 @@ use std::path::Path;
 
 use futures::StreamExt;
 
+use crate::events::subscribe_heartbeats;
 use crate::{bin, System, WAIT};
 
 /// A `ferry-agent` process for the `dev` environment of `system`, killed on drop.
@@ -22,24 +23,13 @@ impl AgentProcess {
     /// first heartbeat.
     pub async fn start(system: &System, services_toml: &str) -> AgentProcess {
         let config = system.dir.path().join("agent-dev.toml");
-        // With the deployment permissions, the agent's own user.
-        let credentials = system.agent_credentials_toml("dev");
         std::fs::write(
             &config,
-            format!(
-                "environment = \"dev\"\nnats_url = \"{}\"\n{credentials}state_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n\n{services_toml}",
-                system.nats.url(),
-                system.dir.path().join("agent-dev").display(),
-                system.controller_key.public_key(),
-            ),
+            system.agent_toml("dev", &format!("\n{services_toml}")),
         )
         .unwrap();
         let client = system.nats.client().await;
-        let mut heartbeats = client
-            .subscribe("ferry.v1.agent.dev.heartbeat")
-            .await
-            .unwrap();
-        client.flush().await.unwrap();
+        let mut heartbeats = subscribe_heartbeats(&client, "dev").await;
         let child = spawn(&config);
         tokio::time::timeout(WAIT, heartbeats.next())
             .await
@@ -60,12 +50,7 @@ impl AgentProcess {
     /// Starts the agent again on the same configuration and state, waiting
     /// for its first heartbeat.
     pub async fn start_again(&mut self) {
-        let mut heartbeats = self
-            .client
-            .subscribe("ferry.v1.agent.dev.heartbeat")
-            .await
-            .unwrap();
-        self.client.flush().await.unwrap();
+        let mut heartbeats = subscribe_heartbeats(&self.client, "dev").await;
         self.child = spawn(&self.config);
         tokio::time::timeout(WAIT, heartbeats.next())
             .await

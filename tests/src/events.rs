@@ -76,6 +76,20 @@ impl EventWatch {
     }
 }
 
+/// Subscribes to `env`'s agent heartbeats, confirmed with the server, so
+/// the first heartbeat of an agent started afterwards is not missed.
+pub async fn subscribe_heartbeats(
+    client: &async_nats::Client,
+    env: &str,
+) -> async_nats::Subscriber {
+    let subscriber = client
+        .subscribe(format!("ferry.v1.agent.{env}.heartbeat"))
+        .await
+        .expect("subscribe to heartbeats");
+    client.flush().await.expect("flush the subscription");
+    subscriber
+}
+
 /// Waits for the next heartbeat of `env`'s agent.
 pub async fn next_heartbeat(
     subscriber: &mut async_nats::Subscriber,

@@ -212,13 +212,33 @@ impl System {
     /// TOML lines giving `env`'s agent its NATS user on a server with
     /// permissions (nothing on an open one), for agent config files.
     pub fn agent_credentials_toml(&self, env: &str) -> String {
-        match self.credentials(&format!("ferry-agent-{env}")) {
+        self.credentials_toml(&format!("ferry-agent-{env}"))
+    }
+
+    /// TOML lines giving a daemon the NATS `user` on a server with
+    /// permissions (nothing on an open one), for its config file.
+    pub fn credentials_toml(&self, user: &str) -> String {
+        match self.credentials(user) {
             (Some(user), Some(file)) => format!(
                 "nats_user = \"{user}\"\nnats_password_file = \"{}\"\n",
                 file.display()
             ),
             _ => String::new(),
         }
+    }
+
+    /// A `ferry-agent` configuration file's text for `env` on this system's
+    /// NATS (as the agent's own user under permissions), trusting the
+    /// controller's key, with its state in the system's directory, followed
+    /// by `rest` (more settings, then the `[services...]` tables).
+    pub fn agent_toml(&self, env: &str, rest: &str) -> String {
+        format!(
+            "environment = \"{env}\"\nnats_url = \"{}\"\n{}state_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n{rest}",
+            self.nats.url(),
+            self.agent_credentials_toml(env),
+            self.dir.path().join(format!("agent-{env}")).display(),
+            self.controller_key.public_key(),
+        )
     }
 
     /// Configuration of an agent for `env` managing one sample service `service` on `port`.

@@ -73,15 +73,49 @@ fn the_controller_lists_every_configuration_problem_and_exits_64() {
 
 /// The agent binary, killed if the test fails before it exits (a failed
 /// assertion must not leave a daemon and its replicas running).
-struct KillOnDrop(std::process::Child);
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn new(child: std::process::Child) -> Self {
+        KillOnDrop(Some(child))
+    }
+
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("the daemon is still held")
+    }
+
+    /// SIGTERM, then everything the daemon wrote once it has exited.
+    async fn stop_and_collect(mut self) -> std::process::Output {
+        let child = self.0.take().expect("the daemon is still held");
+        sigterm(child.id());
+        tokio::time::timeout(
+            WAIT,
+            tokio::task::spawn_blocking(move || child.wait_with_output()),
+        )
+        .await
+        .expect("the daemon exits after SIGTERM")
+        .unwrap()
+        .unwrap()
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if let Some(child) = self.0.as_mut() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
+}
+
+fn sigterm(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
 }
 
 /// Child processes of `pid`, whichever of its threads started them (Linux /proc).
@@ -105,20 +139,16 @@ fn children(pid: u32) -> Vec<u32> {
 async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
     let system = System::start().await;
     let port = free_port();
-    let dir = system.dir.path();
-    let config = dir.join("agent-dev.toml");
+    let config = system.dir.path().join("agent-dev.toml");
     std::fs::write(
         &config,
-        format!(
-            "environment = \"dev\"\nnats_url = \"{}\"\n{}state_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nheartbeat_interval = \"200ms\"\n[services.web]\nport = {port}\nreplicas = 2\n[services.web.health]\ninterval = \"100ms\"\n",
-            system.nats.url(),
-            system.agent_credentials_toml("dev"),
-            dir.join("state-dev").display(),
-            system.controller_key.public_key()
+        system.agent_toml(
+            "dev",
+            &format!("heartbeat_interval = \"200ms\"\n[services.web]\nport = {port}\nreplicas = 2\n[services.web.health]\ninterval = \"100ms\"\n"),
         ),
     )
     .unwrap();
-    let mut agent = KillOnDrop(
+    let mut agent = KillOnDrop::new(
         Command::new(bin("ferry-agent"))
             .arg("--config")
             .arg(&config)
@@ -144,17 +174,13 @@ async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
         })
         .await;
     wait_serving(port, "1.0.0", WAIT).await;
-    let replicas = children(agent.0.id());
+    let replicas = children(agent.child().id());
     assert_eq!(replicas.len(), 2, "two replica processes: {replicas:?}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(agent.child().id());
     let deadline = Instant::now() + WAIT;
     let status = loop {
-        if let Some(status) = agent.0.try_wait().unwrap() {
+        if let Some(status) = agent.child().try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -212,4 +238,96 @@ async fn a_crashed_replica_is_reported_and_restarted() {
         })
         .await;
     system.shutdown().await;
+}
+
+/// Every line of `stderr` is one JSON object with a level and a message, and
+/// the daemon said it was shutting down.
+fn assert_json_log_lines(who: &str, stderr: &[u8]) {
+    let text = String::from_utf8_lossy(stderr);
+    let mut messages = Vec::new();
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{who} wrote a line that is not JSON ({e}): {line}"));
+        let level = event["level"].as_str();
+        assert!(
+            matches!(level, Some("TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR")),
+            "{who}: no level in {line}"
+        );
+        let message = event["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{who}: no message in {line}"));
+        messages.push(message.to_owned());
+    }
+    assert!(
+        messages.iter().any(|m| m.starts_with("shutting down")),
+        "{who} logged its shutdown: {messages:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_with_log_format_json_writes_one_json_object_per_line() {
+    let system = System::without_controller();
+    let config = system.dir.path().join("agent-dev.toml");
+    std::fs::write(
+        &config,
+        system.agent_toml("dev", &format!("[services.web]\nport = {}\n", free_port())),
+    )
+    .unwrap();
+    let client = system.nats.client().await;
+    let mut heartbeats = ferry_e2e::events::subscribe_heartbeats(&client, "dev").await;
+    let agent = KillOnDrop::new(
+        Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .env_remove("FERRY_LOG_FORMAT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    ferry_e2e::events::next_heartbeat(&mut heartbeats, WAIT).await;
+    let out = agent.stop_and_collect().await;
+    assert_eq!(out.status.code(), Some(0), "clean exit");
+    assert_json_log_lines("ferry-agent", &out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_with_ferry_log_format_json_writes_one_json_object_per_line() {
+    let system = System::without_controller();
+    let dir = system.dir.path();
+    let key_file = dir.join("controller.nk");
+    std::fs::write(&key_file, system.controller_key.seed().unwrap()).unwrap();
+    let toml = format!(
+        "nats_url = \"{}\"\nsigning_key_file = \"{}\"\n{}",
+        system.nats.url(),
+        key_file.display(),
+        system.credentials_toml("ferry-controller"),
+    );
+    let config = dir.join("controller.toml");
+    std::fs::write(&config, toml).unwrap();
+    // Set through the environment this time, as a systemd unit or a container would.
+    let controller = KillOnDrop::new(
+        Command::new(bin("ferry-controller"))
+            .arg("--config")
+            .arg(&config)
+            .env("FERRY_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    until("the controller's API answering", || {
+        system
+            .cli(&["status", "--output", "json"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let out = controller.stop_and_collect().await;
+    assert_eq!(out.status.code(), Some(0), "clean exit");
+    assert_json_log_lines("ferry-controller", &out.stderr);
 }

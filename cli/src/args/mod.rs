@@ -6,6 +6,7 @@ mod keygen;
 mod parse;
 mod query;
 mod release;
+mod shell;
 #[cfg(test)]
 mod tests;
 
@@ -14,6 +15,7 @@ pub use approval::*;
 pub use keygen::*;
 pub use query::*;
 pub use release::*;
+pub use shell::*;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -275,4 +277,27 @@ Examples:
   ferry keygen --out ~/.ferry/reviewer.nk       # a reviewer's key"
     )]
     Keygen(KeygenArgs),
+
+    /// Print a shell completion script to stdout.
+    #[command(
+        long_about = "Print a shell completion script to stdout: bash, zsh, fish, elvish or \
+            powershell. Needs no NATS.",
+        after_help = "\
+Examples:
+  ferry completions bash > ~/.local/share/bash-completion/completions/ferry
+  ferry completions zsh > \"${fpath[1]}/_ferry\"
+  ferry completions fish > ~/.config/fish/completions/ferry.fish"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Write man pages: ferry.1 and one page per subcommand.
+    #[command(
+        long_about = "Write man pages into DIR: ferry.1 and one page per subcommand \
+            (ferry-deploy.1, ferry-release-publish.1, ...). Needs no NATS.",
+        after_help = "\
+Examples:
+  ferry manpages ~/.local/share/man/man1 && man ferry-deploy
+  sudo ferry manpages /usr/local/share/man/man1"
+    )]
+    Manpages(ManpagesArgs),
 }

@@ -6,6 +6,7 @@ mod keygen;
 mod monitor;
 mod query;
 mod release;
+mod shell;
 
 use crate::args::{Args, Command, ReleaseCommand};
 use crate::error::Result;
@@ -32,5 +33,7 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Approvals(list) => approval::list(global, list).await,
         Command::Rollout(rollout) => action::rollout(global, rollout).await,
         Command::Monitor(args) => monitor::run(global, args).await,
+        Command::Completions(args) => shell::completions(&args),
+        Command::Manpages(args) => shell::manpages(&args),
     }
 }
