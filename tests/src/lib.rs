@@ -12,6 +12,7 @@ pub mod events;
 pub mod http_inbox;
 pub mod load;
 pub mod nats;
+pub mod rollout;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use ferry_e2e::rollout::*;
 use ferry_e2e::*;
 use ferry_protocol::command::{Action, ActionKind};
 use ferry_protocol::event::{EventBody, ServiceEvent};
@@ -19,7 +20,6 @@ use ferry_protocol::rollout::{
 };
 use ferry_protocol::Envelope;
 use futures::StreamExt;
-use uuid::Uuid;
 
 /// Short analysis for tests: 500 ms intervals, abort after 2, 5 requests
 /// for a verdict.
@@ -36,83 +36,6 @@ fn quick_canary() -> Strategy {
     Strategy::Canary {
         steps: vec![10, 35, 60, 85, 100],
         step_secs: 1,
-    }
-}
-
-fn deploy(version: &str, env_vars: &[(&str, &str)], rollout: Option<RolloutOptions>) -> Action {
-    Action::Deploy {
-        release: sample_release(version, env_vars),
-        replicas: Some(2),
-        health: None,
-        rollout: rollout.map(Box::new),
-        hotfix: false,
-        approvals: Vec::new(),
-    }
-}
-
-/// Signs `action` for dev/web with the controller's key and stores it in
-/// the commands stream, as the controller would.
-async fn send(system: &System, client: &async_nats::Client, action: Action) -> Uuid {
-    send_command(client, &system.controller_key, "dev", "web", action).await
-}
-
-/// A system with a dev agent serving web 1.0.0 on a fresh port.
-async fn serving_v1() -> (System, u16, async_nats::Client, EventWatch) {
-    let mut system = System::without_controller();
-    let port = free_port();
-    system.start_agent("dev", port).await;
-    let client = system.nats.client().await;
-    let mut watch = EventWatch::new(&client, "dev", "web").await;
-    let id = send(&system, &client, deploy("1.0.0", &[], None)).await;
-    let outcome = watch.outcome(id, WAIT).await;
-    assert!(
-        matches!(outcome.body, EventBody::Succeeded { .. }),
-        "{outcome:?}"
-    );
-    wait_serving(port, "1.0.0", WAIT).await;
-    (system, port, client, watch)
-}
-
-fn rollout_phase(e: &ServiceEvent) -> Option<&RolloutPhase> {
-    match &e.body {
-        EventBody::Rollout(r) => Some(&r.phase),
-        _ => None,
-    }
-}
-
-fn aborted(e: &ServiceEvent) -> Option<AbortReason> {
-    match rollout_phase(e) {
-        Some(RolloutPhase::Aborted { reason }) => Some(reason.clone()),
-        _ => None,
-    }
-}
-
-/// Waits until `requests` more requests were answered and none of them by
-/// `version`; panics if that does not happen within `timeout`.
-async fn wait_no_traffic_to(load: &Load, version: &str, requests: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let before = load.stats();
-        let start_total = before.total;
-        let start_version = before.by_version.get(version).copied().unwrap_or(0);
-        loop {
-            let now = load.stats();
-            if now.by_version.get(version).copied().unwrap_or(0) != start_version {
-                break;
-            }
-            if now.total >= start_total + requests {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{version} still answered requests after {timeout:?}: {now:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{version} still answered requests after {timeout:?}"
-        );
     }
 }
 
