@@ -27,6 +27,15 @@ pub struct LoadStats {
 }
 
 /// A running load generator.
+/// How a load worker spaces its requests.
+#[derive(Clone, Copy, Debug)]
+enum Pace {
+    /// This long after each answer.
+    Pause(Duration),
+    /// One request per period, whatever the answers take.
+    Every(Duration),
+}
+
 pub struct Load {
     stop: CancellationToken,
     tasks: JoinSet<()>,
@@ -37,6 +46,18 @@ impl Load {
     /// Starts `workers` tasks sending `GET /` to `127.0.0.1:port`, each
     /// pausing `pause` between requests.
     pub fn start(port: u16, workers: usize, pause: Duration) -> Load {
+        Load::spawn(port, workers, Pace::Pause(pause))
+    }
+
+    /// Sends `per_sec` requests a second (four workers, each on its own
+    /// ticker, so a slow answer delays only its worker's next request).
+    pub fn at_rate(port: u16, per_sec: u32) -> Load {
+        const WORKERS: u32 = 4;
+        let period = Duration::from_secs_f64(f64::from(WORKERS) / f64::from(per_sec.max(1)));
+        Load::spawn(port, WORKERS as usize, Pace::Every(period))
+    }
+
+    fn spawn(port: u16, workers: usize, pace: Pace) -> Load {
         let stop = CancellationToken::new();
         let stats = Arc::new(Mutex::new(LoadStats::default()));
         let mut tasks = JoinSet::new();
@@ -48,7 +69,21 @@ impl Load {
             let (stop, stats, client) = (stop.clone(), stats.clone(), client.clone());
             let url = format!("http://127.0.0.1:{port}/");
             tasks.spawn(async move {
+                let mut ticker = match pace {
+                    Pace::Every(period) => {
+                        let mut t = tokio::time::interval(period);
+                        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        Some(t)
+                    }
+                    Pace::Pause(_) => None,
+                };
                 while !stop.is_cancelled() {
+                    if let Some(t) = ticker.as_mut() {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = t.tick() => {}
+                        }
+                    }
                     let answer = client.get(&url).send().await;
                     let now = Instant::now();
                     let (version, failed) = match answer {
@@ -76,9 +111,11 @@ impl Load {
                         s.first_seen.entry(version.clone()).or_insert(now);
                         s.last_seen.insert(version, now);
                     }
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = tokio::time::sleep(pause) => {}
+                    if let Pace::Pause(pause) = pace {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = tokio::time::sleep(pause) => {}
+                        }
                     }
                 }
             });
