@@ -63,7 +63,10 @@ struct Stack {
 impl Stack {
     fn up() -> Stack {
         let stack = Stack {
-            project: format!("ferry-e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            project: format!(
+                "ferry-e2e-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
             file: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("../deploy/compose/docker-compose.yml"),
             ports: Ports {
@@ -90,8 +93,14 @@ impl Stack {
             .args(args)
             .env("FERRY_COMPOSE_NATS_PORT", ports.nats.to_string())
             .env("FERRY_COMPOSE_DEV_PORT", ports.dev.to_string())
-            .env("FERRY_COMPOSE_ACCEPTANCE_PORT", ports.acceptance.to_string())
-            .env("FERRY_COMPOSE_PRODUCTION_PORT", ports.production.to_string())
+            .env(
+                "FERRY_COMPOSE_ACCEPTANCE_PORT",
+                ports.acceptance.to_string(),
+            )
+            .env(
+                "FERRY_COMPOSE_PRODUCTION_PORT",
+                ports.production.to_string(),
+            )
             .env("FERRY_COMPOSE_METRICS_PORT", ports.metrics.to_string())
             .output()
             .expect("run docker-compose")
@@ -101,7 +110,10 @@ impl Stack {
     fn ferry(&self, args: &[&str]) -> Output {
         Command::new(bin("ferry"))
             .args(args)
-            .env("FERRY_NATS_URL", format!("nats://127.0.0.1:{}", self.ports.nats))
+            .env(
+                "FERRY_NATS_URL",
+                format!("nats://127.0.0.1:{}", self.ports.nats),
+            )
             .env("FERRY_ACTOR", "compose-test")
             .output()
             .expect("run ferry")
