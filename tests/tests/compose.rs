@@ -203,7 +203,13 @@ async fn the_compose_stack_serves_a_published_release_in_dev_and_leaves_nothing_
     let mut stack = Stack::up();
 
     // Ports are published on the host's loopback only.
-    for (service, port) in [("nats", 4222), ("agent-dev", 8080), ("controller", 9464)] {
+    for (service, port) in [
+        ("nats", 4222),
+        ("controller", 9464),
+        ("agent-dev", 8080),
+        ("agent-acceptance", 8080),
+        ("agent-production", 8080),
+    ] {
         let out = stack.compose(&["port", service, &port.to_string()]);
         assert_ok(&out, &format!("docker-compose port {service}"));
         let published = String::from_utf8_lossy(&out.stdout).trim().to_owned();
