@@ -255,3 +255,67 @@ async fn the_compose_stack_serves_a_published_release_in_dev_and_leaves_nothing_
         stack.project
     );
 }
+
+/// The stack's configuration files, as the containers read them.
+fn compose_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose")
+}
+
+/// Public key of the demo seed `name` in `deploy/compose/demo-keys/`.
+fn demo_key(name: &str) -> String {
+    let path = compose_dir().join(format!("demo-keys/{name}.nk"));
+    let seed = std::fs::read_to_string(&path).unwrap();
+    ferry_protocol::SigningKey::from_seed(&seed)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .public_key()
+}
+
+#[test]
+fn the_stacks_configurations_are_valid_and_trust_its_demo_keys() {
+    let dir = compose_dir();
+    let (controller_key, alice, bob) = (demo_key("controller"), demo_key("alice"), demo_key("bob"));
+
+    // The controller, with the key file where the compose file mounts it.
+    let mut controller = ferry_controller::ControllerConfig::load(
+        Some(&dir.join("controller.toml")),
+        Some(Default::default()),
+    )
+    .unwrap();
+    controller.signing_key_file = dir.join("demo-keys/controller.nk");
+    let controller = controller.validate().unwrap();
+    assert_eq!(controller.signing_key().public_key(), controller_key);
+    for (env, required) in [("dev", 0), ("acceptance", 1), ("production", 2)] {
+        let stage = controller
+            .stage(&ferry_protocol::EnvName::new(env).unwrap())
+            .unwrap();
+        assert_eq!(stage.approvals_required, required, "{env}");
+        let (reviewers, _) = stage.reviewers_for(ferry_protocol::approval::ApprovalKind::Deploy);
+        let reviewers: Vec<(&str, &str)> = reviewers
+            .iter()
+            .map(|r| (r.name.as_str(), r.key.as_str()))
+            .collect();
+        let expected: &[(&str, &str)] = if required > 0 {
+            &[("alice", &alice), ("bob", &bob)]
+        } else {
+            &[]
+        };
+        assert_eq!(reviewers, expected, "{env}");
+    }
+
+    // Each agent trusts the controller's key and, where gated, the reviewers.
+    for (env, required) in [("dev", 0), ("acceptance", 1), ("production", 2)] {
+        let path = dir.join(format!("agent-{env}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let agent = ferry_agent::config::from_toml(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(agent.environment.as_str(), env);
+        assert_eq!(agent.trusted_keys, [controller_key.clone()], "{env}");
+        assert_eq!(agent.approvals_required, required, "{env}");
+        let reviewers: &[String] = if required > 0 {
+            &[alice.clone(), bob.clone()]
+        } else {
+            &[]
+        };
+        assert_eq!(agent.reviewer_keys, reviewers, "{env}");
+    }
+}
