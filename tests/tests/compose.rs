@@ -309,7 +309,11 @@ fn the_stacks_configurations_are_valid_and_trust_its_demo_keys() {
         let agent = ferry_agent::config::from_toml(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(agent.environment.as_str(), env);
-        assert_eq!(agent.trusted_keys, [controller_key.clone()], "{env}");
+        assert_eq!(
+            agent.trusted_keys,
+            std::slice::from_ref(&controller_key),
+            "{env}"
+        );
         assert_eq!(agent.approvals_required, required, "{env}");
         let reviewers: &[String] = if required > 0 {
             &[alice.clone(), bob.clone()]
