@@ -2,7 +2,9 @@
 //! engine, driven by the real `docker-compose` binary: ferry's own images
 //! (built by `scripts/build-images`), a release published with the CLI from
 //! the host, dev serving it on its published stable port, and `down`
-//! leaving no container, network or volume of the project behind.
+//! leaving no container, network or volume of the project behind; and,
+//! without Docker, that the stack's configuration files are valid and trust
+//! exactly its demo keys.
 //!
 //! Without an engine, `docker-compose` or the images the test is skipped
 //! with the reason, except under CI (`CI` set), where that is a failure.
