@@ -8,6 +8,7 @@
 
 pub mod agent_process;
 pub mod bins;
+pub mod docker;
 pub mod events;
 pub mod http_inbox;
 pub mod load;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use agent_process::AgentProcess;
 pub use bins::bin;
+pub use docker::docker_ready;
 pub use events::EventWatch;
 pub use http_inbox::{http_receiver, posts, Inbox, Received};
 pub use load::{Load, LoadStats};
@@ -593,15 +595,24 @@ pub fn sample_release(version: &str, env: &[(&str, &str)]) -> ferry_protocol::co
 
 /// Polls `probe` every 50 ms until it returns something, failing the test
 /// with `what` after [`WAIT`].
-pub async fn until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn until<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    until_within(what, WAIT, probe).await
+}
+
+/// [`until`] with its own bound, for what takes longer (containers starting).
+pub async fn until_within<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(found) = probe() {
             return found;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "never saw {what} within {WAIT:?}"
+            "never saw {what} within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1,0 +1,48 @@
+//! What the tests that need the local Docker engine share: whether the
+//! engine and the images they need are there (skip, or fail loudly under CI).
+
+use std::process::Command;
+
+/// Whether the engine answers and every image in `images` is on it. When
+/// not, panics under CI (`CI` set) and otherwise prints why `test` is
+/// skipped; `build_hint` names what builds the images.
+pub fn docker_ready(test: &str, images: &[&str], build_hint: &str) -> bool {
+    let Some(reason) = docker_missing(images, build_hint) else {
+        return true;
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {reason} (CI is set, so the Docker tests must run)");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    false
+}
+
+/// Why the engine or an image is missing; `None` when all is there.
+fn docker_missing(images: &[&str], build_hint: &str) -> Option<String> {
+    match Command::new("docker").args(["info"]).output() {
+        Err(e) => return Some(format!("the docker CLI cannot run: {e}")),
+        Ok(out) if !out.status.success() => {
+            return Some(format!(
+                "no Docker engine is reachable: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+        Ok(_) => {}
+    }
+    let missing: Vec<&str> = images
+        .iter()
+        .copied()
+        .filter(|image| {
+            !Command::new("docker")
+                .args(["image", "inspect", image])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "image {} missing; run {build_hint}",
+            missing.join(", ") + if missing.len() == 1 { " is" } else { " are" }
+        )
+    })
+}
