@@ -12,7 +12,6 @@
 //! deterministic id, so it is recorded, and notified, once.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::api::{
@@ -25,12 +24,11 @@ use ferry_protocol::rollout::{RolloutOptions, Strategy};
 use ferry_protocol::{EnvName, ServiceName, Version};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::Stage;
-use crate::{ids, issue, Error, Shared};
+use crate::{ids, issue, supersession, Error, Shared};
 
 /// Actor of a deploy triggered by a release without an author.
 const DEFAULT_ACTOR: &str = "ci";
@@ -70,10 +68,18 @@ pub(crate) struct PromotionRecord {
     pub detail: String,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The newer release that superseded it (see `supersession`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<Version>,
 }
 
 impl PromotionRecord {
-    fn new(service: &ServiceName, version: &Version, env: &EnvName, now: OffsetDateTime) -> Self {
+    pub(crate) fn new(
+        service: &ServiceName,
+        version: &Version,
+        env: &EnvName,
+        now: OffsetDateTime,
+    ) -> Self {
         PromotionRecord {
             service: service.clone(),
             version: version.clone(),
@@ -87,13 +93,14 @@ impl PromotionRecord {
             command_id: None,
             detail: "not requested yet".to_owned(),
             updated_at: now,
+            superseded_by: None,
         }
     }
 
-    fn is_closed(&self) -> bool {
-        matches!(
+    pub(crate) fn is_closed(&self) -> bool {
+        !matches!(
             self.state,
-            PromotionState::Issued | PromotionState::Rejected
+            PromotionState::Waiting | PromotionState::Blocked
         )
     }
 }
@@ -191,7 +198,7 @@ fn critical(release: &Release) -> u32 {
 
 /// Appends a history (audit) record about a promotion under `id`.
 #[allow(clippy::too_many_arguments)]
-async fn audit(
+pub(crate) async fn audit(
     shared: &Shared,
     env: &EnvName,
     service: &ServiceName,
@@ -258,6 +265,7 @@ pub(crate) async fn on_deployed(
     version: &Version,
     at: OffsetDateTime,
 ) -> Result<(), Error> {
+    supersession::reconcile(shared, service).await?;
     let Some(next) = shared.config.next_environment(env).cloned() else {
         return Ok(());
     };
@@ -1045,6 +1053,7 @@ fn view_of(shared: &Shared, release: &Release, record: &PromotionRecord) -> Opti
             .collect(),
         eligible_at: record.eligible_at,
         detail: record.detail.clone(),
+        superseded_by: record.superseded_by.clone(),
     })
 }
 
@@ -1099,49 +1108,9 @@ pub(crate) async fn list(
     Ok(out)
 }
 
-/// Re-checks open promotions every `promotion_check_interval`, so a soak
-/// time that ends (or an approval that expires) is acted on without waiting
-/// for another event. Every instance runs it; the promotions' compare-and-set
-/// and the deploys' deterministic ids keep that harmless.
-pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Error> {
-    let mut tick = tokio::time::interval(shared.config.promotion_check_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let records = match shared.store.promotions().await {
-            Ok(records) => records,
-            Err(e) => {
-                debug!("could not read the promotions: {e}");
-                continue;
-            }
-        };
-        let now = OffsetDateTime::now_utc();
-        for record in records {
-            let due = record.state == PromotionState::Waiting
-                && record.requested
-                && record.eligible_at.is_some_and(|t| t <= now);
-            if !due {
-                continue;
-            }
-            if let Err(e) = advance(
-                &shared,
-                &record.service,
-                &record.version,
-                &record.environment,
-            )
-            .await
-            {
-                warn!(service = %record.service, version = %record.version, environment = %record.environment, "could not advance the promotion: {e}");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use ferry_protocol::approval::Approval;

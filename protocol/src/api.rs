@@ -365,6 +365,9 @@ pub enum PromotionState {
     Issued,
     /// A reviewer rejected it; it goes no further.
     Rejected,
+    /// A newer release of the service took its place before it went in:
+    /// it goes no further (`superseded_by` says which).
+    Superseded,
 }
 
 impl std::fmt::Display for PromotionState {
@@ -374,6 +377,7 @@ impl std::fmt::Display for PromotionState {
             PromotionState::Blocked => "blocked",
             PromotionState::Issued => "issued",
             PromotionState::Rejected => "rejected",
+            PromotionState::Superseded => "superseded",
         })
     }
 }
@@ -427,4 +431,48 @@ pub struct PromotionView {
     pub eligible_at: Option<OffsetDateTime>,
     /// A sentence: what it waits for, why it is blocked or rejected.
     pub detail: String,
+    /// The newer release that superseded it, when `state` is `superseded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<Version>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: PromotionState, superseded_by: Option<&str>) -> PromotionView {
+        PromotionView {
+            environment: EnvName::new("acceptance").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            version: Version::new("1.0.0").unwrap(),
+            state,
+            approvals_required: 1,
+            approvals_valid: 0,
+            overrides_required: 0,
+            overrides_valid: 0,
+            waiting_for: Vec::new(),
+            approvals: Vec::new(),
+            eligible_at: None,
+            detail: "superseded by web 1.1.0".into(),
+            superseded_by: superseded_by.map(|v| Version::new(v).unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_superseded_promotion_round_trips_and_an_older_view_still_decodes() {
+        let superseded = view(PromotionState::Superseded, Some("1.1.0"));
+        let json = serde_json::to_value(&superseded).unwrap();
+        assert_eq!(json["state"], "superseded");
+        assert_eq!(json["superseded_by"], "1.1.0");
+        let back: PromotionView = serde_json::from_value(json).unwrap();
+        assert_eq!(back, superseded);
+
+        // Written before supersession existed: no superseded_by at all.
+        let mut older = serde_json::to_value(view(PromotionState::Waiting, None)).unwrap();
+        assert!(older.get("superseded_by").is_none());
+        older.as_object_mut().unwrap().remove("superseded_by");
+        let back: PromotionView = serde_json::from_value(older).unwrap();
+        assert_eq!(back.superseded_by, None);
+        assert_eq!(PromotionState::Superseded.to_string(), "superseded");
+    }
 }

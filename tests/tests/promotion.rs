@@ -777,3 +777,69 @@ async fn two_controllers_promote_a_release_once() {
     task.await.unwrap().unwrap();
     p.system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_release_supersedes_a_pending_promotion_which_hides_unless_all() {
+    let p = pipeline().await;
+    let system = &p.system;
+    // A second controller instance: supersession is recorded once.
+    let mut second = system.controller_config.clone();
+    second.nats_url = system.nats.url();
+    second.signing_key_file = system.dir.path().join("controller.nk");
+    let token = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(ferry_controller::run(
+        second.validate().unwrap(),
+        token.clone(),
+    ));
+
+    publish(system, "1.0.0", "ci-bot", None).await;
+    wait_promotion(system, "acceptance", "waiting for approvals", |r| {
+        r["state"] == "waiting" && r["detail"].as_str().unwrap().contains("approvals")
+    })
+    .await;
+    // 1.1.0 replaces 1.0.0 in dev before anyone approved 1.0.0 for acceptance.
+    publish(system, "1.1.0", "ci-bot", None).await;
+    let row = wait_promotion(system, "acceptance", "superseded", |r| {
+        r["state"] == "superseded"
+    })
+    .await;
+    assert_eq!(row["superseded_by"], "1.1.0", "{row:#}");
+    assert!(row["detail"].as_str().unwrap().contains("1.1.0"), "{row:#}");
+
+    // Hidden by default; 1.1.0's own promotion is what is listed.
+    let out = system
+        .cli_async(&["approvals", "-e", "acceptance", "-o", "json"])
+        .await;
+    assert_ok(&out, "ferry approvals");
+    let versions: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(versions, ["1.1.0"], "ferry approvals -e acceptance");
+    let table = system.cli_async(&["approvals"]).await;
+    assert_ok(&table, "ferry approvals");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(!text.contains("1.0.0"), "{text}");
+
+    // It goes no further: an approval now is refused and deploys nothing.
+    let late = approve(system, &p.alice, "acceptance", &[]).await;
+    assert!(!late.status.success());
+    assert!(stderr(&late).contains("superseded"), "{}", stderr(&late));
+
+    // Audited once, with the superseding version, however many controllers.
+    let superseded: Vec<serde_json::Value> = audit(system, &["-e", "acceptance"])
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "superseded")
+        .collect();
+    assert_eq!(superseded.len(), 1, "{superseded:#?}");
+    assert_eq!(superseded[0]["version"], "1.0.0");
+    assert!(superseded[0]["detail"].as_str().unwrap().contains("1.1.0"));
+    let client = system.nats.client().await;
+    assert_eq!(stored_commands(&client, "acceptance").await, 0);
+    token.cancel();
+    task.await.unwrap().unwrap();
+    p.system.shutdown().await;
+}
