@@ -22,8 +22,7 @@ use crate::managed::ManagedService;
 use crate::proxy::CanaryWindow;
 use crate::runtime::{Progress, RuntimeError};
 
-/// Canary steps of a hotfix: a short canary, then everything.
-pub const HOTFIX_STEPS: [u8; 2] = [25, 100];
+pub use ferry_protocol::rollout::HOTFIX_STEPS;
 
 /// Thresholds a new version is held to, with the seed's defaults.
 #[derive(Clone, Debug, PartialEq)]

@@ -22,7 +22,7 @@ use tracing::{debug, error, warn};
 use uuid::Uuid;
 
 use crate::store::HistoryFilter;
-use crate::{ids, issue, promotion, status, Error, Shared, SOURCE};
+use crate::{ids, issue, plan, promotion, status, Error, Shared, SOURCE};
 
 /// The queue group every controller instance answers the API in.
 pub const QUEUE_GROUP: &str = "ferry-controller";
@@ -237,15 +237,29 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             // deploy by hand too: it carries the recorded quorum or is refused.
             let approvals =
                 promotion::approvals_for_deploy(shared, &release.release, &environment).await?;
-            let action = Action::Deploy {
-                release: release.release.spec(),
-                replicas,
-                health: None,
-                approvals,
-                rollout,
-                hotfix: hotfix || release.release.hotfix,
-            };
+            let action =
+                plan::deploy_action(&release.release, replicas, approvals, rollout, hotfix);
             issue_command(shared, request_id, environment, service, actor, action).await
+        }
+        ApiRequest::PlanDeploy {
+            environment,
+            service,
+            version,
+            replicas,
+            rollout,
+            hotfix,
+        } => {
+            check_environment(shared, &environment)?;
+            let request = plan::Request {
+                environment,
+                service,
+                version,
+                replicas,
+                rollout,
+                hotfix,
+            };
+            let (sentence, plan) = plan::plan(shared, request).await?;
+            Ok(encode(ApiReply::ok(sentence, plan)))
         }
         ApiRequest::Rollback {
             environment,

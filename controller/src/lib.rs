@@ -23,6 +23,7 @@ mod ids;
 mod issue;
 mod metrics;
 pub mod notify;
+mod plan;
 mod promotion;
 mod records;
 pub mod releases;

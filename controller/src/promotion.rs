@@ -178,7 +178,7 @@ pub(crate) fn tally(
 
 /// The name a reviewer key is configured under (what the audit trail
 /// records), else the name the approval declares.
-fn reviewer_name(stage: &Stage, key: &str, declared: &str) -> String {
+pub(crate) fn reviewer_name(stage: &Stage, key: &str, declared: &str) -> String {
     stage
         .reviewer(key)
         .map_or_else(|| declared.to_owned(), |r| r.name.clone())
@@ -192,7 +192,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
-fn critical(release: &Release) -> u32 {
+pub(crate) fn critical(release: &Release) -> u32 {
     release.scan.map_or(0, |s| s.critical)
 }
 

@@ -146,6 +146,7 @@ mod tests {
             runtime: "process".into(),
             address: Some("127.0.0.1:8080".into()),
             rollout: None,
+            strategy: None,
         }
     }
 

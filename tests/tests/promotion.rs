@@ -843,3 +843,127 @@ async fn a_newer_release_supersedes_a_pending_promotion_which_hides_unless_all()
     task.await.unwrap().unwrap();
     p.system.shutdown().await;
 }
+
+/// Every command the FERRY_COMMANDS stream holds.
+async fn all_stored_commands(client: &async_nats::Client) -> u64 {
+    let js = jetstream::new(client.clone());
+    let mut stream = js.get_stream("FERRY_COMMANDS").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_dry_run_shows_strategy_approvals_and_the_gate_and_issues_nothing() {
+    let p = pipeline().await;
+    let system = &p.system;
+    let client = system.nats.client().await;
+    let mut dev = EventWatch::new(&client, "dev", "web").await;
+    publish(system, "1.0.0", "ci-bot", None).await;
+    dev.wait_for(WAIT, "dev deploy of 1.0.0", |e| {
+        deploy_succeeded(e, "1.0.0")
+    })
+    .await;
+    publish(system, "2.0.0", "ci-bot", Some("critical=1")).await;
+    wait_promotion(system, "dev", "1.0.0 issued", |r| r["state"] == "issued").await;
+    let commands = all_stored_commands(&client).await;
+
+    // Production, gated on two approvals; one recorded.
+    assert_ok(
+        &approve(system, &p.alice, "production", &[]).await,
+        "alice approves production",
+    );
+    let out = system
+        .cli_async(&[
+            "deploy",
+            "web",
+            "1.0.0",
+            "-e",
+            "production",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs 2 approvals"),
+        "{}",
+        stderr(&out)
+    );
+    let plan = json(&out);
+    assert_eq!(plan["would_issue"], false, "{plan:#}");
+    assert_eq!(plan["approvals"]["required"], 2, "{plan:#}");
+    assert_eq!(plan["approvals"]["present"], serde_json::json!(["alice"]));
+    assert_eq!(plan["approvals"]["missing"], 1, "{plan:#}");
+    let may: Vec<&str> = plan["approvals"]["may_approve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(may, ["bob", "carol"], "{plan:#}");
+    assert_eq!(plan["gate"]["passes"], true, "{plan:#}");
+    // The agent's configured strategy, as its heartbeat reports it.
+    assert_eq!(plan["strategy"]["type"], "recreate", "{plan:#}");
+    assert!(
+        plan["strategy_from"]
+            .as_str()
+            .unwrap()
+            .contains("production's configuration of web"),
+        "{plan:#}"
+    );
+    assert!(!plan["steps"].as_array().unwrap().is_empty(), "{plan:#}");
+
+    // dev, ungated, with a canary override: it would be issued.
+    let out = system
+        .cli_async(&[
+            "deploy",
+            "web",
+            "1.0.0",
+            "-e",
+            "dev",
+            "--replicas",
+            "3",
+            "--strategy",
+            "canary",
+            "--steps",
+            "20,100",
+            "--dry-run",
+        ])
+        .await;
+    assert_ok(&out, "ferry deploy --dry-run to dev");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "would be issued",
+        "dev runs 1.0.0 now",
+        "canary (20 %, 100 %, 30 s each) — from this deploy's --strategy",
+        "replicas:  3",
+        "send 20 % of requests to 1.0.0 for 30 s",
+        "approvals: none needed in dev",
+        "gate:      passes",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in\n{text}");
+    }
+
+    // A release with a critical finding: the gate's verdict.
+    let out = system
+        .cli_async(&["deploy", "web", "2.0.0", "-e", "dev", "--dry-run"])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("would be refused"), "{text}");
+    assert!(
+        text.contains("gate:      blocks: 1 critical vulnerabilities, 0 of 2"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("security gate"), "{}", stderr(&out));
+
+    // Nothing was issued by any of it.
+    assert_eq!(all_stored_commands(&client).await, commands);
+    let issued = audit(system, &["--action", "deploy"])
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "issued")
+        .count();
+    assert_eq!(issued, 1, "only dev's deploy of 1.0.0 was issued");
+    p.system.shutdown().await;
+}
