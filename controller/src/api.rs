@@ -223,22 +223,11 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
-            let release = shared
-                .store
-                .release(&service, &version)
-                .await
-                .map_err(internal("read the releases"))?
-                .ok_or_else(|| {
-                    format!(
-                        "unknown release {service} {version}: publish it first with ferry release publish"
-                    )
-                })?;
+            let release = plan::published_release(shared, &service, &version).await?;
             // Approval-gated environments and the security gate apply to a
             // deploy by hand too: it carries the recorded quorum or is refused.
-            let approvals =
-                promotion::approvals_for_deploy(shared, &release.release, &environment).await?;
-            let action =
-                plan::deploy_action(&release.release, replicas, approvals, rollout, hotfix);
+            let approvals = promotion::approvals_for_deploy(shared, &release, &environment).await?;
+            let action = plan::deploy_action(&release, replicas, approvals, rollout, hotfix);
             issue_command(shared, request_id, environment, service, actor, action).await
         }
         ApiRequest::PlanDeploy {

@@ -31,6 +31,26 @@ pub(crate) fn deploy_action(
     }
 }
 
+/// The published release a deploy names, or the sentence `ferry deploy`
+/// answers when there is none.
+pub(crate) async fn published_release(
+    shared: &Shared,
+    service: &ServiceName,
+    version: &Version,
+) -> Result<Release, String> {
+    shared
+        .store
+        .release(service, version)
+        .await
+        .map_err(|e| format!("the controller could not read the releases: {e}"))?
+        .map(|record| record.release)
+        .ok_or_else(|| {
+            format!(
+                "unknown release {service} {version}: publish it first with ferry release publish"
+            )
+        })
+}
+
 /// What a deploy would be asked for.
 pub(crate) struct Request {
     pub environment: EnvName,
@@ -58,17 +78,7 @@ pub(crate) async fn plan(
         let what = what.to_owned();
         move |e: crate::Error| format!("the controller could not read {what}: {e}")
     };
-    let release = shared
-        .store
-        .release(&service, &version)
-        .await
-        .map_err(failed("the releases"))?
-        .ok_or_else(|| {
-            format!(
-                "unknown release {service} {version}: publish it first with ferry release publish"
-            )
-        })?
-        .release;
+    let release = published_release(shared, &service, &version).await?;
     let agents = shared
         .store
         .agents(std::slice::from_ref(&env))

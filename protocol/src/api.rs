@@ -150,7 +150,7 @@ pub enum ApiRequest {
         /// Only this service.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         service: Option<ServiceName>,
-        /// Include finished promotions (deployed, rejected).
+        /// Include finished promotions (deployed, rejected, superseded).
         #[serde(default)]
         all: bool,
     },

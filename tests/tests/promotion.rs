@@ -728,17 +728,28 @@ async fn stored_commands(client: &async_nats::Client, env: &str) -> u64 {
     total as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_controllers_promote_a_release_once() {
-    let p = pipeline().await;
-    let system = &p.system;
-    // A second controller instance on the same NATS and key.
+/// A second controller instance on the same NATS and key; cancel the token
+/// and await the task to stop it.
+fn second_controller(
+    system: &System,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), ferry_controller::Error>>,
+) {
     let mut second = system.controller_config.clone();
     second.nats_url = system.nats.url();
     second.signing_key_file = system.dir.path().join("controller.nk");
     let second = second.validate().unwrap();
     let token = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(ferry_controller::run(second, token.clone()));
+    (token, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_promote_a_release_once() {
+    let p = pipeline().await;
+    let system = &p.system;
+    let (token, task) = second_controller(system);
 
     let client = system.nats.client().await;
     let mut production = EventWatch::new(&client, "production", "web").await;
@@ -783,14 +794,7 @@ async fn a_newer_release_supersedes_a_pending_promotion_which_hides_unless_all()
     let p = pipeline().await;
     let system = &p.system;
     // A second controller instance: supersession is recorded once.
-    let mut second = system.controller_config.clone();
-    second.nats_url = system.nats.url();
-    second.signing_key_file = system.dir.path().join("controller.nk");
-    let token = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(ferry_controller::run(
-        second.validate().unwrap(),
-        token.clone(),
-    ));
+    let (token, task) = second_controller(system);
 
     publish(system, "1.0.0", "ci-bot", None).await;
     wait_promotion(system, "acceptance", "waiting for approvals", |r| {
