@@ -80,11 +80,18 @@ pub(crate) fn superseding<'a>(
 /// Supersedes every open promotion of `service` that a newer release has
 /// replaced (see the module's rule); returns how many it closed.
 pub(crate) async fn reconcile(shared: &Shared, service: &ServiceName) -> Result<usize, Error> {
-    let open: Vec<PromotionRecord> = shared
-        .store
-        .promotions()
-        .await?
-        .into_iter()
+    let records = shared.store.promotions().await?;
+    reconcile_among(shared, service, &records).await
+}
+
+/// [`reconcile`] with the promotions already read (the sweep's).
+pub(crate) async fn reconcile_among(
+    shared: &Shared,
+    service: &ServiceName,
+    records: &[PromotionRecord],
+) -> Result<usize, Error> {
+    let open: Vec<&PromotionRecord> = records
+        .iter()
         .filter(|r| &r.service == service && !r.is_closed())
         .collect();
     if open.is_empty() {
@@ -115,7 +122,7 @@ pub(crate) async fn reconcile(shared: &Shared, service: &ServiceName) -> Result<
     }
     let releases = shared.store.releases(Some(service)).await?;
     let mut closed = 0;
-    for record in &open {
+    for record in open {
         let Some((newer, running_in)) = superseding(record, environments, &serving, &releases)
         else {
             continue;

@@ -38,7 +38,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
             .collect();
         let mut superseded = 0;
         for service in &services {
-            match supersession::reconcile(&shared, service).await {
+            match supersession::reconcile_among(&shared, service, &records).await {
                 Ok(closed) => superseded += closed,
                 Err(e) => warn!(%service, "could not check for superseded promotions: {e}"),
             }
