@@ -53,10 +53,23 @@ fn started_in(dir: &Path) -> Vec<(i32, String)> {
     found
 }
 
+/// Kills whatever the demo left when the test ends, passed or not, so a
+/// failure leaves this machine as it was.
+struct KillLeftovers(PathBuf);
+
+impl Drop for KillLeftovers {
+    fn drop(&mut self) {
+        for (pid, _) in started_in(&self.0) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 #[test]
 fn ctrl_c_stops_everything_the_demo_started_even_when_its_output_pipe_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
+    let _leftovers = KillLeftovers(demo_dir.clone());
     let mut command = Command::new("bash");
     // `2>&1`, as the user typed: the cleanup's messages meet the closed pipe
     // whichever stream they go to.
@@ -129,10 +142,6 @@ fn ctrl_c_stops_everything_the_demo_started_even_when_its_output_pipe_is_gone() 
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    // Leave this machine as it was, whatever the verdict.
-    for (pid, _) in &left {
-        let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
-    }
     let _ = demo.kill();
     let status = demo.wait().unwrap();
     assert!(
