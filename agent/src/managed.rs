@@ -901,6 +901,7 @@ impl ServiceBackend for ManagedService {
             runtime: self.runtime.kind().as_str().to_owned(),
             address: Some(self.ctx.service.listen.to_string()),
             rollout: self.rollout.lock().ok().and_then(|r| r.clone()),
+            strategy: Some(self.ctx.service.strategy.clone()),
         }
     }
 

@@ -65,8 +65,7 @@ pub trait RolloutTarget: Send + Sync {
     async fn restore_stable(&self);
 }
 
-/// Canary steps of a hotfix: a short canary, then everything.
-pub const HOTFIX_STEPS: [u8; 2] = [25, 100];
+pub use ferry_protocol::rollout::HOTFIX_STEPS;
 
 /// What a deploy does: its strategy and its analysis.
 #[derive(Clone, Debug, PartialEq)]

@@ -175,6 +175,7 @@ mod tests {
             runtime: "process".into(),
             address: None,
             rollout: None,
+            strategy: None,
         };
         let mut alerts = Alerts::default();
         assert!(alerts

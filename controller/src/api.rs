@@ -22,7 +22,7 @@ use tracing::{debug, error, warn};
 use uuid::Uuid;
 
 use crate::store::HistoryFilter;
-use crate::{ids, issue, promotion, status, Error, Shared, SOURCE};
+use crate::{ids, issue, plan, promotion, status, Error, Shared, SOURCE};
 
 /// The queue group every controller instance answers the API in.
 pub const QUEUE_GROUP: &str = "ferry-controller";
@@ -223,29 +223,32 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
-            let release = shared
-                .store
-                .release(&service, &version)
-                .await
-                .map_err(internal("read the releases"))?
-                .ok_or_else(|| {
-                    format!(
-                        "unknown release {service} {version}: publish it first with ferry release publish"
-                    )
-                })?;
+            let release = plan::published_release(shared, &service, &version).await?;
             // Approval-gated environments and the security gate apply to a
             // deploy by hand too: it carries the recorded quorum or is refused.
-            let approvals =
-                promotion::approvals_for_deploy(shared, &release.release, &environment).await?;
-            let action = Action::Deploy {
-                release: release.release.spec(),
-                replicas,
-                health: None,
-                approvals,
-                rollout,
-                hotfix: hotfix || release.release.hotfix,
-            };
+            let approvals = promotion::approvals_for_deploy(shared, &release, &environment).await?;
+            let action = plan::deploy_action(&release, replicas, approvals, rollout, hotfix);
             issue_command(shared, request_id, environment, service, actor, action).await
+        }
+        ApiRequest::PlanDeploy {
+            environment,
+            service,
+            version,
+            replicas,
+            rollout,
+            hotfix,
+        } => {
+            check_environment(shared, &environment)?;
+            let request = plan::Request {
+                environment,
+                service,
+                version,
+                replicas,
+                rollout,
+                hotfix,
+            };
+            let (sentence, plan) = plan::plan(shared, request).await?;
+            Ok(encode(ApiReply::ok(sentence, plan)))
         }
         ApiRequest::Rollback {
             environment,

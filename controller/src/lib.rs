@@ -24,11 +24,14 @@ mod ids;
 mod issue;
 mod metrics;
 pub mod notify;
+mod plan;
 mod promotion;
 mod records;
 pub mod releases;
 mod status;
 mod store;
+mod supersession;
+mod sweep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -140,7 +143,7 @@ async fn supervise(
     names.insert(handle.id(), "events");
     let handle = loops.spawn(api::run(shared.clone(), stop.clone()));
     names.insert(handle.id(), "api");
-    let handle = loops.spawn(promotion::run(shared.clone(), stop.clone()));
+    let handle = loops.spawn(sweep::run(shared.clone(), stop.clone()));
     names.insert(handle.id(), "promotions");
     let handle = loops.spawn(notify::run(shared.clone(), stop.clone()));
     names.insert(handle.id(), "notifications");

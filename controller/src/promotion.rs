@@ -12,7 +12,6 @@
 //! deterministic id, so it is recorded, and notified, once.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::api::{
@@ -25,13 +24,12 @@ use ferry_protocol::rollout::{RolloutOptions, Strategy};
 use ferry_protocol::{EnvName, ServiceName, Version};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::Stage;
 use crate::gate;
-use crate::{ids, issue, Error, Shared};
+use crate::{ids, issue, supersession, Error, Shared};
 
 /// Actor of a deploy triggered by a release without an author.
 const DEFAULT_ACTOR: &str = "ci";
@@ -71,10 +69,18 @@ pub(crate) struct PromotionRecord {
     pub detail: String,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// The newer release that superseded it (see `supersession`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<Version>,
 }
 
 impl PromotionRecord {
-    fn new(service: &ServiceName, version: &Version, env: &EnvName, now: OffsetDateTime) -> Self {
+    pub(crate) fn new(
+        service: &ServiceName,
+        version: &Version,
+        env: &EnvName,
+        now: OffsetDateTime,
+    ) -> Self {
         PromotionRecord {
             service: service.clone(),
             version: version.clone(),
@@ -88,13 +94,14 @@ impl PromotionRecord {
             command_id: None,
             detail: "not requested yet".to_owned(),
             updated_at: now,
+            superseded_by: None,
         }
     }
 
-    fn is_closed(&self) -> bool {
-        matches!(
+    pub(crate) fn is_closed(&self) -> bool {
+        !matches!(
             self.state,
-            PromotionState::Issued | PromotionState::Rejected
+            PromotionState::Waiting | PromotionState::Blocked
         )
     }
 }
@@ -172,7 +179,7 @@ pub(crate) fn tally(
 
 /// The name a reviewer key is configured under (what the audit trail
 /// records), else the name the approval declares.
-fn reviewer_name(stage: &Stage, key: &str, declared: &str) -> String {
+pub(crate) fn reviewer_name(stage: &Stage, key: &str, declared: &str) -> String {
     stage
         .reviewer(key)
         .map_or_else(|| declared.to_owned(), |r| r.name.clone())
@@ -188,7 +195,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 
 /// Appends a history (audit) record about a promotion under `id`.
 #[allow(clippy::too_many_arguments)]
-async fn audit(
+pub(crate) async fn audit(
     shared: &Shared,
     env: &EnvName,
     service: &ServiceName,
@@ -255,6 +262,7 @@ pub(crate) async fn on_deployed(
     version: &Version,
     at: OffsetDateTime,
 ) -> Result<(), Error> {
+    supersession::reconcile(shared, service).await?;
     let Some(next) = shared.config.next_environment(env).cloned() else {
         return Ok(());
     };
@@ -1028,6 +1036,7 @@ fn view_of(shared: &Shared, release: &Release, record: &PromotionRecord) -> Opti
             .collect(),
         eligible_at: record.eligible_at,
         detail: record.detail.clone(),
+        superseded_by: record.superseded_by.clone(),
     })
 }
 
@@ -1082,49 +1091,9 @@ pub(crate) async fn list(
     Ok(out)
 }
 
-/// Re-checks open promotions every `promotion_check_interval`, so a soak
-/// time that ends (or an approval that expires) is acted on without waiting
-/// for another event. Every instance runs it; the promotions' compare-and-set
-/// and the deploys' deterministic ids keep that harmless.
-pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Error> {
-    let mut tick = tokio::time::interval(shared.config.promotion_check_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-        let records = match shared.store.promotions().await {
-            Ok(records) => records,
-            Err(e) => {
-                debug!("could not read the promotions: {e}");
-                continue;
-            }
-        };
-        let now = OffsetDateTime::now_utc();
-        for record in records {
-            let due = record.state == PromotionState::Waiting
-                && record.requested
-                && record.eligible_at.is_some_and(|t| t <= now);
-            if !due {
-                continue;
-            }
-            if let Err(e) = advance(
-                &shared,
-                &record.service,
-                &record.version,
-                &record.environment,
-            )
-            .await
-            {
-                warn!(service = %record.service, version = %record.version, environment = %record.environment, "could not advance the promotion: {e}");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use ferry_protocol::approval::Approval;

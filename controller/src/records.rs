@@ -105,11 +105,29 @@ impl DeploymentRecord {
 
     /// The record after an agent's accepted, refused or outcome `event`, or
     /// `None` when the event changes nothing.
+    ///
+    /// A refusal changes a record only as the verdict on the command the
+    /// record awaits: the same id, still issued or accepted, and refused for
+    /// a reason given after its signature verified. Anyone able to put bytes
+    /// on a command subject gets refusals, so a refusal never starts a record
+    /// (a status row) nor replaces a finished command's outcome; it is kept
+    /// in history only.
     pub(crate) fn apply(
         previous: Option<DeploymentRecord>,
         event: &ServiceEvent,
         at: OffsetDateTime,
     ) -> Option<DeploymentRecord> {
+        if let EventBody::Refused { reason, .. } = &event.body {
+            let verdict_on_awaited = previous.as_ref().is_some_and(|record| {
+                reason.follows_verification()
+                    && !record.state.is_final()
+                    && record.command_id.is_some()
+                    && record.command_id == event.command_id
+            });
+            if !verdict_on_awaited {
+                return None;
+            }
+        }
         let EventFacts {
             state,
             action,
@@ -369,19 +387,57 @@ mod tests {
         assert_eq!(after.serving.unwrap().as_str(), "1.0");
     }
 
+    fn refusal(id: Option<Uuid>, reason: RefusalReason) -> ServiceEvent {
+        ServiceEvent {
+            command_id: id,
+            ..event(
+                Uuid::nil(),
+                EventBody::Refused {
+                    reason,
+                    detail: "no".into(),
+                },
+            )
+        }
+    }
+
     #[test]
-    fn a_refusal_without_a_prior_record_creates_one() {
+    fn a_refusal_never_starts_a_record() {
+        for reason in [RefusalReason::UnknownService, RefusalReason::Expired] {
+            let refused = refusal(Some(Uuid::new_v4()), reason);
+            assert!(DeploymentRecord::apply(None, &refused, now()).is_none());
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_anything_but_the_awaited_signed_command_changes_nothing() {
         let id = Uuid::new_v4();
-        let refused = event(
-            id,
-            EventBody::Refused {
-                reason: RefusalReason::Expired,
-                detail: "too old".into(),
-            },
-        );
-        let record = DeploymentRecord::apply(None, &refused, now()).unwrap();
+        let issued = DeploymentRecord::issued(None, id, &deploy("1.0"), "x".into(), now()).unwrap();
+        let done =
+            DeploymentRecord::apply(Some(issued.clone()), &event(id, succeeded("1.0")), now())
+                .unwrap();
+        for refused in [
+            // Garbage (no id), a stranger's unsigned command, another id.
+            refusal(None, RefusalReason::Malformed),
+            refusal(Some(id), RefusalReason::Unsigned),
+            refusal(Some(id), RefusalReason::BadSignature),
+            refusal(Some(Uuid::new_v4()), RefusalReason::Expired),
+        ] {
+            assert!(DeploymentRecord::apply(Some(issued.clone()), &refused, now()).is_none());
+            assert!(DeploymentRecord::apply(Some(done.clone()), &refused, now()).is_none());
+        }
+        // A replay of the finished command keeps its outcome.
+        let replayed = refusal(Some(id), RefusalReason::Replayed);
+        assert!(DeploymentRecord::apply(Some(done), &replayed, now()).is_none());
+    }
+
+    #[test]
+    fn a_verified_refusal_of_the_awaited_command_is_its_outcome() {
+        let id = Uuid::new_v4();
+        let issued = DeploymentRecord::issued(None, id, &deploy("1.0"), "x".into(), now()).unwrap();
+        let refused = refusal(Some(id), RefusalReason::ApprovalsMissing);
+        let record = DeploymentRecord::apply(Some(issued), &refused, now()).unwrap();
         assert_eq!(record.state, CommandState::Refused);
-        assert_eq!(record.detail, "expired: too old");
+        assert_eq!(record.detail, "approvals_missing: no");
         assert_eq!(record.command_id, Some(id));
     }
 

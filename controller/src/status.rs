@@ -1,5 +1,7 @@
 //! Builds `ferry status` rows from the agents' last heartbeats and the
 //! deployments bucket. Pure, so the merge rules are tested without a server.
+//! Once an agent has reported, its heartbeat's services are the rows: the
+//! deployments bucket adds outcomes to them, never services of its own.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -41,7 +43,16 @@ pub(crate) fn rows(
             }
         }
         for record in deployments.iter().filter(|d| &d.environment == env) {
-            services.entry(&record.service).or_default().1 = Some(record);
+            match agent {
+                // The agent says what it manages: a record of any other
+                // service (a command to a name it never had) is no row.
+                Some(_) => {
+                    if let Some(entry) = services.get_mut(&record.service) {
+                        entry.1 = Some(record);
+                    }
+                }
+                None => services.entry(&record.service).or_default().1 = Some(record),
+            }
         }
 
         if services.is_empty() {
@@ -135,6 +146,7 @@ mod tests {
             runtime: "process".into(),
             address: Some("127.0.0.1:8080".into()),
             rollout: None,
+            strategy: None,
         }
     }
 
@@ -200,7 +212,10 @@ mod tests {
         )]);
         let deployments = [
             record("dev", "web", CommandState::Succeeded),
-            record("dev", "worker", CommandState::Refused),
+            // A command to a name dev's agent does not manage.
+            record("dev", "webx", CommandState::Issued),
+            // Known only from the bucket: acceptance never reported.
+            record("acceptance", "worker", CommandState::Refused),
         ];
         let rows = rows(&pipeline(), &agents, &deployments, now, TIMEOUT);
         let dev: Vec<_> = rows
@@ -211,7 +226,7 @@ mod tests {
             .iter()
             .map(|r| r.service.as_ref().unwrap().as_str())
             .collect();
-        assert_eq!(names, ["api", "web", "worker"]);
+        assert_eq!(names, ["api", "web"]);
 
         let web = dev[1];
         assert!(web.agent_up);
@@ -225,13 +240,14 @@ mod tests {
         assert_eq!(api.last_outcome, None);
 
         // Known only from the deployments bucket: state unknown, last serving version.
-        let worker = dev[2];
+        let worker = &rows[2];
+        assert_eq!(worker.environment, env("acceptance"));
         assert_eq!(worker.state, ServiceState::Unknown);
         assert_eq!(worker.version.as_ref().unwrap().as_str(), "0.9");
         assert_eq!(worker.last_outcome.as_deref(), Some("refused"));
 
-        assert_eq!(rows.len(), 5);
-        assert!(rows[3].service.is_none() && rows[4].service.is_none());
+        assert_eq!(rows.len(), 4);
+        assert!(rows[3].service.is_none());
     }
 
     #[test]

@@ -356,6 +356,7 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             runtime: "process".into(),
             address: Some("127.0.0.1:18080".into()),
             rollout: None,
+            strategy: None,
         }],
         gap: None,
     });

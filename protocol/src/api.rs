@@ -11,7 +11,7 @@ use crate::command::{ActionKind, MaintenanceMode, RollbackTarget};
 use crate::event::{MaintenanceInfo, ServiceState};
 use crate::names::{EnvName, ServiceName, Version};
 use crate::release::Release;
-use crate::rollout::{RolloutControl, RolloutOptions};
+use crate::rollout::{RolloutControl, RolloutOptions, Strategy};
 use crate::subject::ApiOp;
 use crate::Payload;
 
@@ -150,7 +150,7 @@ pub enum ApiRequest {
         /// Only this service.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         service: Option<ServiceName>,
-        /// Include finished promotions (deployed, rejected).
+        /// Include finished promotions (deployed, rejected, superseded).
         #[serde(default)]
         all: bool,
     },
@@ -167,6 +167,25 @@ pub enum ApiRequest {
         /// Who asks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
+    },
+    /// What a deploy of a known release would do, computed by the
+    /// controller without issuing anything (`ferry deploy --dry-run`).
+    PlanDeploy {
+        /// Where.
+        environment: EnvName,
+        /// Which service.
+        service: ServiceName,
+        /// Which version.
+        version: Version,
+        /// Replicas, if not the current count.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicas: Option<u32>,
+        /// Strategy and analysis overrides the deploy would carry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rollout: Option<Box<RolloutOptions>>,
+        /// The hotfix path.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hotfix: bool,
     },
     /// Pause, resume, promote or abort the rollout in progress.
     Rollout {
@@ -198,6 +217,7 @@ impl ApiRequest {
             ApiRequest::Approvals { .. } => ApiOp::Approvals,
             ApiRequest::Promote { .. } => ApiOp::Promote,
             ApiRequest::Rollout { .. } => ApiOp::Rollout,
+            ApiRequest::PlanDeploy { .. } => ApiOp::PlanDeploy,
         }
     }
 }
@@ -365,6 +385,9 @@ pub enum PromotionState {
     Issued,
     /// A reviewer rejected it; it goes no further.
     Rejected,
+    /// A newer release of the service took its place before it went in:
+    /// it goes no further (`superseded_by` says which).
+    Superseded,
 }
 
 impl std::fmt::Display for PromotionState {
@@ -374,8 +397,78 @@ impl std::fmt::Display for PromotionState {
             PromotionState::Blocked => "blocked",
             PromotionState::Issued => "issued",
             PromotionState::Rejected => "rejected",
+            PromotionState::Superseded => "superseded",
         })
     }
+}
+
+/// The reply to [`ApiRequest::PlanDeploy`]: what `ferry deploy` would do.
+/// Nothing was issued to compute it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployPlan {
+    /// Where.
+    pub environment: EnvName,
+    /// Which service.
+    pub service: ServiceName,
+    /// Which version.
+    pub version: Version,
+    /// What would run: executable path or image.
+    pub artifact: String,
+    /// The version running there now, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<Version>,
+    /// The strategy the agent would take; absent when only the agent knows
+    /// it (its service configuration, never reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Where the strategy comes from, in words.
+    pub strategy_from: String,
+    /// The strategy's steps, in words.
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// Replicas it would run; absent when the count is the agent's to keep
+    /// and was never reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// The environment's deploy approvals.
+    pub approvals: PlannedApprovals,
+    /// The security gate's verdict.
+    pub gate: GateVerdict,
+    /// Whether `ferry deploy` would issue the command.
+    pub would_issue: bool,
+    /// Why it would not be issued, or would be refused by the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// A planned deploy's approvals: what the environment needs, what is recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedApprovals {
+    /// Deploy approvals the environment needs (0: not gated).
+    pub required: u32,
+    /// Reviewers whose valid approvals are recorded for this release there.
+    #[serde(default)]
+    pub present: Vec<String>,
+    /// How many more are needed.
+    pub missing: u32,
+    /// Reviewers who may still approve.
+    #[serde(default)]
+    pub may_approve: Vec<String>,
+}
+
+/// The security gate's verdict on a release in an environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateVerdict {
+    /// Whether it lets the release through.
+    pub passes: bool,
+    /// Critical findings of the release's scan.
+    pub critical: u32,
+    /// Security override approvals needed (0 without criticals).
+    pub overrides_required: u32,
+    /// Valid security override approvals recorded.
+    pub overrides_valid: u32,
+    /// A sentence for people.
+    pub detail: String,
 }
 
 /// One approval as `ferry approvals` shows it.
@@ -427,4 +520,108 @@ pub struct PromotionView {
     pub eligible_at: Option<OffsetDateTime>,
     /// A sentence: what it waits for, why it is blocked or rejected.
     pub detail: String,
+    /// The newer release that superseded it, when `state` is `superseded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<Version>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(state: PromotionState, superseded_by: Option<&str>) -> PromotionView {
+        PromotionView {
+            environment: EnvName::new("acceptance").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            version: Version::new("1.0.0").unwrap(),
+            state,
+            approvals_required: 1,
+            approvals_valid: 0,
+            overrides_required: 0,
+            overrides_valid: 0,
+            waiting_for: Vec::new(),
+            approvals: Vec::new(),
+            eligible_at: None,
+            detail: "superseded by web 1.1.0".into(),
+            superseded_by: superseded_by.map(|v| Version::new(v).unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_superseded_promotion_round_trips_and_an_older_view_still_decodes() {
+        let superseded = view(PromotionState::Superseded, Some("1.1.0"));
+        let json = serde_json::to_value(&superseded).unwrap();
+        assert_eq!(json["state"], "superseded");
+        assert_eq!(json["superseded_by"], "1.1.0");
+        let back: PromotionView = serde_json::from_value(json).unwrap();
+        assert_eq!(back, superseded);
+
+        // Written before supersession existed: no superseded_by at all.
+        let mut older = serde_json::to_value(view(PromotionState::Waiting, None)).unwrap();
+        assert!(older.get("superseded_by").is_none());
+        older.as_object_mut().unwrap().remove("superseded_by");
+        let back: PromotionView = serde_json::from_value(older).unwrap();
+        assert_eq!(back.superseded_by, None);
+        assert_eq!(PromotionState::Superseded.to_string(), "superseded");
+    }
+
+    #[test]
+    fn a_deploy_plan_request_and_its_plan_round_trip() {
+        let request = ApiRequest::PlanDeploy {
+            environment: EnvName::new("production").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            version: Version::new("1.1.0").unwrap(),
+            replicas: Some(3),
+            rollout: None,
+            hotfix: true,
+        };
+        assert_eq!(request.op(), ApiOp::PlanDeploy);
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(json["op"], "plan_deploy");
+        assert_eq!(serde_json::from_value::<ApiRequest>(json).unwrap(), request);
+        // The least a program must send.
+        let least: ApiRequest = serde_json::from_str(
+            r#"{"op": "plan_deploy", "environment": "dev", "service": "web", "version": "1.0"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            least,
+            ApiRequest::PlanDeploy {
+                replicas: None,
+                rollout: None,
+                hotfix: false,
+                ..
+            }
+        ));
+
+        let plan = DeployPlan {
+            environment: EnvName::new("production").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            version: Version::new("1.1.0").unwrap(),
+            artifact: "/bin/web".into(),
+            serving: None,
+            strategy: Some(Strategy::Recreate),
+            strategy_from: "flags".into(),
+            steps: vec!["start".into()],
+            replicas: None,
+            approvals: PlannedApprovals {
+                required: 2,
+                present: vec!["alice".into()],
+                missing: 1,
+                may_approve: vec!["bob".into()],
+            },
+            gate: GateVerdict {
+                passes: false,
+                critical: 1,
+                overrides_required: 2,
+                overrides_valid: 0,
+                detail: "blocks".into(),
+            },
+            would_issue: false,
+            problems: vec!["needs 2 approvals".into()],
+        };
+        let json = serde_json::to_value(&plan).unwrap();
+        assert!(json.get("serving").is_none() && json.get("replicas").is_none());
+        assert_eq!(serde_json::from_value::<DeployPlan>(json).unwrap(), plan);
+    }
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::command::ActionKind;
 use crate::names::{EnvName, ServiceName, Version};
-use crate::rollout::{Breach, RolloutEvent, RolloutStatus};
+use crate::rollout::{Breach, RolloutEvent, RolloutStatus, Strategy};
 use crate::subject::EventKind;
 use crate::{Payload, RefusalReason};
 
@@ -320,6 +320,10 @@ pub struct ServiceSnapshot {
     /// The rollout in progress (or last finished), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// The strategy a deploy without overrides takes (the service's
+    /// configuration); absent from agents that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
 }
 
 /// A threshold crossed (or recovered) by a running service, outside rollouts.

@@ -93,6 +93,29 @@ pub enum RefusalReason {
     BadApproval,
 }
 
+impl RefusalReason {
+    /// Whether an agent gives this reason only after the command's signature
+    /// verified against its trusted keys. The others (malformed, unsigned,
+    /// untrusted or bad signatures, and unknown services, which the agent
+    /// refuses before it verifies anything) may be about bytes anyone put on
+    /// the subject, so they say nothing about the service.
+    pub fn follows_verification(self) -> bool {
+        match self {
+            RefusalReason::Malformed
+            | RefusalReason::Unsigned
+            | RefusalReason::UntrustedIssuer
+            | RefusalReason::BadSignature
+            | RefusalReason::UnknownService => false,
+            RefusalReason::Expired
+            | RefusalReason::Replayed
+            | RefusalReason::WrongEnvironment
+            | RefusalReason::Invalid
+            | RefusalReason::ApprovalsMissing
+            | RefusalReason::BadApproval => true,
+        }
+    }
+}
+
 impl fmt::Display for RefusalReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self {

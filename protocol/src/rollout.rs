@@ -59,6 +59,10 @@ fn default_keep_old_secs() -> u64 {
     60
 }
 
+/// Canary steps of a hotfix: a short canary, then everything. Agents take
+/// them for a deploy marked `hotfix`, each step held one detection window.
+pub const HOTFIX_STEPS: [u8; 2] = [25, 100];
+
 /// The seed's canary: 10 % first, then +25 % per step.
 pub fn default_canary_steps() -> Vec<u8> {
     vec![10, 35, 60, 85, 100]

@@ -121,11 +121,13 @@ pub enum ApiOp {
     Promote,
     /// Act on a rollout in progress.
     Rollout,
+    /// Plan a deploy without issuing it (`ferry deploy --dry-run`).
+    PlanDeploy,
 }
 
 impl ApiOp {
     /// Every operation.
-    pub const ALL: [ApiOp; 12] = [
+    pub const ALL: [ApiOp; 13] = [
         ApiOp::Status,
         ApiOp::History,
         ApiOp::Releases,
@@ -138,6 +140,7 @@ impl ApiOp {
         ApiOp::Approvals,
         ApiOp::Promote,
         ApiOp::Rollout,
+        ApiOp::PlanDeploy,
     ];
 
     /// The subject token.
@@ -155,6 +158,7 @@ impl ApiOp {
             ApiOp::Approvals => "approvals",
             ApiOp::Promote => "promote",
             ApiOp::Rollout => "rollout",
+            ApiOp::PlanDeploy => "plan_deploy",
         }
     }
 

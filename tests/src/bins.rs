@@ -27,6 +27,24 @@ const INHERITED_FROM_CARGO_TEST: &[&str] = &[
     "OUT_DIR",
 ];
 
+/// Removes from `command`'s environment what cargo set for this test run.
+/// Cargo hands a test the variables of the package under test
+/// (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts such as ring's
+/// rerun when those change, so passing them on to a `cargo build` (the
+/// harness's own, or one a script runs) would rebuild half the dependency
+/// tree on every run, and again for the next plain `cargo build`.
+pub fn without_cargo_test_env(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if INHERITED_FROM_CARGO_TEST
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+}
+
 fn build_once() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -45,20 +63,7 @@ fn build_once() {
             "-p",
             "ferry-controller",
         ]);
-        // Cargo hands a test the variables of the package under test
-        // (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...). Build scripts such as
-        // ring's rerun when those change, so passing them on would rebuild
-        // half the dependency tree on every run, and again for the next
-        // plain `cargo build`.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy();
-            if INHERITED_FROM_CARGO_TEST
-                .iter()
-                .any(|prefix| name.starts_with(prefix))
-            {
-                command.env_remove(name.as_ref());
-            }
-        }
+        without_cargo_test_env(&mut command);
         if target_dir().file_name().is_some_and(|p| p == "release") {
             command.arg("--release");
         }

@@ -617,3 +617,36 @@ pub async fn until_within<T>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `ferry status --output json`'s row for `service` in `env`, if any.
+pub async fn status_row(system: &System, env: &str, service: &str) -> Option<serde_json::Value> {
+    let out = system.cli_async(&["status", "--output", "json"]).await;
+    assert_ok(&out, "ferry status");
+    json(&out)
+        .as_array()?
+        .iter()
+        .find(|r| r["environment"] == env && r["service"] == service)
+        .cloned()
+}
+
+/// Polls `ferry status` until `pred` holds for the row, or panics.
+pub async fn wait_status(
+    system: &System,
+    env: &str,
+    service: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let row = status_row(system, env, service).await;
+        if let Some(row) = row.as_ref().filter(|r| pred(r)) {
+            return row.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status never showed {what}; last row: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

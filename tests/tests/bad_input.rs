@@ -571,3 +571,109 @@ async fn malformed_releases_and_api_requests_get_clear_errors_and_the_controller
     wait_serving(port, "2.0.0", WAIT).await;
     system.shutdown().await;
 }
+
+/// The status API's rows, asked directly (as any program driving ferry would).
+async fn status_api_rows(system: &System) -> Vec<Value> {
+    let cli = system.nats.cli_client().await;
+    let request = Envelope::new(
+        "/test",
+        ferry_protocol::api::ApiRequest::Status { environment: None },
+    );
+    let reply = cli
+        .request(
+            subject::api(ferry_protocol::subject::ApiOp::Status),
+            request.to_bytes().unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["data"]["success"], true, "{reply}");
+    reply["data"]["response"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_unsigned_commands_leave_status_alone_and_stay_in_history() {
+    let mut system = System::start().await;
+    let port = free_port();
+    system.start_agent("dev", port).await;
+    system.publish_release("web", "1.0.0", &[]).await;
+    let before = ferry_e2e::wait_status(&system, "dev", "web", "1.0.0 deployed", |r| {
+        r["version"] == "1.0.0" && r["last_outcome"] == "succeeded"
+    })
+    .await;
+
+    // What a stranger (or a broken script) can put on the commands stream:
+    // bytes that are no envelope, and a well-formed command nobody signed,
+    // on a service the agent does not manage and on the one it does.
+    let client = system.nats.client().await;
+    let dev = EnvName::new("dev").unwrap();
+    for service in ["webx", "web"] {
+        let name = ServiceName::new(service).unwrap();
+        let mut unsigned = command_json(Action::Scale { replicas: 1 });
+        unsigned["data"]["service"] = service.into();
+        let subject = subject::command(&dev, &name);
+        publish_raw(&client, subject.clone(), b"\x00garbage{".to_vec()).await;
+        publish_raw(&client, subject, serde_json::to_vec(&unsigned).unwrap()).await;
+    }
+
+    // Every refusal is in the audit trail.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let refusals = loop {
+        let out = system
+            .cli_async(&["history", "-e", "dev", "--output", "json"])
+            .await;
+        let records = json(&out);
+        let refusals: Vec<(String, String)> = records
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["outcome"] == "refused")
+            .map(|r| {
+                (
+                    r["service"].as_str().unwrap().to_owned(),
+                    r["detail"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        if refusals.len() >= 4 {
+            break refusals;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "history shows {} of 4 refusals: {records}",
+            refusals.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for service in ["webx", "web"] {
+        assert_eq!(
+            refusals.iter().filter(|(s, _)| s == service).count(),
+            2,
+            "{refusals:?}"
+        );
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|(s, d)| s == "web" && d.starts_with("unsigned")),
+        "{refusals:?}"
+    );
+
+    // Status knows only what the agent manages and what signed commands did.
+    let out = system.cli_async(&["status", "--output", "json"]).await;
+    let cli_rows = json(&out).as_array().unwrap().clone();
+    for rows in [cli_rows, status_api_rows(&system).await] {
+        assert!(
+            !rows.iter().any(|r| r["service"] == "webx"),
+            "a row for a service no agent manages: {rows:?}"
+        );
+        let web = rows
+            .iter()
+            .find(|r| r["environment"] == "dev" && r["service"] == "web")
+            .unwrap();
+        assert_eq!(web["last_outcome"], "succeeded", "{web}");
+        assert_eq!(web["last_outcome_at"], before["last_outcome_at"], "{web}");
+        assert_eq!(web["version"], "1.0.0", "{web}");
+    }
+    system.shutdown().await;
+}

@@ -32,38 +32,6 @@ async fn deployed(system: &System, port: u16, version: &str, env_vars: &[&str]) 
     wait_serving(port, version, WAIT).await;
 }
 
-async fn status_row(system: &System, env: &str, service: &str) -> Option<serde_json::Value> {
-    let out = system.cli_async(&["status", "--output", "json"]).await;
-    assert_ok(&out, "ferry status");
-    json(&out)
-        .as_array()?
-        .iter()
-        .find(|r| r["environment"] == env && r["service"] == service)
-        .cloned()
-}
-
-/// Polls `ferry status` until `pred` holds for the row, or panics.
-async fn wait_status(
-    system: &System,
-    env: &str,
-    service: &str,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let row = status_row(system, env, service).await;
-        if let Some(row) = row.as_ref().filter(|r| pred(r)) {
-            return row.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what}; last row: {row:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn command_id(out: &std::process::Output) -> uuid::Uuid {
     let value = json(out);
     value["command_id"]

@@ -728,17 +728,28 @@ async fn stored_commands(client: &async_nats::Client, env: &str) -> u64 {
     total as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_controllers_promote_a_release_once() {
-    let p = pipeline().await;
-    let system = &p.system;
-    // A second controller instance on the same NATS and key.
+/// A second controller instance on the same NATS and key; cancel the token
+/// and await the task to stop it.
+fn second_controller(
+    system: &System,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), ferry_controller::Error>>,
+) {
     let mut second = system.controller_config.clone();
     second.nats_url = system.nats.url();
     second.signing_key_file = system.dir.path().join("controller.nk");
     let second = second.validate().unwrap();
     let token = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(ferry_controller::run(second, token.clone()));
+    (token, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_promote_a_release_once() {
+    let p = pipeline().await;
+    let system = &p.system;
+    let (token, task) = second_controller(system);
 
     let client = system.nats.client().await;
     let mut production = EventWatch::new(&client, "production", "web").await;
@@ -775,5 +786,188 @@ async fn two_controllers_promote_a_release_once() {
     assert_eq!(starts.len(), 1, "{starts:#?}");
     token.cancel();
     task.await.unwrap().unwrap();
+    p.system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_release_supersedes_a_pending_promotion_which_hides_unless_all() {
+    let p = pipeline().await;
+    let system = &p.system;
+    // A second controller instance: supersession is recorded once.
+    let (token, task) = second_controller(system);
+
+    publish(system, "1.0.0", "ci-bot", None).await;
+    wait_promotion(system, "acceptance", "waiting for approvals", |r| {
+        r["state"] == "waiting" && r["detail"].as_str().unwrap().contains("approvals")
+    })
+    .await;
+    // 1.1.0 replaces 1.0.0 in dev before anyone approved 1.0.0 for acceptance.
+    publish(system, "1.1.0", "ci-bot", None).await;
+    let row = wait_promotion(system, "acceptance", "superseded", |r| {
+        r["state"] == "superseded"
+    })
+    .await;
+    assert_eq!(row["superseded_by"], "1.1.0", "{row:#}");
+    assert!(row["detail"].as_str().unwrap().contains("1.1.0"), "{row:#}");
+
+    // Hidden by default; 1.1.0's own promotion is what is listed.
+    let out = system
+        .cli_async(&["approvals", "-e", "acceptance", "-o", "json"])
+        .await;
+    assert_ok(&out, "ferry approvals");
+    let versions: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["version"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(versions, ["1.1.0"], "ferry approvals -e acceptance");
+    let table = system.cli_async(&["approvals"]).await;
+    assert_ok(&table, "ferry approvals");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(!text.contains("1.0.0"), "{text}");
+
+    // It goes no further: an approval now is refused and deploys nothing.
+    let late = approve(system, &p.alice, "acceptance", &[]).await;
+    assert!(!late.status.success());
+    assert!(stderr(&late).contains("superseded"), "{}", stderr(&late));
+
+    // Audited once, with the superseding version, however many controllers.
+    let superseded: Vec<serde_json::Value> = audit(system, &["-e", "acceptance"])
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "superseded")
+        .collect();
+    assert_eq!(superseded.len(), 1, "{superseded:#?}");
+    assert_eq!(superseded[0]["version"], "1.0.0");
+    assert!(superseded[0]["detail"].as_str().unwrap().contains("1.1.0"));
+    let client = system.nats.client().await;
+    assert_eq!(stored_commands(&client, "acceptance").await, 0);
+    token.cancel();
+    task.await.unwrap().unwrap();
+    p.system.shutdown().await;
+}
+
+/// Every command the FERRY_COMMANDS stream holds.
+async fn all_stored_commands(client: &async_nats::Client) -> u64 {
+    let js = jetstream::new(client.clone());
+    let mut stream = js.get_stream("FERRY_COMMANDS").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_dry_run_shows_strategy_approvals_and_the_gate_and_issues_nothing() {
+    let p = pipeline().await;
+    let system = &p.system;
+    let client = system.nats.client().await;
+    let mut dev = EventWatch::new(&client, "dev", "web").await;
+    publish(system, "1.0.0", "ci-bot", None).await;
+    dev.wait_for(WAIT, "dev deploy of 1.0.0", |e| {
+        deploy_succeeded(e, "1.0.0")
+    })
+    .await;
+    publish(system, "2.0.0", "ci-bot", Some("critical=1")).await;
+    wait_promotion(system, "dev", "1.0.0 issued", |r| r["state"] == "issued").await;
+    let commands = all_stored_commands(&client).await;
+
+    // Production, gated on two approvals; one recorded.
+    assert_ok(
+        &approve(system, &p.alice, "production", &[]).await,
+        "alice approves production",
+    );
+    let out = system
+        .cli_async(&[
+            "deploy",
+            "web",
+            "1.0.0",
+            "-e",
+            "production",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs 2 approvals"),
+        "{}",
+        stderr(&out)
+    );
+    let plan = json(&out);
+    assert_eq!(plan["would_issue"], false, "{plan:#}");
+    assert_eq!(plan["approvals"]["required"], 2, "{plan:#}");
+    assert_eq!(plan["approvals"]["present"], serde_json::json!(["alice"]));
+    assert_eq!(plan["approvals"]["missing"], 1, "{plan:#}");
+    let may: Vec<&str> = plan["approvals"]["may_approve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(may, ["bob", "carol"], "{plan:#}");
+    assert_eq!(plan["gate"]["passes"], true, "{plan:#}");
+    // The agent's configured strategy, as its heartbeat reports it.
+    assert_eq!(plan["strategy"]["type"], "recreate", "{plan:#}");
+    assert!(
+        plan["strategy_from"]
+            .as_str()
+            .unwrap()
+            .contains("production's configuration of web"),
+        "{plan:#}"
+    );
+    assert!(!plan["steps"].as_array().unwrap().is_empty(), "{plan:#}");
+
+    // dev, ungated, with a canary override: it would be issued.
+    let out = system
+        .cli_async(&[
+            "deploy",
+            "web",
+            "1.0.0",
+            "-e",
+            "dev",
+            "--replicas",
+            "3",
+            "--strategy",
+            "canary",
+            "--steps",
+            "20,100",
+            "--dry-run",
+        ])
+        .await;
+    assert_ok(&out, "ferry deploy --dry-run to dev");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "would be issued",
+        "dev runs 1.0.0 now",
+        "canary (20 %, 100 %, 30 s each) — from this deploy's --strategy",
+        "replicas:  3",
+        "send 20 % of requests to 1.0.0 for 30 s",
+        "approvals: none needed in dev",
+        "gate:      passes",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in\n{text}");
+    }
+
+    // A release with a critical finding: the gate's verdict.
+    let out = system
+        .cli_async(&["deploy", "web", "2.0.0", "-e", "dev", "--dry-run"])
+        .await;
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("would be refused"), "{text}");
+    assert!(
+        text.contains("gate:      blocks: 1 critical vulnerabilities, 0 of 2"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("security gate"), "{}", stderr(&out));
+
+    // Nothing was issued by any of it.
+    assert_eq!(all_stored_commands(&client).await, commands);
+    let issued = audit(system, &["--action", "deploy"])
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "issued")
+        .count();
+    assert_eq!(issued, 1, "only dev's deploy of 1.0.0 was issued");
     p.system.shutdown().await;
 }

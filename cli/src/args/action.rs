@@ -62,6 +62,10 @@ pub struct DeployArgs {
     /// Take the short canary of a hotfix.
     #[arg(long)]
     pub hotfix: bool,
+    /// Print what the deploy would do (strategy and steps, replicas,
+    /// approvals, the security gate) and change nothing.
+    #[arg(long, conflicts_with = "wait")]
+    pub dry_run: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
 }

@@ -69,7 +69,8 @@ pub struct ApprovalsArgs {
     /// Only this service.
     #[arg(short = 's', long)]
     pub service: Option<ServiceName>,
-    /// Include promotions already deployed or rejected.
+    /// Include promotions already deployed, rejected or superseded by a
+    /// newer release.
     #[arg(long)]
     pub all: bool,
 }

@@ -151,7 +151,8 @@ pub enum Command {
     #[command(after_help = "\
 Examples:
   ferry deploy web 1.4.2 -e production --wait
-  ferry deploy web 1.4.2 -e dev --replicas 3")]
+  ferry deploy web 1.4.2 -e dev --replicas 3
+  ferry deploy web 1.4.2 -e production --dry-run")]
     Deploy(DeployArgs),
 
     /// Roll a service back to the previous or a named version.

@@ -305,6 +305,27 @@ fn names_and_ranges_are_checked_at_parse_time() {
 }
 
 #[test]
+fn a_deploy_dry_run_takes_the_deploy_flags_but_not_wait() {
+    let Command::Deploy(args) = parse(&[
+        "deploy",
+        "web",
+        "1.0",
+        "-e",
+        "production",
+        "--strategy",
+        "canary",
+        "--dry-run",
+    ])
+    .unwrap()
+    .command
+    else {
+        panic!("not a deploy")
+    };
+    assert!(args.dry_run);
+    assert!(parse(&["deploy", "web", "1.0", "-e", "dev", "--dry-run", "--wait"]).is_err());
+}
+
+#[test]
 fn history_defaults_to_fifty() {
     let Command::History(args) = parse(&["history", "-s", "web"]).unwrap().command else {
         panic!("not history")

@@ -13,6 +13,7 @@ use crate::args::{
     RolloutArgs, ScaleArgs, StrategyArg, DEFAULT_MAINTENANCE,
 };
 use crate::client::{actor, Connection};
+use crate::commands::dry_run;
 use crate::error::{CliError, Result};
 use crate::output;
 use crate::wait::Follower;
@@ -24,6 +25,17 @@ pub async fn deploy(global: &GlobalOpts, args: DeployArgs) -> Result<()> {
         args.service, args.version, args.environment
     );
     let rollout = rollout_options(&args)?;
+    if args.dry_run {
+        let request = ApiRequest::PlanDeploy {
+            environment: args.environment,
+            service: args.service,
+            version: args.version,
+            replicas: args.replicas,
+            rollout: rollout.map(Box::new),
+            hotfix: args.hotfix,
+        };
+        return dry_run::deploy(global, request).await;
+    }
     let request = ApiRequest::Deploy {
         environment: args.environment.clone(),
         service: args.service.clone(),

@@ -2,6 +2,7 @@
 
 mod action;
 mod approval;
+mod dry_run;
 mod keygen;
 mod monitor;
 mod query;
