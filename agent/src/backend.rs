@@ -11,13 +11,13 @@
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
 use ferry_protocol::event::{MaintenanceInfo, ServiceHealth, ServiceMetrics, ServiceSnapshot};
-use ferry_protocol::rollout::{Breach, StrategyKind};
+use ferry_protocol::rollout::StrategyKind;
 use ferry_protocol::Version;
 use tokio::sync::mpsc;
 
 use crate::analysis::Thresholds;
 use crate::config::RuntimeKind;
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
+use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
 
 /// One service as the command executor drives it.
@@ -57,8 +57,8 @@ pub trait ServiceBackend: Send + Sync {
     }
 
     /// Watches `version`, which now serves everything, for
-    /// `thresholds.verify_for` after a switch; `Some(breach)`: it breached
-    /// (rolling back is the caller's). Backends that cannot see the traffic
+    /// `thresholds.verify_for` after a switch (rolling back on a breach is
+    /// the caller's). Backends that cannot see the traffic
     /// refuse with [`RuntimeError::Unsupported`] by default.
     async fn verify(
         &self,
@@ -66,7 +66,7 @@ pub trait ServiceBackend: Send + Sync {
         _strategy: StrategyKind,
         _thresholds: &Thresholds,
         _observer: &dyn RolloutObserver,
-    ) -> Result<Option<Breach>, RuntimeError> {
+    ) -> Result<Verification, RuntimeError> {
         Err(RuntimeError::Unsupported(format!(
             "the {} runtime cannot verify a deploy (it sees none of the traffic)",
             self.runtime().as_str()

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::backend::ServiceBackend;
 use crate::config::ServiceConfig;
 use crate::events::{EventPublisher, EventSink};
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
+use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
 use crate::state::{ServiceRecord, State, StateWrite};
 use ferry_protocol::rollout::{RolloutControl, RolloutEvent, Strategy};
@@ -390,8 +390,10 @@ impl Executor {
                 // A canary's last step already analysed the version at 100%;
                 // a hotfix's short canary did not, and every switch did not.
                 let switched = hotfix || !matches!(plan.strategy, Strategy::Canary { .. });
+                // A first deploy has nothing to roll back to: not verified.
                 if !switched
                     || plan.thresholds.verify_for.is_zero()
+                    || record.current.is_none()
                     || !matches!(outcome, EventBody::Succeeded { .. })
                 {
                     return Ok(outcome);
@@ -588,8 +590,22 @@ impl Executor {
             .verify(version, strategy, &plan.thresholds, progress)
             .await
         {
-            Ok(None) => return Ok(succeeded),
-            Ok(Some(breach)) => breach,
+            Ok(Verification {
+                breach: Some(breach),
+                ..
+            }) => breach,
+            Ok(Verification {
+                requests,
+                conclusive,
+                ..
+            }) => {
+                return Ok(verified(
+                    succeeded,
+                    plan.thresholds.verify_for,
+                    requests,
+                    conclusive,
+                ))
+            }
             Err(RuntimeError::Interrupted) => return Err(RuntimeError::Interrupted),
             Err(e) => {
                 tracing::warn!(%service, %version, "no verification: {e}");
@@ -598,14 +614,8 @@ impl Executor {
         };
         tracing::warn!(%service, %version, %breach, "verification after the switch breached; rolling back");
         let Some(previous) = before.current.clone() else {
-            return Ok(EventBody::Failed {
-                action: ActionKind::Deploy,
-                version: Some(version.clone()),
-                reason: format!(
-                    "verification after the {strategy} switch: {breach}; no earlier version to roll back to, {version} keeps serving"
-                ),
-                serving: Some(version.clone()),
-            });
+            // Not reached: a first deploy is not verified.
+            return Ok(succeeded);
         };
         let replicas = default_replicas(before, &entry.config);
         let back = previous.version.clone();
@@ -699,6 +709,34 @@ impl Executor {
                 })
             }
         }
+    }
+}
+
+/// A succeeded deploy's detail with what its verification weighed.
+fn verified(succeeded: EventBody, over: Duration, requests: u64, conclusive: bool) -> EventBody {
+    match succeeded {
+        EventBody::Succeeded {
+            action,
+            version,
+            replicas,
+            detail,
+        } => {
+            let over = humantime::format_duration(over);
+            let how = if conclusive {
+                format!("verified for {over} over {requests} requests")
+            } else {
+                format!(
+                    "verified for {over} on health checks alone ({requests} requests: too few for error rate and latency)"
+                )
+            };
+            EventBody::Succeeded {
+                action,
+                version,
+                replicas,
+                detail: format!("{detail}; {how}"),
+            }
+        }
+        other => other,
     }
 }
 

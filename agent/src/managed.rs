@@ -14,7 +14,7 @@ use ferry_protocol::event::{
     EventBody, MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot,
     ServiceState,
 };
-use ferry_protocol::rollout::{Breach, RolloutStatus, StrategyKind};
+use ferry_protocol::rollout::{RolloutStatus, StrategyKind};
 use ferry_protocol::Version;
 use futures::future::join_all;
 use tokio::sync::{mpsc, Mutex};
@@ -25,7 +25,9 @@ use crate::backend::ServiceBackend;
 use crate::config::RuntimeKind;
 use crate::events::EventSink;
 use crate::proxy::Proxy;
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget};
+use crate::rollout::{
+    ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget, Verification,
+};
 use crate::runtime::{
     NoProgress, Progress, Replacement, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
 };
@@ -938,7 +940,7 @@ impl ServiceBackend for ManagedService {
         strategy: StrategyKind,
         thresholds: &Thresholds,
         observer: &dyn RolloutObserver,
-    ) -> Result<Option<Breach>, RuntimeError> {
+    ) -> Result<Verification, RuntimeError> {
         crate::rollout::verify(self, version, strategy, thresholds, observer).await
     }
 

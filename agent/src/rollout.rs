@@ -575,17 +575,29 @@ async fn canary(
     })
 }
 
+/// What a verification window found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verification {
+    /// The breach that ended it early, if any (rolling back is the caller's).
+    pub breach: Option<Breach>,
+    /// Requests weighed.
+    pub requests: u64,
+    /// Whether there were enough requests for error rate and latency
+    /// (otherwise only health checks counted).
+    pub conclusive: bool,
+}
+
 /// Watches the version that now serves everything for `thresholds.verify_for`
 /// after a switch (recreate, rolling, blue-green, a hotfix's canary), analysed
-/// like a canary step at 100%. `Ok(Some(breach))`: it breached; rolling back
-/// is the caller's. Emits its analysis as rollout events of `strategy`.
+/// like a canary step at 100%. Emits its analysis as rollout events of
+/// `strategy`.
 pub async fn verify(
     target: &dyn RolloutTarget,
     version: &Version,
     strategy: StrategyKind,
     thresholds: &Thresholds,
     observer: &dyn RolloutObserver,
-) -> Result<Option<Breach>, RuntimeError> {
+) -> Result<Verification, RuntimeError> {
     let mut status = RolloutStatus {
         strategy,
         version: version.clone(),
@@ -609,13 +621,21 @@ pub async fn verify(
     let shutdown = target.shutdown_token();
     let over = tokio::time::sleep(thresholds.verify_for);
     tokio::pin!(over);
+    let mut requests = 0;
+    let breached = |breach, requests| Verification {
+        breach: Some(breach),
+        requests,
+        conclusive: true,
+    };
     tracing::info!(service = %target.name(), %version, verify_for = ?thresholds.verify_for, "verifying after the switch");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Err(RuntimeError::Interrupted),
             _ = &mut over => break,
             _ = tick.tick() => {
-                match watch.look(target.take_stable_window(), None) {
+                let window = target.take_stable_window();
+                requests += window.requests;
+                match watch.look(window, None) {
                     Look::Continue(phase) => {
                         if let Some(phase) = phase {
                             emit(&status, phase);
@@ -624,12 +644,14 @@ pub async fn verify(
                     Look::Breach(breach, _, phase) | Look::WorseThanStable(breach, phase) => {
                         emit(&status, phase);
                         status.state = RolloutState::Aborted;
-                        return Ok(Some(breach));
+                        target.set_rollout_status(Some(status));
+                        return Ok(breached(breach, requests));
                     }
                     // Nothing runs beside it to compare with.
                     Look::BothFailing(breach, _) => {
                         status.state = RolloutState::Aborted;
-                        return Ok(Some(breach));
+                        target.set_rollout_status(Some(status));
+                        return Ok(breached(breach, requests));
                     }
                 }
             }
@@ -637,7 +659,11 @@ pub async fn verify(
     }
     status.state = RolloutState::Promoted;
     emit(&status, RolloutPhase::Promoted);
-    Ok(None)
+    Ok(Verification {
+        breach: None,
+        requests,
+        conclusive: requests >= thresholds.min_requests.max(1),
+    })
 }
 
 async fn blue_green(
