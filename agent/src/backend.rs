@@ -2,11 +2,11 @@
 //! ([`ServiceBackend`]): deploy a release health-gated, roll it out, verify
 //! it after a switch, scale, maintenance, snapshot, stop. Runtimes where the
 //! agent owns the replicas (processes, Docker) implement it once, in
-//! [`crate::managed::ManagedService`], which adds the agent's proxy, health
-//! checks and crash restarts on top of a [`crate::runtime::ReplicaRuntime`].
+//! `ManagedService` (in `managed.rs`), which adds the agent's proxy, health
+//! checks and crash restarts on top of a `ReplicaRuntime`.
 //! A runtime where a cluster owns the replicas and routes the traffic
 //! (Kubernetes: a Deployment and a Service) implements [`ServiceBackend`]
-//! directly, and its rollouts through [`crate::rollout::RolloutTarget`].
+//! directly, and its rollouts through the rollout driver's `RolloutTarget`.
 
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;

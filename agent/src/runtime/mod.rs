@@ -2,7 +2,7 @@
 //! process, [`process`]; a container through the Docker API, [`docker`]),
 //! and what every runtime shares: [`RuntimeError`], [`Progress`],
 //! [`Replacement`]. What the executor drives is a
-//! [`crate::backend::ServiceBackend`], one level up.
+//! `ServiceBackend` (in `backend.rs`), one level up.
 
 pub mod docker;
 pub mod process;
