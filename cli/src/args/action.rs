@@ -19,6 +19,15 @@ pub struct WaitArgs {
     pub wait_timeout: Duration,
 }
 
+/// How analysis reaches a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AnalysisModeArg {
+    /// A sequential test on every batch of requests.
+    Sequential,
+    /// The fixed rule: consecutive breached intervals.
+    Intervals,
+}
+
 /// `ferry deploy`
 #[derive(Debug, ClapArgs)]
 pub struct DeployArgs {
@@ -59,6 +68,13 @@ pub struct DeployArgs {
     /// Analysis: interval, e.g. 5s (default 5s).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub analysis_interval: Option<Duration>,
+    /// Analysis: `sequential` (default) or `intervals` (the fixed rule).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub analysis_mode: Option<AnalysisModeArg>,
+    /// Watch a recreate, rolling or blue-green deploy (or a hotfix) this long
+    /// after its switch, rolling back on a breach, e.g. 30s (0s: off).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub verify_for: Option<Duration>,
     /// Take the short canary of a hotfix.
     #[arg(long)]
     pub hotfix: bool,

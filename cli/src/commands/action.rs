@@ -5,12 +5,14 @@ use std::time::Duration;
 
 use ferry_protocol::api::{ApiRequest, CommandIssued};
 use ferry_protocol::command::{MaintenanceMode, RollbackTarget};
-use ferry_protocol::rollout::{AnalysisOverride, RolloutControl, RolloutOptions, Strategy};
+use ferry_protocol::rollout::{
+    AnalysisMode, AnalysisOverride, RolloutControl, RolloutOptions, Strategy,
+};
 use ferry_protocol::{EnvName, ServiceName};
 
 use crate::args::{
-    DeployArgs, GlobalOpts, MaintenanceArgs, OutputFormat, RollbackArgs, RolloutAction,
-    RolloutArgs, ScaleArgs, StrategyArg, DEFAULT_MAINTENANCE,
+    AnalysisModeArg, DeployArgs, GlobalOpts, MaintenanceArgs, OutputFormat, RollbackArgs,
+    RolloutAction, RolloutArgs, ScaleArgs, StrategyArg, DEFAULT_MAINTENANCE,
 };
 use crate::client::{actor, Connection};
 use crate::commands::dry_run;
@@ -90,6 +92,11 @@ fn rollout_options(args: &DeployArgs) -> Result<Option<RolloutOptions>> {
         interval_ms: args
             .analysis_interval
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        mode: args.analysis_mode.map(|m| match m {
+            AnalysisModeArg::Sequential => AnalysisMode::Sequential,
+            AnalysisModeArg::Intervals => AnalysisMode::Intervals,
+        }),
+        verify_for_secs: args.verify_for.map(|d| d.as_secs()),
         ..Default::default()
     };
     let analysis = (analysis != AnalysisOverride::default()).then_some(analysis);
@@ -313,5 +320,30 @@ mod tests {
             }
         );
         assert_eq!(mode(&["--disable"]), MaintenanceMode::Disable);
+    }
+
+    #[test]
+    fn verify_for_and_the_analysis_mode_reach_the_deploys_rollout_options() {
+        let args = Args::try_parse_from([
+            "ferry",
+            "deploy",
+            "web",
+            "1.0.0",
+            "-e",
+            "dev",
+            "--verify-for",
+            "45s",
+            "--analysis-mode",
+            "intervals",
+        ])
+        .unwrap();
+        let Command::Deploy(args) = args.command else {
+            panic!("not deploy")
+        };
+        let options = rollout_options(&args).unwrap().unwrap();
+        let analysis = options.analysis.unwrap();
+        assert_eq!(analysis.verify_for_secs, Some(45));
+        assert_eq!(analysis.mode, Some(AnalysisMode::Intervals));
+        assert_eq!(options.strategy, None, "the service's strategy stays");
     }
 }
