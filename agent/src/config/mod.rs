@@ -1,0 +1,187 @@
+//! The agent's configuration: a TOML file plus `FERRY_*` environment overrides,
+//! read with the `config` crate, then checked as a whole so an operator sees
+//! every problem at once.
+
+mod docker;
+mod raw;
+mod resolve;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_protocol::{EnvName, ServiceName, TrustedKeys};
+
+use crate::analysis::Thresholds;
+use crate::Error;
+use ferry_protocol::rollout::Strategy;
+
+pub use docker::{parse_memory, DockerOptions, RegistryAuth};
+use raw::RawConfig;
+pub use resolve::default_inbox_prefix;
+use resolve::resolve;
+
+/// Prefix of environment overrides: `FERRY_NATS_URL`, `FERRY_SERVICES__WEB__PORT`...
+pub const ENV_PREFIX: &str = "FERRY";
+
+/// Which runtime runs a service's replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// Each replica is a child process of the agent.
+    Process,
+    /// Each replica is a container on the local Docker engine.
+    Docker,
+}
+
+impl RuntimeKind {
+    /// The name used in configuration and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
+        }
+    }
+}
+
+/// How a service's replicas are health-checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// HTTP path polled on each replica.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Consecutive failed checks after which a running replica counts as unhealthy.
+    pub failure_threshold: u32,
+    /// Time new replicas have to become healthy during a deploy.
+    pub start_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            path: "/health".into(),
+            interval: Duration::from_millis(500),
+            timeout: Duration::from_secs(2),
+            failure_threshold: 3,
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One managed service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    /// Its name.
+    pub name: ServiceName,
+    /// Its runtime.
+    pub runtime: RuntimeKind,
+    /// Command template; `{artifact}`, `{port}`, `{version}`, `{service}` and
+    /// `{environment}` are substituted in each argument. No shell is involved.
+    pub command: Vec<String>,
+    /// The stable address the agent's proxy serves the service on.
+    pub listen: SocketAddr,
+    /// Replicas when a deploy does not say.
+    pub replicas: u32,
+    /// Variables every replica gets (a release's own variables win).
+    pub env: BTreeMap<String, String>,
+    /// Health checking.
+    pub health: HealthConfig,
+    /// Time a replica has to exit after SIGTERM before it is killed.
+    pub stop_timeout: Duration,
+    /// Container settings (docker runtime only).
+    pub docker: DockerOptions,
+    /// How deploys replace the running version unless a command says
+    /// otherwise (`recreate`: the health-gated replace).
+    pub strategy: Strategy,
+    /// Thresholds a new version is held to during canary steps.
+    pub analysis: Thresholds,
+}
+
+/// The agent's whole configuration, checked.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The environment this agent serves.
+    pub environment: EnvName,
+    /// NATS server URL(s), comma-separated.
+    pub nats_url: String,
+    /// NATS credentials file.
+    pub nats_creds: Option<PathBuf>,
+    /// NATS user name (with `nats_password_file`), for a server with
+    /// per-role users such as `deploy/nats/nats-server.conf`.
+    pub nats_user: Option<String>,
+    /// File holding `nats_user`'s password; read at connect time, never logged.
+    pub nats_password_file: Option<PathBuf>,
+    /// Prefix of the agent's reply subjects (default
+    /// `_INBOX_ferry_agent_<environment>`, what the server's permissions allow).
+    pub nats_inbox_prefix: String,
+    /// Where the state file and replica logs live.
+    pub state_dir: PathBuf,
+    /// Public nkeys whose signed commands are accepted.
+    pub trusted_keys: Vec<String>,
+    /// Approvals from distinct reviewers a deploy to this environment must
+    /// carry (0: none, the environment is not approval-gated).
+    pub approvals_required: u32,
+    /// Public nkeys of the reviewers whose approvals count here.
+    pub reviewer_keys: Vec<String>,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Time between metrics and health events.
+    pub metrics_interval: Duration,
+    /// Time a shutdown waits for a command in progress.
+    pub shutdown_grace: Duration,
+    /// Managed services.
+    pub services: BTreeMap<ServiceName, ServiceConfig>,
+}
+
+impl AgentConfig {
+    /// The trusted keys, parsed.
+    pub fn trusted(&self) -> Result<TrustedKeys, Error> {
+        TrustedKeys::new(&self.trusted_keys).map_err(Error::Protocol)
+    }
+
+    /// The reviewer keys, parsed.
+    pub fn reviewers(&self) -> Result<TrustedKeys, Error> {
+        TrustedKeys::new(&self.reviewer_keys).map_err(Error::Protocol)
+    }
+}
+
+/// Loads the configuration from `file` (if any) and `FERRY_*` variables.
+pub fn load(file: Option<&Path>) -> Result<AgentConfig, Error> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        builder = builder.add_source(
+            config::File::from(path.to_path_buf())
+                .format(config::FileFormat::Toml)
+                .required(true),
+        );
+    }
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("trusted_keys")
+            .with_list_parse_key("reviewer_keys")
+            .try_parsing(true),
+    );
+    let raw: RawConfig = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| Error::Config(vec![e.to_string()]))?;
+    resolve(raw)
+}
+
+/// Parses TOML text (no environment overrides); for tests and tools.
+pub fn from_toml(text: &str) -> Result<AgentConfig, Error> {
+    let raw: RawConfig = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(|e| Error::Config(vec![e.to_string()]))?;
+    resolve(raw)
+}

@@ -1,0 +1,64 @@
+//! The configuration as read, before it is checked: every field optional.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use ferry_protocol::rollout::{AnalysisOverride, Strategy};
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawConfig {
+    pub(super) environment: Option<String>,
+    pub(super) nats_url: Option<String>,
+    pub(super) nats_creds: Option<PathBuf>,
+    pub(super) nats_user: Option<String>,
+    pub(super) nats_password_file: Option<PathBuf>,
+    pub(super) nats_inbox_prefix: Option<String>,
+    pub(super) state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) trusted_keys: Vec<String>,
+    #[serde(default)]
+    pub(super) approvals_required: u32,
+    #[serde(default)]
+    pub(super) reviewer_keys: Vec<String>,
+    pub(super) heartbeat_interval: Option<String>,
+    pub(super) metrics_interval: Option<String>,
+    pub(super) shutdown_grace: Option<String>,
+    #[serde(default)]
+    pub(super) services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawService {
+    pub(super) runtime: Option<String>,
+    pub(super) command: Option<Vec<String>>,
+    pub(super) listen: Option<String>,
+    pub(super) port: Option<u16>,
+    pub(super) replicas: Option<u32>,
+    #[serde(default)]
+    pub(super) env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) health: RawHealth,
+    pub(super) stop_timeout: Option<String>,
+    pub(super) container_port: Option<u16>,
+    pub(super) memory: Option<String>,
+    pub(super) cpus: Option<f64>,
+    pub(super) network: Option<String>,
+    pub(super) labels: Option<BTreeMap<String, String>>,
+    pub(super) pull: Option<bool>,
+    pub(super) registry_server: Option<String>,
+    pub(super) registry_username: Option<String>,
+    pub(super) registry_password_file: Option<PathBuf>,
+    pub(super) strategy: Option<Strategy>,
+    pub(super) analysis: Option<AnalysisOverride>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RawHealth {
+    pub(super) path: Option<String>,
+    pub(super) interval: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) failure_threshold: Option<u32>,
+    pub(super) start_timeout: Option<String>,
+}

@@ -1,0 +1,367 @@
+//! Checking the configuration as read into an `AgentConfig`, collecting every
+//! problem before failing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_protocol::command::check_health_path;
+use ferry_protocol::{EnvName, ServiceName, TrustedKeys};
+
+use crate::analysis::Thresholds;
+use crate::Error;
+
+use super::docker::docker_options;
+use super::raw::RawConfig;
+use super::{AgentConfig, HealthConfig, RuntimeKind, ServiceConfig};
+use ferry_protocol::rollout::Strategy;
+
+/// The reply-inbox prefix an environment's agent uses unless configured: the
+/// one `deploy/nats/nats-server.conf` lets that agent subscribe to.
+pub fn default_inbox_prefix(environment: &EnvName) -> String {
+    format!("_INBOX_ferry_agent_{environment}")
+}
+
+/// A usable inbox prefix: non-empty subject tokens, no wildcards or spaces.
+fn valid_inbox_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.split('.').all(|token| {
+            !token.is_empty()
+                && !token.contains(['*', '>'])
+                && !token.chars().any(char::is_whitespace)
+        })
+}
+
+/// What is wrong with the NATS authentication settings: a password file
+/// without a user (or the reverse), one that cannot be read, or both a
+/// credentials file and a user.
+fn nats_auth_problems(
+    creds: bool,
+    user: Option<&str>,
+    password_file: Option<&Path>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    match (user, password_file) {
+        (Some(user), Some(file)) => {
+            if user.trim().is_empty() {
+                problems.push("nats_user: must not be empty".into());
+            }
+            if !file.is_file() {
+                problems.push(format!(
+                    "nats_password_file: {} is not a readable file",
+                    file.display()
+                ));
+            }
+            if creds {
+                problems
+                    .push("nats_creds and nats_user: set one way to authenticate, not both".into());
+            }
+        }
+        (Some(_), None) => problems
+            .push("nats_user: set nats_password_file (the file holding its password)".into()),
+        (None, Some(_)) => {
+            problems.push("nats_password_file: set nats_user (whose password it holds)".into())
+        }
+        (None, None) => {}
+    }
+    problems
+}
+
+fn duration(
+    problems: &mut Vec<String>,
+    field: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Duration {
+    match value {
+        None => default,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                problems.push(format!("{field}: must be greater than zero"));
+                default
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "{field}: {text:?} is not a duration like \"500ms\" or \"30s\": {e}"
+                ));
+                default
+            }
+        },
+    }
+}
+
+pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
+    let mut problems = Vec::new();
+
+    let environment = match raw.environment.as_deref() {
+        None => {
+            problems.push(
+                "environment: missing (e.g. environment = \"dev\" or FERRY_ENVIRONMENT=dev)".into(),
+            );
+            None
+        }
+        Some(name) => match EnvName::new(name) {
+            Ok(env) => Some(env),
+            Err(e) => {
+                problems.push(format!("environment: {e}"));
+                None
+            }
+        },
+    };
+    let nats_url = raw
+        .nats_url
+        .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+    if nats_url.trim().is_empty() {
+        problems.push("nats_url: must not be empty".into());
+    }
+    if let Some(creds) = &raw.nats_creds {
+        if !creds.is_file() {
+            problems.push(format!(
+                "nats_creds: {} is not a readable file",
+                creds.display()
+            ));
+        }
+    }
+    problems.extend(nats_auth_problems(
+        raw.nats_creds.is_some(),
+        raw.nats_user.as_deref(),
+        raw.nats_password_file.as_deref(),
+    ));
+    if let Some(prefix) = &raw.nats_inbox_prefix {
+        if !valid_inbox_prefix(prefix) {
+            problems.push(format!(
+                "nats_inbox_prefix: {prefix:?} is not a NATS subject prefix without wildcards or spaces"
+            ));
+        }
+    }
+    let state_dir = match raw.state_dir {
+        Some(dir) => dir,
+        None => {
+            problems.push(
+                "state_dir: missing (a directory the agent may write, e.g. /var/lib/ferry)".into(),
+            );
+            PathBuf::new()
+        }
+    };
+    if raw.trusted_keys.is_empty() {
+        problems.push(
+            "trusted_keys: empty; list the controller's public key (ferry keygen prints one), or every command will be refused"
+                .into(),
+        );
+    }
+    for key in &raw.trusted_keys {
+        if let Err(e) = TrustedKeys::new([key]) {
+            problems.push(format!("trusted_keys: {e}"));
+        }
+    }
+    for key in &raw.reviewer_keys {
+        if let Err(e) = TrustedKeys::new([key]) {
+            problems.push(format!("reviewer_keys: {e}"));
+        }
+    }
+    if raw
+        .reviewer_keys
+        .iter()
+        .any(|k| raw.trusted_keys.contains(k))
+    {
+        problems.push(
+            "reviewer_keys: a key is both a reviewer and a trusted command signer; a reviewer's key must be the reviewer's alone, or the controller could approve its own commands"
+                .into(),
+        );
+    }
+    let distinct_reviewers = raw
+        .reviewer_keys
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if raw.approvals_required as usize > distinct_reviewers {
+        problems.push(format!(
+            "approvals_required: {} approvals cannot be given by {distinct_reviewers} reviewer keys; list the reviewers' public keys (ferry keygen) in reviewer_keys",
+            raw.approvals_required
+        ));
+    }
+    let heartbeat_interval = duration(
+        &mut problems,
+        "heartbeat_interval",
+        raw.heartbeat_interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    let metrics_interval = duration(
+        &mut problems,
+        "metrics_interval",
+        raw.metrics_interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    let shutdown_grace = duration(
+        &mut problems,
+        "shutdown_grace",
+        raw.shutdown_grace.as_deref(),
+        Duration::from_secs(30),
+    );
+
+    if raw.services.is_empty() {
+        problems.push("services: none configured; add a [services.NAME] table".into());
+    }
+    let mut services = BTreeMap::new();
+    let mut listens: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    for (name, service) in raw.services {
+        let prefix = format!("services.{name}");
+        let Ok(service_name) = ServiceName::new(&name) else {
+            problems.push(format!(
+                "{prefix}: {name:?} is not a valid service name (a-z, 0-9 and '-')"
+            ));
+            continue;
+        };
+        let runtime = match service.runtime.as_deref().unwrap_or("process") {
+            "process" => RuntimeKind::Process,
+            "docker" => RuntimeKind::Docker,
+            other => {
+                problems.push(format!(
+                    "{prefix}.runtime: {other:?} is not available in this build (supported: \"process\", \"docker\")"
+                ));
+                RuntimeKind::Process
+            }
+        };
+        let docker = docker_options(&mut problems, &prefix, runtime, &service);
+        if runtime == RuntimeKind::Docker && service.command.is_some() {
+            problems.push(format!(
+                "{prefix}.command: not used by runtime \"docker\" (the image's entrypoint runs); remove it"
+            ));
+        }
+        let command = service.command.unwrap_or_else(|| vec!["{artifact}".into()]);
+        if command.first().is_none_or(|c| c.trim().is_empty()) {
+            problems.push(format!(
+                "{prefix}.command: must name a program, e.g. [\"{{artifact}}\"]"
+            ));
+        }
+        let listen = match (service.listen.as_deref(), service.port) {
+            (Some(addr), _) => match addr.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    problems.push(format!(
+                        "{prefix}.listen: {addr:?} is not an address like 127.0.0.1:8080"
+                    ));
+                    None
+                }
+            },
+            (None, Some(0)) => {
+                problems.push(format!("{prefix}.port: must not be 0"));
+                None
+            }
+            (None, Some(port)) => Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            (None, None) => {
+                problems.push(format!(
+                    "{prefix}: needs port = N (or listen = \"ADDR:PORT\") for its stable address"
+                ));
+                None
+            }
+        };
+        if let Some(addr) = listen {
+            if let Some(other) = listens.insert(addr, name.clone()) {
+                problems.push(format!(
+                    "{prefix}: listens on {addr}, as does services.{other}"
+                ));
+            }
+        }
+        let replicas = service.replicas.unwrap_or(1);
+        if replicas == 0 || replicas > ferry_protocol::command::MAX_REPLICAS {
+            problems.push(format!(
+                "{prefix}.replicas: {replicas} is outside 1..={}",
+                ferry_protocol::command::MAX_REPLICAS
+            ));
+        }
+        let defaults = HealthConfig::default();
+        let health = HealthConfig {
+            path: service.health.path.unwrap_or(defaults.path),
+            interval: duration(
+                &mut problems,
+                &format!("{prefix}.health.interval"),
+                service.health.interval.as_deref(),
+                defaults.interval,
+            ),
+            timeout: duration(
+                &mut problems,
+                &format!("{prefix}.health.timeout"),
+                service.health.timeout.as_deref(),
+                defaults.timeout,
+            ),
+            failure_threshold: service
+                .health
+                .failure_threshold
+                .unwrap_or(defaults.failure_threshold),
+            start_timeout: duration(
+                &mut problems,
+                &format!("{prefix}.health.start_timeout"),
+                service.health.start_timeout.as_deref(),
+                defaults.start_timeout,
+            ),
+        };
+        if let Err(e) = check_health_path(&health.path) {
+            problems.push(format!("{prefix}.health.path: {e}"));
+        }
+        if health.failure_threshold == 0 {
+            problems.push(format!(
+                "{prefix}.health.failure_threshold: must be at least 1"
+            ));
+        }
+        let strategy = service.strategy.clone().unwrap_or(Strategy::Recreate);
+        if let Err(e) = strategy.validate() {
+            problems.push(format!("{prefix}.strategy: {e}"));
+        }
+        let mut analysis = Thresholds::default();
+        if let Some(o) = &service.analysis {
+            match o.validate() {
+                Ok(()) => analysis = analysis.with(o),
+                Err(e) => problems.push(format!("{prefix}.analysis: {e}")),
+            }
+        }
+        let stop_timeout = duration(
+            &mut problems,
+            &format!("{prefix}.stop_timeout"),
+            service.stop_timeout.as_deref(),
+            Duration::from_secs(10),
+        );
+        if let Some(listen) = listen {
+            services.insert(
+                service_name.clone(),
+                ServiceConfig {
+                    name: service_name,
+                    runtime,
+                    command,
+                    listen,
+                    replicas,
+                    env: service.env,
+                    health,
+                    stop_timeout,
+                    docker,
+                    strategy,
+                    analysis,
+                },
+            );
+        }
+    }
+
+    match environment {
+        Some(environment) if problems.is_empty() => Ok(AgentConfig {
+            nats_inbox_prefix: raw
+                .nats_inbox_prefix
+                .unwrap_or_else(|| default_inbox_prefix(&environment)),
+            environment,
+            nats_url,
+            nats_creds: raw.nats_creds,
+            nats_user: raw.nats_user,
+            nats_password_file: raw.nats_password_file,
+            state_dir,
+            trusted_keys: raw.trusted_keys,
+            approvals_required: raw.approvals_required,
+            reviewer_keys: raw.reviewer_keys,
+            heartbeat_interval,
+            metrics_interval,
+            shutdown_grace,
+            services,
+        }),
+        _ => Err(Error::Config(problems)),
+    }
+}

@@ -1,0 +1,325 @@
+//! Tests of reading and checking the agent's configuration.
+
+use super::*;
+
+#[test]
+fn nats_user_needs_a_readable_password_file_and_the_inbox_defaults_per_environment() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let base = format!(
+        "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n[services.web]\nport = 18080\n"
+    );
+    let cfg = from_toml(&base).expect("no NATS user is fine");
+    assert_eq!(cfg.nats_inbox_prefix, "_INBOX_ferry_agent_production");
+    assert_eq!(cfg.nats_user, None);
+
+    let Err(Error::Config(problems)) =
+        from_toml(&format!("nats_user = \"ferry-agent-production\"\n{base}"))
+    else {
+        panic!("accepted a user without a password file");
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("nats_user: set nats_password_file")),
+        "{problems:?}"
+    );
+
+    let Err(Error::Config(problems)) = from_toml(&format!(
+        "nats_user = \"u\"\nnats_password_file = \"/nonexistent/pw\"\nnats_inbox_prefix = \"_INBOX.>\"\n{base}"
+    )) else {
+        panic!("accepted a missing password file and a wildcard prefix");
+    };
+    let joined = problems.join("\n");
+    assert!(
+        joined.contains("nats_password_file: /nonexistent/pw is not a readable file"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("nats_inbox_prefix: \"_INBOX.>\""),
+        "{joined}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw");
+    std::fs::write(&file, "s3cret-value\n").unwrap();
+    let cfg = from_toml(&format!(
+        "nats_user = \"ferry-agent-production\"\nnats_password_file = {:?}\n{base}",
+        file.display().to_string()
+    ))
+    .expect("user and password file");
+    assert_eq!(cfg.nats_user.as_deref(), Some("ferry-agent-production"));
+    assert!(
+        !format!("{cfg:?}").contains("s3cret-value"),
+        "the configuration holds the path, never the password"
+    );
+}
+
+#[test]
+fn approval_gate_settings_are_checked() {
+    let controller = ferry_protocol::SigningKey::generate().public_key();
+    let reviewer = ferry_protocol::SigningKey::generate().public_key();
+    let text = format!(
+        "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{controller}\"]\napprovals_required = 2\nreviewer_keys = [\"{reviewer}\", \"{controller}\", \"nope\"]\n"
+    );
+    let Err(Error::Config(problems)) = from_toml(&text) else {
+        panic!("accepted a bad approval gate");
+    };
+    let joined = problems.join("\n");
+    assert!(
+        joined.contains("reviewer_keys: key error: \"nope\""),
+        "{joined}"
+    );
+    assert!(joined.contains("both a reviewer"), "{joined}");
+    let text = format!(
+        "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{controller}\"]\napprovals_required = 2\nreviewer_keys = [\"{reviewer}\"]\n"
+    );
+    let Err(Error::Config(problems)) = from_toml(&text) else {
+        panic!("accepted 2 approvals from 1 reviewer");
+    };
+    assert!(
+        problems[0].starts_with("approvals_required"),
+        "{problems:?}"
+    );
+    let other = ferry_protocol::SigningKey::generate().public_key();
+    let text = format!(
+        "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{controller}\"]\napprovals_required = 2\nreviewer_keys = [\"{reviewer}\", \"{other}\"]\n[services.web]\nruntime = \"docker\"\nport = 18080\n"
+    );
+    let config = from_toml(&text).unwrap();
+    assert_eq!(config.approvals_required, 2);
+    assert_eq!(config.reviewers().unwrap().len(), 2);
+}
+
+#[test]
+fn a_complete_file_resolves() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let cfg = from_toml(&format!(
+        r#"
+        environment = "dev"
+        state_dir = "/tmp/x"
+        trusted_keys = ["{key}"]
+        [services.web]
+        command = ["{{artifact}}", "--port", "{{port}}"]
+        port = 18080
+        replicas = 2
+        [services.web.health]
+        path = "/healthz"
+        start_timeout = "5s"
+        "#
+    ))
+    .unwrap();
+    let web = &cfg.services[&ServiceName::new("web").unwrap()];
+    assert_eq!(web.replicas, 2);
+    assert_eq!(web.listen.port(), 18080);
+    assert_eq!(web.health.path, "/healthz");
+    assert_eq!(web.health.start_timeout, Duration::from_secs(5));
+    assert_eq!(cfg.heartbeat_interval, Duration::from_secs(5));
+}
+
+#[test]
+fn strategy_and_analysis_resolve_per_service_with_the_seeds_defaults() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let cfg = from_toml(&format!(
+        r#"
+        environment = "production"
+        state_dir = "/tmp/x"
+        trusted_keys = ["{key}"]
+        [services.web]
+        port = 18080
+        [services.web.strategy]
+        type = "canary"
+        steps = [10, 35, 60, 85, 100]
+        step_secs = 30
+        [services.web.analysis]
+        error_rate_percent = 2.0
+        interval_ms = 2000
+        [services.api]
+        port = 18081
+        [services.api.strategy]
+        type = "blue_green"
+        "#
+    ))
+    .unwrap();
+    let web = &cfg.services[&ServiceName::new("web").unwrap()];
+    assert_eq!(web.strategy, Strategy::default_canary());
+    assert_eq!(web.analysis.error_rate_percent, 2.0);
+    assert_eq!(web.analysis.interval, Duration::from_secs(2));
+    assert_eq!(web.analysis.p95_ms, 2000.0, "the rest keeps the defaults");
+    let api = &cfg.services[&ServiceName::new("api").unwrap()];
+    assert_eq!(
+        api.strategy,
+        Strategy::BlueGreen {
+            keep_old_for_secs: 60
+        }
+    );
+    assert_eq!(api.analysis, Thresholds::default());
+
+    let bad = from_toml(&format!(
+        r#"
+        environment = "production"
+        state_dir = "/tmp/x"
+        trusted_keys = ["{key}"]
+        [services.web]
+        port = 18080
+        [services.web.strategy]
+        type = "canary"
+        steps = [50, 10]
+        "#
+    ))
+    .unwrap_err();
+    assert!(bad.to_string().contains("services.web.strategy"), "{bad}");
+}
+
+#[test]
+fn a_docker_service_resolves_its_container_settings() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let cfg = from_toml(&format!(
+        r#"
+        environment = "dev"
+        state_dir = "/tmp/x"
+        trusted_keys = ["{key}"]
+        [services.web]
+        runtime = "docker"
+        port = 18080
+        container_port = 9000
+        memory = "256m"
+        cpus = 1.5
+        network = "ferry"
+        labels = {{ team = "checkout" }}
+        [services.api]
+        runtime = "docker"
+        port = 18081
+        "#
+    ))
+    .unwrap();
+    let web = &cfg.services[&ServiceName::new("web").unwrap()];
+    assert_eq!(web.runtime, RuntimeKind::Docker);
+    assert_eq!(web.docker.container_port, 9000);
+    assert_eq!(web.docker.memory, Some(256 << 20));
+    assert_eq!(web.docker.nano_cpus, Some(1_500_000_000));
+    assert_eq!(web.docker.network.as_deref(), Some("ferry"));
+    assert_eq!(web.docker.labels["team"], "checkout");
+    let api = &cfg.services[&ServiceName::new("api").unwrap()];
+    assert_eq!(api.docker, DockerOptions::default());
+    assert_eq!(api.docker.container_port, 8080);
+}
+
+#[test]
+fn memory_sizes_parse_in_binary_units() {
+    assert_eq!(parse_memory("1048576"), Some(1 << 20));
+    assert_eq!(parse_memory("512k"), Some(512 << 10));
+    assert_eq!(parse_memory("256m"), Some(256 << 20));
+    assert_eq!(parse_memory("256MB"), Some(256 << 20));
+    assert_eq!(parse_memory("2g"), Some(2 << 30));
+    for bad in ["", "m", "-1m", "1.5g", "12x", "99999999999999999g"] {
+        assert_eq!(parse_memory(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn docker_settings_problems_are_listed_at_once() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let err = from_toml(&format!(
+        r#"
+        environment = "dev"
+        state_dir = "/tmp/x"
+        trusted_keys = ["{key}"]
+        [services.web]
+        runtime = "docker"
+        port = 18080
+        command = ["x"]
+        container_port = 0
+        memory = "lots"
+        cpus = 0.0
+        network = ""
+        labels = {{ "io.ferry.service" = "other" }}
+        [services.proc]
+        port = 18081
+        memory = "256m"
+        "#
+    ))
+    .unwrap_err();
+    let Error::Config(problems) = err else {
+        panic!("{err}")
+    };
+    let text = problems.join("\n");
+    for expected in [
+        "services.web.command: not used",
+        "services.web.container_port",
+        "services.web.memory",
+        "services.web.cpus",
+        "services.web.network",
+        "services.web.labels: \"io.ferry.service\" is reserved",
+        "services.proc.memory: only used with runtime = \"docker\"",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let err = from_toml(
+        r#"
+        environment = "Dev Env"
+        heartbeat_interval = "soon"
+        trusted_keys = ["not-a-key"]
+        [services.web]
+        runtime = "mainframe"
+        replicas = 0
+        [services.web.health]
+        path = "health"
+        [services."Bad.Name"]
+        port = 1
+        "#,
+    )
+    .unwrap_err();
+    let Error::Config(problems) = err else {
+        panic!("{err}")
+    };
+    let text = problems.join("\n");
+    for expected in [
+        "environment:",
+        "state_dir: missing",
+        "trusted_keys:",
+        "heartbeat_interval",
+        "services.web.runtime",
+        "services.web.replicas",
+        "services.web: needs port",
+        "services.web.health.path",
+        "not a valid service name",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(problems.len() >= 9, "{text}");
+}
+
+#[test]
+fn registry_credentials_come_from_a_file_and_are_never_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("registry.pass");
+    std::fs::write(&secret, "s3cret-token\n").unwrap();
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let base = format!(
+        "environment = \"dev\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n[services.web]\nruntime = \"docker\"\nport = 18080\n"
+    );
+    let cfg = from_toml(&format!(
+        "{base}pull = true\nregistry_username = \"ci\"\nregistry_password_file = \"{}\"\n",
+        secret.display()
+    ))
+    .unwrap();
+    let web = &cfg.services[&ServiceName::new("web").unwrap()];
+    let auth = web.docker.registry.as_ref().unwrap();
+    assert_eq!(auth.password, "s3cret-token");
+    assert!(
+        !format!("{cfg:?}").contains("s3cret"),
+        "the password is redacted"
+    );
+
+    let Err(Error::Config(problems)) = from_toml(&format!("{base}registry_username = \"ci\"\n"))
+    else {
+        panic!("a user name without a password file is refused")
+    };
+    assert!(
+        problems.iter().any(|p| p.contains("go together")),
+        "{problems:?}"
+    );
+}
