@@ -90,7 +90,8 @@ pub async fn rollback(global: &GlobalOpts, args: &DrillRollbackArgs) -> Result<(
         })
         .await?;
     output::emit(&match global.output {
-        OutputFormat::Json => output::json(&report)?,
+        // One line, like the events before it: the output is JSON lines.
+        OutputFormat::Json => output::json_line(&report)?,
         OutputFormat::Table => format!("{} ({})", report.sentence(), recorded.message),
     })?;
     match (back, forward) {
