@@ -79,14 +79,12 @@ impl Connection {
 
     async fn open_with(global: &GlobalOpts, base: ConnectOptions) -> Result<Self> {
         let options = match &global.creds {
-            Some(path) => base.credentials_file(path)
-                .await
-                .map_err(|e| {
-                    CliError::usage(format!(
-                        "cannot read the NATS credentials file {}: {e}",
-                        path.display()
-                    ))
-                })?,
+            Some(path) => base.credentials_file(path).await.map_err(|e| {
+                CliError::usage(format!(
+                    "cannot read the NATS credentials file {}: {e}",
+                    path.display()
+                ))
+            })?,
             None => base,
         };
         let options = match (&global.nats_user, &global.nats_password_file) {

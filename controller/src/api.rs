@@ -300,7 +300,10 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             let record = installation::record_drill(shared, request_id, *drill, actor)
                 .await
                 .map_err(internal("record the drill"))?;
-            Ok(encode(ApiReply::ok("the drill is in the audit trail", record)))
+            Ok(encode(ApiReply::ok(
+                "the drill is in the audit trail",
+                record,
+            )))
         }
         ApiRequest::Maintenance {
             environment,

@@ -52,7 +52,12 @@ pub(crate) async fn record_drill(
         service: drill.service.clone(),
         version: Some(drill.serving.clone()),
         action: "drill".to_owned(),
-        outcome: if drill.succeeded { "succeeded" } else { "failed" }.to_owned(),
+        outcome: if drill.succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        }
+        .to_owned(),
         detail: drill.sentence(),
         command_id: None,
         actor,

@@ -354,6 +354,9 @@ pub struct HostMetrics {
 }
 
 /// An agent-wide event.
+// Heartbeats are nearly every agent event and each is decoded once then
+// dropped: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum AgentEvent {

@@ -206,7 +206,11 @@ async fn a_drill_on_dev_rolls_back_and_forward_without_failed_requests_and_is_au
     let audit = system
         .cli_async(&["audit", "--action", "drill", "--output", "json"])
         .await;
-    assert_eq!(json(&audit).as_array().unwrap().len(), 0, "a dry run records nothing");
+    assert_eq!(
+        json(&audit).as_array().unwrap().len(),
+        0,
+        "a dry run records nothing"
+    );
 
     let drill = system
         .cli_async(&["drill", "rollback", "web", "-e", "dev", "--output", "json"])

@@ -110,11 +110,7 @@ async fn check_stream(checks: &mut Checks, js: &Context, spec: &StreamSpec) {
         expected.max_messages_per_subject.to_string(),
     );
     if spec.append_only {
-        differ(
-            "deny_delete",
-            found.deny_delete.to_string(),
-            "true".into(),
-        );
+        differ("deny_delete", found.deny_delete.to_string(), "true".into());
         differ("deny_purge", found.deny_purge.to_string(), "true".into());
     }
     let replicas = found.num_replicas.max(1);
@@ -125,7 +121,11 @@ async fn check_stream(checks: &mut Checks, js: &Context, spec: &StreamSpec) {
             format!(
                 "{} messages, {replicas} replica(s){}",
                 info.state.messages,
-                if spec.append_only { ", append-only" } else { "" }
+                if spec.append_only {
+                    ", append-only"
+                } else {
+                    ""
+                }
             ),
         );
     } else {
@@ -157,15 +157,8 @@ async fn check_bucket(checks: &mut Checks, js: &Context, spec: BucketSpec) {
         Ok(status) => checks.problem(
             "buckets",
             name,
-            format!(
-                "history is {}, expected {}",
-                status.history(),
-                spec.history
-            ),
-            format!(
-                "`nats kv edit {} --history {}`",
-                spec.name, spec.history
-            ),
+            format!("history is {}, expected {}", status.history(), spec.history),
+            format!("`nats kv edit {} --history {}`", spec.name, spec.history),
         ),
         Err(e) => checks.problem(
             "buckets",

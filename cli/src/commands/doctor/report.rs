@@ -67,7 +67,10 @@ mod tests {
             },
         ];
         let text = table(&checks);
-        assert!(text.contains("PROBLEM  agents     agent dev: no heartbeat"), "{text}");
+        assert!(
+            text.contains("PROBLEM  agents     agent dev: no heartbeat"),
+            "{text}"
+        );
         assert!(text.contains("fix: start it"), "{text}");
         assert!(text.ends_with("1 of 2 checks passed"), "{text}");
     }
