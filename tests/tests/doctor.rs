@@ -249,3 +249,71 @@ async fn a_drill_on_dev_rolls_back_and_forward_without_failed_requests_and_is_au
     assert!(detail.contains("0 of"), "{detail}");
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_in_a_gated_environment_is_refused_once_the_serving_versions_approvals_expired() {
+    let mut system = System::without_controller();
+    let alice = SigningKey::generate();
+    let alice_file = system.dir.path().join("alice.nk");
+    std::fs::write(&alice_file, alice.seed().unwrap()).unwrap();
+    system.controller_config.environments = vec!["dev".into(), "production".into()];
+    system.controller_config.pipeline = BTreeMap::from([(
+        "production".to_owned(),
+        StageSettings {
+            auto_deploy: Some(true),
+            soak: Some("0s".into()),
+            approvals_required: 1,
+            reviewers: vec![ReviewerSettings {
+                name: "alice".into(),
+                key: alice.public_key(),
+            }],
+            strategy: None,
+        },
+    )]);
+    system.start_controller().await;
+    system.start_agent("dev", free_port()).await;
+    let port = free_port();
+    let mut production = system.agent_config("production", &[("web", port)]);
+    production.approvals_required = 1;
+    production.reviewer_keys = vec![alice.public_key()];
+    system.start_agent_with(production).await;
+
+    system.publish_release("web", "1.0.0", &[]).await;
+    // alice's approval lasts long enough for the deploy, then expires.
+    let approve = system
+        .cli_async(&[
+            "approve",
+            "web",
+            "1.0.0",
+            "-e",
+            "production",
+            "--key",
+            alice_file.to_str().unwrap(),
+            "--valid-for",
+            "3s",
+        ])
+        .await;
+    assert_ok(&approve, "alice approves production");
+    wait_serving(port, "1.0.0", WAIT).await;
+
+    let refusal = until("the drill refused for want of valid approvals", || {
+        let out = system.cli(&["drill", "rollback", "web", "-e", "production", "--dry-run"]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code() == Some(1) && stderr.contains("approval-gated")).then_some(stderr)
+    })
+    .await;
+    assert!(
+        refusal.contains("0 valid recorded approvals of the 1 needed"),
+        "{refusal}"
+    );
+    let audit = system
+        .cli_async(&["audit", "--action", "drill", "--output", "json"])
+        .await;
+    assert_eq!(
+        json(&audit).as_array().unwrap().len(),
+        0,
+        "a refused drill ran"
+    );
+    wait_serving(port, "1.0.0", WAIT).await;
+    system.shutdown().await;
+}

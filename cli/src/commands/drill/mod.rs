@@ -9,6 +9,7 @@ use std::time::Instant;
 use ferry_protocol::api::{ApiRequest, CommandIssued, HistoryRecord, PromotionView};
 use ferry_protocol::command::RollbackTarget;
 use ferry_protocol::doctor::{DrillReport, Installation};
+use ferry_protocol::event::ServiceSnapshot;
 use ferry_protocol::{EnvName, ServiceName, Version};
 
 use crate::args::{DrillRollbackArgs, GlobalOpts, OutputFormat};
@@ -33,8 +34,11 @@ pub async fn rollback(global: &GlobalOpts, args: &DrillRollbackArgs) -> Result<(
         .call::<Installation>(ApiRequest::Installation {})
         .await?
         .response;
-    let plan = plan(&installation, args)?;
-    check_approvals(&connection, &installation, &plan).await?;
+    let snapshot = serving_snapshot(&installation, args)?;
+    // Before anything else about the service: a gated environment without
+    // valid approvals is the first thing to say.
+    check_approvals(&connection, &installation, args, &snapshot).await?;
+    let plan = plan(args, snapshot)?;
     if args.dry_run {
         return output::emit(&match global.output {
             OutputFormat::Json => output::json(&serde_json::json!({
@@ -100,7 +104,12 @@ pub async fn rollback(global: &GlobalOpts, args: &DrillRollbackArgs) -> Result<(
     }
 }
 
-fn plan(installation: &Installation, args: &DrillRollbackArgs) -> Result<Plan> {
+/// The service's snapshot in the environment's last heartbeat, with a
+/// version serving.
+fn serving_snapshot(
+    installation: &Installation,
+    args: &DrillRollbackArgs,
+) -> Result<ServiceSnapshot> {
     let env = installation
         .environments
         .iter()
@@ -128,23 +137,29 @@ fn plan(installation: &Installation, args: &DrillRollbackArgs) -> Result<Plan> {
                 args.environment, args.service
             ))
         })?;
-    let refuse = |why: &str| {
-        CliError::failed(format!(
-            "cannot drill a rollback of {} in {}: {why}",
-            args.service, args.environment
-        ))
-    };
+    if snapshot.version.is_none() {
+        return Err(refuse(args, "nothing is deployed"));
+    }
+    Ok(snapshot.clone())
+}
+
+fn refuse(args: &DrillRollbackArgs, why: &str) -> CliError {
+    CliError::failed(format!(
+        "cannot drill a rollback of {} in {}: {why}",
+        args.service, args.environment
+    ))
+}
+
+fn plan(args: &DrillRollbackArgs, snapshot: ServiceSnapshot) -> Result<Plan> {
+    let refuse = |why: &str| refuse(args, why);
     let serving = snapshot
         .version
-        .clone()
         .ok_or_else(|| refuse("nothing is deployed"))?;
     let previous = snapshot
         .previous
-        .clone()
         .ok_or_else(|| refuse("the agent knows no previous version to roll back to"))?;
     let address = snapshot
         .address
-        .clone()
         .ok_or_else(|| refuse("the agent reports no stable address to send the load to"))?;
     Ok(Plan {
         environment: args.environment.clone(),
@@ -160,27 +175,31 @@ fn plan(installation: &Installation, args: &DrillRollbackArgs) -> Result<Plan> {
 async fn check_approvals(
     connection: &Connection,
     installation: &Installation,
-    plan: &Plan,
+    args: &DrillRollbackArgs,
+    snapshot: &ServiceSnapshot,
 ) -> Result<()> {
+    let Some(serving) = &snapshot.version else {
+        return Ok(());
+    };
     let required = installation
         .environments
         .iter()
-        .find(|e| e.environment == plan.environment)
+        .find(|e| e.environment == args.environment)
         .map_or(0, |e| e.approvals_required);
     if required == 0 {
         return Ok(());
     }
     let promotions = connection
         .call::<Vec<PromotionView>>(ApiRequest::Approvals {
-            environment: Some(plan.environment.clone()),
-            service: Some(plan.service.clone()),
+            environment: Some(args.environment.clone()),
+            service: Some(args.service.clone()),
             all: true,
         })
         .await?
         .response;
     let valid = promotions
         .iter()
-        .find(|p| p.version == plan.serving)
+        .find(|p| &p.version == serving)
         .map_or(0, |p| p.approvals_valid);
     if valid >= required {
         Ok(())
@@ -189,7 +208,7 @@ async fn check_approvals(
             "{} is approval-gated and {} {} has {valid} valid recorded approvals of the {required} \
              needed (expired or never given): the drill would redeploy it without them; approve \
              it again (ferry approve) first",
-            plan.environment, plan.service, plan.serving
+            args.environment, args.service, serving
         )))
     }
 }
