@@ -213,7 +213,17 @@ async fn a_drill_on_dev_rolls_back_and_forward_without_failed_requests_and_is_au
     );
 
     let drill = system
-        .cli_async(&["drill", "rollback", "web", "-e", "dev", "--output", "json"])
+        .cli_async(&[
+            "drill",
+            "rollback",
+            "web",
+            "-e",
+            "dev",
+            "--load-interval",
+            "5ms",
+            "--output",
+            "json",
+        ])
         .await;
     assert_ok(&drill, "ferry drill rollback");
     let stdout = String::from_utf8_lossy(&drill.stdout);
