@@ -220,3 +220,68 @@ fn rollbacks(checks: &mut Checks, env: &EnvironmentSetup, agent: &AgentSighting)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ferry_protocol::event::{Heartbeat, HostMetrics};
+    use ferry_protocol::EnvName;
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    fn installation(skew_secs: i64, reviewer_keys: Vec<String>) -> Installation {
+        let now = OffsetDateTime::now_utc();
+        Installation {
+            signing_key: "UCONTROLLER".into(),
+            now,
+            command_ttl_secs: 3600,
+            agent_timeout_secs: 15,
+            environments: vec![EnvironmentSetup {
+                environment: EnvName::new("production").unwrap(),
+                approvals_required: 1,
+                reviewer_keys: vec!["UALICE".into()],
+                agent: Some(AgentSighting {
+                    received_at: now,
+                    heartbeat: Heartbeat {
+                        agent_id: "a1".into(),
+                        environment: EnvName::new("production").unwrap(),
+                        started_at: now,
+                        interval_secs: 5,
+                        agent_version: "0.1.0".into(),
+                        host: HostMetrics::default(),
+                        services: Vec::new(),
+                        gap: None,
+                        sent_at: Some(now + time::Duration::seconds(skew_secs)),
+                        trusted_keys: vec!["UCONTROLLER".into()],
+                        reviewer_keys,
+                        approvals_required: 1,
+                    },
+                }),
+            }],
+        }
+    }
+
+    fn failed(installation: &Installation) -> Vec<String> {
+        let mut checks = Checks::default();
+        check(&mut checks, installation, Duration::from_secs(30));
+        checks
+            .0
+            .into_iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn matching_keys_and_a_close_clock_pass() {
+        assert!(failed(&installation(-2, vec!["UALICE".into()])).is_empty());
+    }
+
+    #[test]
+    fn a_skewed_clock_either_way_and_other_reviewer_keys_are_problems() {
+        let problems = failed(&installation(-120, vec!["UBOB".into()]));
+        assert_eq!(problems, ["reviewers production", "clock production"]);
+        let problems = failed(&installation(120, vec!["UALICE".into()]));
+        assert_eq!(problems, ["clock production"]);
+    }
+}
