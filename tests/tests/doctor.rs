@@ -327,3 +327,39 @@ async fn a_drill_in_a_gated_environment_is_refused_once_the_serving_versions_app
     wait_serving(port, "1.0.0", WAIT).await;
     system.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_names_missing_nats_permissions_with_their_fix() {
+    let system = System::start_with_permissions().await;
+    // CI's user may publish releases only: no API, no events.
+    let out = system
+        .cli_async_as(
+            "ferry-ci",
+            &["doctor", "--timeout", "2s", "--output", "json"],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let report = json(&out);
+    let checks = report["checks"].as_array().unwrap();
+    let permissions = checks
+        .iter()
+        .find(|c| c["name"] == "permissions")
+        .unwrap_or_else(|| panic!("no permissions check in {report}"));
+    assert_eq!(permissions["ok"], false, "{permissions}");
+    assert!(
+        permissions["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("permissions violation"),
+        "{permissions}"
+    );
+    assert!(
+        permissions["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ferry.v1.api.>"),
+        "{permissions}"
+    );
+    system.shutdown().await;
+}
