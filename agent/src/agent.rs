@@ -22,7 +22,7 @@ use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{NoProgress, Replacement, ReplicaContext, ReplicaRuntime};
 use crate::state::State;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{ReportedTrust, Telemetry};
 use crate::{intake, Error};
 
 /// Connects to NATS with the configured URL and credentials.
@@ -231,6 +231,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             metrics_interval: config.metrics_interval,
             state_dir: config.state_dir.clone(),
             link,
+            trust: ReportedTrust {
+                trusted_keys: config.trusted_keys.clone(),
+                reviewer_keys: config.reviewer_keys.clone(),
+                approvals_required: config.approvals_required,
+            },
+            clock_offset: time::Duration::seconds(config.clock_offset_secs),
         };
         Some(tokio::spawn(telemetry.run(
             executor.clone(),

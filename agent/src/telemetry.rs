@@ -32,6 +32,22 @@ pub struct Telemetry {
     pub state_dir: PathBuf,
     /// The NATS connection's outages, marked on the next heartbeat.
     pub link: LinkWatch,
+    /// What the heartbeat reports of the agent's trust, for `ferry doctor`.
+    pub trust: ReportedTrust,
+    /// Added to the clock the heartbeat reports (`clock_offset_secs`, a
+    /// test setting that simulates a skewed host clock).
+    pub clock_offset: time::Duration,
+}
+
+/// The keys an agent reports in its heartbeat: public keys only.
+#[derive(Clone, Debug, Default)]
+pub struct ReportedTrust {
+    /// Keys whose signed commands are accepted.
+    pub trusted_keys: Vec<String>,
+    /// Reviewer keys whose approvals count.
+    pub reviewer_keys: Vec<String>,
+    /// Approvals a deploy must carry.
+    pub approvals_required: u32,
 }
 
 impl Telemetry {
@@ -107,6 +123,10 @@ impl Telemetry {
             host,
             services,
             gap: self.link.take_gap(),
+            sent_at: Some(OffsetDateTime::now_utc() + self.clock_offset),
+            trusted_keys: self.trust.trusted_keys.clone(),
+            reviewer_keys: self.trust.reviewer_keys.clone(),
+            approvals_required: self.trust.approvals_required,
         }
     }
 

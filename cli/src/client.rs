@@ -29,6 +29,23 @@ pub struct Connection {
     timeout: Duration,
 }
 
+/// Errors the server sent on a connection, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct ServerErrors(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl ServerErrors {
+    fn push(&self, error: String) {
+        if let Ok(mut errors) = self.0.lock() {
+            errors.push(error);
+        }
+    }
+
+    /// The errors so far.
+    pub fn all(&self) -> Vec<String> {
+        self.0.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
 /// A successful API reply: the controller's sentence and the typed response.
 #[derive(Debug)]
 pub struct Reply<T> {
@@ -41,16 +58,34 @@ pub struct Reply<T> {
 impl Connection {
     /// Connects as the global options say.
     pub async fn open(global: &GlobalOpts) -> Result<Self> {
+        Self::open_with(global, ConnectOptions::new()).await
+    }
+
+    /// Connects as [`Connection::open`] does, and keeps every error the
+    /// server reports (permission violations among them) for the caller.
+    pub async fn open_recording_errors(global: &GlobalOpts) -> Result<(Self, ServerErrors)> {
+        let errors = ServerErrors::default();
+        let sink = errors.clone();
+        let options = ConnectOptions::new().event_callback(move |event| {
+            let sink = sink.clone();
+            async move {
+                if let async_nats::Event::ServerError(error) = event {
+                    sink.push(error.to_string());
+                }
+            }
+        });
+        Ok((Self::open_with(global, options).await?, errors))
+    }
+
+    async fn open_with(global: &GlobalOpts, base: ConnectOptions) -> Result<Self> {
         let options = match &global.creds {
-            Some(path) => ConnectOptions::with_credentials_file(path)
-                .await
-                .map_err(|e| {
-                    CliError::usage(format!(
-                        "cannot read the NATS credentials file {}: {e}",
-                        path.display()
-                    ))
-                })?,
-            None => ConnectOptions::new(),
+            Some(path) => base.credentials_file(path).await.map_err(|e| {
+                CliError::usage(format!(
+                    "cannot read the NATS credentials file {}: {e}",
+                    path.display()
+                ))
+            })?,
+            None => base,
         };
         let options = match (&global.nats_user, &global.nats_password_file) {
             (Some(user), Some(file)) => {

@@ -22,7 +22,7 @@ use tracing::{debug, error, warn};
 use uuid::Uuid;
 
 use crate::store::HistoryFilter;
-use crate::{ids, issue, plan, promotion, status, Error, Shared, SOURCE};
+use crate::{ids, installation, issue, plan, promotion, status, Error, Shared, SOURCE};
 
 /// The queue group every controller instance answers the API in.
 pub const QUEUE_GROUP: &str = "ferry-controller";
@@ -284,6 +284,26 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             let actor = check_actor(actor)?;
             let action = Action::Scale { replicas };
             issue_command(shared, request_id, environment, service, actor, action).await
+        }
+        ApiRequest::Installation {} => {
+            let view = installation::installation(shared)
+                .await
+                .map_err(internal("read the installation"))?;
+            Ok(encode(ApiReply::ok(
+                format!("{} environments", view.environments.len()),
+                view,
+            )))
+        }
+        ApiRequest::RecordDrill { drill, actor } => {
+            check_environment(shared, &drill.environment)?;
+            let actor = check_actor(actor)?;
+            let record = installation::record_drill(shared, request_id, *drill, actor)
+                .await
+                .map_err(internal("record the drill"))?;
+            Ok(encode(ApiReply::ok(
+                "the drill is in the audit trail",
+                record,
+            )))
         }
         ApiRequest::Maintenance {
             environment,

@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 mod gate;
 mod ids;
+mod installation;
 mod issue;
 mod metrics;
 pub mod notify;

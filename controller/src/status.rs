@@ -161,6 +161,10 @@ mod tests {
                 host: HostMetrics::default(),
                 services,
                 gap: None,
+                sent_at: None,
+                trusted_keys: Vec::new(),
+                reviewer_keys: Vec::new(),
+                approvals_required: 0,
             },
             received_at: seen,
         }

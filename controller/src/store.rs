@@ -77,10 +77,11 @@ impl Store {
             ensure_stream(&js, &spec).await?;
         }
         let history = ensure_stream(&js, &streams::history()).await?;
-        let releases = ensure_bucket(&js, streams::RELEASES_BUCKET, 5).await?;
-        let deployments = ensure_bucket(&js, streams::DEPLOYMENTS_BUCKET, 1).await?;
-        let agents = ensure_bucket(&js, streams::AGENTS_BUCKET, 1).await?;
-        let promotions = ensure_bucket(&js, streams::PROMOTIONS_BUCKET, 5).await?;
+        let [releases, deployments, agents, promotions] = streams::BUCKETS;
+        let releases = ensure_bucket(&js, releases).await?;
+        let deployments = ensure_bucket(&js, deployments).await?;
+        let agents = ensure_bucket(&js, agents).await?;
+        let promotions = ensure_bucket(&js, promotions).await?;
         Ok(Store {
             js,
             releases,
@@ -351,7 +352,8 @@ async fn ensure_stream(js: &Context, spec: &StreamSpec) -> Result<stream::Stream
         .map_err(|e| Error::nats(format!("create stream {}", spec.name), e))
 }
 
-async fn ensure_bucket(js: &Context, bucket: &str, history: i64) -> Result<kv::Store, Error> {
+async fn ensure_bucket(js: &Context, spec: streams::BucketSpec) -> Result<kv::Store, Error> {
+    let (bucket, history) = (spec.name, spec.history);
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
     }

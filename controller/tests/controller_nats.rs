@@ -359,6 +359,10 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             strategy: None,
         }],
         gap: None,
+        sent_at: None,
+        trusted_keys: Vec::new(),
+        reviewer_keys: Vec::new(),
+        approvals_required: 0,
     });
     publish(
         &client,

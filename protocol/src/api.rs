@@ -199,6 +199,17 @@ pub enum ApiRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
     },
+    /// What the controller knows of the installation, for `ferry doctor`:
+    /// its public signing key, its pipeline and each agent's last heartbeat.
+    Installation {},
+    /// Record a finished rollback drill in the audit trail.
+    RecordDrill {
+        /// What the drill did and measured.
+        drill: Box<crate::doctor::DrillReport>,
+        /// Who ran it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        actor: Option<String>,
+    },
 }
 
 impl ApiRequest {
@@ -218,6 +229,8 @@ impl ApiRequest {
             ApiRequest::Promote { .. } => ApiOp::Promote,
             ApiRequest::Rollout { .. } => ApiOp::Rollout,
             ApiRequest::PlanDeploy { .. } => ApiOp::PlanDeploy,
+            ApiRequest::Installation {} => ApiOp::Installation,
+            ApiRequest::RecordDrill { .. } => ApiOp::RecordDrill,
         }
     }
 }

@@ -354,6 +354,9 @@ pub struct HostMetrics {
 }
 
 /// An agent-wide event.
+// Heartbeats are nearly every agent event and each is decoded once then
+// dropped: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum AgentEvent {
@@ -393,6 +396,27 @@ pub struct Heartbeat {
     /// may be missing. Outcomes are not: they are retried until stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<Gap>,
+    /// The agent's clock when it sent this heartbeat, so a reader can
+    /// measure the skew against the server's clock (`ferry doctor`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub sent_at: Option<OffsetDateTime>,
+    /// Public keys whose signed commands the agent accepts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
+    /// Public keys of the reviewers whose approvals count at the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviewer_keys: Vec<String>,
+    /// Approvals a deploy must carry at the agent (0: not gated).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub approvals_required: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A time the agent was cut off from NATS.

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod approval;
 pub mod command;
+pub mod doctor;
 pub mod envelope;
 pub mod event;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -121,6 +121,40 @@ pub const AGENTS_BUCKET: &str = "ferry_agents";
 /// stands on its way into each environment), keyed by [`promotion_key`].
 pub const PROMOTIONS_BUCKET: &str = "ferry_promotions";
 
+/// A key-value bucket's name and how many values per key it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketSpec {
+    /// Bucket name.
+    pub name: &'static str,
+    /// Values kept per key.
+    pub history: i64,
+}
+
+/// Every bucket ferry keeps, as the controller creates them.
+pub const BUCKETS: [BucketSpec; 4] = [
+    BucketSpec {
+        name: RELEASES_BUCKET,
+        history: 5,
+    },
+    BucketSpec {
+        name: DEPLOYMENTS_BUCKET,
+        history: 1,
+    },
+    BucketSpec {
+        name: AGENTS_BUCKET,
+        history: 1,
+    },
+    BucketSpec {
+        name: PROMOTIONS_BUCKET,
+        history: 5,
+    },
+];
+
+/// Every stream ferry keeps.
+pub fn all_streams() -> [StreamSpec; 4] {
+    [commands(), events(), releases(), history()]
+}
+
 /// `<service>.<version>.<env>` (version as in [`release_key`]); version tokens
 /// may hold dots, so read the service and environment from the ends.
 pub fn promotion_key(service: &ServiceName, version: &Version, env: &EnvName) -> String {

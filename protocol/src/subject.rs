@@ -123,11 +123,15 @@ pub enum ApiOp {
     Rollout,
     /// Plan a deploy without issuing it (`ferry deploy --dry-run`).
     PlanDeploy,
+    /// What the controller knows of the installation (`ferry doctor`).
+    Installation,
+    /// Record a rollback drill in the audit trail (`ferry drill`).
+    RecordDrill,
 }
 
 impl ApiOp {
     /// Every operation.
-    pub const ALL: [ApiOp; 13] = [
+    pub const ALL: [ApiOp; 15] = [
         ApiOp::Status,
         ApiOp::History,
         ApiOp::Releases,
@@ -141,6 +145,8 @@ impl ApiOp {
         ApiOp::Promote,
         ApiOp::Rollout,
         ApiOp::PlanDeploy,
+        ApiOp::Installation,
+        ApiOp::RecordDrill,
     ];
 
     /// The subject token.
@@ -159,6 +165,8 @@ impl ApiOp {
             ApiOp::Promote => "promote",
             ApiOp::Rollout => "rollout",
             ApiOp::PlanDeploy => "plan_deploy",
+            ApiOp::Installation => "installation",
+            ApiOp::RecordDrill => "record_drill",
         }
     }
 

@@ -287,6 +287,7 @@ impl System {
             heartbeat_interval: Duration::from_millis(500),
             metrics_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            clock_offset_secs: 0,
             services,
         }
     }

@@ -134,6 +134,9 @@ pub struct AgentConfig {
     pub metrics_interval: Duration,
     /// Time a shutdown waits for a command in progress.
     pub shutdown_grace: Duration,
+    /// Seconds added to the clock the heartbeat reports: a test setting that
+    /// simulates a skewed host clock for `ferry doctor` (0 in production).
+    pub clock_offset_secs: i64,
     /// Managed services.
     pub services: BTreeMap<ServiceName, ServiceConfig>,
 }

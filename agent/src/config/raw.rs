@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     pub(super) metrics_interval: Option<String>,
     pub(super) shutdown_grace: Option<String>,
     #[serde(default)]
+    pub(super) clock_offset_secs: i64,
+    #[serde(default)]
     pub(super) services: BTreeMap<String, RawService>,
 }
 

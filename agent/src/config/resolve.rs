@@ -360,6 +360,7 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             heartbeat_interval,
             metrics_interval,
             shutdown_grace,
+            clock_offset_secs: raw.clock_offset_secs,
             services,
         }),
         _ => Err(Error::Config(problems)),

@@ -2,6 +2,7 @@
 
 mod action;
 mod approval;
+mod doctor;
 mod keygen;
 mod parse;
 mod query;
@@ -12,6 +13,7 @@ mod tests;
 
 pub use action::*;
 pub use approval::*;
+pub use doctor::*;
 pub use keygen::*;
 pub use query::*;
 pub use release::*;
@@ -215,6 +217,24 @@ Examples:
 
     /// Show what runs where, as the agents last reported it.
     Status(StatusArgs),
+
+    /// Check an installation: NATS, JetStream, streams and buckets, the
+    /// controller, agents, keys, clocks, permissions, rollback readiness.
+    #[command(
+        long_about = "Check an installation from where ferry runs: NATS reachable and 2.11 or \
+            newer, JetStream enabled, every stream and bucket present with the expected \
+            configuration, the controller answering, each environment with a live agent that \
+            trusts the controller's key (and, where gated, the pipeline's reviewer keys), clock \
+            skew, the caller's NATS permissions, and per service a previous version to roll back \
+            to. Each check prints ok or the problem and how to fix it.\n\n\
+            Exit codes: 0 every check passed, 1 a check found a problem.",
+        after_help = "Examples:\n  ferry doctor\n  ferry doctor --output json"
+    )]
+    Doctor(DoctorArgs),
+
+    /// Rehearse operations: `ferry drill rollback`.
+    #[command(subcommand)]
+    Drill(DrillCommand),
 
     /// Show deployment history, newest last.
     #[command(after_help = "Examples:\n  ferry history -e production -s web --limit 20")]

@@ -2,6 +2,8 @@
 
 mod action;
 mod approval;
+mod doctor;
+mod drill;
 mod dry_run;
 mod keygen;
 mod monitor;
@@ -9,7 +11,7 @@ mod query;
 mod release;
 mod shell;
 
-use crate::args::{Args, Command, ReleaseCommand};
+use crate::args::{Args, Command, DrillCommand, ReleaseCommand};
 use crate::error::Result;
 
 /// Runs the command the arguments name.
@@ -24,6 +26,8 @@ pub async fn run(args: Args) -> Result<()> {
         Command::Scale(scale) => action::scale(global, scale).await,
         Command::Maintenance(maintenance) => action::maintenance(global, maintenance).await,
         Command::Status(status) => query::status(global, status).await,
+        Command::Doctor(args) => doctor::run(global, &args).await,
+        Command::Drill(DrillCommand::Rollback(args)) => drill::rollback(global, &args).await,
         Command::History(history) => query::history(global, history).await,
         Command::Releases(releases) => query::releases(global, releases).await,
         Command::Keygen(keygen) => keygen::run(global, &keygen),
