@@ -268,6 +268,7 @@ impl System {
                     docker: DockerOptions::default(),
                     strategy: ferry_protocol::rollout::Strategy::Recreate,
                     analysis: ferry_agent::analysis::Thresholds::default(),
+                    metrics: ferry_agent::config::MetricsProvider::Proxy,
                 };
                 (name, config)
             })
