@@ -73,9 +73,7 @@ impl RequestMetrics {
                 "ferry_sample_requests_total{{{labels},code=\"{code}\"}} {n}"
             );
         }
-        out.push_str(
-            "# HELP ferry_sample_request_duration_seconds Time to answer a request.\n",
-        );
+        out.push_str("# HELP ferry_sample_request_duration_seconds Time to answer a request.\n");
         out.push_str("# TYPE ferry_sample_request_duration_seconds histogram\n");
         let mut cumulative = 0;
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
@@ -141,9 +139,6 @@ mod tests {
     #[test]
     fn the_500s_series_exists_before_the_first_error_and_labels_are_escaped() {
         let text = RequestMetrics::new("web", "dev", "1.0\"x").render();
-        assert!(
-            text.contains(r#"version="1.0\"x",code="500"} 0"#),
-            "{text}"
-        );
+        assert!(text.contains(r#"version="1.0\"x",code="500"} 0"#), "{text}");
     }
 }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod http_inbox;
 pub mod load;
 pub mod nats;
+pub mod prometheus;
 pub mod rollout;
 
 use std::collections::BTreeMap;

@@ -111,8 +111,11 @@ pub(super) fn metrics_provider(
                 }
                 query
             };
-            let error_rate_query =
-                query("error_rate_query", raw.error_rate_query, default_error_rate_query);
+            let error_rate_query = query(
+                "error_rate_query",
+                raw.error_rate_query,
+                default_error_rate_query,
+            );
             let p95_query = query("p95_query", raw.p95_query, default_p95_query);
             let request_rate_query = query(
                 "request_rate_query",

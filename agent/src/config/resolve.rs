@@ -318,11 +318,8 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                 Err(e) => problems.push(format!("{prefix}.analysis: {e}")),
             }
         }
-        let metrics = metrics_provider(
-            service.metrics,
-            &format!("{prefix}.metrics"),
-            &mut problems,
-        );
+        let metrics =
+            metrics_provider(service.metrics, &format!("{prefix}.metrics"), &mut problems);
         let stop_timeout = duration(
             &mut problems,
             &format!("{prefix}.stop_timeout"),
