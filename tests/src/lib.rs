@@ -595,6 +595,19 @@ pub fn sample_release(version: &str, env: &[(&str, &str)]) -> ferry_protocol::co
     }
 }
 
+/// A release of the sample service on the Docker runtime: the image
+/// `ferry-sample:VERSION` (`scripts/build-sample-image`), `env` as its
+/// environment.
+pub fn sample_image_release(
+    version: &str,
+    env: &[(&str, &str)],
+) -> ferry_protocol::command::ReleaseSpec {
+    ferry_protocol::command::ReleaseSpec {
+        artifact: format!("ferry-sample:{version}"),
+        ..sample_release(version, env)
+    }
+}
+
 /// Polls `probe` every 50 ms until it returns something, failing the test
 /// with `what` after [`WAIT`].
 pub async fn until<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {

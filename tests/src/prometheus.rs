@@ -1,7 +1,9 @@
 //! A real Prometheus server for a test (Debian's `prometheus`, or
 //! `$TEST_PROMETHEUS_BIN`): started on a free loopback port with a generated
-//! configuration that scrapes, every second, the targets of a file_sd file
-//! the test keeps up to date; killed and its store removed on drop.
+//! configuration that scrapes every second either the targets of a file_sd
+//! file the test keeps up to date (process replicas) or a service's
+//! containers found through the Docker engine (`docker_sd_configs`); killed
+//! and its store removed on drop.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,15 @@ pub fn prometheus_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("prometheus"))
 }
 
+/// How Prometheus finds the replicas to scrape.
+pub enum Discovery {
+    /// The targets of [`Prometheus::targets_file`] (see [`follow_replicas`]).
+    File,
+    /// The containers the agent labelled `io.ferry.service=NAME`, at their
+    /// published loopback ports.
+    Docker(String),
+}
+
 /// One running Prometheus.
 pub struct Prometheus {
     child: Option<Child>,
@@ -29,21 +40,46 @@ pub struct Prometheus {
 impl Prometheus {
     /// Starts Prometheus and waits until it is ready. Panics with what to
     /// install when the binary is missing: these tests never pass without it.
-    pub async fn start() -> Prometheus {
+    pub async fn start(discovery: Discovery) -> Prometheus {
         let dir = tempfile::tempdir().expect("prometheus dir");
         let targets = dir.path().join("targets.json");
         std::fs::write(&targets, "[]").expect("targets file");
+        let discovery: Vec<String> = match discovery {
+            Discovery::File => vec![
+                "    file_sd_configs:".into(),
+                format!("      - files: ['{}']", targets.display()),
+                "        refresh_interval: 1s".into(),
+            ],
+            Discovery::Docker(service) => vec![
+                "    docker_sd_configs:".into(),
+                "      - host: unix:///var/run/docker.sock".into(),
+                "        refresh_interval: 1s".into(),
+                "        filters:".into(),
+                "          - name: label".into(),
+                format!("            values: ['io.ferry.service={service}']"),
+                // One target per published port, scraped where it is published.
+                "    relabel_configs:".into(),
+                "      - source_labels: [__meta_docker_port_public]".into(),
+                "        regex: ''".into(),
+                "        action: drop".into(),
+                "      - source_labels: [__meta_docker_port_public]".into(),
+                "        target_label: __address__".into(),
+                "        replacement: '127.0.0.1:$1'".into(),
+            ],
+        };
         let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: ferry-sample\n    scrape_timeout: 900ms\n\
-                 \x20   file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
-                targets.display()
-            ),
-        )
-        .expect("prometheus config");
+        let mut lines: Vec<String> = [
+            "global:",
+            "  scrape_interval: 1s",
+            "  evaluation_interval: 1s",
+            "scrape_configs:",
+            "  - job_name: ferry-sample",
+            "    scrape_timeout: 900ms",
+        ]
+        .map(String::from)
+        .to_vec();
+        lines.extend(discovery);
+        std::fs::write(&config, lines.join("\n") + "\n").expect("prometheus config");
         let port = free_port();
         let bin = prometheus_bin();
         let child = Command::new(&bin)
