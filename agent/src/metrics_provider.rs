@@ -200,6 +200,31 @@ mod tests {
         assert!(!q.contains("{interval}") && !q.contains("{version}"), "{q}");
     }
 
+    #[test]
+    fn a_measured_window_is_judged_like_the_proxys() {
+        use crate::analysis::Thresholds;
+        use ferry_protocol::rollout::Metric;
+        let t = Thresholds::default();
+        let (signals, breaches, conclusive) = t.judge(&SetWindow::measured(100, 20, 2500.0));
+        assert!(conclusive);
+        assert_eq!(signals.error_rate_percent, 20.0);
+        assert_eq!((signals.p95_ms, signals.p99_ms), (2500.0, 2500.0));
+        let metrics: Vec<Metric> = breaches.iter().map(|b| b.metric).collect();
+        assert_eq!(
+            metrics,
+            vec![
+                Metric::ErrorRate,
+                Metric::P95,
+                Metric::P99,
+                Metric::Availability
+            ]
+        );
+        // Under min_requests, error rate and latency give no verdict.
+        let (_, breaches, conclusive) = t.judge(&SetWindow::measured(10, 5, 2500.0));
+        assert!(!conclusive);
+        assert!(breaches.iter().all(|b| b.metric == Metric::Availability));
+    }
+
     #[tokio::test]
     async fn an_unreachable_server_is_no_verdict() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -903,3 +903,82 @@ async fn rolling(
         ),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{default_error_rate_query, PrometheusConfig};
+    use crate::Error;
+
+    fn provider() -> PrometheusProvider {
+        PrometheusProvider::new(
+            PrometheusConfig {
+                url: "http://127.0.0.1:9".into(),
+                error_rate_query: default_error_rate_query(),
+                p95_query: "1".into(),
+                request_rate_query: "1".into(),
+                timeout: Duration::from_secs(1),
+            },
+            ferry_protocol::EnvName::new("dev").unwrap(),
+            ServiceName::new("web").unwrap(),
+        )
+    }
+
+    fn refused() -> Error {
+        Error::NoVerdict {
+            provider: "prometheus at http://127.0.0.1:9".into(),
+            detail: "query failed: connection refused".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_silent_for_a_whole_step_aborts_with_its_last_error() {
+        let p = provider();
+        let step = Duration::from_secs(10);
+        let mut silence = Silence::default();
+        silence.step_started();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        silence.answered();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(silence.failed(&p, refused(), step, 2), None, "9 s < a step");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        match silence.failed(&p, refused(), step, 2) {
+            Some(AbortReason::NoVerdict {
+                provider,
+                detail,
+                step,
+            }) => {
+                assert_eq!(provider, "prometheus at http://127.0.0.1:9");
+                assert_eq!(detail, "query failed: connection refused");
+                assert_eq!(step, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_asked_and_never_answered_aborts_at_its_end() {
+        let p = provider();
+        let mut silence = Silence::default();
+        silence.step_started();
+        assert_eq!(silence.step_over(&p, 1), None, "a step too short to ask");
+        silence.answered();
+        assert_eq!(
+            silence.failed(&p, refused(), Duration::from_secs(60), 1),
+            None
+        );
+        assert_eq!(silence.step_over(&p, 1), None, "answered once in the step");
+        silence.step_started();
+        assert_eq!(
+            silence.failed(&p, refused(), Duration::from_secs(60), 2),
+            None
+        );
+        assert!(
+            matches!(
+                silence.step_over(&p, 2),
+                Some(AbortReason::NoVerdict { step: 2, .. })
+            ),
+            "asked, never answered"
+        );
+    }
+}
