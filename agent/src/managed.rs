@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{SetWindow, Thresholds};
 use crate::backend::ServiceBackend;
-use crate::config::{MetricsProvider, RuntimeKind};
+use crate::config::RuntimeKind;
 use crate::events::EventSink;
 use crate::metrics_provider::PrometheusProvider;
 use crate::proxy::Proxy;
@@ -131,16 +131,12 @@ impl ManagedService {
                 replica: "-".into(),
                 detail: format!("HTTP client: {e}"),
             })?;
-        let metrics = match &ctx.service.metrics {
-            MetricsProvider::Proxy => None,
-            MetricsProvider::Prometheus(config) => Some(PrometheusProvider::new(
-                config.clone(),
-                ctx.environment.clone(),
-                ctx.service.name.clone(),
-            )),
-        };
         let service = Arc::new(ManagedService {
-            metrics,
+            metrics: PrometheusProvider::configured(
+                &ctx.service.metrics,
+                &ctx.environment,
+                &ctx.service.name,
+            ),
             ctx,
             runtime,
             proxy,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_protocol::{EnvName, ServiceName, Version};
 
 use crate::analysis::SetWindow;
-use crate::config::{render_query, PrometheusConfig};
+use crate::config::{render_query, MetricsProvider, PrometheusConfig};
 use crate::Error;
 
 /// Asks one Prometheus server about one service.
@@ -33,6 +33,22 @@ impl PrometheusProvider {
             environment,
             service,
             http,
+        }
+    }
+
+    /// The provider `configured` for `service`, if not the proxy.
+    pub fn configured(
+        configured: &MetricsProvider,
+        environment: &EnvName,
+        service: &ServiceName,
+    ) -> Option<Self> {
+        match configured {
+            MetricsProvider::Proxy => None,
+            MetricsProvider::Prometheus(config) => Some(PrometheusProvider::new(
+                config.clone(),
+                environment.clone(),
+                service.clone(),
+            )),
         }
     }
 
