@@ -61,6 +61,8 @@ pub struct SetWindow {
     /// Of which failed.
     pub failed_checks: u64,
     latency_us: Option<Histogram<u64>>,
+    /// A p95 measured elsewhere (a metrics provider), in place of the histogram.
+    measured_p95_ms: Option<f64>,
 }
 
 impl Default for SetWindow {
@@ -80,6 +82,22 @@ impl SetWindow {
             checks: 0,
             failed_checks: 0,
             latency_us: None,
+            measured_p95_ms: None,
+        }
+    }
+
+    /// A window a metrics provider measured: counts and a p95, no
+    /// histogram. Its p99 is the p95, a lower bound: judged against the p99
+    /// threshold it can miss a breach but never invent one.
+    pub fn measured(requests: u64, errors: u64, p95_ms: f64) -> Self {
+        SetWindow {
+            since: Instant::now(),
+            requests,
+            errors: errors.min(requests),
+            checks: 0,
+            failed_checks: 0,
+            latency_us: None,
+            measured_p95_ms: Some(p95_ms),
         }
     }
 
@@ -92,6 +110,7 @@ impl SetWindow {
             checks: 0,
             failed_checks: 0,
             latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).ok(),
+            measured_p95_ms: None,
         }
     }
 
@@ -152,6 +171,9 @@ impl SetWindow {
     pub fn metrics(&self) -> ServiceMetrics {
         let secs = self.since.elapsed().as_secs_f64().max(f64::EPSILON);
         let quantile = |q: f64| {
+            if let Some(p95) = self.measured_p95_ms {
+                return if q >= 0.95 { p95 } else { 0.0 };
+            }
             self.latency_us
                 .as_ref()
                 .filter(|h| !h.is_empty())
@@ -323,6 +345,16 @@ impl Thresholds {
             });
         }
         (signals, breaches, conclusive)
+    }
+
+    /// These thresholds as a metrics provider's answers are judged: the
+    /// fixed rule once per interval, without the stable version beside.
+    pub fn for_provider(&self) -> Thresholds {
+        Thresholds {
+            mode: AnalysisMode::Intervals,
+            compare_to_stable: false,
+            ..self.clone()
+        }
     }
 
     fn alpha(&self) -> f64 {

@@ -8,6 +8,14 @@ pub enum Error {
     /// The configuration has problems; all of them are listed.
     #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
     Config(Vec<String>),
+    /// A metrics provider gave no usable answer (no verdict).
+    #[error("no verdict from {provider}: {detail}")]
+    NoVerdict {
+        /// Which provider (`prometheus at http://...`).
+        provider: String,
+        /// What went wrong: unreachable, an error, an empty result.
+        detail: String,
+    },
     /// A protocol-level error (names, encoding, keys).
     #[error(transparent)]
     Protocol(#[from] ferry_protocol::Error),

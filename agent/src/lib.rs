@@ -14,6 +14,7 @@ pub mod executor;
 pub mod intake;
 pub mod link;
 pub mod managed;
+pub mod metrics_provider;
 pub mod proxy;
 pub mod rollout;
 pub mod runtime;

@@ -24,6 +24,7 @@ use crate::analysis::{SetWindow, Thresholds};
 use crate::backend::ServiceBackend;
 use crate::config::RuntimeKind;
 use crate::events::EventSink;
+use crate::metrics_provider::PrometheusProvider;
 use crate::proxy::Proxy;
 use crate::rollout::{
     ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget, Verification,
@@ -95,6 +96,8 @@ pub struct ManagedService {
     retired_generation: AtomicU64,
     /// The rollout in progress, or the last one.
     rollout: std::sync::Mutex<Option<RolloutStatus>>,
+    /// Where analysis reads signals when not from the proxy.
+    metrics: Option<PrometheusProvider>,
     this: std::sync::OnceLock<std::sync::Weak<ManagedService>>,
 }
 
@@ -129,6 +132,11 @@ impl ManagedService {
                 detail: format!("HTTP client: {e}"),
             })?;
         let service = Arc::new(ManagedService {
+            metrics: PrometheusProvider::configured(
+                &ctx.service.metrics,
+                &ctx.environment,
+                &ctx.service.name,
+            ),
             ctx,
             runtime,
             proxy,
@@ -973,6 +981,10 @@ impl ServiceBackend for ManagedService {
 /// the traffic between the stable and the next set.
 #[async_trait]
 impl RolloutTarget for ManagedService {
+    fn metrics_provider(&self) -> Option<&PrometheusProvider> {
+        self.metrics.as_ref()
+    }
+
     fn name(&self) -> &ferry_protocol::ServiceName {
         ManagedService::name(self)
     }

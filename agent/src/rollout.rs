@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{Sequential, SetWindow, Thresholds, Verdict, Verdicts};
+use crate::metrics_provider::PrometheusProvider;
 use crate::runtime::{Progress, RuntimeError};
 
 /// What a strategy needs of a runtime: a stable set serving, a "next" set
@@ -63,6 +64,11 @@ pub trait RolloutTarget: Send + Sync {
     async fn stop_stable(&self, count: u32);
     /// Brings the stable set back to its size before the rollout.
     async fn restore_stable(&self);
+    /// Where analysis reads the new version's signals instead of the
+    /// next/stable windows (`None`: from them, the proxy's).
+    fn metrics_provider(&self) -> Option<&PrometheusProvider> {
+        None
+    }
 }
 
 pub use ferry_protocol::rollout::HOTFIX_STEPS;
@@ -423,6 +429,18 @@ async fn canary(
     {
         return Ok(end);
     }
+    let provider = service.metrics_provider();
+    let provider_thresholds;
+    let thresholds = match provider {
+        // A provider's answers are judged by the fixed rule, once per
+        // interval, on the new version alone.
+        Some(_) => {
+            provider_thresholds = thresholds.for_provider();
+            &provider_thresholds
+        }
+        None => thresholds,
+    };
+    let mut silence = Silence::default();
     let mut watch = Watch::new(thresholds);
     let mut paused = false;
     // Set while held because the stable version fails too: reported once.
@@ -455,6 +473,7 @@ async fn canary(
             replicas,
         );
         driver.emit(RolloutPhase::StepStarted);
+        silence.step_started();
         let mut deadline = Instant::now() + hold;
         loop {
             let step_over = tokio::time::sleep_until(deadline);
@@ -468,9 +487,25 @@ async fn canary(
                     }
                     let new = service.take_next_window();
                     let stable = service.take_stable_window();
+                    let step = driver.status.step;
+                    let new = match provider {
+                        None => new,
+                        Some(provider) => match provider.window(&release.version, thresholds.interval).await {
+                            Ok(window) => {
+                                silence.answered();
+                                window
+                            }
+                            Err(e) => {
+                                tracing::warn!(service = %service.name(), version = %release.version, step, error = %e, "no verdict this interval");
+                                if let Some(reason) = silence.failed(provider, e, hold.max(thresholds.interval), step) {
+                                    return Ok(driver.abort(reason).await);
+                                }
+                                continue;
+                            }
+                        },
+                    };
                     // At 100% no stable traffic runs beside the canary.
                     let beside = (thresholds.compare_to_stable && weight < 100).then_some(&stable);
-                    let step = driver.status.step;
                     match watch.look(new, beside) {
                         Look::Continue(phase) => {
                             if let Some(phase) = phase {
@@ -550,7 +585,12 @@ async fn canary(
                         }
                     }
                 }
-                _ = step_over, if !paused => break,
+                _ = step_over, if !paused => {
+                    if let Some(reason) = provider.and_then(|p| silence.step_over(p, driver.status.step)) {
+                        return Ok(driver.abort(reason).await);
+                    }
+                    break;
+                }
             }
             if paused {
                 // A paused step is held until resumed, then runs a full hold.
@@ -573,6 +613,74 @@ async fn canary(
             if driver.status.steps == 1 { "" } else { "s" }
         ),
     })
+}
+
+/// How long a metrics provider has given no verdict during a canary.
+#[derive(Debug)]
+struct Silence {
+    /// The last answer (or the canary's start).
+    since: Instant,
+    answered_in_step: bool,
+    failed_in_step: bool,
+    last_error: Option<String>,
+}
+
+impl Default for Silence {
+    fn default() -> Self {
+        Silence {
+            since: Instant::now(),
+            answered_in_step: false,
+            failed_in_step: false,
+            last_error: None,
+        }
+    }
+}
+
+impl Silence {
+    fn step_started(&mut self) {
+        self.answered_in_step = false;
+        self.failed_in_step = false;
+    }
+
+    fn answered(&mut self) {
+        self.since = Instant::now();
+        self.answered_in_step = true;
+        self.last_error = None;
+    }
+
+    fn reason(&self, provider: &PrometheusProvider, step: u32) -> AbortReason {
+        AbortReason::NoVerdict {
+            provider: provider.describe(),
+            detail: self
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no answer in time".into()),
+            step,
+        }
+    }
+
+    /// One interval without a verdict; the abort reason once the provider
+    /// has been silent for as long as a whole step (or an interval, if
+    /// steps are shorter).
+    fn failed(
+        &mut self,
+        provider: &PrometheusProvider,
+        error: crate::Error,
+        silent_for: Duration,
+        step: u32,
+    ) -> Option<AbortReason> {
+        self.failed_in_step = true;
+        self.last_error = Some(match error {
+            crate::Error::NoVerdict { detail, .. } => detail,
+            other => other.to_string(),
+        });
+        (self.since.elapsed() >= silent_for).then(|| self.reason(provider, step))
+    }
+
+    /// The step is over: the abort reason if it was asked and never answered.
+    fn step_over(&self, provider: &PrometheusProvider, step: u32) -> Option<AbortReason> {
+        (self.failed_in_step && !self.answered_in_step).then(|| self.reason(provider, step))
+    }
 }
 
 /// What a verification window found.
@@ -615,6 +723,15 @@ pub async fn verify(
     };
     // What answered before the switch is not this version's.
     target.take_stable_window();
+    let provider = target.metrics_provider();
+    let provider_thresholds;
+    let thresholds = match provider {
+        Some(_) => {
+            provider_thresholds = thresholds.for_provider();
+            &provider_thresholds
+        }
+        None => thresholds,
+    };
     let mut watch = Watch::new(thresholds);
     let mut tick = tokio::time::interval_at(Instant::now() + watch.period(), watch.period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -634,6 +751,18 @@ pub async fn verify(
             _ = &mut over => break,
             _ = tick.tick() => {
                 let window = target.take_stable_window();
+                let window = match provider {
+                    None => window,
+                    // No verdict weighs nothing: the verification ends
+                    // inconclusive if the provider never answers.
+                    Some(provider) => match provider.window(version, thresholds.interval).await {
+                        Ok(window) => window,
+                        Err(e) => {
+                            tracing::warn!(service = %target.name(), %version, error = %e, "no verdict this interval");
+                            continue;
+                        }
+                    },
+                };
                 requests += window.requests;
                 match watch.look(window, None) {
                     Look::Continue(phase) => {
@@ -773,4 +902,83 @@ async fn rolling(
             if driver.status.steps == 1 { "" } else { "es" }
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{default_error_rate_query, PrometheusConfig};
+    use crate::Error;
+
+    fn provider() -> PrometheusProvider {
+        PrometheusProvider::new(
+            PrometheusConfig {
+                url: "http://127.0.0.1:9".into(),
+                error_rate_query: default_error_rate_query(),
+                p95_query: "1".into(),
+                request_rate_query: "1".into(),
+                timeout: Duration::from_secs(1),
+            },
+            ferry_protocol::EnvName::new("dev").unwrap(),
+            ServiceName::new("web").unwrap(),
+        )
+    }
+
+    fn refused() -> Error {
+        Error::NoVerdict {
+            provider: "prometheus at http://127.0.0.1:9".into(),
+            detail: "query failed: connection refused".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_silent_for_a_whole_step_aborts_with_its_last_error() {
+        let p = provider();
+        let step = Duration::from_secs(10);
+        let mut silence = Silence::default();
+        silence.step_started();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        silence.answered();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(silence.failed(&p, refused(), step, 2), None, "9 s < a step");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        match silence.failed(&p, refused(), step, 2) {
+            Some(AbortReason::NoVerdict {
+                provider,
+                detail,
+                step,
+            }) => {
+                assert_eq!(provider, "prometheus at http://127.0.0.1:9");
+                assert_eq!(detail, "query failed: connection refused");
+                assert_eq!(step, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_step_asked_and_never_answered_aborts_at_its_end() {
+        let p = provider();
+        let mut silence = Silence::default();
+        silence.step_started();
+        assert_eq!(silence.step_over(&p, 1), None, "a step too short to ask");
+        silence.answered();
+        assert_eq!(
+            silence.failed(&p, refused(), Duration::from_secs(60), 1),
+            None
+        );
+        assert_eq!(silence.step_over(&p, 1), None, "answered once in the step");
+        silence.step_started();
+        assert_eq!(
+            silence.failed(&p, refused(), Duration::from_secs(60), 2),
+            None
+        );
+        assert!(
+            matches!(
+                silence.step_over(&p, 2),
+                Some(AbortReason::NoVerdict { step: 2, .. })
+            ),
+            "asked, never answered"
+        );
+    }
 }

@@ -544,6 +544,17 @@ pub enum AbortReason {
         /// Step (1-based) at which it happened.
         step: u32,
     },
+    /// The metrics provider gave no verdict (unreachable, an error, an
+    /// empty result) for a whole canary step: nothing says the new version
+    /// is good, so it is taken out and the stable version keeps serving.
+    NoVerdict {
+        /// Which provider (`prometheus at http://...`).
+        provider: String,
+        /// Its last failure.
+        detail: String,
+        /// Step (1-based) at which it happened.
+        step: u32,
+    },
 }
 
 impl fmt::Display for AbortReason {
@@ -570,6 +581,14 @@ impl fmt::Display for AbortReason {
             ),
             AbortReason::Unhealthy { detail } => write!(f, "new replicas unhealthy: {detail}"),
             AbortReason::Operator { step } => write!(f, "aborted by an operator at step {step}"),
+            AbortReason::NoVerdict {
+                provider,
+                detail,
+                step,
+            } => write!(
+                f,
+                "no verdict from {provider} for the whole of step {step}, so the new version is not trusted: {detail}"
+            ),
             AbortReason::WorseThanStable {
                 breach,
                 step,
@@ -797,6 +816,11 @@ mod tests {
                 breach: breach.clone(),
                 stable_value: 30.0,
                 step: 1,
+            },
+            AbortReason::NoVerdict {
+                provider: "prometheus at http://127.0.0.1:9090".into(),
+                detail: "connection refused".into(),
+                step: 2,
             },
         ] {
             let back: AbortReason =

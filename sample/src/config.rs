@@ -12,6 +12,10 @@ pub const SAMPLE_BIND: &str = "SAMPLE_BIND";
 pub const FERRY_VERSION: &str = "FERRY_VERSION";
 /// Version when not run by ferry.
 pub const SAMPLE_VERSION: &str = "SAMPLE_VERSION";
+/// Service name, set by the ferry agent (a label of `/metrics`).
+pub const FERRY_SERVICE: &str = "FERRY_SERVICE";
+/// Environment, set by the ferry agent (a label of `/metrics`).
+pub const FERRY_ENVIRONMENT: &str = "FERRY_ENVIRONMENT";
 /// `false` makes `/health` answer 503.
 pub const SAMPLE_HEALTHY: &str = "SAMPLE_HEALTHY";
 /// Share of `/` requests answered with 500, 0.0 to 1.0.
@@ -33,6 +37,10 @@ pub struct Config {
     pub addr: SocketAddr,
     /// What to report as the version.
     pub version: String,
+    /// The service it runs as (`/metrics` label; `ferry-sample` outside ferry).
+    pub service: String,
+    /// The environment it runs in (`/metrics` label; empty outside ferry).
+    pub environment: String,
     /// Whether `/health` answers 200.
     pub healthy: bool,
     /// Share of `/` requests that fail.
@@ -104,6 +112,10 @@ impl Config {
             .filter(|v| !v.is_empty())
             .or_else(|| lookup(SAMPLE_VERSION).filter(|v| !v.is_empty()))
             .unwrap_or_else(|| "dev".to_owned());
+        let service = lookup(FERRY_SERVICE)
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "ferry-sample".to_owned());
+        let environment = lookup(FERRY_ENVIRONMENT).unwrap_or_default();
 
         match (
             port, ip, healthy, fail_start, error_rate, latency, exit_after,
@@ -119,6 +131,8 @@ impl Config {
             ) if errors.is_empty() => Ok(Config {
                 addr: SocketAddr::new(ip, port),
                 version,
+                service,
+                environment,
                 healthy,
                 error_rate,
                 latency,

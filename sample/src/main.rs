@@ -6,6 +6,7 @@
 //! binary for a `FROM scratch` image.
 
 mod config;
+mod metrics;
 mod server;
 
 use std::process::ExitCode;

@@ -1,4 +1,5 @@
-//! The HTTP side: accept connections and answer `/health` and everything else.
+//! The HTTP side: accept connections and answer `/health`, `/metrics` and
+//! everything else.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,18 +15,22 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::metrics::RequestMetrics;
 
 /// Shared by every connection.
 pub struct State {
     config: Config,
     /// `/` requests answered so far.
     requests: AtomicU64,
+    /// What `/metrics` reports.
+    metrics: RequestMetrics,
 }
 
 impl State {
     /// Fresh state for `config`.
     pub fn new(config: Config) -> Self {
         State {
+            metrics: RequestMetrics::new(&config.service, &config.environment, &config.version),
             config,
             requests: AtomicU64::new(0),
         }
@@ -72,22 +77,31 @@ async fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>>
             )
         };
     }
+    if req.uri().path() == "/metrics" {
+        return respond(StatusCode::OK, state.metrics.render(), &config.version);
+    }
+    let started = std::time::Instant::now();
     let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     if !config.latency.is_zero() {
         tokio::time::sleep(config.latency).await;
     }
-    if config.error_rate.fails(n) {
-        return respond(
+    let response = if config.error_rate.fails(n) {
+        respond(
             StatusCode::INTERNAL_SERVER_ERROR,
             "error injected by SAMPLE_ERROR_RATE\n",
             &config.version,
-        );
-    }
-    respond(
-        StatusCode::OK,
-        format!("ferry-sample {}\n", config.version),
-        &config.version,
-    )
+        )
+    } else {
+        respond(
+            StatusCode::OK,
+            format!("ferry-sample {}\n", config.version),
+            &config.version,
+        )
+    };
+    state
+        .metrics
+        .record(response.status().as_u16(), started.elapsed());
+    response
 }
 
 fn respond(status: StatusCode, body: impl Into<Bytes>, version: &str) -> Response<Full<Bytes>> {

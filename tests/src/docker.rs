@@ -46,3 +46,28 @@ fn docker_missing(images: &[&str], build_hint: &str) -> Option<String> {
         )
     })
 }
+
+/// Removes the containers ferry manages for service `.0` when dropped, so a
+/// test leaves none behind, passed or failed.
+pub struct RemoveContainers(pub String);
+
+impl Drop for RemoveContainers {
+    fn drop(&mut self) {
+        let listed = Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=io.ferry.managed=true"])
+            .args(["--filter", &format!("label=io.ferry.service={}", self.0)])
+            .output();
+        let ids: Vec<String> = listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+    }
+}

@@ -13,6 +13,7 @@ pub mod events;
 pub mod http_inbox;
 pub mod load;
 pub mod nats;
+pub mod prometheus;
 pub mod rollout;
 
 use std::collections::BTreeMap;
@@ -268,6 +269,7 @@ impl System {
                     docker: DockerOptions::default(),
                     strategy: ferry_protocol::rollout::Strategy::Recreate,
                     analysis: ferry_agent::analysis::Thresholds::default(),
+                    metrics: ferry_agent::config::MetricsProvider::Proxy,
                 };
                 (name, config)
             })
@@ -591,6 +593,19 @@ pub fn sample_release(version: &str, env: &[(&str, &str)]) -> ferry_protocol::co
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+    }
+}
+
+/// A release of the sample service on the Docker runtime: the image
+/// `ferry-sample:VERSION` (`scripts/build-sample-image`), `env` as its
+/// environment.
+pub fn sample_image_release(
+    version: &str,
+    env: &[(&str, &str)],
+) -> ferry_protocol::command::ReleaseSpec {
+    ferry_protocol::command::ReleaseSpec {
+        artifact: format!("ferry-sample:{version}"),
+        ..sample_release(version, env)
     }
 }
 

@@ -5,57 +5,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::*;
-use ferry_protocol::command::{Action, ReleaseSpec};
+use ferry_protocol::command::Action;
 use ferry_protocol::event::EventBody;
 use ferry_protocol::rollout::{
     AbortReason, AnalysisOverride, Metric, RolloutOptions, RolloutPhase, Strategy,
 };
-use ferry_protocol::Version;
 
 /// Whether the tests can run; panics under CI when they cannot.
 fn engine_ready(test: &str) -> bool {
     docker_ready(test, &["ferry-sample:1.0.0"], "scripts/build-sample-image")
 }
 
-/// Removes the test's containers when it ends, passed or failed.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let listed = Process::new("docker")
-            .args(["ps", "-aq", "--filter", "label=io.ferry.managed=true"])
-            .args(["--filter", &format!("label=io.ferry.service={}", self.0)])
-            .output();
-        let ids: Vec<String> = listed
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Process::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-        }
-    }
-}
-
 fn deploy(version: &str, env: &[(&str, &str)], canary: bool) -> Action {
     Action::Deploy {
-        release: ReleaseSpec {
-            version: Version::new(version).unwrap(),
-            artifact: format!("ferry-sample:{version}"),
-            digest: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        },
+        release: sample_image_release(version, env),
         replicas: Some(2),
         health: None,
         rollout: canary.then(|| {
@@ -93,7 +59,7 @@ async fn docker_canaries_are_promoted_when_good_and_rolled_back_at_the_first_ste
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let service = format!("cw-{}", &id[..8]);
-    let _cleanup = Cleanup(service.clone());
+    let _cleanup = ferry_e2e::docker::RemoveContainers(service.clone());
     let mut system = System::without_controller();
     let port = free_port();
     let config = system.docker_agent_config("dev", &service, port);

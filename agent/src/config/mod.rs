@@ -3,6 +3,7 @@
 //! every problem at once.
 
 mod docker;
+mod metrics;
 mod raw;
 mod resolve;
 #[cfg(test)]
@@ -20,6 +21,10 @@ use crate::Error;
 use ferry_protocol::rollout::Strategy;
 
 pub use docker::{parse_memory, DockerOptions, RegistryAuth};
+pub use metrics::{
+    default_error_rate_query, default_p95_query, default_request_rate_query, render_query,
+    MetricsProvider, PrometheusConfig,
+};
 use raw::RawConfig;
 pub use resolve::default_inbox_prefix;
 use resolve::resolve;
@@ -100,6 +105,8 @@ pub struct ServiceConfig {
     pub strategy: Strategy,
     /// Thresholds a new version is held to during canary steps.
     pub analysis: Thresholds,
+    /// Where analysis reads the new version's signals.
+    pub metrics: MetricsProvider,
 }
 
 /// The agent's whole configuration, checked.

@@ -54,6 +54,7 @@ pub(super) struct RawService {
     pub(super) registry_password_file: Option<PathBuf>,
     pub(super) strategy: Option<Strategy>,
     pub(super) analysis: Option<AnalysisOverride>,
+    pub(super) metrics: Option<super::metrics::RawMetrics>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,6 +13,7 @@ use crate::analysis::Thresholds;
 use crate::Error;
 
 use super::docker::docker_options;
+use super::metrics::metrics_provider;
 use super::raw::RawConfig;
 use super::{AgentConfig, HealthConfig, RuntimeKind, ServiceConfig};
 use ferry_protocol::rollout::Strategy;
@@ -317,6 +318,8 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                 Err(e) => problems.push(format!("{prefix}.analysis: {e}")),
             }
         }
+        let metrics =
+            metrics_provider(service.metrics, &format!("{prefix}.metrics"), &mut problems);
         let stop_timeout = duration(
             &mut problems,
             &format!("{prefix}.stop_timeout"),
@@ -338,6 +341,7 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                     docker,
                     strategy,
                     analysis,
+                    metrics,
                 },
             );
         }

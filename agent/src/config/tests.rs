@@ -323,3 +323,82 @@ fn registry_credentials_come_from_a_file_and_are_never_printed() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_metrics_provider_resolves_per_service_with_default_queries() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let cfg = from_toml(&format!(
+        r#"
+        environment = "dev"
+        state_dir = "/tmp/x"
+        trusted_keys = ["{key}"]
+        [services.web]
+        port = 18080
+        [services.web.metrics]
+        provider = "prometheus"
+        url = "http://127.0.0.1:9090/"
+        p95_query = 'histogram_quantile(0.95, sum by (le) (rate(http_seconds_bucket{{app="{{service}}",v="{{version}}"}}[{{interval}}])))'
+        [services.api]
+        port = 18081
+        "#
+    ))
+    .unwrap();
+    let web = &cfg.services[&ServiceName::new("web").unwrap()];
+    let MetricsProvider::Prometheus(p) = &web.metrics else {
+        panic!("{:?}", web.metrics)
+    };
+    assert_eq!(
+        p.url, "http://127.0.0.1:9090",
+        "a trailing slash is dropped"
+    );
+    assert!(
+        p.p95_query.contains("http_seconds_bucket"),
+        "{}",
+        p.p95_query
+    );
+    assert_eq!(p.error_rate_query, default_error_rate_query());
+    assert_eq!(p.request_rate_query, default_request_rate_query());
+    assert_eq!(p.timeout, Duration::from_secs(2));
+    let api = &cfg.services[&ServiceName::new("api").unwrap()];
+    assert_eq!(api.metrics, MetricsProvider::Proxy, "the proxy by default");
+}
+
+#[test]
+fn metrics_provider_problems_are_listed_at_once() {
+    let err = from_toml(
+        r#"
+        environment = "dev"
+        [services.web]
+        port = 18080
+        [services.web.metrics]
+        provider = "prometheus"
+        p95_query = " "
+        timeout = "never"
+        [services.api]
+        port = 18081
+        [services.api.metrics]
+        provider = "graphite"
+        [services.db]
+        port = 18082
+        [services.db.metrics]
+        provider = "prometheus"
+        url = "prometheus:9090"
+        "#,
+    )
+    .unwrap_err();
+    let Error::Config(problems) = err else {
+        panic!("{err:?}")
+    };
+    for expected in [
+        "services.web.metrics.url: required with provider = \"prometheus\"",
+        "services.web.metrics.p95_query: must not be empty",
+        "services.web.metrics.timeout: not a duration",
+        "services.api.metrics.provider: \"graphite\" is not a metrics provider",
+        "services.db.metrics.url: \"prometheus:9090\" is not an http:// or https:// URL",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "{expected} missing in {problems:#?}"
+        );
+    }
+}
