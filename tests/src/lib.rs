@@ -266,6 +266,7 @@ impl System {
                     },
                     stop_timeout: Duration::from_secs(5),
                     docker: DockerOptions::default(),
+                    kubernetes: Default::default(),
                     strategy: ferry_protocol::rollout::Strategy::Recreate,
                     analysis: ferry_agent::analysis::Thresholds::default(),
                 };

@@ -3,6 +3,7 @@
 //! every problem at once.
 
 mod docker;
+mod kubernetes;
 mod raw;
 mod resolve;
 #[cfg(test)]
@@ -20,6 +21,7 @@ use crate::Error;
 use ferry_protocol::rollout::Strategy;
 
 pub use docker::{parse_memory, DockerOptions, RegistryAuth};
+pub use kubernetes::{dns_label, KubernetesOptions, Quantities};
 use raw::RawConfig;
 pub use resolve::default_inbox_prefix;
 use resolve::resolve;
@@ -34,6 +36,8 @@ pub enum RuntimeKind {
     Process,
     /// Each replica is a container on the local Docker engine.
     Docker,
+    /// A Deployment per version and a Service on a Kubernetes cluster.
+    Kubernetes,
 }
 
 impl RuntimeKind {
@@ -42,6 +46,7 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Process => "process",
             RuntimeKind::Docker => "docker",
+            RuntimeKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -83,7 +88,8 @@ pub struct ServiceConfig {
     /// Command template; `{artifact}`, `{port}`, `{version}`, `{service}` and
     /// `{environment}` are substituted in each argument. No shell is involved.
     pub command: Vec<String>,
-    /// The stable address the agent's proxy serves the service on.
+    /// The stable address the agent's proxy serves the service on
+    /// (`0.0.0.0:0` and unused on Kubernetes, where a Service routes).
     pub listen: SocketAddr,
     /// Replicas when a deploy does not say.
     pub replicas: u32,
@@ -95,6 +101,8 @@ pub struct ServiceConfig {
     pub stop_timeout: Duration,
     /// Container settings (docker runtime only).
     pub docker: DockerOptions,
+    /// Cluster settings (kubernetes runtime only).
+    pub kubernetes: KubernetesOptions,
     /// How deploys replace the running version unless a command says
     /// otherwise (`recreate`: the health-gated replace).
     pub strategy: Strategy,

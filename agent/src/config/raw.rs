@@ -52,6 +52,7 @@ pub(super) struct RawService {
     pub(super) registry_password_file: Option<PathBuf>,
     pub(super) strategy: Option<Strategy>,
     pub(super) analysis: Option<AnalysisOverride>,
+    pub(super) kubernetes: Option<super::kubernetes::RawKubernetes>,
 }
 
 #[derive(Debug, Default, Deserialize)]

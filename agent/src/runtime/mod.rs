@@ -5,6 +5,7 @@
 //! `ServiceBackend` (in `backend.rs`), one level up.
 
 pub mod docker;
+pub mod kubernetes;
 pub mod process;
 
 use std::net::SocketAddr;
