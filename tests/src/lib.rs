@@ -10,6 +10,7 @@ pub mod agent_process;
 pub mod bins;
 pub mod docker;
 pub mod events;
+pub mod fake_apiserver;
 pub mod http_inbox;
 pub mod load;
 pub mod nats;
