@@ -344,7 +344,7 @@ async fn create(
     (StatusCode::CREATED, Json(stored)).into_response()
 }
 
-fn get_object(shared: &Shared, kind: &str, ns: &str, name: &str) -> Result<Value, Response> {
+fn get_object(shared: &Shared, kind: &str, ns: &str, name: &str) -> Option<Value> {
     shared
         .store
         .lock()
@@ -352,13 +352,14 @@ fn get_object(shared: &Shared, kind: &str, ns: &str, name: &str) -> Result<Value
         .objects
         .get(&(kind.to_owned(), ns.to_owned(), name.to_owned()))
         .cloned()
-        .ok_or_else(|| {
-            status(
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                format!("{kind} \"{name}\" not found"),
-            )
-        })
+}
+
+fn not_found(kind: &str, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{kind} \"{name}\" not found"),
+    )
 }
 
 async fn read(
@@ -366,8 +367,8 @@ async fn read(
     UrlPath((ns, kind, name)): UrlPath<(String, String, String)>,
 ) -> Response {
     match get_object(&shared, &kind, &ns, &name) {
-        Ok(object) => Json(object).into_response(),
-        Err(response) => response,
+        Some(object) => Json(object).into_response(),
+        None => not_found(&kind, &name),
     }
 }
 
@@ -420,9 +421,8 @@ async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let old = match get_object(&shared, &kind, &ns, &name) {
-        Ok(o) => o,
-        Err(r) => return r,
+    let Some(old) = get_object(&shared, &kind, &ns, &name) else {
+        return not_found(&kind, &name);
     };
     let content_type = headers
         .get("content-type")
@@ -448,9 +448,8 @@ async fn replace(
     UrlPath((ns, kind, name)): UrlPath<(String, String, String)>,
     Json(new): Json<Value>,
 ) -> Response {
-    let old = match get_object(&shared, &kind, &ns, &name) {
-        Ok(o) => o,
-        Err(r) => return r,
+    let Some(old) = get_object(&shared, &kind, &ns, &name) else {
+        return not_found(&kind, &name);
     };
     update(shared, &kind, &ns, &name, &old, new)
 }
@@ -459,9 +458,8 @@ async fn remove(
     State(shared): State<SharedState>,
     UrlPath((ns, kind, name)): UrlPath<(String, String, String)>,
 ) -> Response {
-    let old = match get_object(&shared, &kind, &ns, &name) {
-        Ok(o) => o,
-        Err(r) => return r,
+    let Some(old) = get_object(&shared, &kind, &ns, &name) else {
+        return not_found(&kind, &name);
     };
     put(&shared, &kind, &ns, &name, old.clone(), "DELETED");
     if kind == "deployments" {
@@ -485,9 +483,9 @@ async fn read_sub(
     UrlPath((ns, kind, name, sub)): UrlPath<(String, String, String, String)>,
 ) -> Response {
     match get_object(&shared, &kind, &ns, &name) {
-        Ok(object) if sub == "scale" => Json(scale_of(&object)).into_response(),
-        Ok(object) => Json(object).into_response(),
-        Err(response) => response,
+        Some(object) if sub == "scale" => Json(scale_of(&object)).into_response(),
+        Some(object) => Json(object).into_response(),
+        None => not_found(&kind, &name),
     }
 }
 
@@ -496,9 +494,8 @@ async fn patch_sub(
     UrlPath((ns, kind, name, sub)): UrlPath<(String, String, String, String)>,
     Json(patch): Json<Value>,
 ) -> Response {
-    let old = match get_object(&shared, &kind, &ns, &name) {
-        Ok(o) => o,
-        Err(r) => return r,
+    let Some(old) = get_object(&shared, &kind, &ns, &name) else {
+        return not_found(&kind, &name);
     };
     let mut new = old.clone();
     match sub.as_str() {
@@ -510,7 +507,7 @@ async fn patch_sub(
     }
     let response = update(shared.clone(), &kind, &ns, &name, &old, new);
     match (sub.as_str(), get_object(&shared, &kind, &ns, &name)) {
-        ("scale", Ok(d)) => Json(scale_of(&d)).into_response(),
+        ("scale", Some(d)) => Json(scale_of(&d)).into_response(),
         _ => response,
     }
 }
@@ -538,7 +535,7 @@ fn reconcile_later(shared: SharedState, ns: String, name: String) {
 
 /// The simulated Deployment controller: pods of the current template, then status.
 fn reconcile(shared: &Shared, ns: &str, name: &str) {
-    let Ok(deployment) = get_object(shared, "deployments", ns, name) else {
+    let Some(deployment) = get_object(shared, "deployments", ns, name) else {
         return;
     };
     let desired = deployment["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
@@ -580,7 +577,7 @@ fn reconcile(shared: &Shared, ns: &str, name: &str) {
         pods.push(put(shared, "pods", ns, &pod_name, pod, "ADDED"));
     }
     let ready = if unpullable { 0 } else { desired };
-    let Ok(mut deployment) = get_object(shared, "deployments", ns, name) else {
+    let Some(mut deployment) = get_object(shared, "deployments", ns, name) else {
         return;
     };
     let conditions = if unpullable {

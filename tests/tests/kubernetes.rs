@@ -342,3 +342,33 @@ async fn fake_apiserver_real_kubectl_lists_ferrys_deployment_and_reports_it_roll
     assert!(status.contains("successfully rolled out"), "{status}");
     drop(fake);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_maintenance_without_a_maintenance_image_fails_with_the_reason() {
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 1),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let on = Action::Maintenance(ferry_protocol::command::MaintenanceMode::Enable {
+        message: "back soon".into(),
+        duration_secs: None,
+    });
+    match command(&system, &mut watch, on).await {
+        EventBody::Failed { reason, .. } => {
+            assert!(reason.contains("maintenance_image"), "{reason}")
+        }
+        other => panic!("maintenance without a responder image should fail: {other:?}"),
+    }
+    assert_eq!(
+        selected_version(&fake).as_deref(),
+        Some("1-0-0"),
+        "the Service still routes to 1.0.0"
+    );
+}

@@ -30,7 +30,7 @@ use crate::config::{KubernetesOptions, RuntimeKind, ServiceConfig};
 use crate::runtime::{Progress, Replacement, RuntimeError};
 
 use objects::{check_managed, deployment_name, is_managed, version_label, version_selector};
-use ready::{wait_rolled_out, WaitError};
+use ready::{wait_rolled_out, WaitError, Watched};
 
 const RUNTIME: &str = "kubernetes";
 
@@ -206,23 +206,20 @@ impl KubernetesService {
             .start_timeout
             .max(std::time::Duration::from_secs(1));
         let timeout = timeout.min(self.config.kubernetes.progress_deadline);
-        wait_rolled_out(
-            &self.deployments,
-            &self.pods,
+        let watched = Watched {
+            deployments: &self.deployments,
+            pods: &self.pods,
             name,
-            &selector,
-            desired,
-            timeout,
-            &self.shutdown,
-            |ready| {
-                progress.step(
-                    "waiting for the Deployment to roll out",
-                    Some(version),
-                    ready,
-                    desired,
-                )
-            },
-        )
+            pod_selector: &selector,
+        };
+        wait_rolled_out(watched, desired, timeout, &self.shutdown, |ready| {
+            progress.step(
+                "waiting for the Deployment to roll out",
+                Some(version),
+                ready,
+                desired,
+            )
+        })
         .await
         .map_err(|e| match e {
             WaitError::Interrupted => RuntimeError::Interrupted,
@@ -450,7 +447,14 @@ impl ServiceBackend for KubernetesService {
         replicas: u32,
     ) -> Result<u32, RuntimeError> {
         let _op = self.op.lock().await;
-        let keep = release.map(|r| deployment_name(self.config.name.as_str(), r.version.as_str()));
+        let Some(keep) =
+            release.map(|r| deployment_name(self.config.name.as_str(), r.version.as_str()))
+        else {
+            // No record (a lost state directory): the cluster keeps serving
+            // what it serves; ferry removes nothing it cannot account for.
+            return Ok(0);
+        };
+        let keep = Some(keep);
         let mut adopted = 0;
         for found in self.managed_deployments().await? {
             let name = found.name_any();

@@ -94,19 +94,33 @@ pub enum WaitError {
     Interrupted,
 }
 
-/// Watches Deployment `name` and the pods matching `pod_selector` until the
-/// rollout is done, fails, or `timeout` passes; `on_ready` hears the ready
-/// count as it changes.
+/// What one wait watches: Deployment `name` and the pods matching `pod_selector`.
+pub struct Watched<'a> {
+    /// The namespace's Deployments.
+    pub deployments: &'a Api<Deployment>,
+    /// The namespace's pods.
+    pub pods: &'a Api<Pod>,
+    /// The Deployment.
+    pub name: &'a str,
+    /// Its pods' label selector.
+    pub pod_selector: &'a str,
+}
+
+/// Watches `watched` until the rollout is done, fails, or `timeout` passes;
+/// `on_ready` hears the ready count as it changes.
 pub async fn wait_rolled_out(
-    deployments: &Api<Deployment>,
-    pods: &Api<Pod>,
-    name: &str,
-    pod_selector: &str,
+    watched: Watched<'_>,
     desired: u32,
     timeout: Duration,
     shutdown: &CancellationToken,
     mut on_ready: impl FnMut(u32),
 ) -> Result<(), WaitError> {
+    let Watched {
+        deployments,
+        pods,
+        name,
+        pod_selector,
+    } = watched;
     let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let deployment_events = watcher(deployments.clone(), by_name)
         .default_backoff()
