@@ -372,3 +372,69 @@ async fn fake_apiserver_maintenance_without_a_maintenance_image_fails_with_the_r
         "the Service still routes to 1.0.0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_blue_green_switches_the_service_keeps_the_old_set_and_switches_back() {
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 2),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let blue_pods = pod_names(&fake);
+
+    let Action::Deploy {
+        release, replicas, ..
+    } = deploy("2.0.0", "registry.example/web:2", 2)
+    else {
+        unreachable!()
+    };
+    let green = Action::Deploy {
+        release,
+        replicas,
+        health: None,
+        approvals: Vec::new(),
+        rollout: Some(Box::new(ferry_protocol::rollout::RolloutOptions {
+            strategy: Some(ferry_protocol::rollout::Strategy::BlueGreen {
+                keep_old_for_secs: 300,
+            }),
+            analysis: None,
+        })),
+        hotfix: false,
+    };
+    let v2 = command(&system, &mut watch, green).await;
+    assert!(succeeded(&v2), "{v2:?}");
+    assert_eq!(selected_version(&fake).as_deref(), Some("2-0-0"));
+    assert_eq!(
+        deployment_names(&fake),
+        ["web-1-0-0", "web-2-0-0"],
+        "the blue set is kept"
+    );
+
+    let back = command(
+        &system,
+        &mut watch,
+        Action::Rollback {
+            to: RollbackTarget::Previous,
+            force: false,
+            dry_run: false,
+        },
+    )
+    .await;
+    assert!(succeeded(&back), "{back:?}");
+    assert_eq!(selected_version(&fake).as_deref(), Some("1-0-0"));
+    let now = pod_names(&fake);
+    assert!(
+        blue_pods.iter().all(|p| now.contains(p)),
+        "the switch back reused the kept pods: {blue_pods:?} vs {now:?}"
+    );
+    until("the green set removed", || {
+        (deployment_names(&fake) == ["web-1-0-0"]).then_some(())
+    })
+    .await;
+}

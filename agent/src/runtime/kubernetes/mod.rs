@@ -9,7 +9,8 @@ pub mod objects;
 pub mod ready;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
@@ -27,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::ServiceBackend;
 use crate::config::{KubernetesOptions, RuntimeKind, ServiceConfig};
+use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
 use crate::runtime::{Progress, Replacement, RuntimeError};
+use ferry_protocol::rollout::Strategy;
+use tokio::sync::mpsc;
 
 use objects::{check_managed, deployment_name, is_managed, version_label, version_selector};
 use ready::{wait_rolled_out, WaitError, Watched};
@@ -82,7 +86,7 @@ pub struct KubernetesService {
     deployments: Api<Deployment>,
     services: Api<Service>,
     pods: Api<Pod>,
-    known: Mutex<Known>,
+    known: Arc<Mutex<Known>>,
     op: tokio::sync::Mutex<()>,
     busy: AtomicBool,
     shutdown: CancellationToken,
@@ -103,7 +107,7 @@ impl KubernetesService {
             services: Api::namespaced(client.clone(), &namespace),
             pods: Api::namespaced(client, &namespace),
             config,
-            known: Mutex::new(Known::default()),
+            known: Arc::new(Mutex::new(Known::default())),
             op: tokio::sync::Mutex::new(()),
             busy: AtomicBool::new(false),
             shutdown,
@@ -235,6 +239,7 @@ impl KubernetesService {
         release: &ReleaseSpec,
         replicas: u32,
         replacement: Replacement,
+        keep_old: Option<Duration>,
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
         let image = objects::image(release)?;
@@ -300,10 +305,14 @@ impl KubernetesService {
             replicas,
         );
         self.route_to(&label).await?;
-        if replacement == Replacement::HealthGated {
-            for other in &others {
-                self.delete_deployment(other).await;
+        match (replacement, keep_old) {
+            (Replacement::StopFirst, _) => {}
+            (Replacement::HealthGated, None) => {
+                for other in &others {
+                    self.delete_deployment(other).await;
+                }
             }
+            (Replacement::HealthGated, Some(keep)) => self.retire_later(others, keep),
         }
         let mut known = self.known();
         if serving.as_ref() != Some(&release.version) {
@@ -311,6 +320,32 @@ impl KubernetesService {
         }
         known.current = Some(release.clone());
         Ok(())
+    }
+
+    /// Removes the Deployments `names` after `keep` (blue-green's old set,
+    /// kept so that a rollback meanwhile is a switch back), except the one
+    /// serving by then.
+    fn retire_later(&self, names: Vec<String>, keep: Duration) {
+        let deployments = self.deployments.clone();
+        let known = self.known.clone();
+        let service = self.config.name.to_string();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(keep) => {}
+            }
+            let serving = known.lock().ok().and_then(|k| {
+                k.current
+                    .as_ref()
+                    .map(|c| deployment_name(&service, c.version.as_str()))
+            });
+            for name in names.into_iter().filter(|n| Some(n) != serving.as_ref()) {
+                if let Err(e) = deployments.delete(&name, &DeleteParams::background()).await {
+                    tracing::warn!(deployment = %name, error = %e, "could not remove a kept Deployment");
+                }
+            }
+        });
     }
 
     /// The serving Deployment's name and version label, if something serves.
@@ -406,8 +441,47 @@ impl ServiceBackend for KubernetesService {
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
         let _op = self.op.lock().await;
-        self.deploy_locked(release, replicas, replacement, progress)
+        self.deploy_locked(release, replicas, replacement, None, progress)
             .await
+    }
+
+    /// Blue-green only: the new version's Deployment beside the old, the
+    /// Service switched in one patch once it is rolled out, the old one kept
+    /// for `keep_old_for_secs`. Canary and rolling need a `RolloutTarget`
+    /// this runtime does not have yet.
+    async fn roll_out(
+        &self,
+        release: &ReleaseSpec,
+        replicas: u32,
+        plan: &RolloutPlan,
+        _controls: &mut mpsc::Receiver<ControlRequest>,
+        progress: &dyn Progress,
+        _observer: &dyn RolloutObserver,
+    ) -> Result<RolloutEnd, RuntimeError> {
+        let Strategy::BlueGreen { keep_old_for_secs } = plan.strategy else {
+            return Err(RuntimeError::Unsupported(format!(
+                "the kubernetes runtime does not support {} deploys yet (blue-green and recreate only)",
+                plan.strategy.kind()
+            )));
+        };
+        let _op = self.op.lock().await;
+        let keep = Duration::from_secs(keep_old_for_secs);
+        self.deploy_locked(
+            release,
+            replicas,
+            Replacement::HealthGated,
+            Some(keep),
+            progress,
+        )
+        .await?;
+        Ok(RolloutEnd::Promoted {
+            detail: format!(
+                "{} {} serves everything; the Service was switched in one patch and the old Deployment is kept for {}",
+                self.config.name,
+                release.version,
+                humantime::format_duration(keep)
+            ),
+        })
     }
 
     async fn scale(&self, replicas: u32, progress: &dyn Progress) -> Result<(), RuntimeError> {
