@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentConfig, RuntimeKind, ServiceConfig};
 use crate::events::{EventPublisher, EventSink};
 use crate::executor::{Executor, ManagedEntry};
+use crate::kubernetes::{self, KubernetesService};
 use crate::link::LinkWatch;
 use crate::managed::ManagedService;
 use crate::runtime::docker::DockerRuntime;
@@ -84,7 +85,8 @@ async fn runtime_for(
     docker: &mut Option<Arc<DockerRuntime>>,
 ) -> Arc<dyn ReplicaRuntime> {
     match service.runtime {
-        RuntimeKind::Process => Arc::new(ProcessRuntime),
+        // Kubernetes services are not built on a ReplicaRuntime (see `run`).
+        RuntimeKind::Process | RuntimeKind::Kubernetes => Arc::new(ProcessRuntime),
         RuntimeKind::Docker => match docker {
             Some(runtime) => runtime.clone(),
             None => {
@@ -160,6 +162,31 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let mut entries = BTreeMap::new();
     let mut docker = None;
     for (name, service) in &config.services {
+        if service.runtime == RuntimeKind::Kubernetes {
+            let client = match kubernetes::connect(&service.kubernetes).await {
+                Ok(client) => client,
+                Err(e) => {
+                    services_shutdown.cancel();
+                    return Err(Error::Config(vec![format!(
+                        "services.{name}.kubernetes: {e}"
+                    )]));
+                }
+            };
+            let backend = KubernetesService::new(
+                config.environment.clone(),
+                service.clone(),
+                client,
+                services_shutdown.child_token(),
+            );
+            entries.insert(
+                name.clone(),
+                ManagedEntry {
+                    config: service.clone(),
+                    backend: Arc::new(backend),
+                },
+            );
+            continue;
+        }
         let runtime = runtime_for(service, &mut docker).await;
         let ctx = ReplicaContext {
             environment: config.environment.clone(),

@@ -79,6 +79,21 @@ pub trait ServiceBackend: Send + Sync {
     /// Turns maintenance on (`Some`) or off.
     fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>);
 
+    /// Why maintenance cannot be turned on (`on`) or off here, if it cannot.
+    fn maintenance_refusal(&self, _on: bool) -> Option<String> {
+        None
+    }
+
+    /// Turns maintenance on or off for a command, where that takes work
+    /// outside the agent (switching a Kubernetes Service to a responder).
+    async fn apply_maintenance(
+        &self,
+        maintenance: Option<MaintenanceInfo>,
+    ) -> Result<(), RuntimeError> {
+        self.set_maintenance(maintenance);
+        Ok(())
+    }
+
     /// Takes over what an earlier agent left running of `release` at
     /// `replicas` (`None` or 0: nothing is to run, leftovers are removed).
     /// Returns how many replicas were adopted; 0 means the caller deploys

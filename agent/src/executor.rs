@@ -489,7 +489,10 @@ impl Executor {
                     }
                     MaintenanceMode::Disable => (None, "maintenance off".to_owned()),
                 };
-                entry.backend.set_maintenance(info.clone());
+                if let Some(why) = entry.backend.maintenance_refusal(info.is_some()) {
+                    return Err(RuntimeError::Unsupported(why));
+                }
+                entry.backend.apply_maintenance(info.clone()).await?;
                 self.update_record(service, |r| r.maintenance = info)
                     .await?;
                 Ok(EventBody::Succeeded {

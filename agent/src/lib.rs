@@ -12,6 +12,7 @@ mod error;
 pub mod events;
 pub mod executor;
 pub mod intake;
+pub mod kubernetes;
 pub mod link;
 pub mod managed;
 pub mod metrics_provider;

@@ -10,6 +10,7 @@ pub mod agent_process;
 pub mod bins;
 pub mod docker;
 pub mod events;
+pub mod fake_apiserver;
 pub mod http_inbox;
 pub mod load;
 pub mod nats;
@@ -267,6 +268,7 @@ impl System {
                     },
                     stop_timeout: Duration::from_secs(5),
                     docker: DockerOptions::default(),
+                    kubernetes: Default::default(),
                     strategy: ferry_protocol::rollout::Strategy::Recreate,
                     analysis: ferry_agent::analysis::Thresholds::default(),
                     metrics: ferry_agent::config::MetricsProvider::Proxy,

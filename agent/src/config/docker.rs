@@ -89,12 +89,17 @@ pub(super) fn docker_options(
 ) -> DockerOptions {
     let mut options = DockerOptions::default();
     if runtime != RuntimeKind::Docker {
+        // Kubernetes shares the container port and labels.
+        let shared = runtime == RuntimeKind::Kubernetes;
         let set = [
-            ("container_port", service.container_port.is_some()),
+            (
+                "container_port",
+                service.container_port.is_some() && !shared,
+            ),
             ("memory", service.memory.is_some()),
             ("cpus", service.cpus.is_some()),
             ("network", service.network.is_some()),
-            ("labels", service.labels.is_some()),
+            ("labels", service.labels.is_some() && !shared),
             ("pull", service.pull.is_some()),
             ("registry_server", service.registry_server.is_some()),
             ("registry_username", service.registry_username.is_some()),

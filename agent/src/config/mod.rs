@@ -3,6 +3,7 @@
 //! every problem at once.
 
 mod docker;
+mod kubernetes;
 mod metrics;
 mod raw;
 mod resolve;
@@ -21,6 +22,7 @@ use crate::Error;
 use ferry_protocol::rollout::Strategy;
 
 pub use docker::{parse_memory, DockerOptions, RegistryAuth};
+pub use kubernetes::{dns_label, KubernetesOptions, Quantities};
 pub use metrics::{
     default_error_rate_query, default_p95_query, default_request_rate_query, render_query,
     MetricsProvider, PrometheusConfig,
@@ -39,6 +41,8 @@ pub enum RuntimeKind {
     Process,
     /// Each replica is a container on the local Docker engine.
     Docker,
+    /// A Deployment per version and a Service on a Kubernetes cluster.
+    Kubernetes,
 }
 
 impl RuntimeKind {
@@ -47,6 +51,7 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Process => "process",
             RuntimeKind::Docker => "docker",
+            RuntimeKind::Kubernetes => "kubernetes",
         }
     }
 }
@@ -88,7 +93,8 @@ pub struct ServiceConfig {
     /// Command template; `{artifact}`, `{port}`, `{version}`, `{service}` and
     /// `{environment}` are substituted in each argument. No shell is involved.
     pub command: Vec<String>,
-    /// The stable address the agent's proxy serves the service on.
+    /// The stable address the agent's proxy serves the service on
+    /// (`0.0.0.0:0` and unused on Kubernetes, where a Service routes).
     pub listen: SocketAddr,
     /// Replicas when a deploy does not say.
     pub replicas: u32,
@@ -100,6 +106,8 @@ pub struct ServiceConfig {
     pub stop_timeout: Duration,
     /// Container settings (docker runtime only).
     pub docker: DockerOptions,
+    /// Cluster settings (kubernetes runtime only).
+    pub kubernetes: KubernetesOptions,
     /// How deploys replace the running version unless a command says
     /// otherwise (`recreate`: the health-gated replace).
     pub strategy: Strategy,

@@ -55,6 +55,7 @@ pub(super) struct RawService {
     pub(super) strategy: Option<Strategy>,
     pub(super) analysis: Option<AnalysisOverride>,
     pub(super) metrics: Option<super::metrics::RawMetrics>,
+    pub(super) kubernetes: Option<super::kubernetes::RawKubernetes>,
 }
 
 #[derive(Debug, Default, Deserialize)]

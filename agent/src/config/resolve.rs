@@ -13,6 +13,7 @@ use crate::analysis::Thresholds;
 use crate::Error;
 
 use super::docker::docker_options;
+use super::kubernetes::kubernetes_options;
 use super::metrics::metrics_provider;
 use super::raw::RawConfig;
 use super::{AgentConfig, HealthConfig, RuntimeKind, ServiceConfig};
@@ -218,14 +219,16 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
         let runtime = match service.runtime.as_deref().unwrap_or("process") {
             "process" => RuntimeKind::Process,
             "docker" => RuntimeKind::Docker,
+            "kubernetes" => RuntimeKind::Kubernetes,
             other => {
                 problems.push(format!(
-                    "{prefix}.runtime: {other:?} is not available in this build (supported: \"process\", \"docker\")"
+                    "{prefix}.runtime: {other:?} is not available in this build (supported: \"process\", \"docker\", \"kubernetes\")"
                 ));
                 RuntimeKind::Process
             }
         };
         let docker = docker_options(&mut problems, &prefix, runtime, &service);
+        let kubernetes = kubernetes_options(&mut problems, &prefix, runtime, &service);
         if runtime == RuntimeKind::Docker && service.command.is_some() {
             problems.push(format!(
                 "{prefix}.command: not used by runtime \"docker\" (the image's entrypoint runs); remove it"
@@ -238,6 +241,16 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             ));
         }
         let listen = match (service.listen.as_deref(), service.port) {
+            // A Service routes on Kubernetes; the agent listens for nothing.
+            (None, None) if runtime == RuntimeKind::Kubernetes => {
+                Some(SocketAddr::from(([0, 0, 0, 0], 0)))
+            }
+            (Some(_), _) | (_, Some(_)) if runtime == RuntimeKind::Kubernetes => {
+                problems.push(format!(
+                    "{prefix}: port and listen are not used by runtime \"kubernetes\" (set kubernetes.service_port); remove them"
+                ));
+                None
+            }
             (Some(addr), _) => match addr.parse::<SocketAddr>() {
                 Ok(a) => Some(a),
                 Err(_) => {
@@ -259,7 +272,7 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                 None
             }
         };
-        if let Some(addr) = listen {
+        if let Some(addr) = listen.filter(|a| a.port() != 0) {
             if let Some(other) = listens.insert(addr, name.clone()) {
                 problems.push(format!(
                     "{prefix}: listens on {addr}, as does services.{other}"
@@ -339,6 +352,7 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                     health,
                     stop_timeout,
                     docker,
+                    kubernetes,
                     strategy,
                     analysis,
                     metrics,

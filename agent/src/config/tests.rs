@@ -402,3 +402,43 @@ fn metrics_provider_problems_are_listed_at_once() {
         );
     }
 }
+
+#[test]
+fn kubernetes_services_are_read_and_every_problem_is_listed_at_once() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let head =
+        format!("environment = \"dev\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n");
+    let cfg = from_toml(&format!(
+        "{head}[services.web]\nruntime = \"kubernetes\"\ncontainer_port = 9000\nlabels = {{ team = \"a\" }}\n[services.web.kubernetes]\nnamespace = \"ferry-dev\"\nservice_type = \"NodePort\"\nimage_pull_secrets = [\"regcred\"]\nlimits = {{ memory = \"128Mi\" }}\n"
+    ))
+    .expect("a valid kubernetes service");
+    let web = &cfg.services[&ServiceName::new("web").unwrap()];
+    assert_eq!(web.runtime, RuntimeKind::Kubernetes);
+    assert_eq!(web.kubernetes.namespace, "ferry-dev");
+    assert_eq!(web.kubernetes.container_port, 9000);
+    assert_eq!(web.kubernetes.service_type, "NodePort");
+    assert_eq!(web.kubernetes.limits.memory.as_deref(), Some("128Mi"));
+    assert_eq!(web.kubernetes.labels["team"], "a");
+
+    let Err(Error::Config(problems)) = from_toml(&format!(
+        "{head}[services.web]\nruntime = \"kubernetes\"\nport = 8080\ncommand = [\"x\"]\nlabels = {{ \"ferry.io/version\" = \"x\" }}\n[services.web.kubernetes]\nnamespace = \"Bad_NS\"\nservice_type = \"Ingress\"\nrequests = {{ cpu = \"lots\" }}\nkubeconfig = \"/nonexistent/kubeconfig\"\n[services.api]\nport = 8081\n[services.api.kubernetes]\nnamespace = \"x\"\n"
+    )) else {
+        panic!("accepted a broken kubernetes service");
+    };
+    let joined = problems.join("\n");
+    for expected in [
+        "services.web: port and listen are not used by runtime \"kubernetes\"",
+        "services.web.command: not used by runtime \"kubernetes\"",
+        "services.web.labels: \"ferry.io/version\" is reserved",
+        "services.web.kubernetes.namespace: \"Bad_NS\"",
+        "services.web.kubernetes.service_type: \"Ingress\"",
+        "services.web.kubernetes.requests.cpu: \"lots\"",
+        "services.web.kubernetes.kubeconfig: /nonexistent/kubeconfig is not a readable file",
+        "services.api.kubernetes: only used with runtime = \"kubernetes\"",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "missing {expected:?} in:\n{joined}"
+        );
+    }
+}

@@ -1,0 +1,590 @@
+//! A fake Kubernetes API server, in-process on loopback HTTP: the REST paths
+//! ferry's Kubernetes runtime and `kubectl get`/`rollout status` use (apps/v1
+//! Deployments with `/status` and `/scale`, v1 Services, Pods and Events),
+//! with resourceVersions, label and field selectors, lists and
+//! `?watch=true` streams, and a small simulated Deployment controller: after
+//! a configurable delay it creates the pods and moves the Deployment's status
+//! (observedGeneration, updated/ready/available replicas) as the real one
+//! does; pods of images marked as unpullable wait in `ErrImagePull`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+/// A change, as a watch reports it.
+#[derive(Clone, Debug)]
+struct Change {
+    rv: u64,
+    kind: String,
+    namespace: String,
+    kind_of_change: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct Store {
+    rv: u64,
+    objects: BTreeMap<(String, String, String), Value>,
+    log: Vec<Change>,
+    unpullable: BTreeSet<String>,
+    next_pod: u64,
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    changed: broadcast::Sender<()>,
+    delay: Duration,
+}
+
+/// The fake API server; stops with the test's runtime.
+#[derive(Clone)]
+pub struct FakeApiServer {
+    shared: Arc<Shared>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+type SharedState = Arc<Shared>;
+
+impl FakeApiServer {
+    /// Starts it on a free loopback port; the simulated controller acts
+    /// `delay` after each change of a Deployment.
+    pub async fn start(delay: Duration) -> FakeApiServer {
+        let (changed, _) = broadcast::channel(1024);
+        let shared = Arc::new(Shared {
+            store: Mutex::new(Store::default()),
+            changed,
+            delay,
+        });
+        let app = Router::new()
+            .route("/version", get(|| async { Json(json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake"})) }))
+            .route("/api", get(|| async { Json(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})) }))
+            .route("/apis", get(|| async { Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}], "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}]})) }))
+            .route("/api/v1", get(|| async { Json(resource_list("v1", &[("pods", "Pod"), ("services", "Service"), ("events", "Event")])) }))
+            .route("/apis/apps/v1", get(|| async { Json(resource_list("apps/v1", &[("deployments", "Deployment")])) }))
+            .route("/api/v1/namespaces/{ns}/{kind}", get(collection).post(create))
+            .route("/apis/apps/v1/namespaces/{ns}/{kind}", get(collection).post(create))
+            .route("/api/v1/namespaces/{ns}/{kind}/{name}", get(read).patch(patch).put(replace).delete(remove))
+            .route("/apis/apps/v1/namespaces/{ns}/{kind}/{name}", get(read).patch(patch).put(replace).delete(remove))
+            .route("/apis/apps/v1/namespaces/{ns}/{kind}/{name}/{sub}", get(read_sub).patch(patch_sub))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake API server");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeApiServer { shared, addr }
+    }
+
+    /// Pods of `image` will not pull (`ErrImagePull`).
+    pub fn fail_pull(&self, image: &str) {
+        self.shared
+            .store
+            .lock()
+            .unwrap()
+            .unpullable
+            .insert(image.to_owned());
+    }
+
+    /// A kubeconfig for this server (context `fake`, namespace `namespace`), written to `dir`.
+    pub fn kubeconfig(&self, dir: &Path, namespace: &str) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace}\nusers:\n- name: fake\n  user:\n    token: fake-token\n",
+            self.addr
+        );
+        std::fs::write(&path, text).expect("write the kubeconfig");
+        path
+    }
+
+    /// Every object of `kind` (plural: `deployments`) in `namespace`.
+    pub fn objects(&self, kind: &str, namespace: &str) -> Vec<Value> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .objects
+            .iter()
+            .filter(|((k, ns, _), _)| k == kind && ns == namespace)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// One object, if it exists.
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let store = self.shared.store.lock().unwrap();
+        store
+            .objects
+            .get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Stores `object` as someone other than ferry would create it.
+    pub fn insert(&self, kind: &str, namespace: &str, object: Value) {
+        let mut object = object;
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("a name")
+            .to_owned();
+        object["metadata"]["namespace"] = json!(namespace);
+        put(&self.shared, kind, namespace, &name, object, "ADDED");
+    }
+}
+
+fn resource_list(group_version: &str, kinds: &[(&str, &str)]) -> Value {
+    let mut resources = Vec::new();
+    for (name, kind) in kinds {
+        resources.push(json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}));
+        if *name == "deployments" {
+            resources.push(json!({"name": "deployments/status", "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "patch", "update"]}));
+            resources.push(json!({"name": "deployments/scale", "singularName": "", "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+        }
+    }
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources})
+}
+
+fn kind_name(plural: &str) -> (&'static str, &'static str) {
+    match plural {
+        "deployments" => ("Deployment", "apps/v1"),
+        "services" => ("Service", "v1"),
+        "pods" => ("Pod", "v1"),
+        _ => ("Event", "v1"),
+    }
+}
+
+fn status(code: StatusCode, reason: &str, message: String) -> Response {
+    (code, Json(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}))).into_response()
+}
+
+/// Stores `object`, stamping metadata and logging the change; returns what was stored.
+fn put(
+    shared: &Shared,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    mut object: Value,
+    change: &'static str,
+) -> Value {
+    let mut store = shared.store.lock().unwrap();
+    store.rv += 1;
+    let rv = store.rv;
+    let (kind_name, api_version) = kind_name(kind);
+    object["kind"] = json!(kind_name);
+    object["apiVersion"] = json!(api_version);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    if object["metadata"]["uid"].is_null() {
+        object["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
+        object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
+    let key = (kind.to_owned(), ns.to_owned(), name.to_owned());
+    if change == "DELETED" {
+        store.objects.remove(&key);
+    } else {
+        store.objects.insert(key, object.clone());
+    }
+    store.log.push(Change {
+        rv,
+        kind: kind.to_owned(),
+        namespace: ns.to_owned(),
+        kind_of_change: change,
+        object: object.clone(),
+    });
+    drop(store);
+    let _ = shared.changed.send(());
+    object
+}
+
+fn matches(object: &Value, query: &BTreeMap<String, String>) -> bool {
+    let pairs = |text: &str| -> Vec<(String, String)> {
+        text.split(',')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                p.split_once('=').map(|(k, v)| {
+                    (
+                        k.trim_end_matches('=').to_owned(),
+                        v.trim_start_matches('=').to_owned(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let labels_ok = query.get("labelSelector").is_none_or(|s| {
+        pairs(s)
+            .iter()
+            .all(|(k, v)| object["metadata"]["labels"][k].as_str() == Some(v))
+    });
+    let fields_ok = query.get("fieldSelector").is_none_or(|s| {
+        pairs(s).iter().all(|(k, v)| match k.as_str() {
+            "metadata.name" => object["metadata"]["name"].as_str() == Some(v),
+            "metadata.namespace" => object["metadata"]["namespace"].as_str() == Some(v),
+            _ => true,
+        })
+    });
+    labels_ok && fields_ok
+}
+
+async fn collection(
+    State(shared): State<SharedState>,
+    UrlPath((ns, kind)): UrlPath<(String, String)>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Response {
+    if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return watch(shared, ns, kind, query);
+    }
+    let store = shared.store.lock().unwrap();
+    let items: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((k, n, _), v)| *k == kind && *n == ns && matches(v, &query))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let (kind_name, api_version) = kind_name(&kind);
+    Json(json!({"kind": format!("{kind_name}List"), "apiVersion": api_version, "metadata": {"resourceVersion": store.rv.to_string()}, "items": items})).into_response()
+}
+
+fn watch(
+    shared: SharedState,
+    ns: String,
+    kind: String,
+    query: BTreeMap<String, String>,
+) -> Response {
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let changed = shared.changed.subscribe();
+    let stream = futures::stream::unfold(
+        (shared, changed, from),
+        move |(shared, mut changed, mut cursor)| {
+            let (ns, kind, query) = (ns.clone(), kind.clone(), query.clone());
+            async move {
+                loop {
+                    let lines: String = {
+                        let store = shared.store.lock().unwrap();
+                        let fresh: Vec<&Change> =
+                            store.log.iter().filter(|c| c.rv > cursor).collect();
+                        cursor = store.rv;
+                        fresh
+                            .into_iter()
+                            .filter(|c| {
+                                c.kind == kind && c.namespace == ns && matches(&c.object, &query)
+                            })
+                            .map(|c| {
+                                format!(
+                                    "{}\n",
+                                    json!({"type": c.kind_of_change, "object": c.object})
+                                )
+                            })
+                            .collect()
+                    };
+                    if !lines.is_empty() {
+                        return Some((
+                            Ok::<Bytes, std::convert::Infallible>(Bytes::from(lines)),
+                            (shared, changed, cursor),
+                        ));
+                    }
+                    if let Err(broadcast::error::RecvError::Closed) = changed.recv().await {
+                        return None;
+                    }
+                }
+            }
+        },
+    );
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+async fn create(
+    State(shared): State<SharedState>,
+    UrlPath((ns, kind)): UrlPath<(String, String)>,
+    Json(mut object): Json<Value>,
+) -> Response {
+    let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
+        return status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "metadata.name: required".into(),
+        );
+    };
+    if shared
+        .store
+        .lock()
+        .unwrap()
+        .objects
+        .contains_key(&(kind.clone(), ns.clone(), name.clone()))
+    {
+        return status(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{kind} \"{name}\" already exists"),
+        );
+    }
+    object["metadata"]["namespace"] = json!(ns);
+    if kind == "deployments" {
+        object["metadata"]["generation"] = json!(1);
+        object["status"] = json!({});
+    }
+    let stored = put(&shared, &kind, &ns, &name, object, "ADDED");
+    if kind == "deployments" {
+        reconcile_later(shared, ns, name);
+    }
+    (StatusCode::CREATED, Json(stored)).into_response()
+}
+
+fn get_object(shared: &Shared, kind: &str, ns: &str, name: &str) -> Option<Value> {
+    shared
+        .store
+        .lock()
+        .unwrap()
+        .objects
+        .get(&(kind.to_owned(), ns.to_owned(), name.to_owned()))
+        .cloned()
+}
+
+fn not_found(kind: &str, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{kind} \"{name}\" not found"),
+    )
+}
+
+async fn read(
+    State(shared): State<SharedState>,
+    UrlPath((ns, kind, name)): UrlPath<(String, String, String)>,
+) -> Response {
+    match get_object(&shared, &kind, &ns, &name) {
+        Some(object) => Json(object).into_response(),
+        None => not_found(&kind, &name),
+    }
+}
+
+/// JSON merge patch (RFC 7386).
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            for (key, value) in fields {
+                if value.is_null() {
+                    if let Some(map) = target.as_object_mut() {
+                        map.remove(key);
+                    }
+                } else {
+                    merge(&mut target[key], value);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// Stores a changed Deployment or other object; a Deployment whose spec
+/// changed gets a new generation and a controller pass.
+fn update(
+    shared: SharedState,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    old: &Value,
+    mut new: Value,
+) -> Response {
+    let spec_changed = old["spec"] != new["spec"];
+    if kind == "deployments" && spec_changed {
+        new["metadata"]["generation"] =
+            json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+    }
+    let stored = put(&shared, kind, ns, name, new, "MODIFIED");
+    if kind == "deployments" && spec_changed {
+        reconcile_later(shared, ns.to_owned(), name.to_owned());
+    }
+    Json(stored).into_response()
+}
+
+async fn patch(
+    State(shared): State<SharedState>,
+    UrlPath((ns, kind, name)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(old) = get_object(&shared, &kind, &ns, &name) else {
+        return not_found(&kind, &name);
+    };
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.contains("merge-patch") {
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("the fake takes merge patches only, not {content_type}"),
+        );
+    }
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON".into());
+    };
+    let mut new = old.clone();
+    merge(&mut new, &patch);
+    update(shared, &kind, &ns, &name, &old, new)
+}
+
+async fn replace(
+    State(shared): State<SharedState>,
+    UrlPath((ns, kind, name)): UrlPath<(String, String, String)>,
+    Json(new): Json<Value>,
+) -> Response {
+    let Some(old) = get_object(&shared, &kind, &ns, &name) else {
+        return not_found(&kind, &name);
+    };
+    update(shared, &kind, &ns, &name, &old, new)
+}
+
+async fn remove(
+    State(shared): State<SharedState>,
+    UrlPath((ns, kind, name)): UrlPath<(String, String, String)>,
+) -> Response {
+    let Some(old) = get_object(&shared, &kind, &ns, &name) else {
+        return not_found(&kind, &name);
+    };
+    put(&shared, &kind, &ns, &name, old.clone(), "DELETED");
+    if kind == "deployments" {
+        for pod in owned_pods(&shared, &ns, &name) {
+            let pod_name = pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            put(&shared, "pods", &ns, &pod_name, pod, "DELETED");
+        }
+    }
+    Json(old).into_response()
+}
+
+fn scale_of(deployment: &Value) -> Value {
+    json!({"kind": "Scale", "apiVersion": "autoscaling/v1", "metadata": {"name": deployment["metadata"]["name"], "namespace": deployment["metadata"]["namespace"], "resourceVersion": deployment["metadata"]["resourceVersion"]}, "spec": {"replicas": deployment["spec"]["replicas"]}, "status": {"replicas": deployment["status"]["replicas"].as_i64().unwrap_or(0)}})
+}
+
+async fn read_sub(
+    State(shared): State<SharedState>,
+    UrlPath((ns, kind, name, sub)): UrlPath<(String, String, String, String)>,
+) -> Response {
+    match get_object(&shared, &kind, &ns, &name) {
+        Some(object) if sub == "scale" => Json(scale_of(&object)).into_response(),
+        Some(object) => Json(object).into_response(),
+        None => not_found(&kind, &name),
+    }
+}
+
+async fn patch_sub(
+    State(shared): State<SharedState>,
+    UrlPath((ns, kind, name, sub)): UrlPath<(String, String, String, String)>,
+    Json(patch): Json<Value>,
+) -> Response {
+    let Some(old) = get_object(&shared, &kind, &ns, &name) else {
+        return not_found(&kind, &name);
+    };
+    let mut new = old.clone();
+    match sub.as_str() {
+        "scale" => merge(
+            &mut new["spec"],
+            &json!({"replicas": patch["spec"]["replicas"]}),
+        ),
+        _ => merge(&mut new["status"], &patch["status"]),
+    }
+    let response = update(shared.clone(), &kind, &ns, &name, &old, new);
+    match (sub.as_str(), get_object(&shared, &kind, &ns, &name)) {
+        ("scale", Some(d)) => Json(scale_of(&d)).into_response(),
+        _ => response,
+    }
+}
+
+fn owned_pods(shared: &Shared, ns: &str, deployment: &str) -> Vec<Value> {
+    let store = shared.store.lock().unwrap();
+    store
+        .objects
+        .iter()
+        .filter(|((k, n, _), v)| {
+            k == "pods"
+                && n == ns
+                && v["metadata"]["annotations"]["fake.ferry.io/owner"] == deployment
+        })
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+fn reconcile_later(shared: SharedState, ns: String, name: String) {
+    tokio::spawn(async move {
+        tokio::time::sleep(shared.delay).await;
+        reconcile(&shared, &ns, &name);
+    });
+}
+
+/// The simulated Deployment controller: pods of the current template, then status.
+fn reconcile(shared: &Shared, ns: &str, name: &str) {
+    let Some(deployment) = get_object(shared, "deployments", ns, name) else {
+        return;
+    };
+    let desired = deployment["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+    let template = &deployment["spec"]["template"];
+    let image = template["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let unpullable = shared.store.lock().unwrap().unpullable.contains(&image);
+    let mut pods = owned_pods(shared, ns, name);
+    // Pods of an older template are replaced; surplus ones removed.
+    for pod in pods
+        .iter()
+        .filter(|p| p["spec"] != template["spec"])
+        .chain(pods.iter().skip(desired))
+    {
+        let pod_name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        put(shared, "pods", ns, &pod_name, pod.clone(), "DELETED");
+    }
+    pods.retain(|p| p["spec"] == template["spec"]);
+    pods.truncate(desired);
+    while pods.len() < desired {
+        let n = {
+            let mut store = shared.store.lock().unwrap();
+            store.next_pod += 1;
+            store.next_pod
+        };
+        let pod_name = format!("{name}-{n:05x}");
+        let container = template["spec"]["containers"][0]["name"].clone();
+        let status = if unpullable {
+            json!({"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [{"name": container, "ready": false, "restartCount": 0, "image": image, "imageID": "", "state": {"waiting": {"reason": "ErrImagePull", "message": format!("failed to pull image \"{image}\": not found")}}}]})
+        } else {
+            json!({"phase": "Running", "podIP": format!("10.0.0.{}", n % 250), "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": container, "ready": true, "restartCount": 0, "image": image, "imageID": "", "state": {"running": {}}}]})
+        };
+        let pod = json!({"metadata": {"name": pod_name, "namespace": ns, "labels": template["metadata"]["labels"], "annotations": {"fake.ferry.io/owner": name}}, "spec": template["spec"], "status": status});
+        pods.push(put(shared, "pods", ns, &pod_name, pod, "ADDED"));
+    }
+    let ready = if unpullable { 0 } else { desired };
+    let Some(mut deployment) = get_object(shared, "deployments", ns, name) else {
+        return;
+    };
+    let conditions = if unpullable {
+        json!([{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated", "message": "waiting for pods"}, {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"}])
+    } else {
+        json!([{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": format!("ReplicaSet \"{name}\" has successfully progressed.")}, {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}])
+    };
+    deployment["status"] = json!({"observedGeneration": deployment["metadata"]["generation"], "replicas": desired, "updatedReplicas": desired, "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": desired - ready, "conditions": conditions});
+    put(shared, "deployments", ns, name, deployment, "MODIFIED");
+}

@@ -1,0 +1,440 @@
+//! End-to-end tests of the Kubernetes runtime: the real `ferry-agent` binary
+//! with `runtime = "kubernetes"`, commands through a real nats-server, and the
+//! cluster played by the in-process fake API server
+//! (`ferry_e2e::fake_apiserver`); each test names it. One test points
+//! Debian's real `kubectl` at the fake to keep it honest.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use ferry_e2e::fake_apiserver::FakeApiServer;
+use ferry_e2e::*;
+use ferry_protocol::command::{Action, ReleaseSpec, RollbackTarget};
+use ferry_protocol::event::EventBody;
+use ferry_protocol::Version;
+use serde_json::{json, Value};
+
+const NS: &str = "ferry-dev";
+
+fn release(version: &str, image: &str) -> ReleaseSpec {
+    ReleaseSpec {
+        version: Version::new(version).unwrap(),
+        artifact: image.to_owned(),
+        digest: None,
+        env: Default::default(),
+    }
+}
+
+fn deploy(version: &str, image: &str, replicas: u32) -> Action {
+    Action::Deploy {
+        release: release(version, image),
+        replicas: Some(replicas),
+        health: None,
+        approvals: Vec::new(),
+        rollout: None,
+        hotfix: false,
+    }
+}
+
+/// The fake, and an agent whose service `web` runs on it.
+async fn start(system: &System) -> (FakeApiServer, AgentProcess) {
+    let fake = FakeApiServer::start(Duration::from_millis(200)).await;
+    let kubeconfig = fake.kubeconfig(system.dir.path(), NS);
+    let agent = AgentProcess::start(
+        system,
+        &format!(
+            "[services.web]\nruntime = \"kubernetes\"\ncontainer_port = 8080\nreplicas = 1\nlabels = {{ team = \"payments\" }}\n\n[services.web.health]\nstart_timeout = \"20s\"\n\n[services.web.kubernetes]\nnamespace = \"{NS}\"\nkubeconfig = \"{}\"\ncontext = \"fake\"\nservice_port = 80\nrequests = {{ cpu = \"100m\", memory = \"64Mi\" }}\n",
+            kubeconfig.display()
+        ),
+    )
+    .await;
+    (fake, agent)
+}
+
+/// Sends `action` to `web` and returns its outcome.
+async fn command(system: &System, watch: &mut EventWatch, action: Action) -> EventBody {
+    let client = system.nats.client().await;
+    let id = send_command(&client, &system.controller_key, "dev", "web", action).await;
+    watch.outcome(id, WAIT).await.body
+}
+
+fn succeeded(body: &EventBody) -> bool {
+    matches!(body, EventBody::Succeeded { .. })
+}
+
+fn selected_version(fake: &FakeApiServer) -> Option<String> {
+    fake.object("services", NS, "web")?["spec"]["selector"]["ferry.io/version"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn deployment_names(fake: &FakeApiServer) -> Vec<String> {
+    let mut names: Vec<String> = fake
+        .objects("deployments", NS)
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn pod_names(fake: &FakeApiServer) -> Vec<String> {
+    let mut names: Vec<String> = fake
+        .objects("pods", NS)
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_deploys_rolls_forward_fails_an_unpullable_image_fast_rolls_back_and_scales()
+{
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 3),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let d1 = fake
+        .object("deployments", NS, "web-1-0-0")
+        .expect("web-1-0-0");
+    assert_eq!(d1["spec"]["replicas"], 3);
+    assert_eq!(
+        d1["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "ferry"
+    );
+    assert_eq!(d1["metadata"]["labels"]["ferry.io/environment"], "dev");
+    assert_eq!(d1["metadata"]["labels"]["ferry.io/service"], "web");
+    assert_eq!(d1["metadata"]["labels"]["ferry.io/version"], "1-0-0");
+    assert_eq!(d1["metadata"]["labels"]["team"], "payments");
+    let container = &d1["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/web:1");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["resources"]["requests"]["cpu"], "100m");
+    assert_eq!(selected_version(&fake).as_deref(), Some("1-0-0"));
+    assert_eq!(pod_names(&fake).len(), 3);
+
+    let v2 = command(
+        &system,
+        &mut watch,
+        deploy("2.0.0", "registry.example/web:2", 3),
+    )
+    .await;
+    assert!(succeeded(&v2), "{v2:?}");
+    assert_eq!(selected_version(&fake).as_deref(), Some("2-0-0"));
+    until("the 1.0.0 Deployment removed", || {
+        (deployment_names(&fake) == ["web-2-0-0"]).then_some(())
+    })
+    .await;
+
+    fake.fail_pull("registry.example/web:3");
+    let started = Instant::now();
+    let v3 = command(
+        &system,
+        &mut watch,
+        deploy("3.0.0", "registry.example/web:3", 3),
+    )
+    .await;
+    let took = started.elapsed();
+    match &v3 {
+        EventBody::Failed { reason, .. } => {
+            assert!(reason.contains("ErrImagePull"), "{reason}");
+            assert!(reason.contains("failed to pull image"), "{reason}");
+        }
+        other => panic!("3.0.0 should fail: {other:?}"),
+    }
+    assert!(
+        took < Duration::from_secs(10),
+        "the pull failure took {took:?}, not at once (start_timeout is 20s)"
+    );
+    assert_eq!(
+        selected_version(&fake).as_deref(),
+        Some("2-0-0"),
+        "2.0.0 keeps serving"
+    );
+    assert_eq!(
+        deployment_names(&fake),
+        ["web-2-0-0"],
+        "the failed set is removed"
+    );
+
+    let back = command(
+        &system,
+        &mut watch,
+        Action::Rollback {
+            to: RollbackTarget::Version(Version::new("1.0.0").unwrap()),
+            force: false,
+            dry_run: false,
+        },
+    )
+    .await;
+    assert!(succeeded(&back), "{back:?}");
+    assert_eq!(selected_version(&fake).as_deref(), Some("1-0-0"));
+    until("only 1.0.0 left", || {
+        (deployment_names(&fake) == ["web-1-0-0"]).then_some(())
+    })
+    .await;
+
+    let scaled = command(&system, &mut watch, Action::Scale { replicas: 5 }).await;
+    assert!(succeeded(&scaled), "{scaled:?}");
+    let d = fake.object("deployments", NS, "web-1-0-0").unwrap();
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(d["status"]["readyReplicas"], 5);
+    until("5 pods", || (pod_names(&fake).len() == 5).then_some(())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_a_restarted_agent_adopts_the_running_objects_without_new_pods() {
+    let system = System::without_controller();
+    let (fake, mut agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 3),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let pods = pod_names(&fake);
+    let deployment_rv =
+        fake.object("deployments", NS, "web-1-0-0").unwrap()["metadata"]["resourceVersion"].clone();
+    let service_rv =
+        fake.object("services", NS, "web").unwrap()["metadata"]["resourceVersion"].clone();
+
+    agent.kill_hard();
+    // The first heartbeat comes after the agent restored its services.
+    agent.start_again().await;
+    assert_eq!(pod_names(&fake), pods, "no pod was replaced");
+    let d = fake.object("deployments", NS, "web-1-0-0").unwrap();
+    assert_eq!(
+        d["metadata"]["resourceVersion"], deployment_rv,
+        "the Deployment was not written to"
+    );
+    assert_eq!(
+        fake.object("services", NS, "web").unwrap()["metadata"]["resourceVersion"],
+        service_rv,
+        "nor the Service"
+    );
+    // It knows what it adopted: a scale acts on the adopted Deployment.
+    let scaled = command(&system, &mut watch, Action::Scale { replicas: 4 }).await;
+    assert!(succeeded(&scaled), "{scaled:?}");
+    assert_eq!(
+        fake.object("deployments", NS, "web-1-0-0").unwrap()["spec"]["replicas"],
+        4
+    );
+    assert_eq!(
+        pod_names(&fake).iter().filter(|p| pods.contains(p)).count(),
+        3,
+        "the adopted pods still run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_an_object_not_created_by_ferry_is_left_alone() {
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let foreign = json!({
+        "metadata": { "name": "web-1-0-0", "labels": { "app": "someone-else" } },
+        "spec": { "replicas": 7, "selector": { "matchLabels": { "app": "someone-else" } },
+                  "template": { "metadata": { "labels": { "app": "someone-else" } }, "spec": { "containers": [{ "name": "x", "image": "other:1" }] } } }
+    });
+    fake.insert("deployments", NS, foreign);
+    let before = fake.object("deployments", NS, "web-1-0-0").unwrap();
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let outcome = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 1),
+    )
+    .await;
+    match &outcome {
+        EventBody::Failed { reason, .. } => {
+            assert!(reason.contains("not created by ferry"), "{reason}")
+        }
+        other => panic!("deploy over a foreign object should fail: {other:?}"),
+    }
+    assert_eq!(
+        fake.object("deployments", NS, "web-1-0-0").unwrap(),
+        before,
+        "untouched"
+    );
+    assert!(fake.object("services", NS, "web").is_none());
+}
+
+fn kubectl_ready(test: &str) -> bool {
+    let found = std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: kubectl is missing (scripts/test installs it: apt-get install -y kubectl)"
+        );
+        eprintln!("skipping {test}: kubectl is not installed (apt-get install -y kubectl)");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_real_kubectl_lists_ferrys_deployment_and_reports_it_rolled_out() {
+    if !kubectl_ready(
+        "fake_apiserver_real_kubectl_lists_ferrys_deployment_and_reports_it_rolled_out",
+    ) {
+        return;
+    }
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 2),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let kubeconfig = system.dir.path().join("kubeconfig");
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args([
+                "--cache-dir",
+                system.dir.path().join("kube-cache").to_str().unwrap(),
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list: Value =
+        serde_json::from_str(&kubectl(&["get", "deployments", "-o", "json"])).unwrap();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web-1-0-0"]);
+    assert_eq!(
+        list["items"][0]["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "ferry"
+    );
+    let status = kubectl(&["rollout", "status", "deployment/web-1-0-0", "--timeout=20s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    drop(fake);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_maintenance_without_a_maintenance_image_fails_with_the_reason() {
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 1),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let on = Action::Maintenance(ferry_protocol::command::MaintenanceMode::Enable {
+        message: "back soon".into(),
+        duration_secs: None,
+    });
+    match command(&system, &mut watch, on).await {
+        EventBody::Failed { reason, .. } => {
+            assert!(reason.contains("maintenance_image"), "{reason}")
+        }
+        other => panic!("maintenance without a responder image should fail: {other:?}"),
+    }
+    assert_eq!(
+        selected_version(&fake).as_deref(),
+        Some("1-0-0"),
+        "the Service still routes to 1.0.0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_blue_green_switches_the_service_keeps_the_old_set_and_switches_back() {
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 2),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let blue_pods = pod_names(&fake);
+
+    let Action::Deploy {
+        release, replicas, ..
+    } = deploy("2.0.0", "registry.example/web:2", 2)
+    else {
+        unreachable!()
+    };
+    let green = Action::Deploy {
+        release,
+        replicas,
+        health: None,
+        approvals: Vec::new(),
+        rollout: Some(Box::new(ferry_protocol::rollout::RolloutOptions {
+            strategy: Some(ferry_protocol::rollout::Strategy::BlueGreen {
+                keep_old_for_secs: 300,
+            }),
+            analysis: None,
+        })),
+        hotfix: false,
+    };
+    let v2 = command(&system, &mut watch, green).await;
+    assert!(succeeded(&v2), "{v2:?}");
+    assert_eq!(selected_version(&fake).as_deref(), Some("2-0-0"));
+    assert_eq!(
+        deployment_names(&fake),
+        ["web-1-0-0", "web-2-0-0"],
+        "the blue set is kept"
+    );
+
+    let back = command(
+        &system,
+        &mut watch,
+        Action::Rollback {
+            to: RollbackTarget::Previous,
+            force: false,
+            dry_run: false,
+        },
+    )
+    .await;
+    assert!(succeeded(&back), "{back:?}");
+    assert_eq!(selected_version(&fake).as_deref(), Some("1-0-0"));
+    let now = pod_names(&fake);
+    assert!(
+        blue_pods.iter().all(|p| now.contains(p)),
+        "the switch back reused the kept pods: {blue_pods:?} vs {now:?}"
+    );
+    until("the green set removed", || {
+        (deployment_names(&fake) == ["web-1-0-0"]).then_some(())
+    })
+    .await;
+}
