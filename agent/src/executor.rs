@@ -612,7 +612,7 @@ impl Executor {
             Err(RuntimeError::Interrupted) => return Err(RuntimeError::Interrupted),
             Err(e) => {
                 tracing::warn!(%service, %version, "no verification: {e}");
-                return Ok(succeeded);
+                return Ok(with_detail(succeeded, &format!("not verified: {e}")));
             }
         };
         tracing::warn!(%service, %version, %breach, "verification after the switch breached; rolling back");
@@ -717,28 +717,31 @@ impl Executor {
 
 /// A succeeded deploy's detail with what its verification weighed.
 fn verified(succeeded: EventBody, over: Duration, requests: u64, conclusive: bool) -> EventBody {
+    let over = humantime::format_duration(over);
+    let how = if conclusive {
+        format!("verified for {over} over {requests} requests")
+    } else {
+        format!(
+            "verified for {over} on health checks alone ({requests} requests: too few for error rate and latency)"
+        )
+    };
+    with_detail(succeeded, &how)
+}
+
+/// A succeeded outcome with `more` appended to its detail.
+fn with_detail(succeeded: EventBody, more: &str) -> EventBody {
     match succeeded {
         EventBody::Succeeded {
             action,
             version,
             replicas,
             detail,
-        } => {
-            let over = humantime::format_duration(over);
-            let how = if conclusive {
-                format!("verified for {over} over {requests} requests")
-            } else {
-                format!(
-                    "verified for {over} on health checks alone ({requests} requests: too few for error rate and latency)"
-                )
-            };
-            EventBody::Succeeded {
-                action,
-                version,
-                replicas,
-                detail: format!("{detail}; {how}"),
-            }
-        }
+        } => EventBody::Succeeded {
+            action,
+            version,
+            replicas,
+            detail: format!("{detail}; {more}"),
+        },
         other => other,
     }
 }
