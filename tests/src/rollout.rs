@@ -101,3 +101,20 @@ pub async fn wait_no_traffic_to(load: &Load, version: &str, requests: u64, timeo
         );
     }
 }
+
+/// Waits for the rollout of command `id` to report its end (promoted or
+/// aborted). Rollout events travel in order through the agent's event
+/// queue and the outcome on its own confirmed path, so the outcome may come
+/// first; once the end is in, every rollout event before it is too.
+pub async fn wait_rollout_end(watch: &mut EventWatch, id: Uuid) -> RolloutPhase {
+    let end = watch
+        .wait_for(WAIT, "the rollout's end", |e| {
+            e.command_id == Some(id)
+                && matches!(
+                    rollout_phase(e),
+                    Some(RolloutPhase::Promoted | RolloutPhase::Aborted { .. })
+                )
+        })
+        .await;
+    rollout_phase(&end).cloned().expect("a rollout event")
+}

@@ -149,7 +149,9 @@ async fn both_failing_aborts_with_the_outage_as_the_reason_when_configured_to() 
         "{reason}"
     );
     assert_eq!(serving, Some("1.0.0"));
-    let reason = watch.seen.iter().find_map(aborted).expect("an abort event");
+    let RolloutPhase::Aborted { reason } = wait_rollout_end(&mut watch, id).await else {
+        panic!("the rollout was not aborted")
+    };
     assert!(
         matches!(reason, AbortReason::BothFailing { .. }),
         "{reason:?}"
@@ -178,7 +180,10 @@ async fn a_canary_clearly_worse_than_stable_under_the_thresholds_is_rolled_back(
     let (reason, serving) = failed_reason(&outcome.body);
     assert!(reason.contains("against the stable version"), "{reason}");
     assert_eq!(serving, Some("1.0.0"));
-    match watch.seen.iter().find_map(aborted).expect("an abort event") {
+    let RolloutPhase::Aborted { reason } = wait_rollout_end(&mut watch, id).await else {
+        panic!("the rollout was not aborted")
+    };
+    match reason {
         AbortReason::WorseThanStable { breach, step, .. } => {
             assert_eq!(breach.metric, Metric::ErrorRate);
             assert!(
@@ -231,11 +236,13 @@ async fn a_recreate_deploy_of_a_30_percent_error_release_is_rolled_back_by_its_v
     );
     assert!(reason.contains("rolled back to 1.0.0"), "{reason}");
     assert_eq!(serving, Some("1.0.0"));
-    assert!(
-        watch.seen.iter().any(|e| e.command_id == Some(id)
-            && matches!(rollout_phase(e), Some(RolloutPhase::Analysed { breaches, .. }) if !breaches.is_empty())),
-        "the verification's breach was reported as an analysis event"
-    );
+    // The verification's breach is reported as an analysis event too.
+    watch
+        .wait_for(WAIT, "the verification's breach", |e| {
+            e.command_id == Some(id)
+                && matches!(rollout_phase(e), Some(RolloutPhase::Analysed { breaches, .. }) if !breaches.is_empty())
+        })
+        .await;
     wait_no_traffic_to(&load, "2.0.0", 200, WAIT).await;
     wait_serving(port, "1.0.0", WAIT).await;
     load.stop().await;
@@ -269,7 +276,14 @@ async fn a_blue_green_breach_in_verification_switches_back_to_the_kept_set() {
         "{reason}"
     );
     assert_eq!(serving, Some("1.0.0"));
-    // A switch back, not a redeploy: no replica of 1.0.0 was started again.
+    // A switch back, not a redeploy: the switch is reported, and before it
+    // (progress events arrive in order) no replica of 1.0.0 was started again.
+    watch
+        .wait_for(WAIT, "the switch back", |e| {
+            e.command_id == Some(id)
+                && matches!(&e.body, EventBody::Progress { step, .. } if step.contains("switching back"))
+        })
+        .await;
     assert!(
         !watch.seen.iter().any(|e| e.command_id == Some(id)
             && matches!(&e.body, EventBody::Progress { step, .. } if step.contains("starting"))

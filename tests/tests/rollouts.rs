@@ -61,6 +61,10 @@ async fn a_canary_of_a_good_release_passes_every_step_to_100_percent() {
         matches!(&outcome.body, EventBody::Succeeded { version: Some(v), .. } if v.as_str() == "2.0.0"),
         "{outcome:?}"
     );
+    assert_eq!(
+        wait_rollout_end(&mut watch, id).await,
+        RolloutPhase::Promoted
+    );
     let weights: Vec<u8> = watch
         .seen
         .iter()
@@ -327,6 +331,10 @@ async fn a_rolling_update_goes_batch_by_batch_gated_on_health() {
     assert!(
         matches!(&outcome.body, EventBody::Succeeded { version: Some(v), replicas: 3, .. } if v.as_str() == "2.0.0"),
         "{outcome:?}"
+    );
+    assert_eq!(
+        wait_rollout_end(&mut watch, id).await,
+        RolloutPhase::Promoted
     );
     let batches = watch
         .seen
