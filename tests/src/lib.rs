@@ -8,7 +8,10 @@
 
 pub mod agent_process;
 pub mod bins;
+pub mod controller_process;
+pub mod deploy_bench;
 pub mod events;
+pub mod footprint;
 pub mod load;
 pub mod nats;
 
@@ -26,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use agent_process::AgentProcess;
 pub use bins::bin;
+pub use controller_process::ControllerProcess;
 pub use events::EventWatch;
 pub use load::{Load, LoadStats};
 pub use nats::NatsServer;
