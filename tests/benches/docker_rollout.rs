@@ -19,7 +19,8 @@ use ferry_protocol::Version;
 /// Rounds of (baseline, ferry), after one untimed warm-up round.
 const ROUNDS: usize = 7;
 const REPLICAS: usize = 3;
-/// The health interval of both: ferry's bench config and the hand-made poll.
+/// The health interval of both: ferry's bench config and the hand-made poll
+/// (both start with shorter pauses that double up to it).
 const INTERVAL: Duration = Duration::from_millis(50);
 const IMAGE: &str = "ferry-sample";
 const ENV: &str = "dev";

@@ -16,7 +16,8 @@ use ferry_e2e::{bin, free_port, sample_release, System};
 /// Rounds of (baseline, ferry), after one untimed warm-up round.
 const ROUNDS: usize = 15;
 const REPLICAS: usize = 3;
-/// The health interval of both: ferry's bench config and the hand-made poll.
+/// The health interval of both: ferry's bench config and the hand-made poll
+/// (both start with shorter pauses that double up to it).
 const INTERVAL: Duration = Duration::from_millis(50);
 const ENV: &str = "dev";
 const SERVICE: &str = "deploy-bench";

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use ferry_agent::managed::FIRST_START_CHECK;
 use ferry_protocol::command::{Action, Command, ReleaseSpec};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::{EnvName, Envelope, ServiceName, SigningKey};
@@ -19,11 +20,13 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Polls `ports`' `/health` every `interval` until each has answered 200
-/// once, as ferry's health gate does.
+/// Polls `ports`' `/health` until each has answered 200 once, as ferry's
+/// start gate does: pauses from [`FIRST_START_CHECK`] doubling up to
+/// `interval`, so both sides of a comparison see readiness as soon.
 pub async fn wait_all_healthy(client: &reqwest::Client, ports: &[u16], interval: Duration) {
     let deadline = Instant::now() + WAIT;
     let mut healthy = vec![false; ports.len()];
+    let mut pause = FIRST_START_CHECK.min(interval);
     loop {
         let pending: Vec<usize> = (0..ports.len()).filter(|i| !healthy[*i]).collect();
         let results = futures::future::join_all(pending.iter().map(|i| {
@@ -41,7 +44,8 @@ pub async fn wait_all_healthy(client: &reqwest::Client, ports: &[u16], interval:
             return;
         }
         assert!(Instant::now() < deadline, "baseline replicas not healthy");
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(interval);
     }
 }
 
