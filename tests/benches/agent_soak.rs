@@ -114,8 +114,8 @@ async fn main() {
         elapsed.as_secs_f64()
     );
     println!(
-        "{:<34} {:>8} {:>9} {:>9}",
-        "", "RSS MiB", "open fds", "children"
+        "{:<34} {:>8} {:>9} {:>9} {:>9}",
+        "", "RSS MiB", "anon MiB", "open fds", "children"
     );
     idle.row("idle, before any command");
     warm.row(&format!("after the first {WARM} commands"));

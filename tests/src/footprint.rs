@@ -6,6 +6,8 @@
 pub struct Footprint {
     /// Resident set size (VmRSS).
     pub rss_bytes: u64,
+    /// Of which anonymous memory (RssAnon: heap, stacks).
+    pub anon_bytes: u64,
     /// Open file descriptors.
     pub open_fds: usize,
     /// Processes whose parent it is.
@@ -25,7 +27,8 @@ impl Footprint {
             .filter(|stat| parent_of(stat) == Some(pid))
             .count();
         Footprint {
-            rss_bytes: rss_bytes(pid),
+            rss_bytes: status_kib(pid, "VmRSS:") * 1024,
+            anon_bytes: status_kib(pid, "RssAnon:") * 1024,
             open_fds,
             children,
         }
@@ -36,11 +39,12 @@ impl Footprint {
         mib(self.rss_bytes)
     }
 
-    /// Prints one row: `when`, RSS MiB, open fds, children.
+    /// Prints one row: `when`, RSS MiB, anonymous MiB, open fds, children.
     pub fn row(&self, when: &str) {
         println!(
-            "{when:<34} {:>8.1} {:>9} {:>9}",
+            "{when:<34} {:>8.1} {:>9.1} {:>9} {:>9}",
             self.rss_mib(),
+            mib(self.anon_bytes),
             self.open_fds,
             self.children
         );
@@ -54,14 +58,18 @@ pub fn mib(bytes: u64) -> f64 {
 
 /// `pid`'s resident set size (VmRSS), bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:") * 1024
+}
+
+/// A KiB field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib: u64 = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc status");
-    rss_kib * 1024
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
 /// The parent pid in a /proc/<pid>/stat line (the field after the
