@@ -8,9 +8,12 @@
 
 pub mod agent_process;
 pub mod bins;
+pub mod controller_process;
+pub mod deploy_bench;
 pub mod docker;
 pub mod events;
 pub mod fake_apiserver;
+pub mod footprint;
 pub mod http_inbox;
 pub mod load;
 pub mod nats;
@@ -31,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use agent_process::AgentProcess;
 pub use bins::bin;
+pub use controller_process::ControllerProcess;
 pub use docker::docker_ready;
 pub use events::EventWatch;
 pub use http_inbox::{http_receiver, posts, Inbox, Received};

@@ -28,6 +28,11 @@ use crate::runtime::{
 
 /// Longest wait before restarting a crashed replica.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+/// The first pause between health checks of replicas that are starting; it
+/// doubles up to the configured interval, so a replica ready in a few
+/// milliseconds is seen within a few milliseconds, not a whole interval
+/// later, and a slow one is not checked more often than configured for long.
+pub const FIRST_START_CHECK: Duration = Duration::from_millis(5);
 
 struct Slot {
     handle: ReplicaHandle,
@@ -221,6 +226,7 @@ impl ManagedService {
         let mut healthy = vec![false; handles.len()];
         let mut last_error = String::from("not checked yet");
         let mut reported = u32::MAX;
+        let mut pause = FIRST_START_CHECK.min(health.interval);
         loop {
             for handle in handles {
                 if let Some(exit) = handle.exited() {
@@ -261,9 +267,10 @@ impl ManagedService {
                 )));
             }
             tokio::select! {
-                _ = tokio::time::sleep(health.interval) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = self.shutdown.cancelled() => return Err(RuntimeError::Interrupted),
             }
+            pause = (pause * 2).min(health.interval);
         }
     }
 
