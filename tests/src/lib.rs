@@ -191,12 +191,20 @@ impl System {
         // Ready when the API answers.
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            if self.cli(&["status", "--output", "json"]).status.success() {
+            let status = self.cli(&["status", "--output", "json"]);
+            if status.status.success() {
                 return;
+            }
+            if let Some(Running { task, .. }) = &mut self.controller {
+                if task.is_finished() {
+                    let ended = task.await;
+                    panic!("the controller stopped before its API answered: {ended:?}");
+                }
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "controller API did not answer within {WAIT:?}"
+                "controller API did not answer within {WAIT:?}; the last `ferry status` said: {}",
+                String::from_utf8_lossy(&status.stderr)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
