@@ -69,7 +69,7 @@ impl NatsServer {
             config: None,
             users: Vec::new(),
         };
-        server.spawn();
+        server.spawn_on_a_free_port();
         server
     }
 
@@ -102,7 +102,7 @@ impl NatsServer {
             config: Some(deploy_config()),
             users,
         };
-        server.spawn();
+        server.spawn_on_a_free_port();
         server
     }
 
@@ -161,7 +161,39 @@ impl NatsServer {
             .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
     }
 
+    /// Starts the server on `self.port`, or on another free port when that
+    /// one was taken meanwhile (a free port is only free until someone binds
+    /// it: another test's proxy may have got it first).
+    fn spawn_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(why) => {
+                    eprintln!("nats-server on port {}: {why}; trying another port", self.port);
+                    self.stop_child();
+                    self.port = free_port();
+                }
+            }
+        }
+        panic!("nats-server did not start on any of 5 free ports");
+    }
+
     fn spawn(&mut self) {
+        if let Err(why) = self.try_spawn() {
+            panic!("nats-server on port {}: {why}", self.port);
+        }
+    }
+
+    fn stop_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Spawns the server and waits until it, not something else, answers
+    /// on its port with the NATS `INFO` greeting.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut command = Command::new(nats_bin());
         command
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
@@ -191,12 +223,21 @@ impl NatsServer {
         });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {} within 10s",
-                self.port
-            );
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return Err(format!("exited with {status}"));
+            }
+            if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                let mut greeting = [0u8; 5];
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                return match std::io::Read::read_exact(&mut stream, &mut greeting) {
+                    Ok(()) if &greeting == b"INFO " => Ok(()),
+                    _ => Err("something other than nats-server answers there".to_owned()),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err("did not listen within 10s".to_owned());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
