@@ -59,6 +59,21 @@ pub fn init_tracing() {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    // Below the kernel's ephemeral range (32768 and up), and below the
+    // agent's replica ports (20000 and up): a client polling a port before
+    // its server binds it can never be handed that port as its own source
+    // port and connect to itself, and a test's ports never collide with the
+    // replicas' ports.
+    for _ in 0..64 {
+        let draw = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = 10_000 + (draw % 10_000) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("bound address").port();
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

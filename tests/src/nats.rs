@@ -4,10 +4,11 @@
 //! deployment configuration `deploy/nats/nats-server.conf` instead (one user
 //! per role, subject permissions), its passwords generated per server.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::free_port;
 
 /// A running nats-server.
 pub struct NatsServer {
@@ -49,13 +50,6 @@ pub fn nats_bin() -> PathBuf {
     std::env::var_os("TEST_NATS_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("nats-server"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
 }
 
 impl NatsServer {
@@ -169,7 +163,10 @@ impl NatsServer {
             match self.try_spawn() {
                 Ok(()) => return,
                 Err(why) => {
-                    eprintln!("nats-server on port {}: {why}; trying another port", self.port);
+                    eprintln!(
+                        "nats-server on port {}: {why}; trying another port",
+                        self.port
+                    );
                     self.stop_child();
                     self.port = free_port();
                 }

@@ -167,9 +167,42 @@ fn substitute(template: &str, ctx: &ReplicaContext, release: &ReleaseSpec, port:
         .replace("{environment}", ctx.environment.as_str())
 }
 
-/// A port the OS says is free now. Another process could take it before the
-/// replica binds; the replica then fails its health checks and is reported.
+/// Lowest port handed to replicas.
+const REPLICA_PORTS_FROM: u16 = 20_000;
+
+/// The range the kernel draws connections' source ports from.
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut bounds = text.split_whitespace().map(str::parse::<u16>);
+            Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
+        })
+        .unwrap_or((32_768, 60_999))
+}
+
+/// A port the OS says is free now, below the ephemeral range where it can:
+/// a health check connecting to a replica that has not bound its port yet
+/// could otherwise be given that very port as its own source port and
+/// connect to itself (TCP simultaneous open), taking the port from the
+/// replica, which then exits with "address in use". Another process could
+/// still take the port before the replica binds; the replica then fails its
+/// health checks and is reported.
 fn free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let (low, _) = ephemeral_ports();
+    if let Some(span) = low.checked_sub(REPLICA_PORTS_FROM).filter(|s| *s >= 1_000) {
+        for _ in 0..64 {
+            // A fresh RandomState is freshly keyed: a different draw each time.
+            let draw = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            let port = REPLICA_PORTS_FROM + u16::try_from(draw % u64::from(span)).unwrap_or(0);
+            if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                return Ok(listener.local_addr()?.port());
+            }
+        }
+    }
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
@@ -292,5 +325,26 @@ fn describe(status: std::io::Result<ExitStatus>, requested: bool) -> ExitInfo {
             detail: format!("could not be waited for: {e}"),
             requested,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_ports_are_free_and_below_the_ephemeral_range() {
+        let (low, high) = ephemeral_ports();
+        assert!(low <= high, "{low}..{high}");
+        for _ in 0..20 {
+            let port = free_port().unwrap();
+            if low >= REPLICA_PORTS_FROM + 1_000 {
+                assert!(
+                    (REPLICA_PORTS_FROM..low).contains(&port),
+                    "{port} is not below {low}"
+                );
+            }
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("still free");
+        }
     }
 }
