@@ -10,7 +10,9 @@
 
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
-use ferry_protocol::event::{MaintenanceInfo, ServiceHealth, ServiceMetrics, ServiceSnapshot};
+use ferry_protocol::event::{
+    MaintenanceInfo, ServiceHealth, ServiceMetrics, ServiceSnapshot, ServiceState,
+};
 use ferry_protocol::rollout::StrategyKind;
 use ferry_protocol::Version;
 use tokio::sync::mpsc;
@@ -19,6 +21,24 @@ use crate::analysis::Thresholds;
 use crate::config::RuntimeKind;
 use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
+
+/// The state a snapshot reports, the same for every backend: a command in
+/// progress first, then maintenance, then what the replicas say.
+pub fn service_state(busy: bool, maintenance: bool, health: &ServiceHealth) -> ServiceState {
+    if busy {
+        ServiceState::Deploying
+    } else if maintenance {
+        ServiceState::Maintenance
+    } else if health.version.is_none() {
+        ServiceState::Idle
+    } else if health.desired == 0 {
+        ServiceState::Stopped
+    } else if health.healthy < health.desired {
+        ServiceState::Degraded
+    } else {
+        ServiceState::Running
+    }
+}
 
 /// One service as the command executor drives it.
 #[async_trait]

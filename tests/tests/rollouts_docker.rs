@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use ferry_e2e::rollout::wait_rollout_end;
 use ferry_e2e::*;
 use ferry_protocol::command::Action;
 use ferry_protocol::event::EventBody;
@@ -104,18 +105,9 @@ async fn docker_canaries_are_promoted_when_good_and_rolled_back_at_the_first_ste
         matches!(&outcome.body, EventBody::Failed { serving: Some(v), .. } if v.as_str() == "2.0.0"),
         "{outcome:?}"
     );
-    let reason = watch
-        .seen
-        .iter()
-        .filter(|e| e.command_id == Some(bad))
-        .find_map(|e| match &e.body {
-            EventBody::Rollout(r) => match &r.phase {
-                RolloutPhase::Aborted { reason } => Some(reason.clone()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .expect("an abort event");
+    let RolloutPhase::Aborted { reason } = wait_rollout_end(&mut watch, bad).await else {
+        panic!("the bad canary's rollout was not aborted")
+    };
     assert!(
         matches!(&reason, AbortReason::Threshold { breach, step: 1, .. } if breach.metric == Metric::ErrorRate),
         "{reason:?}"

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
 use ferry_protocol::event::{
-    MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot, ServiceState,
+    MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot,
 };
 use ferry_protocol::{EnvName, Version};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -26,7 +26,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::ServiceBackend;
+use crate::backend::{service_state, ServiceBackend};
 use crate::config::{KubernetesOptions, RuntimeKind, ServiceConfig};
 use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
 use crate::runtime::{Progress, Replacement, RuntimeError};
@@ -618,19 +618,11 @@ impl ServiceBackend for KubernetesService {
             let known = self.known();
             (known.maintenance.clone(), known.previous.clone())
         };
-        let state = if self.busy.load(Ordering::Relaxed) {
-            ServiceState::Deploying
-        } else if maintenance.is_some() {
-            ServiceState::Maintenance
-        } else if health.version.is_none() {
-            ServiceState::Idle
-        } else if health.desired == 0 {
-            ServiceState::Stopped
-        } else if health.healthy < health.desired {
-            ServiceState::Degraded
-        } else {
-            ServiceState::Running
-        };
+        let state = service_state(
+            self.busy.load(Ordering::Relaxed),
+            maintenance.is_some(),
+            &health,
+        );
         let k = &self.config.kubernetes;
         ServiceSnapshot {
             service: self.config.name.clone(),

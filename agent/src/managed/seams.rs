@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
 use ferry_protocol::event::{
-    MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot, ServiceState,
+    MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot,
 };
 use ferry_protocol::rollout::{RolloutStatus, StrategyKind};
 use ferry_protocol::Version;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::analysis::{SetWindow, Thresholds};
-use crate::backend::ServiceBackend;
+use crate::backend::{service_state, ServiceBackend};
 use crate::config::RuntimeKind;
 use crate::metrics_provider::PrometheusProvider;
 use crate::rollout::{
@@ -112,19 +112,11 @@ impl ServiceBackend for ManagedService {
     async fn snapshot(&self) -> ServiceSnapshot {
         let health = self.health().await;
         let maintenance = self.proxy.maintenance();
-        let state = if self.busy.load(Ordering::Relaxed) {
-            ServiceState::Deploying
-        } else if maintenance.is_some() {
-            ServiceState::Maintenance
-        } else if health.version.is_none() {
-            ServiceState::Idle
-        } else if health.desired == 0 {
-            ServiceState::Stopped
-        } else if health.healthy < health.desired {
-            ServiceState::Degraded
-        } else {
-            ServiceState::Running
-        };
+        let state = service_state(
+            self.busy.load(Ordering::Relaxed),
+            maintenance.is_some(),
+            &health,
+        );
         ServiceSnapshot {
             service: self.ctx.service.name.clone(),
             version: health.version,
