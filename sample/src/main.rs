@@ -5,6 +5,19 @@
 //! that crashes. It depends on hyper and tokio only, so it builds as a static
 //! binary for a `FROM scratch` image.
 
+/// Writes one line to stderr in a single `write`: stderr is unbuffered, so
+/// `eprintln!` writes each piece of its format separately, and the replicas of
+/// one service share an append-only log file, where the pieces of two
+/// replicas' lines interleaved (a test read `127.0.0.1127:.318900`).
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 mod config;
 mod metrics;
 mod server;
@@ -27,13 +40,13 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(errors) => {
             for error in errors {
-                eprintln!("ferry-sample: {error}");
+                log_line!("ferry-sample: {error}");
             }
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if config.fail_start {
-        eprintln!(
+        log_line!(
             "ferry-sample {}: failing at start because SAMPLE_FAIL_START=true",
             config.version
         );
@@ -44,20 +57,21 @@ async fn main() -> ExitCode {
     let signals = match Signals::new() {
         Ok(signals) => signals,
         Err(e) => {
-            eprintln!("ferry-sample: cannot listen for signals: {e}");
+            log_line!("ferry-sample: cannot listen for signals: {e}");
             return ExitCode::FAILURE;
         }
     };
     let listener = match tokio::net::TcpListener::bind(config.addr).await {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("ferry-sample: cannot listen on {}: {e}", config.addr);
+            log_line!("ferry-sample: cannot listen on {}: {e}", config.addr);
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
+    log_line!(
         "ferry-sample {} listening on http://{}",
-        config.version, config.addr
+        config.version,
+        config.addr
     );
 
     let exit_after = config.exit_after;
@@ -65,11 +79,11 @@ async fn main() -> ExitCode {
     tokio::select! {
         () = server::serve(listener, state) => ExitCode::FAILURE,
         name = signals.recv() => {
-            eprintln!("ferry-sample: {name} received, exiting");
+            log_line!("ferry-sample: {name} received, exiting");
             ExitCode::SUCCESS
         }
         () = crash_timer(exit_after) => {
-            eprintln!("ferry-sample: exiting with code {EXIT_CRASH} as SAMPLE_EXIT_AFTER_SECS asks");
+            log_line!("ferry-sample: exiting with code {EXIT_CRASH} as SAMPLE_EXIT_AFTER_SECS asks");
             ExitCode::from(EXIT_CRASH)
         }
     }

@@ -45,7 +45,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
             // Out of file descriptors, a connection reset before accept...:
             // back off a little and keep serving.
             Err(e) => {
-                eprintln!("ferry-sample: accept: {e}");
+                log_line!("ferry-sample: accept: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
