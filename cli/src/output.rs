@@ -136,8 +136,14 @@ pub fn status_table(rows: &[StatusRow], now: OffsetDateTime) -> String {
     for row in rows {
         if let (Some(service), Some(r)) = (&row.service, &row.rollout) {
             text.push_str(&format!(
-                "\n{}/{service} {} of {}: step {}/{} ({}% of traffic), {}",
-                row.environment, r.strategy, r.version, r.step, r.steps, r.weight_percent, r.state
+                "\n{}/{service} {} of {}: step {}/{} ({} of traffic), {}",
+                row.environment,
+                r.strategy,
+                r.version,
+                r.step,
+                r.steps,
+                r.weight_text(),
+                r.state
             ));
         }
     }
@@ -401,8 +407,12 @@ pub fn rollout_line(event: &ferry_protocol::rollout::RolloutEvent) -> String {
     use ferry_protocol::rollout::RolloutPhase;
     let s = &event.status;
     let at = format!(
-        "{} {} step {}/{} ({}%)",
-        s.strategy, s.version, s.step, s.steps, s.weight_percent
+        "{} {} step {}/{} ({})",
+        s.strategy,
+        s.version,
+        s.step,
+        s.steps,
+        s.weight_text()
     );
     match &event.phase {
         RolloutPhase::StepStarted => format!("{at}: step started"),
@@ -485,6 +495,7 @@ mod tests {
             step: 2,
             steps: 5,
             weight_percent: 35,
+            weight_reached_percent: None,
         });
         let text = status_table(&[canary], NOW);
         assert!(

@@ -649,8 +649,26 @@ pub struct RolloutStatus {
     pub step: u32,
     /// Steps in all.
     pub steps: u32,
-    /// Traffic share of the new version, percent.
+    /// Traffic share of the new version asked for, percent.
     pub weight_percent: u8,
+    /// The share actually reached, percent, where the runtime can only
+    /// approximate the one asked for (Kubernetes without a mesh: the ratio
+    /// of ready replicas); absent where it is exact (the agent's proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_reached_percent: Option<u8>,
+}
+
+impl RolloutStatus {
+    /// The weight for people: `35%`, or `10% asked, 33% reached` where the
+    /// runtime only approximates it.
+    pub fn weight_text(&self) -> String {
+        match self.weight_reached_percent {
+            Some(reached) if reached != self.weight_percent => {
+                format!("{}% asked, {reached}% reached", self.weight_percent)
+            }
+            _ => format!("{}%", self.weight_percent),
+        }
+    }
 }
 
 /// What happened in a rollout (published as a progress event of the deploy).
@@ -838,6 +856,36 @@ mod tests {
         let old: Breach =
             serde_json::from_str(r#"{"metric":"p95","value":2500.0,"threshold":2000.0}"#).unwrap();
         assert_eq!(old.evidence, None);
+    }
+
+    #[test]
+    fn a_status_carries_the_weight_reached_next_to_the_one_asked_for() {
+        let status = RolloutStatus {
+            strategy: StrategyKind::Canary,
+            version: Version::new("2.0.0").unwrap(),
+            state: RolloutState::Progressing,
+            step: 1,
+            steps: 2,
+            weight_percent: 10,
+            weight_reached_percent: Some(33),
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["weight_percent"], 10);
+        assert_eq!(json["weight_reached_percent"], 33);
+        let back: RolloutStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, status);
+        assert_eq!(status.weight_text(), "10% asked, 33% reached");
+        // Exact weights (the proxy's) leave it out, and an older agent's
+        // status, without it, still decodes.
+        let exact = RolloutStatus {
+            weight_reached_percent: None,
+            ..status
+        };
+        let json = serde_json::to_value(&exact).unwrap();
+        assert!(json.get("weight_reached_percent").is_none(), "{json}");
+        let back: RolloutStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, exact);
+        assert_eq!(exact.weight_text(), "10%");
     }
 
     #[test]

@@ -39,10 +39,26 @@ struct Store {
     log: Vec<Change>,
     unpullable: BTreeSet<String>,
     next_pod: u64,
+    steps: BTreeMap<String, Vec<RolloutStep>>,
+}
+
+/// One step of the simulated controller on a Deployment: its pods then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RolloutStep {
+    /// Pods of every template.
+    pub pods: usize,
+    /// Pods of the current template.
+    pub updated: usize,
+    /// Ready pods.
+    pub ready: usize,
+    /// The desired count.
+    pub desired: usize,
 }
 
 struct Shared {
     store: Mutex<Store>,
+    /// One controller step at a time.
+    reconciling: Mutex<()>,
     changed: broadcast::Sender<()>,
     delay: Duration,
 }
@@ -64,6 +80,7 @@ impl FakeApiServer {
         let (changed, _) = broadcast::channel(1024);
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
+            reconciling: Mutex::new(()),
             changed,
             delay,
         });
@@ -128,6 +145,12 @@ impl FakeApiServer {
             .objects
             .get(&(kind.to_owned(), namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// The simulated controller's steps on Deployment `name`, oldest first.
+    pub fn rollout_steps(&self, name: &str) -> Vec<RolloutStep> {
+        let store = self.shared.store.lock().unwrap();
+        store.steps.get(name).cloned().unwrap_or_default()
     }
 
     /// Stores `object` as someone other than ferry would create it.
@@ -393,6 +416,21 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
+/// Why the API server would refuse `new` in place of `old` (`None`: it
+/// would not): apps/v1 makes `spec.selector` immutable, and the pod
+/// template must carry the labels it selects.
+fn invalid_deployment(old: &Value, new: &Value) -> Option<String> {
+    if old["spec"]["selector"] != new["spec"]["selector"] {
+        return Some("spec.selector: Invalid value: field is immutable".into());
+    }
+    let labels = &new["spec"]["template"]["metadata"]["labels"];
+    let selected = new["spec"]["selector"]["matchLabels"].as_object()?;
+    selected
+        .iter()
+        .find(|(k, v)| labels[k.as_str()] != **v)
+        .map(|(k, _)| format!("spec.template.metadata.labels: Invalid value: `selector` does not match template `labels` ({k})"))
+}
+
 /// Stores a changed Deployment or other object; a Deployment whose spec
 /// changed gets a new generation and a controller pass.
 fn update(
@@ -404,6 +442,11 @@ fn update(
     mut new: Value,
 ) -> Response {
     let spec_changed = old["spec"] != new["spec"];
+    if kind == "deployments" {
+        if let Some(why) = invalid_deployment(old, &new) {
+            return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", why);
+        }
+    }
     if kind == "deployments" && spec_changed {
         new["metadata"]["generation"] =
             json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
@@ -529,38 +572,71 @@ fn owned_pods(shared: &Shared, ns: &str, deployment: &str) -> Vec<Value> {
 fn reconcile_later(shared: SharedState, ns: String, name: String) {
     tokio::spawn(async move {
         tokio::time::sleep(shared.delay).await;
-        reconcile(&shared, &ns, &name);
+        let more = reconcile(&shared, &ns, &name);
+        if more {
+            reconcile_later(shared, ns, name);
+        }
     });
 }
 
-/// The simulated Deployment controller: pods of the current template, then status.
-fn reconcile(shared: &Shared, ns: &str, name: &str) {
+/// A rolling update's pace from `spec.strategy`: (maxSurge, maxUnavailable)
+/// as pod counts; without one, everything at once (the fake's shortcut for
+/// a fresh Deployment).
+fn pace(deployment: &Value, desired: usize) -> (usize, usize) {
+    let rolling = &deployment["spec"]["strategy"]["rollingUpdate"];
+    match (
+        rolling["maxSurge"].as_u64(),
+        rolling["maxUnavailable"].as_u64(),
+    ) {
+        (Some(surge), Some(unavailable)) => (surge as usize, unavailable as usize),
+        _ => (desired.max(1), desired.max(1)),
+    }
+}
+
+/// The simulated Deployment controller, one step: pods of older templates
+/// are replaced at the Deployment's pace (never more than maxSurge above
+/// the desired count, never fewer ready than maxUnavailable below it), the
+/// status follows. Returns whether more steps are due.
+fn reconcile(shared: &Shared, ns: &str, name: &str) -> bool {
+    let _one_at_a_time = shared.reconciling.lock().unwrap();
     let Some(deployment) = get_object(shared, "deployments", ns, name) else {
-        return;
+        return false;
     };
     let desired = deployment["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+    let (surge, unavailable) = pace(&deployment, desired);
     let template = &deployment["spec"]["template"];
     let image = template["spec"]["containers"][0]["image"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
     let unpullable = shared.store.lock().unwrap().unpullable.contains(&image);
-    let mut pods = owned_pods(shared, ns, name);
-    // Pods of an older template are replaced; surplus ones removed.
-    for pod in pods
-        .iter()
-        .filter(|p| p["spec"] != template["spec"])
-        .chain(pods.iter().skip(desired))
-    {
+    let pods = owned_pods(shared, ns, name);
+    let (mut new, mut old): (Vec<Value>, Vec<Value>) = pods.into_iter().partition(|p| {
+        p["spec"] == template["spec"] && p["metadata"]["labels"] == template["metadata"]["labels"]
+    });
+    let remove = |pod: &Value| {
         let pod_name = pod["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
         put(shared, "pods", ns, &pod_name, pod.clone(), "DELETED");
+    };
+    // Surplus new pods go first (a scale down).
+    while new.len() > desired {
+        remove(&new.pop().unwrap());
     }
-    pods.retain(|p| p["spec"] == template["spec"]);
-    pods.truncate(desired);
-    while pods.len() < desired {
+    let ready_new = |new: &[Value]| if unpullable { 0 } else { new.len() };
+    // Old pods go while enough stay ready; all of them once the new are.
+    let min_ready = desired.saturating_sub(unavailable);
+    while let Some(pod) = old.last() {
+        let ready = old.len() - 1 + ready_new(&new);
+        if ready < min_ready && ready_new(&new) < desired {
+            break;
+        }
+        remove(pod);
+        old.pop();
+    }
+    while new.len() < desired && old.len() + new.len() < desired + surge {
         let n = {
             let mut store = shared.store.lock().unwrap();
             store.next_pod += 1;
@@ -573,18 +649,40 @@ fn reconcile(shared: &Shared, ns: &str, name: &str) {
         } else {
             json!({"phase": "Running", "podIP": format!("10.0.0.{}", n % 250), "conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [{"name": container, "ready": true, "restartCount": 0, "image": image, "imageID": "", "state": {"running": {}}}]})
         };
-        let pod = json!({"metadata": {"name": pod_name, "namespace": ns, "labels": template["metadata"]["labels"], "annotations": {"fake.ferry.io/owner": name}}, "spec": template["spec"], "status": status});
-        pods.push(put(shared, "pods", ns, &pod_name, pod, "ADDED"));
+        let mut annotations = template["metadata"]["annotations"].clone();
+        if !annotations.is_object() {
+            annotations = json!({});
+        }
+        annotations["fake.ferry.io/owner"] = json!(name);
+        let pod = json!({"metadata": {"name": pod_name, "namespace": ns, "labels": template["metadata"]["labels"], "annotations": annotations}, "spec": template["spec"], "status": status});
+        new.push(put(shared, "pods", ns, &pod_name, pod, "ADDED"));
     }
-    let ready = if unpullable { 0 } else { desired };
+    let total = old.len() + new.len();
+    let ready = old.len() + ready_new(&new);
+    shared
+        .store
+        .lock()
+        .unwrap()
+        .steps
+        .entry(name.to_owned())
+        .or_default()
+        .push(RolloutStep {
+            pods: total,
+            updated: new.len(),
+            ready,
+            desired,
+        });
     let Some(mut deployment) = get_object(shared, "deployments", ns, name) else {
-        return;
+        return false;
     };
-    let conditions = if unpullable {
-        json!([{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated", "message": "waiting for pods"}, {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"}])
-    } else {
+    let done = old.is_empty() && ready == desired;
+    let conditions = if done {
         json!([{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": format!("ReplicaSet \"{name}\" has successfully progressed.")}, {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}])
+    } else {
+        json!([{"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated", "message": "waiting for pods"}, {"type": "Available", "status": if ready >= min_ready { "True" } else { "False" }, "reason": "MinimumReplicasUnavailable"}])
     };
-    deployment["status"] = json!({"observedGeneration": deployment["metadata"]["generation"], "replicas": desired, "updatedReplicas": desired, "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": desired - ready, "conditions": conditions});
+    deployment["status"] = json!({"observedGeneration": deployment["metadata"]["generation"], "replicas": total, "updatedReplicas": new.len(), "readyReplicas": ready, "availableReplicas": ready, "unavailableReplicas": desired.saturating_sub(ready), "conditions": conditions});
     put(shared, "deployments", ns, name, deployment, "MODIFIED");
+    // Pods that cannot pull wait as they are; anything else moves on.
+    !old.is_empty() && !unpullable
 }

@@ -63,8 +63,10 @@ fn succeeded(body: &EventBody) -> bool {
     matches!(body, EventBody::Succeeded { .. })
 }
 
-fn selected_version(fake: &FakeApiServer) -> Option<String> {
-    fake.object("services", NS, "web")?["spec"]["selector"]["ferry.io/version"]
+/// The Deployment (the set) whose pods the Service selects; `None` when
+/// it selects every set of the service (a canary running) or is absent.
+fn selected_set(fake: &FakeApiServer) -> Option<String> {
+    fake.object("services", NS, "web")?["spec"]["selector"]["ferry.io/set"]
         .as_str()
         .map(str::to_owned)
 }
@@ -120,7 +122,7 @@ async fn fake_apiserver_deploys_rolls_forward_fails_an_unpullable_image_fast_rol
     assert_eq!(container["image"], "registry.example/web:1");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
     assert_eq!(container["resources"]["requests"]["cpu"], "100m");
-    assert_eq!(selected_version(&fake).as_deref(), Some("1-0-0"));
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
     assert_eq!(pod_names(&fake).len(), 3);
 
     let v2 = command(
@@ -130,7 +132,7 @@ async fn fake_apiserver_deploys_rolls_forward_fails_an_unpullable_image_fast_rol
     )
     .await;
     assert!(succeeded(&v2), "{v2:?}");
-    assert_eq!(selected_version(&fake).as_deref(), Some("2-0-0"));
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-2-0-0"));
     until("the 1.0.0 Deployment removed", || {
         (deployment_names(&fake) == ["web-2-0-0"]).then_some(())
     })
@@ -157,8 +159,8 @@ async fn fake_apiserver_deploys_rolls_forward_fails_an_unpullable_image_fast_rol
         "the pull failure took {took:?}, not at once (start_timeout is 20s)"
     );
     assert_eq!(
-        selected_version(&fake).as_deref(),
-        Some("2-0-0"),
+        selected_set(&fake).as_deref(),
+        Some("web-2-0-0"),
         "2.0.0 keeps serving"
     );
     assert_eq!(
@@ -178,7 +180,7 @@ async fn fake_apiserver_deploys_rolls_forward_fails_an_unpullable_image_fast_rol
     )
     .await;
     assert!(succeeded(&back), "{back:?}");
-    assert_eq!(selected_version(&fake).as_deref(), Some("1-0-0"));
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
     until("only 1.0.0 left", || {
         (deployment_names(&fake) == ["web-1-0-0"]).then_some(())
     })
@@ -367,8 +369,8 @@ async fn fake_apiserver_maintenance_without_a_maintenance_image_fails_with_the_r
         other => panic!("maintenance without a responder image should fail: {other:?}"),
     }
     assert_eq!(
-        selected_version(&fake).as_deref(),
-        Some("1-0-0"),
+        selected_set(&fake).as_deref(),
+        Some("web-1-0-0"),
         "the Service still routes to 1.0.0"
     );
 }
@@ -409,7 +411,7 @@ async fn fake_apiserver_blue_green_switches_the_service_keeps_the_old_set_and_sw
     };
     let v2 = command(&system, &mut watch, green).await;
     assert!(succeeded(&v2), "{v2:?}");
-    assert_eq!(selected_version(&fake).as_deref(), Some("2-0-0"));
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-2-0-0"));
     assert_eq!(
         deployment_names(&fake),
         ["web-1-0-0", "web-2-0-0"],
@@ -427,7 +429,7 @@ async fn fake_apiserver_blue_green_switches_the_service_keeps_the_old_set_and_sw
     )
     .await;
     assert!(succeeded(&back), "{back:?}");
-    assert_eq!(selected_version(&fake).as_deref(), Some("1-0-0"));
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
     let now = pod_names(&fake);
     assert!(
         blue_pods.iter().all(|p| now.contains(p)),
@@ -437,4 +439,168 @@ async fn fake_apiserver_blue_green_switches_the_service_keeps_the_old_set_and_sw
         (deployment_names(&fake) == ["web-1-0-0"]).then_some(())
     })
     .await;
+}
+
+/// A deploy of `version` on `image` at `replicas` with `strategy`.
+fn deploy_with(
+    version: &str,
+    image: &str,
+    replicas: u32,
+    strategy: ferry_protocol::rollout::Strategy,
+) -> Action {
+    Action::Deploy {
+        release: release(version, image),
+        replicas: Some(replicas),
+        health: None,
+        approvals: Vec::new(),
+        rollout: Some(Box::new(ferry_protocol::rollout::RolloutOptions {
+            strategy: Some(strategy),
+            analysis: None,
+        })),
+        hotfix: false,
+    }
+}
+
+/// The `ferry.io/version` labels of the pods of Deployment `set`, sorted.
+fn pod_versions(fake: &FakeApiServer, set: &str) -> Vec<String> {
+    let mut versions: Vec<String> = fake
+        .objects("pods", NS)
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["ferry.io/set"] == set)
+        .map(|p| {
+            p["metadata"]["labels"]["ferry.io/version"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    versions.sort();
+    versions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_rolling_updates_the_deployment_in_place_at_the_batch_pace_and_undoes_an_unpullable_one(
+) {
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let rolling = ferry_protocol::rollout::Strategy::Rolling {
+        batch_size: 2,
+        max_unavailable: 1,
+    };
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 3),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+
+    let v2 = command(
+        &system,
+        &mut watch,
+        deploy_with("2.0.0", "registry.example/web:2", 3, rolling.clone()),
+    )
+    .await;
+    match &v2 {
+        EventBody::Succeeded { detail, .. } => {
+            assert!(detail.contains("in place"), "{detail}")
+        }
+        other => panic!("the rolling update failed: {other:?}"),
+    }
+    // One Deployment, updated in place: batches of 2 as 1 surge pod and 1
+    // unavailable one.
+    assert_eq!(deployment_names(&fake), ["web-1-0-0"]);
+    let d = fake.object("deployments", NS, "web-1-0-0").unwrap();
+    assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate");
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], 1);
+    assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 1);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:2"
+    );
+    assert_eq!(d["metadata"]["labels"]["ferry.io/version"], "2-0-0");
+    assert_eq!(d["status"]["updatedReplicas"], 3);
+    assert_eq!(d["status"]["readyReplicas"], 3);
+    assert_eq!(pod_versions(&fake, "web-1-0-0"), ["2-0-0"; 3], "v2 serves");
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
+    // The controller moved at that pace, both versions serving meanwhile.
+    let steps = fake.rollout_steps("web-1-0-0");
+    let rolled: Vec<_> = steps.iter().skip_while(|s| s.updated == s.pods).collect();
+    assert!(
+        rolled.iter().any(|s| s.updated > 0 && s.updated < s.pods),
+        "old and new pods side by side: {steps:?}"
+    );
+    assert!(
+        steps.iter().all(|s| s.pods <= 3 + 1 && s.ready + 1 >= 3),
+        "never above maxSurge nor below maxUnavailable: {steps:?}"
+    );
+    let rollout_events: Vec<_> = watch
+        .seen
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Rollout(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        rollout_events.iter().any(|r| r.status.strategy
+            == ferry_protocol::rollout::StrategyKind::Rolling
+            && matches!(r.phase, ferry_protocol::rollout::RolloutPhase::Promoted)),
+        "{rollout_events:?}"
+    );
+
+    // An image that cannot be pulled fails the update at once with the
+    // reason, and the Deployment gets v2 back in place.
+    fake.fail_pull("registry.example/web:3");
+    let started = Instant::now();
+    let v3 = command(
+        &system,
+        &mut watch,
+        deploy_with("3.0.0", "registry.example/web:3", 3, rolling),
+    )
+    .await;
+    match &v3 {
+        EventBody::Failed {
+            reason, serving, ..
+        } => {
+            assert!(reason.contains("ErrImagePull"), "{reason}");
+            assert!(reason.contains("rolled back in place to 2.0.0"), "{reason}");
+            assert_eq!(serving.as_ref().map(|v| v.as_str()), Some("2.0.0"));
+        }
+        other => panic!("3.0.0 should fail: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not at once: {:?}",
+        started.elapsed()
+    );
+    let d = fake.object("deployments", NS, "web-1-0-0").unwrap();
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:2"
+    );
+    until("only v2 pods, all ready", || {
+        let d = fake.object("deployments", NS, "web-1-0-0")?;
+        (pod_versions(&fake, "web-1-0-0") == ["2-0-0"; 3] && d["status"]["readyReplicas"] == 3)
+            .then_some(())
+    })
+    .await;
+
+    // A rollback to 1.0.0 goes back in place too, as `kubectl rollout undo`.
+    let back = command(
+        &system,
+        &mut watch,
+        Action::Rollback {
+            to: RollbackTarget::Previous,
+            force: false,
+            dry_run: false,
+        },
+    )
+    .await;
+    assert!(succeeded(&back), "{back:?}");
+    assert_eq!(deployment_names(&fake), ["web-1-0-0"]);
+    assert_eq!(pod_versions(&fake, "web-1-0-0"), ["1-0-0"; 3]);
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
 }

@@ -16,7 +16,7 @@ use super::docker::docker_options;
 use super::kubernetes::kubernetes_options;
 use super::metrics::metrics_provider;
 use super::raw::RawConfig;
-use super::{AgentConfig, HealthConfig, RuntimeKind, ServiceConfig};
+use super::{AgentConfig, HealthConfig, MetricsProvider, RuntimeKind, ServiceConfig};
 use ferry_protocol::rollout::Strategy;
 
 /// The reply-inbox prefix an environment's agent uses unless configured: the
@@ -333,6 +333,14 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
         }
         let metrics =
             metrics_provider(service.metrics, &format!("{prefix}.metrics"), &mut problems);
+        if runtime == RuntimeKind::Kubernetes
+            && matches!(strategy, Strategy::Canary { .. })
+            && metrics == MetricsProvider::Proxy
+        {
+            problems.push(format!(
+                "{prefix}.strategy: a canary on runtime \"kubernetes\" needs [{prefix}.metrics] provider = \"prometheus\" (the agent's proxy sees none of a cluster's traffic, so nothing could judge it)"
+            ));
+        }
         let stop_timeout = duration(
             &mut problems,
             &format!("{prefix}.stop_timeout"),

@@ -421,7 +421,7 @@ fn kubernetes_services_are_read_and_every_problem_is_listed_at_once() {
     assert_eq!(web.kubernetes.labels["team"], "a");
 
     let Err(Error::Config(problems)) = from_toml(&format!(
-        "{head}[services.web]\nruntime = \"kubernetes\"\nport = 8080\ncommand = [\"x\"]\nlabels = {{ \"ferry.io/version\" = \"x\" }}\n[services.web.kubernetes]\nnamespace = \"Bad_NS\"\nservice_type = \"Ingress\"\nrequests = {{ cpu = \"lots\" }}\nkubeconfig = \"/nonexistent/kubeconfig\"\n[services.api]\nport = 8081\n[services.api.kubernetes]\nnamespace = \"x\"\n"
+        "{head}[services.web]\nruntime = \"kubernetes\"\nport = 8080\ncommand = [\"x\"]\nlabels = {{ \"ferry.io/version\" = \"x\" }}\n[services.web.kubernetes]\nnamespace = \"Bad_NS\"\nservice_type = \"Ingress\"\nrequests = {{ cpu = \"lots\" }}\nkubeconfig = \"/nonexistent/kubeconfig\"\n[services.web.strategy]\ntype = \"canary\"\n[services.api]\nport = 8081\n[services.api.kubernetes]\nnamespace = \"x\"\n"
     )) else {
         panic!("accepted a broken kubernetes service");
     };
@@ -435,6 +435,7 @@ fn kubernetes_services_are_read_and_every_problem_is_listed_at_once() {
         "services.web.kubernetes.requests.cpu: \"lots\"",
         "services.web.kubernetes.kubeconfig: /nonexistent/kubeconfig is not a readable file",
         "services.api.kubernetes: only used with runtime = \"kubernetes\"",
+        "services.web.strategy: a canary on runtime \"kubernetes\" needs [services.web.metrics] provider = \"prometheus\"",
     ] {
         assert!(
             joined.contains(expected),

@@ -5,18 +5,20 @@
 //! touches only objects labelled `app.kubernetes.io/managed-by=ferry`, and a
 //! restarted agent adopts what it finds.
 
+mod backend;
+pub mod health;
 pub mod objects;
 pub mod ready;
+mod rollouts;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
-use ferry_protocol::event::{
-    MaintenanceInfo, ReplicaHealth, ServiceHealth, ServiceMetrics, ServiceSnapshot,
-};
+use ferry_protocol::event::MaintenanceInfo;
+use ferry_protocol::rollout::{RolloutStatus, Strategy};
 use ferry_protocol::{EnvName, Version};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -26,14 +28,11 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{service_state, ServiceBackend};
-use crate::config::{KubernetesOptions, RuntimeKind, ServiceConfig};
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan};
+use crate::config::{KubernetesOptions, ServiceConfig};
+use crate::metrics_provider::PrometheusProvider;
 use crate::runtime::{Progress, Replacement, RuntimeError};
-use ferry_protocol::rollout::Strategy;
-use tokio::sync::mpsc;
 
-use objects::{check_managed, deployment_name, is_managed, version_label, version_selector};
+use objects::{check_managed, deployment_name, is_managed, version_label, DeploymentSpec};
 use ready::{wait_rolled_out, WaitError, Watched};
 
 const RUNTIME: &str = "kubernetes";
@@ -75,8 +74,14 @@ pub async fn connect(options: &KubernetesOptions) -> Result<Client, RuntimeError
 #[derive(Default)]
 struct Known {
     current: Option<ReleaseSpec>,
+    /// The Deployment running `current`. Not always named after it: a
+    /// rolling update or a canary's promotion gives a Deployment a new
+    /// version in place.
+    serving: Option<String>,
     previous: Option<Version>,
     maintenance: Option<MaintenanceInfo>,
+    rollout: Option<RolloutStatus>,
+    canary: Option<rollouts::Canary>,
 }
 
 /// One service on a cluster.
@@ -87,6 +92,7 @@ pub struct KubernetesService {
     services: Api<Service>,
     pods: Api<Pod>,
     known: Arc<Mutex<Known>>,
+    metrics: Option<PrometheusProvider>,
     op: tokio::sync::Mutex<()>,
     busy: AtomicBool,
     shutdown: CancellationToken,
@@ -102,6 +108,7 @@ impl KubernetesService {
     ) -> Self {
         let namespace = config.kubernetes.namespace.clone();
         KubernetesService {
+            metrics: PrometheusProvider::configured(&config.metrics, &environment, &config.name),
             environment,
             deployments: Api::namespaced(client.clone(), &namespace),
             services: Api::namespaced(client.clone(), &namespace),
@@ -163,8 +170,16 @@ impl KubernetesService {
         }
     }
 
-    /// Points the Service at `label`'s pods in one patch, creating it first.
-    async fn route_to(&self, label: &str) -> Result<(), RuntimeError> {
+    /// Points the Service at the Deployment `set`'s pods in one patch,
+    /// creating it first.
+    async fn route_to(&self, set: &str) -> Result<(), RuntimeError> {
+        self.select(objects::set_selector(&self.environment, &self.config, set))
+            .await
+    }
+
+    /// Points the Service at the pods `selector` selects in one patch (a
+    /// no-op when it already does), creating it first.
+    async fn select(&self, selector: BTreeMap<String, String>) -> Result<(), RuntimeError> {
         let name = self.config.name.as_str();
         let found = self
             .services
@@ -173,7 +188,7 @@ impl KubernetesService {
             .map_err(|e| api_error("reading the Service", e))?;
         match found {
             None => {
-                let svc = objects::service(&self.environment, &self.config, label)?;
+                let svc = objects::service(&self.environment, &self.config, &selector)?;
                 self.services
                     .create(&PostParams::default(), &svc)
                     .await
@@ -181,10 +196,20 @@ impl KubernetesService {
             }
             Some(svc) => {
                 check_managed("Service", svc.labels(), name, self.namespace())?;
-                if objects::routed_version(&svc).as_deref() != Some(label) {
-                    let patch = json!({ "spec": { "selector": version_selector(&self.environment, &self.config, label) } });
+                let routed = objects::routed(&svc);
+                if routed != selector {
+                    // A merge patch: keys the new selector lacks are nulled.
+                    let mut patch: serde_json::Map<String, serde_json::Value> = routed
+                        .keys()
+                        .map(|k| (k.clone(), serde_json::Value::Null))
+                        .collect();
+                    patch.extend(selector.into_iter().map(|(k, v)| (k, json!(v))));
                     self.services
-                        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .patch(
+                            name,
+                            &PatchParams::default(),
+                            &Patch::Merge(&json!({ "spec": { "selector": patch } })),
+                        )
                         .await
                         .map_err(|e| api_error("switching the Service", e))?;
                 }
@@ -193,7 +218,21 @@ impl KubernetesService {
         Ok(())
     }
 
-    /// Waits for Deployment `name` of `label` to be rolled out at `desired`.
+    /// Points the Service at the serving set, unless maintenance holds it.
+    async fn route_serving(&self) -> Result<(), RuntimeError> {
+        let (serving, maintenance) = {
+            let known = self.known();
+            (known.serving.clone(), known.maintenance.is_some())
+        };
+        match serving {
+            Some(set) if !maintenance => self.route_to(&set).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for Deployment `name` to be rolled out at `desired` pods of
+    /// `version` (its label `label`), failing at once on a pod of it that
+    /// cannot start.
     async fn wait(
         &self,
         name: &str,
@@ -202,8 +241,7 @@ impl KubernetesService {
         desired: u32,
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
-        let selector =
-            objects::selector_string(&version_selector(&self.environment, &self.config, label));
+        let selector = objects::pods_of(&self.environment, &self.config, name, label);
         let timeout = self
             .config
             .health
@@ -234,6 +272,85 @@ impl KubernetesService {
         })
     }
 
+    /// Creates the Deployment `spec` describes, or gives the existing one
+    /// its spec (with `strategy`, if any, as its pace): a kept set's spec
+    /// re-applied, or a new version in place.
+    async fn apply(
+        &self,
+        spec: &DeploymentSpec<'_>,
+        exists: bool,
+        strategy: Option<serde_json::Value>,
+    ) -> Result<(), RuntimeError> {
+        let wanted = objects::deployment(&self.environment, &self.config, spec)?;
+        let applied = if exists {
+            let mut patch = json!({
+                "metadata": { "labels": wanted.metadata.labels, "annotations": wanted.metadata.annotations },
+                "spec": wanted.spec,
+            });
+            if let Some(strategy) = strategy {
+                patch["spec"]["strategy"] = strategy;
+            }
+            self.deployments
+                .patch(spec.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        } else {
+            self.deployments
+                .create(&PostParams::default(), &wanted)
+                .await
+        };
+        applied
+            .map(|_| ())
+            .map_err(|e| api_error("applying the Deployment", e))
+    }
+
+    /// The pace of an in-place update: the configured rolling batches, else
+    /// the Deployment's own default.
+    fn in_place_pace(&self) -> Option<serde_json::Value> {
+        match self.config.strategy {
+            Strategy::Rolling {
+                batch_size,
+                max_unavailable,
+            } => Some(objects::rolling_update(batch_size, max_unavailable)),
+            _ => None,
+        }
+    }
+
+    /// Gives Deployment `name` `release` at `replicas` and waits for it.
+    async fn apply_and_wait(
+        &self,
+        name: &str,
+        release: &ReleaseSpec,
+        replicas: u32,
+        exists: bool,
+        strategy: Option<serde_json::Value>,
+        progress: &dyn Progress,
+    ) -> Result<(), RuntimeError> {
+        let image = objects::image(release)?;
+        let label = version_label(&release.version);
+        let spec = DeploymentSpec {
+            name,
+            version_label: &label,
+            release,
+            image: &image,
+            replicas,
+            canary: false,
+        };
+        self.apply(&spec, exists, strategy).await?;
+        self.wait(name, &label, &release.version, replicas, progress)
+            .await
+    }
+
+    /// Records `release` as serving from Deployment `set`.
+    fn now_serving(&self, release: &ReleaseSpec, set: &str) {
+        let mut known = self.known();
+        let was = known.current.as_ref().map(|c| c.version.clone());
+        if was.as_ref() != Some(&release.version) {
+            known.previous = was;
+        }
+        known.current = Some(release.clone());
+        known.serving = Some(set.to_owned());
+    }
+
     async fn deploy_locked(
         &self,
         release: &ReleaseSpec,
@@ -242,11 +359,16 @@ impl KubernetesService {
         keep_old: Option<Duration>,
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError> {
-        let image = objects::image(release)?;
+        objects::image(release)?;
         let name = deployment_name(self.config.name.as_str(), release.version.as_str());
-        let label = version_label(&release.version);
         let existing = self.managed_deployment(&name).await?;
-        let serving = self.known().current.as_ref().map(|c| c.version.clone());
+        let (serving, serving_set) = {
+            let known = self.known();
+            (known.current.clone(), known.serving.clone())
+        };
+        // The serving Deployment itself (named after this version, running
+        // another since a rolling update): the version goes back in place.
+        let in_place = serving_set.as_deref() == Some(name.as_str());
         let others: Vec<String> = self
             .managed_deployments()
             .await?
@@ -259,42 +381,31 @@ impl KubernetesService {
                 self.delete_deployment(other).await;
             }
         }
-        let wanted = objects::deployment(
-            &self.environment,
-            &self.config,
-            &name,
-            &label,
-            release,
-            &image,
-            replicas,
-        )?;
         progress.step(
             "applying the Deployment",
             Some(&release.version),
             0,
             replicas,
         );
-        let applied = match existing {
-            None => {
-                self.deployments
-                    .create(&PostParams::default(), &wanted)
-                    .await
-            }
-            Some(_) => {
-                // A kept or earlier set of this version: its recorded spec re-applied.
-                let patch = json!({ "metadata": { "annotations": wanted.metadata.annotations }, "spec": wanted.spec });
-                self.deployments
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-            }
-        };
-        applied.map_err(|e| api_error("applying the Deployment", e))?;
+        let pace = in_place.then(|| self.in_place_pace()).flatten();
         if let Err(e) = self
-            .wait(&name, &label, &release.version, replicas, progress)
+            .apply_and_wait(&name, release, replicas, existing.is_some(), pace, progress)
             .await
         {
-            if serving.as_ref() != Some(&release.version) {
-                self.delete_deployment(&name).await;
+            match (&serving, in_place) {
+                // As `kubectl rollout undo`: the serving release back in place.
+                (Some(current), true) if current.version != release.version => {
+                    if let Err(undo) = self
+                        .apply_and_wait(&name, current, replicas, true, None, progress)
+                        .await
+                    {
+                        tracing::warn!(deployment = %name, error = %undo, "could not undo the in-place update");
+                    }
+                }
+                _ if serving.as_ref().map(|c| &c.version) != Some(&release.version) => {
+                    self.delete_deployment(&name).await;
+                }
+                _ => {}
             }
             return Err(e);
         }
@@ -304,7 +415,8 @@ impl KubernetesService {
             replicas,
             replicas,
         );
-        self.route_to(&label).await?;
+        self.now_serving(release, &name);
+        self.route_serving().await?;
         match (replacement, keep_old) {
             (Replacement::StopFirst, _) => {}
             (Replacement::HealthGated, None) => {
@@ -314,11 +426,6 @@ impl KubernetesService {
             }
             (Replacement::HealthGated, Some(keep)) => self.retire_later(others, keep),
         }
-        let mut known = self.known();
-        if serving.as_ref() != Some(&release.version) {
-            known.previous = serving;
-        }
-        known.current = Some(release.clone());
         Ok(())
     }
 
@@ -328,18 +435,13 @@ impl KubernetesService {
     fn retire_later(&self, names: Vec<String>, keep: Duration) {
         let deployments = self.deployments.clone();
         let known = self.known.clone();
-        let service = self.config.name.to_string();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(keep) => {}
             }
-            let serving = known.lock().ok().and_then(|k| {
-                k.current
-                    .as_ref()
-                    .map(|c| deployment_name(&service, c.version.as_str()))
-            });
+            let serving = known.lock().ok().and_then(|k| k.serving.clone());
             for name in names.into_iter().filter(|n| Some(n) != serving.as_ref()) {
                 if let Err(e) = deployments.delete(&name, &DeleteParams::background()).await {
                     tracing::warn!(deployment = %name, error = %e, "could not remove a kept Deployment");
@@ -348,12 +450,13 @@ impl KubernetesService {
         });
     }
 
-    /// The serving Deployment's name and version label, if something serves.
+    /// The serving Deployment's name, its pods' version label and the
+    /// version, if something serves.
     fn serving(&self) -> Option<(String, String, Version)> {
         let known = self.known();
         let current = known.current.as_ref()?;
         Some((
-            deployment_name(self.config.name.as_str(), current.version.as_str()),
+            known.serving.clone()?,
             version_label(&current.version),
             current.version.clone(),
         ))
@@ -384,11 +487,14 @@ impl KubernetesService {
                 let wanted = objects::deployment(
                     &self.environment,
                     &config,
-                    &name,
-                    objects::MAINTENANCE,
-                    &release,
-                    image,
-                    1,
+                    &DeploymentSpec {
+                        name: &name,
+                        version_label: objects::MAINTENANCE,
+                        release: &release,
+                        image,
+                        replicas: 1,
+                        canary: false,
+                    },
                 )?;
                 if self.managed_deployment(&name).await?.is_none() {
                     self.deployments
@@ -404,11 +510,11 @@ impl KubernetesService {
                     &crate::runtime::NoProgress,
                 )
                 .await?;
-                self.route_to(objects::MAINTENANCE).await
+                self.route_to(&name).await
             }
             None => {
-                if let Some((_, label, _)) = self.serving() {
-                    self.route_to(&label).await?;
+                if let Some((set, _, _)) = self.serving() {
+                    self.route_to(&set).await?;
                 }
                 if self.managed_deployment(&name).await?.is_some() {
                     self.delete_deployment(&name).await;
@@ -425,228 +531,4 @@ pub fn maintenance_refusal(config: &ServiceConfig) -> String {
         "{} runs on Kubernetes without kubernetes.maintenance_image: there is no responder to switch its Service to; configure one (an image answering 503)",
         config.name
     )
-}
-
-#[async_trait]
-impl ServiceBackend for KubernetesService {
-    fn runtime(&self) -> RuntimeKind {
-        RuntimeKind::Kubernetes
-    }
-
-    async fn deploy(
-        &self,
-        release: &ReleaseSpec,
-        replicas: u32,
-        replacement: Replacement,
-        progress: &dyn Progress,
-    ) -> Result<(), RuntimeError> {
-        let _op = self.op.lock().await;
-        self.deploy_locked(release, replicas, replacement, None, progress)
-            .await
-    }
-
-    /// Blue-green only: the new version's Deployment beside the old, the
-    /// Service switched in one patch once it is rolled out, the old one kept
-    /// for `keep_old_for_secs`. Canary and rolling need a `RolloutTarget`
-    /// this runtime does not have yet.
-    async fn roll_out(
-        &self,
-        release: &ReleaseSpec,
-        replicas: u32,
-        plan: &RolloutPlan,
-        _controls: &mut mpsc::Receiver<ControlRequest>,
-        progress: &dyn Progress,
-        _observer: &dyn RolloutObserver,
-    ) -> Result<RolloutEnd, RuntimeError> {
-        let Strategy::BlueGreen { keep_old_for_secs } = plan.strategy else {
-            return Err(RuntimeError::Unsupported(format!(
-                "the kubernetes runtime does not support {} deploys yet (blue-green and recreate only)",
-                plan.strategy.kind()
-            )));
-        };
-        let _op = self.op.lock().await;
-        let keep = Duration::from_secs(keep_old_for_secs);
-        self.deploy_locked(
-            release,
-            replicas,
-            Replacement::HealthGated,
-            Some(keep),
-            progress,
-        )
-        .await?;
-        Ok(RolloutEnd::Promoted {
-            detail: format!(
-                "{} {} serves everything; the Service was switched in one patch and the old Deployment is kept for {}",
-                self.config.name,
-                release.version,
-                humantime::format_duration(keep)
-            ),
-        })
-    }
-
-    async fn scale(&self, replicas: u32, progress: &dyn Progress) -> Result<(), RuntimeError> {
-        let _op = self.op.lock().await;
-        let Some((name, label, version)) = self.serving() else {
-            return Ok(());
-        };
-        let patch = json!({ "spec": { "replicas": replicas } });
-        self.deployments
-            .patch_scale(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(|e| api_error("scaling the Deployment", e))?;
-        self.wait(&name, &label, &version, replicas, progress).await
-    }
-
-    fn set_maintenance(&self, maintenance: Option<MaintenanceInfo>) {
-        self.known().maintenance = maintenance;
-    }
-
-    fn maintenance_refusal(&self, on: bool) -> Option<String> {
-        (on && self.config.kubernetes.maintenance_image.is_none())
-            .then(|| maintenance_refusal(&self.config))
-    }
-
-    async fn apply_maintenance(
-        &self,
-        maintenance: Option<MaintenanceInfo>,
-    ) -> Result<(), RuntimeError> {
-        self.set_maintenance_on_cluster(maintenance.clone()).await?;
-        self.known().maintenance = maintenance;
-        Ok(())
-    }
-
-    async fn adopt(
-        &self,
-        release: Option<&ReleaseSpec>,
-        replicas: u32,
-    ) -> Result<u32, RuntimeError> {
-        let _op = self.op.lock().await;
-        let Some(keep) =
-            release.map(|r| deployment_name(self.config.name.as_str(), r.version.as_str()))
-        else {
-            // No record (a lost state directory): the cluster keeps serving
-            // what it serves; ferry removes nothing it cannot account for.
-            return Ok(0);
-        };
-        let keep = Some(keep);
-        let mut adopted = 0;
-        for found in self.managed_deployments().await? {
-            let name = found.name_any();
-            if Some(&name) == keep.as_ref() && replicas > 0 {
-                adopted = found
-                    .spec
-                    .replicas
-                    .map_or(0, |n| u32::try_from(n).unwrap_or(0));
-            } else if !name.ends_with(&format!("-{}", objects::MAINTENANCE)) {
-                tracing::info!(deployment = %name, "removing a Deployment the state file does not name");
-                self.delete_deployment(&name).await;
-            }
-        }
-        if let (Some(release), true) = (release, adopted > 0) {
-            if self.known().maintenance.is_none() {
-                self.route_to(&version_label(&release.version)).await?;
-            }
-            self.known().current = Some(release.clone());
-        }
-        Ok(adopted)
-    }
-
-    async fn health(&self) -> ServiceHealth {
-        let Some((name, label, version)) = self.serving() else {
-            return ServiceHealth {
-                version: None,
-                desired: 0,
-                healthy: 0,
-                replicas: Vec::new(),
-            };
-        };
-        let deployment = self.deployments.get_opt(&name).await.ok().flatten();
-        let desired = deployment
-            .as_ref()
-            .and_then(|d| d.spec.replicas)
-            .map_or(0, |n| u32::try_from(n).unwrap_or(0));
-        let selector =
-            objects::selector_string(&version_selector(&self.environment, &self.config, &label));
-        let pods = self
-            .pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        let replicas: Vec<ReplicaHealth> = pods
-            .iter()
-            .map(|pod| {
-                let status = pod.status.as_ref();
-                let ready = status
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                let restarts = status
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .map_or(0, |c| {
-                        c.iter()
-                            .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
-                            .sum()
-                    });
-                ReplicaHealth {
-                    replica: pod.name_any(),
-                    version: version.clone(),
-                    address: status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
-                    healthy: ready,
-                    restarts,
-                }
-            })
-            .collect();
-        let healthy = deployment
-            .as_ref()
-            .and_then(|d| d.status.as_ref()?.ready_replicas)
-            .map_or(0, |n| u32::try_from(n).unwrap_or(0));
-        ServiceHealth {
-            version: Some(version),
-            desired,
-            healthy,
-            replicas,
-        }
-    }
-
-    async fn take_metrics(&self) -> Option<ServiceMetrics> {
-        None
-    }
-
-    async fn snapshot(&self) -> ServiceSnapshot {
-        let health = self.health().await;
-        let (maintenance, previous) = {
-            let known = self.known();
-            (known.maintenance.clone(), known.previous.clone())
-        };
-        let state = service_state(
-            self.busy.load(Ordering::Relaxed),
-            maintenance.is_some(),
-            &health,
-        );
-        let k = &self.config.kubernetes;
-        ServiceSnapshot {
-            service: self.config.name.clone(),
-            version: health.version,
-            previous,
-            replicas_desired: health.desired,
-            replicas_healthy: health.healthy,
-            state,
-            maintenance,
-            runtime: RUNTIME.to_owned(),
-            address: Some(format!(
-                "{}.{}.svc:{}",
-                self.config.name, k.namespace, k.service_port
-            )),
-            rollout: None,
-            strategy: Some(self.config.strategy.clone()),
-        }
-    }
-
-    fn set_busy(&self, busy: bool) {
-        self.busy.store(busy, Ordering::Relaxed);
-    }
-
-    async fn shutdown(&self) {
-        // The cluster keeps serving; the next agent adopts what it finds.
-    }
 }

@@ -28,6 +28,15 @@ pub const VERSION: &str = "ferry.io/version";
 pub const RELEASE: &str = "ferry.io/release";
 /// The `ferry.io/version` value of the maintenance responder.
 pub const MAINTENANCE: &str = "maintenance";
+/// The set label: the name of the Deployment a pod belongs to. Deployments
+/// select their pods by it, not by version, so a Deployment can take a new
+/// version in place (a rolling update, a canary's promotion); the Service
+/// selects one set, or every set of the service while a canary runs.
+pub const SET: &str = "ferry.io/set";
+/// The track label: `canary` on a canary's Deployment and pods.
+pub const TRACK: &str = "ferry.io/track";
+/// Its value on a canary.
+pub const CANARY: &str = "canary";
 
 /// `version` as a DNS label fragment: lower case, `[a-z0-9-]`.
 pub fn sanitise(version: &str) -> String {
@@ -91,18 +100,63 @@ pub fn service_labels(environment: &EnvName, service: &ServiceConfig) -> BTreeMa
     labels
 }
 
-/// What selects the pods of `version_label`.
-pub fn version_selector(
+/// What selects every pod of the service (both sets while a canary runs).
+pub fn service_selector(
     environment: &EnvName,
     service: &ServiceConfig,
-    version_label: &str,
 ) -> BTreeMap<String, String> {
     BTreeMap::from([
         (MANAGED_BY.to_owned(), FERRY.to_owned()),
         (ENVIRONMENT.to_owned(), environment.to_string()),
         (SERVICE.to_owned(), service.name.to_string()),
-        (VERSION.to_owned(), version_label.to_owned()),
     ])
+}
+
+/// What selects the pods of the Deployment `set`.
+pub fn set_selector(
+    environment: &EnvName,
+    service: &ServiceConfig,
+    set: &str,
+) -> BTreeMap<String, String> {
+    let mut selector = service_selector(environment, service);
+    selector.insert(SET.to_owned(), set.to_owned());
+    selector
+}
+
+/// The pods of the Deployment `set` running `version_label` (during an
+/// in-place update, the new ones).
+pub fn pods_of(
+    environment: &EnvName,
+    service: &ServiceConfig,
+    set: &str,
+    version_label: &str,
+) -> String {
+    let mut selector = set_selector(environment, service, set);
+    selector.insert(VERSION.to_owned(), version_label.to_owned());
+    selector_string(&selector)
+}
+
+/// The canary Deployment of `version`.
+pub fn canary_name(service: &str, version: &str) -> String {
+    deployment_name(service, &format!("{version}-{CANARY}"))
+}
+
+/// Whether `deployment` is a canary's.
+pub fn is_canary(deployment: &Deployment) -> bool {
+    deployment.labels().get(TRACK).map(String::as_str) == Some(CANARY)
+}
+
+/// A rolling update's pace: ferry's batch size and max unavailable as the
+/// Deployment's `maxSurge`/`maxUnavailable`. A batch of `batch_size` new
+/// pods with up to `max_unavailable` old ones stopped first is, per step,
+/// `batch_size - unavailable` surge pods and `unavailable` missing ones.
+pub fn rolling_update(batch_size: u32, max_unavailable: u32) -> Value {
+    let batch = batch_size.max(1);
+    let unavailable = max_unavailable.min(batch);
+    json!({
+        "type": "RollingUpdate",
+        "rollingUpdate": { "maxSurge": batch - unavailable, "maxUnavailable": unavailable },
+    })
 }
 
 /// The release a Deployment records, if it does.
@@ -149,20 +203,47 @@ fn resources(service: &ServiceConfig) -> Value {
     json!({ "requests": quantities(&k.requests), "limits": quantities(&k.limits) })
 }
 
-/// The Deployment running `release` (`version_label` its pods' version label;
-/// `image` what they run) at `replicas`.
+/// What a Deployment is: its name, its pods' version label, the release and
+/// image they run, how many, and whether it is a canary.
+pub struct DeploymentSpec<'a> {
+    /// The Deployment's name (also its pods' set label).
+    pub name: &'a str,
+    /// The pods' version label.
+    pub version_label: &'a str,
+    /// The release.
+    pub release: &'a ReleaseSpec,
+    /// The image the pods run.
+    pub image: &'a str,
+    /// Replicas.
+    pub replicas: u32,
+    /// A canary's Deployment.
+    pub canary: bool,
+}
+
+/// The Deployment of `spec`; its pods are selected by their set label.
 pub fn deployment(
     environment: &EnvName,
     service: &ServiceConfig,
-    name: &str,
-    version_label: &str,
-    release: &ReleaseSpec,
-    image: &str,
-    replicas: u32,
+    spec: &DeploymentSpec<'_>,
 ) -> Result<Deployment, RuntimeError> {
+    let DeploymentSpec {
+        name,
+        version_label,
+        release,
+        image,
+        replicas,
+        canary,
+    } = *spec;
     let k = &service.kubernetes;
     let mut labels = service_labels(environment, service);
     labels.insert(VERSION.into(), version_label.to_owned());
+    labels.insert(SET.into(), name.to_owned());
+    if canary {
+        labels.insert(TRACK.into(), CANARY.into());
+    }
+    let mut pod_annotations = k.annotations.clone();
+    // The version as given (the label is sanitised), for health reports.
+    pod_annotations.insert(VERSION.into(), release.version.to_string());
     let mut annotations = k.annotations.clone();
     annotations.insert(
         RELEASE.into(),
@@ -211,9 +292,9 @@ pub fn deployment(
         "spec": {
             "replicas": replicas,
             "progressDeadlineSeconds": k.progress_deadline.as_secs(),
-            "selector": { "matchLabels": version_selector(environment, service, version_label) },
+            "selector": { "matchLabels": set_selector(environment, service, name) },
             "template": {
-                "metadata": { "labels": labels, "annotations": k.annotations },
+                "metadata": { "labels": labels, "annotations": pod_annotations },
                 "spec": pod_spec,
             },
         },
@@ -224,11 +305,11 @@ pub fn deployment(
     })
 }
 
-/// The Service routing to the pods of `version_label`.
+/// The Service routing to the pods `selector` selects.
 pub fn service(
     environment: &EnvName,
     service: &ServiceConfig,
-    version_label: &str,
+    selector: &BTreeMap<String, String>,
 ) -> Result<Service, RuntimeError> {
     let k = &service.kubernetes;
     let value = json!({
@@ -242,7 +323,7 @@ pub fn service(
         },
         "spec": {
             "type": k.service_type,
-            "selector": version_selector(environment, service, version_label),
+            "selector": selector,
             "ports": [{ "name": "http", "port": k.service_port, "targetPort": k.container_port }],
         },
     });
@@ -252,9 +333,12 @@ pub fn service(
     })
 }
 
-/// The version label a Service currently routes to.
-pub fn routed_version(svc: &Service) -> Option<String> {
-    svc.spec.as_ref()?.selector.as_ref()?.get(VERSION).cloned()
+/// What a Service currently selects.
+pub fn routed(svc: &Service) -> BTreeMap<String, String> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default()
 }
 
 /// The label value of `version`.
@@ -288,5 +372,20 @@ mod tests {
         assert_eq!(image(&release).unwrap(), "registry/app:1@sha256:ab");
         release.artifact = "registry/app@sha256:cd".into();
         assert!(image(&release).is_err());
+    }
+
+    #[test]
+    fn a_batch_maps_to_surge_and_unavailable_pods() {
+        let pace = |b, u| {
+            let v = rolling_update(b, u);
+            (
+                v["rollingUpdate"]["maxSurge"].as_u64().unwrap(),
+                v["rollingUpdate"]["maxUnavailable"].as_u64().unwrap(),
+            )
+        };
+        assert_eq!(pace(1, 0), (1, 0), "one new pod before an old one goes");
+        assert_eq!(pace(3, 1), (2, 1));
+        assert_eq!(pace(2, 5), (0, 2), "never more missing than a batch");
+        assert_eq!(pace(0, 0), (1, 0), "never both zero");
     }
 }

@@ -223,8 +223,10 @@ impl RolloutTarget for ManagedService {
         ManagedService::start_next(self, release, replicas, progress).await
     }
 
-    async fn route_next(&self, weight: u8) {
+    async fn route_next(&self, weight: u8) -> Result<Option<u8>, RuntimeError> {
+        // The proxy weighs requests exactly.
         ManagedService::route_next(self, weight).await;
+        Ok(None)
     }
 
     async fn check_next(&self) -> Option<String> {

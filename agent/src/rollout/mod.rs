@@ -27,6 +27,9 @@ use crate::analysis::{Sequential, SetWindow, Thresholds, Verdict, Verdicts};
 use crate::metrics_provider::PrometheusProvider;
 use crate::runtime::{Progress, RuntimeError};
 
+mod silence;
+use silence::Silence;
+
 /// What a strategy needs of a runtime: a stable set serving, a "next" set
 /// beside it that takes a share of the traffic, and the signals of each.
 #[async_trait]
@@ -45,8 +48,10 @@ pub trait RolloutTarget: Send + Sync {
         replicas: u32,
         progress: &dyn Progress,
     ) -> Result<(), RuntimeError>;
-    /// Sends `weight` percent of the traffic to the next set.
-    async fn route_next(&self, weight: u8);
+    /// Sends `weight` percent of the traffic to the next set. Returns the
+    /// share actually reached where the runtime can only approximate it
+    /// (`None`: exactly `weight`), or why the next set could not take it.
+    async fn route_next(&self, weight: u8) -> Result<Option<u8>, RuntimeError>;
     /// Health-checks the next set: the first failure, if any.
     async fn check_next(&self) -> Option<String>;
     /// What the next set answered since the last call.
@@ -162,6 +167,7 @@ impl Driver<'_> {
         self.service.abort_next().await;
         self.status.state = RolloutState::Aborted;
         self.status.weight_percent = 0;
+        self.status.weight_reached_percent = None;
         tracing::warn!(service = %self.service.name(), version = %self.status.version, %reason, "rollout aborted; the stable version serves everything");
         self.emit(RolloutPhase::Aborted {
             reason: reason.clone(),
@@ -191,9 +197,29 @@ impl Driver<'_> {
         }
     }
 
+    /// Moves `weight` percent of the traffic to the next set, recording the
+    /// share reached. `Some(end)`: the next set could not take it, and the
+    /// rollout was aborted.
+    async fn route(&mut self, weight: u8) -> Option<RolloutEnd> {
+        self.status.weight_percent = weight;
+        match self.service.route_next(weight).await {
+            Ok(reached) => {
+                self.status.weight_reached_percent = reached;
+                None
+            }
+            Err(e) => Some(
+                self.abort(AbortReason::Unhealthy {
+                    detail: e.to_string(),
+                })
+                .await,
+            ),
+        }
+    }
+
     fn promoted(&mut self) {
         self.status.state = RolloutState::Promoted;
         self.status.weight_percent = 100;
+        self.status.weight_reached_percent = None;
         self.emit(RolloutPhase::Promoted);
     }
 }
@@ -240,6 +266,7 @@ pub async fn drive(
             step: 0,
             steps: u32::try_from(steps.len()).unwrap_or(u32::MAX),
             weight_percent: 0,
+            weight_reached_percent: None,
         },
     };
     service.set_rollout_status(Some(driver.status.clone()));
@@ -454,8 +481,9 @@ async fn canary(
     while index < steps.len() {
         let weight = if promote_now { 100 } else { steps[index] };
         driver.status.step = u32::try_from(index + 1).unwrap_or(u32::MAX);
-        driver.status.weight_percent = weight;
-        service.route_next(weight).await;
+        if let Some(end) = driver.route(weight).await {
+            return Ok(end);
+        }
         if index == 0 {
             // Only what answered since traffic moved counts.
             service.take_next_window();
@@ -576,8 +604,10 @@ async fn canary(
                         }
                         RolloutControl::Promote => {
                             promote_now = true;
-                            service.route_next(100).await;
-                            driver.status.weight_percent = 100;
+                            if let Some(end) = driver.route(100).await {
+                                answer(reply, Err(format!("{} could not take all traffic", release.version)));
+                                return Ok(end);
+                            }
                             driver.status.state = RolloutState::Progressing;
                             answer(reply, Ok(format!("{} promoted: it takes all traffic", release.version)));
                             index = steps.len();
@@ -615,74 +645,6 @@ async fn canary(
     })
 }
 
-/// How long a metrics provider has given no verdict during a canary.
-#[derive(Debug)]
-struct Silence {
-    /// The last answer (or the canary's start).
-    since: Instant,
-    answered_in_step: bool,
-    failed_in_step: bool,
-    last_error: Option<String>,
-}
-
-impl Default for Silence {
-    fn default() -> Self {
-        Silence {
-            since: Instant::now(),
-            answered_in_step: false,
-            failed_in_step: false,
-            last_error: None,
-        }
-    }
-}
-
-impl Silence {
-    fn step_started(&mut self) {
-        self.answered_in_step = false;
-        self.failed_in_step = false;
-    }
-
-    fn answered(&mut self) {
-        self.since = Instant::now();
-        self.answered_in_step = true;
-        self.last_error = None;
-    }
-
-    fn reason(&self, provider: &PrometheusProvider, step: u32) -> AbortReason {
-        AbortReason::NoVerdict {
-            provider: provider.describe(),
-            detail: self
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "no answer in time".into()),
-            step,
-        }
-    }
-
-    /// One interval without a verdict; the abort reason once the provider
-    /// has been silent for as long as a whole step (or an interval, if
-    /// steps are shorter).
-    fn failed(
-        &mut self,
-        provider: &PrometheusProvider,
-        error: crate::Error,
-        silent_for: Duration,
-        step: u32,
-    ) -> Option<AbortReason> {
-        self.failed_in_step = true;
-        self.last_error = Some(match error {
-            crate::Error::NoVerdict { detail, .. } => detail,
-            other => other.to_string(),
-        });
-        (self.since.elapsed() >= silent_for).then(|| self.reason(provider, step))
-    }
-
-    /// The step is over: the abort reason if it was asked and never answered.
-    fn step_over(&self, provider: &PrometheusProvider, step: u32) -> Option<AbortReason> {
-        (self.failed_in_step && !self.answered_in_step).then(|| self.reason(provider, step))
-    }
-}
-
 /// What a verification window found.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verification {
@@ -713,6 +675,7 @@ pub async fn verify(
         step: 1,
         steps: 1,
         weight_percent: 100,
+        weight_reached_percent: None,
     };
     let emit = |status: &RolloutStatus, phase| {
         target.set_rollout_status(Some(status.clone()));
@@ -887,8 +850,10 @@ async fn rolling(
         let weight =
             u8::try_from((u64::from(started) * 100) / u64::from(started + remaining_old).max(1))
                 .unwrap_or(100);
-        driver.status.weight_percent = weight;
-        service.route_next(weight).await;
+        if let Some(end) = driver.route(weight).await {
+            service.restore_stable().await;
+            return Ok(end);
+        }
         driver.emit(RolloutPhase::StepStarted);
         service.stop_stable(batch - early).await;
     }
@@ -902,83 +867,4 @@ async fn rolling(
             if driver.status.steps == 1 { "" } else { "es" }
         ),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{default_error_rate_query, PrometheusConfig};
-    use crate::Error;
-
-    fn provider() -> PrometheusProvider {
-        PrometheusProvider::new(
-            PrometheusConfig {
-                url: "http://127.0.0.1:9".into(),
-                error_rate_query: default_error_rate_query(),
-                p95_query: "1".into(),
-                request_rate_query: "1".into(),
-                timeout: Duration::from_secs(1),
-            },
-            ferry_protocol::EnvName::new("dev").unwrap(),
-            ServiceName::new("web").unwrap(),
-        )
-    }
-
-    fn refused() -> Error {
-        Error::NoVerdict {
-            provider: "prometheus at http://127.0.0.1:9".into(),
-            detail: "query failed: connection refused".into(),
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_provider_silent_for_a_whole_step_aborts_with_its_last_error() {
-        let p = provider();
-        let step = Duration::from_secs(10);
-        let mut silence = Silence::default();
-        silence.step_started();
-        tokio::time::advance(Duration::from_secs(3)).await;
-        silence.answered();
-        tokio::time::advance(Duration::from_secs(9)).await;
-        assert_eq!(silence.failed(&p, refused(), step, 2), None, "9 s < a step");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        match silence.failed(&p, refused(), step, 2) {
-            Some(AbortReason::NoVerdict {
-                provider,
-                detail,
-                step,
-            }) => {
-                assert_eq!(provider, "prometheus at http://127.0.0.1:9");
-                assert_eq!(detail, "query failed: connection refused");
-                assert_eq!(step, 2);
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_step_asked_and_never_answered_aborts_at_its_end() {
-        let p = provider();
-        let mut silence = Silence::default();
-        silence.step_started();
-        assert_eq!(silence.step_over(&p, 1), None, "a step too short to ask");
-        silence.answered();
-        assert_eq!(
-            silence.failed(&p, refused(), Duration::from_secs(60), 1),
-            None
-        );
-        assert_eq!(silence.step_over(&p, 1), None, "answered once in the step");
-        silence.step_started();
-        assert_eq!(
-            silence.failed(&p, refused(), Duration::from_secs(60), 2),
-            None
-        );
-        assert!(
-            matches!(
-                silence.step_over(&p, 2),
-                Some(AbortReason::NoVerdict { step: 2, .. })
-            ),
-            "asked, never answered"
-        );
-    }
 }
