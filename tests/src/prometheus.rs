@@ -176,3 +176,64 @@ pub fn follow_replicas(log: PathBuf, targets: PathBuf) -> tokio::task::JoinHandl
         }
     })
 }
+
+/// A ferry-sample process the test runs itself, labelled in `/metrics` as
+/// one version of dev/`service`: where no agent runs the replicas (the
+/// Kubernetes tests, whose cluster is a fake that runs no pods), these are
+/// the real traffic Prometheus scrapes. Killed on drop.
+pub struct Sample {
+    child: Child,
+    /// Its port on loopback.
+    pub port: u16,
+}
+
+impl Sample {
+    /// Starts ferry-sample as `version` of dev/`service` with the extra
+    /// variables `env` (e.g. `SAMPLE_ERROR_RATE`) and waits until it answers.
+    pub async fn start(service: &str, version: &str, env: &[(&str, &str)]) -> Sample {
+        let port = free_port();
+        let child = Command::new(crate::bins::bin("ferry-sample"))
+            .env("PORT", port.to_string())
+            .env("FERRY_VERSION", version)
+            .env("FERRY_SERVICE", service)
+            .env("FERRY_ENVIRONMENT", "dev")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ferry-sample");
+        let sample = Sample { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while crate::get(port, "/health").await.map(|a| a.status) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "ferry-sample {version} never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sample
+    }
+
+    /// Its address, as a scrape target.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Sample {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Makes `prometheus` scrape `samples`.
+pub fn scrape(prometheus: &Prometheus, samples: &[&Sample]) {
+    let list: Vec<String> = samples.iter().map(|s| s.address()).collect();
+    let text = serde_json::json!([{ "targets": list }]).to_string();
+    let targets = prometheus.targets_file();
+    let tmp = targets.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("targets");
+    std::fs::rename(&tmp, &targets).expect("targets");
+}

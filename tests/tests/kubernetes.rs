@@ -9,9 +9,12 @@
 use std::time::{Duration, Instant};
 
 use ferry_e2e::fake_apiserver::FakeApiServer;
+use ferry_e2e::prometheus::{scrape, Discovery, Prometheus, Sample};
+use ferry_e2e::rollout::{aborted, rollout_phase};
 use ferry_e2e::*;
 use ferry_protocol::command::{Action, ReleaseSpec, RollbackTarget};
 use ferry_protocol::event::EventBody;
+use ferry_protocol::rollout::{AbortReason, Metric, RolloutPhase};
 use ferry_protocol::Version;
 use serde_json::{json, Value};
 
@@ -39,12 +42,17 @@ fn deploy(version: &str, image: &str, replicas: u32) -> Action {
 
 /// The fake, and an agent whose service `web` runs on it.
 async fn start(system: &System) -> (FakeApiServer, AgentProcess) {
+    start_with(system, "").await
+}
+
+/// [`start`] with more of `web`'s configuration (TOML tables after its own).
+async fn start_with(system: &System, more: &str) -> (FakeApiServer, AgentProcess) {
     let fake = FakeApiServer::start(Duration::from_millis(200)).await;
     let kubeconfig = fake.kubeconfig(system.dir.path(), NS);
     let agent = AgentProcess::start(
         system,
         &format!(
-            "[services.web]\nruntime = \"kubernetes\"\ncontainer_port = 8080\nreplicas = 1\nlabels = {{ team = \"payments\" }}\n\n[services.web.health]\nstart_timeout = \"20s\"\n\n[services.web.kubernetes]\nnamespace = \"{NS}\"\nkubeconfig = \"{}\"\ncontext = \"fake\"\nservice_port = 80\nrequests = {{ cpu = \"100m\", memory = \"64Mi\" }}\n",
+            "[services.web]\nruntime = \"kubernetes\"\ncontainer_port = 8080\nreplicas = 1\nlabels = {{ team = \"payments\" }}\n\n[services.web.health]\nstart_timeout = \"20s\"\n\n[services.web.kubernetes]\nnamespace = \"{NS}\"\nkubeconfig = \"{}\"\ncontext = \"fake\"\nservice_port = 80\nrequests = {{ cpu = \"100m\", memory = \"64Mi\" }}\n{more}",
             kubeconfig.display()
         ),
     )
@@ -603,4 +611,245 @@ async fn fake_apiserver_rolling_updates_the_deployment_in_place_at_the_batch_pac
     assert_eq!(deployment_names(&fake), ["web-1-0-0"]);
     assert_eq!(pod_versions(&fake, "web-1-0-0"), ["1-0-0"; 3]);
     assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
+}
+
+/// Prometheus scraping real ferry-sample processes as dev/web 1.0.0 (the
+/// stable pods) and 2.0.0 (the canary's, `canary_env` added), each under
+/// load: the fake cluster runs no pods, so these stand in for what its
+/// Service would route to; the agent's provider reads the canary's signals
+/// from Prometheus as it would in a cluster.
+struct CanaryTraffic {
+    prometheus: Prometheus,
+    _samples: (Sample, Sample),
+    loads: Vec<Load>,
+}
+
+impl CanaryTraffic {
+    async fn start(canary_env: &[(&str, &str)]) -> CanaryTraffic {
+        let prometheus = Prometheus::start(Discovery::File).await;
+        let stable = Sample::start("web", "1.0.0", &[]).await;
+        let canary = Sample::start("web", "2.0.0", canary_env).await;
+        scrape(&prometheus, &[&stable, &canary]);
+        let loads = vec![
+            Load::start(stable.port, 2, Duration::from_millis(5)),
+            Load::start(canary.port, 2, Duration::from_millis(5)),
+        ];
+        CanaryTraffic {
+            prometheus,
+            _samples: (stable, canary),
+            loads,
+        }
+    }
+
+    /// `web`'s metrics table, pointing at this Prometheus.
+    fn metrics_toml(&self) -> String {
+        format!(
+            "\n[services.web.metrics]\nprovider = \"prometheus\"\nurl = \"{}\"\n",
+            self.prometheus.url()
+        )
+    }
+
+    async fn stop(self) {
+        for load in self.loads {
+            load.stop().await;
+        }
+    }
+}
+
+/// A canary deploy of 2.0.0 at 10 replicas with `steps` of `step_secs`,
+/// analysed every 3 s (three scrapes, so every `rate()` has samples).
+fn canary_deploy(steps: Vec<u8>, step_secs: u64) -> Action {
+    Action::Deploy {
+        release: release("2.0.0", "registry.example/web:2"),
+        replicas: Some(10),
+        health: None,
+        approvals: Vec::new(),
+        rollout: Some(Box::new(ferry_protocol::rollout::RolloutOptions {
+            strategy: Some(ferry_protocol::rollout::Strategy::Canary { steps, step_secs }),
+            analysis: Some(ferry_protocol::rollout::AnalysisOverride {
+                interval_ms: Some(3000),
+                failures_to_abort: Some(2),
+                min_requests: Some(5),
+                ..Default::default()
+            }),
+        })),
+        hotfix: false,
+    }
+}
+
+fn replicas_of(fake: &FakeApiServer, name: &str) -> Option<u64> {
+    fake.object("deployments", NS, name)?["spec"]["replicas"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_a_canary_by_replica_ratio_is_rolled_back_by_a_breached_threshold() {
+    let traffic = CanaryTraffic::start(&[("SAMPLE_ERROR_RATE", "0.2")]).await;
+    let system = System::without_controller();
+    let (fake, _agent) = start_with(&system, &traffic.metrics_toml()).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 10),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let stable_before = fake.object("deployments", NS, "web-1-0-0").unwrap();
+
+    // Long steps: only the analysis can end the first one.
+    let id = send_command(
+        &client,
+        &system.controller_key,
+        "dev",
+        "web",
+        canary_deploy(vec![25, 100], 600),
+    )
+    .await;
+    let step = watch
+        .wait_for(WAIT, "the first canary step", |e| {
+            matches!(&e.body, EventBody::Rollout(r)
+                if matches!(r.phase, RolloutPhase::StepStarted) && r.status.step == 1)
+        })
+        .await;
+    let EventBody::Rollout(step) = &step.body else {
+        unreachable!()
+    };
+    // 25% of 10 replicas: 2.5 rounds to 3 canary pods beside 7 stable ones,
+    // 30% of the ready replicas, reported next to the 25% asked for.
+    assert_eq!(step.status.weight_percent, 25);
+    assert_eq!(step.status.weight_reached_percent, Some(30), "{step:?}");
+    assert_eq!(replicas_of(&fake, "web-2-0-0-canary"), Some(3));
+    assert_eq!(replicas_of(&fake, "web-1-0-0"), Some(7));
+    let canary = fake.object("deployments", NS, "web-2-0-0-canary").unwrap();
+    assert_eq!(canary["metadata"]["labels"]["ferry.io/track"], "canary");
+    assert_eq!(
+        canary["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:2"
+    );
+    assert_eq!(
+        selected_set(&fake),
+        None,
+        "the Service selects both sets by the service label"
+    );
+    assert_eq!(
+        fake.object("services", NS, "web").unwrap()["spec"]["selector"]["ferry.io/service"],
+        "web"
+    );
+
+    let event = watch
+        .wait_for(Duration::from_secs(60), "the canary's abort", |e| {
+            aborted(e).is_some()
+        })
+        .await;
+    match aborted(&event).unwrap() {
+        AbortReason::Threshold {
+            breach,
+            step,
+            weight_percent,
+            ..
+        } => {
+            assert_eq!(breach.metric, Metric::ErrorRate, "{breach:?}");
+            assert!(
+                (10.0..=30.0).contains(&breach.value),
+                "Prometheus measured about 20%: {breach:?}"
+            );
+            assert_eq!((step, weight_percent), (1, 25));
+        }
+        other => panic!("aborted for another reason: {other:?}"),
+    }
+    let outcome = watch.outcome(id, WAIT).await;
+    match &outcome.body {
+        EventBody::Failed {
+            reason, serving, ..
+        } => {
+            assert!(reason.contains("error rate"), "{reason}");
+            assert_eq!(serving.as_ref().map(|v| v.as_str()), Some("1.0.0"));
+        }
+        other => panic!("not a failure: {other:?}"),
+    }
+    // The canary's Deployment removed, the stable one as it was: its
+    // template untouched, its replicas back, the Service on it alone.
+    assert_eq!(deployment_names(&fake), ["web-1-0-0"]);
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
+    let stable = fake.object("deployments", NS, "web-1-0-0").unwrap();
+    assert_eq!(
+        stable["spec"]["template"], stable_before["spec"]["template"],
+        "the stable template is untouched"
+    );
+    assert_eq!(stable["spec"]["replicas"], 10);
+    assert_eq!(stable["status"]["readyReplicas"], 10);
+    assert_eq!(pod_versions(&fake, "web-1-0-0"), ["1-0-0"; 10]);
+    traffic.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_a_good_canary_by_replica_ratio_is_promoted_into_the_stable_deployment() {
+    let traffic = CanaryTraffic::start(&[]).await;
+    let system = System::without_controller();
+    let (fake, _agent) = start_with(&system, &traffic.metrics_toml()).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 10),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let id = send_command(
+        &client,
+        &system.controller_key,
+        "dev",
+        "web",
+        canary_deploy(vec![10, 100], 7),
+    )
+    .await;
+    let outcome = watch.outcome(id, Duration::from_secs(90)).await;
+    assert!(
+        matches!(&outcome.body, EventBody::Succeeded { version: Some(v), .. } if v.as_str() == "2.0.0"),
+        "{outcome:?}"
+    );
+    let steps: Vec<(u8, Option<u8>)> = watch
+        .seen
+        .iter()
+        .filter(|e| e.command_id == Some(id))
+        .filter_map(|e| match &e.body {
+            EventBody::Rollout(r) if matches!(r.phase, RolloutPhase::StepStarted) => {
+                Some((r.status.weight_percent, r.status.weight_reached_percent))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [(10, Some(10)), (100, Some(100))],
+        "1 canary and 9 stable, then all 10"
+    );
+    let conclusive = watch
+        .seen
+        .iter()
+        .filter(|e| e.command_id == Some(id))
+        .filter(|e| {
+            matches!(
+                rollout_phase(e),
+                Some(RolloutPhase::Analysed {
+                    conclusive: true,
+                    ..
+                })
+            )
+        })
+        .count();
+    assert!(conclusive >= 2, "Prometheus gave verdicts ({conclusive})");
+    // Promoted: the stable Deployment took the new image, the canary's went.
+    assert_eq!(deployment_names(&fake), ["web-1-0-0"]);
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
+    let stable = fake.object("deployments", NS, "web-1-0-0").unwrap();
+    assert_eq!(
+        stable["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:2"
+    );
+    assert_eq!(stable["spec"]["replicas"], 10);
+    assert_eq!(pod_versions(&fake, "web-1-0-0"), ["2-0-0"; 10]);
+    traffic.stop().await;
 }
