@@ -853,3 +853,68 @@ async fn fake_apiserver_a_good_canary_by_replica_ratio_is_promoted_into_the_stab
     assert_eq!(pod_versions(&fake, "web-1-0-0"), ["2-0-0"; 10]);
     traffic.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_a_rolling_update_breaching_its_verification_window_is_rolled_back_in_place()
+{
+    let traffic = CanaryTraffic::start(&[("SAMPLE_ERROR_RATE", "0.2")]).await;
+    let system = System::without_controller();
+    let (fake, _agent) = start_with(&system, &traffic.metrics_toml()).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 3),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    let Action::Deploy { rollout, .. } = canary_deploy(Vec::new(), 0) else {
+        unreachable!()
+    };
+    let mut analysis = rollout.unwrap().analysis.unwrap();
+    analysis.verify_for_secs = Some(60);
+    let rolling = Action::Deploy {
+        release: release("2.0.0", "registry.example/web:2"),
+        replicas: Some(3),
+        health: None,
+        approvals: Vec::new(),
+        rollout: Some(Box::new(ferry_protocol::rollout::RolloutOptions {
+            strategy: Some(ferry_protocol::rollout::Strategy::Rolling {
+                batch_size: 1,
+                max_unavailable: 0,
+            }),
+            analysis: Some(analysis),
+        })),
+        hotfix: false,
+    };
+    let started = Instant::now();
+    match command(&system, &mut watch, rolling).await {
+        EventBody::Failed {
+            reason, serving, ..
+        } => {
+            assert!(
+                reason.contains("verification after the rolling switch"),
+                "{reason}"
+            );
+            assert!(reason.contains("error rate"), "{reason}");
+            assert!(reason.contains("rolled back to 1.0.0"), "{reason}");
+            assert_eq!(serving.as_ref().map(|v| v.as_str()), Some("1.0.0"));
+        }
+        other => panic!("the breach should roll back: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "the breach ended the 60 s window early ({:?})",
+        started.elapsed()
+    );
+    // Back in place on the same Deployment, as `kubectl rollout undo`.
+    assert_eq!(deployment_names(&fake), ["web-1-0-0"]);
+    let d = fake.object("deployments", NS, "web-1-0-0").unwrap();
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/web:1"
+    );
+    assert_eq!(pod_versions(&fake, "web-1-0-0"), ["1-0-0"; 3]);
+    traffic.stop().await;
+}
