@@ -186,6 +186,11 @@ pub struct ReplicaHealth {
     pub healthy: bool,
     /// Restarts of this replica slot.
     pub restarts: u32,
+    /// Why it is not healthy, where the runtime says (Kubernetes: a
+    /// container's waiting reason, `CrashLoopBackOff: ...`); absent
+    /// otherwise, and from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Health of one service.
@@ -465,5 +470,26 @@ mod tests {
         let back: ServiceMetrics =
             serde_json::from_value(serde_json::to_value(&with).unwrap()).unwrap();
         assert_eq!(back, with);
+    }
+
+    #[test]
+    fn a_replica_s_reason_is_optional_on_the_wire() {
+        let mut replica = ReplicaHealth {
+            replica: "web-1-0-0-00001".into(),
+            version: Version::new("1.0.0").unwrap(),
+            address: "10.0.0.1".into(),
+            healthy: false,
+            restarts: 4,
+            reason: Some("CrashLoopBackOff: back-off 40s restarting".into()),
+        };
+        let json = serde_json::to_value(&replica).unwrap();
+        assert_eq!(json["reason"], "CrashLoopBackOff: back-off 40s restarting");
+        let back: ReplicaHealth = serde_json::from_value(json).unwrap();
+        assert_eq!(back, replica);
+        replica.reason = None;
+        let json = serde_json::to_value(&replica).unwrap();
+        assert!(json.get("reason").is_none(), "{json}");
+        let back: ReplicaHealth = serde_json::from_value(json).unwrap();
+        assert_eq!(back, replica);
     }
 }

@@ -147,6 +147,37 @@ impl FakeApiServer {
             .cloned()
     }
 
+    /// Pod `name` of `namespace` crash-loops, as its kubelet would report
+    /// it: not ready, `CrashLoopBackOff`, `restarts` restarts; its
+    /// Deployment's ready count follows.
+    pub fn crash_loop(&self, namespace: &str, name: &str, restarts: u32) {
+        let mut pod = self.object("pods", namespace, name).expect("the pod");
+        let container = pod["spec"]["containers"][0]["name"].clone();
+        pod["status"] = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}], "containerStatuses": [{"name": container, "ready": false, "restartCount": restarts, "image": "", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}}}]});
+        let owner = pod["metadata"]["annotations"]["fake.ferry.io/owner"]
+            .as_str()
+            .expect("an owner")
+            .to_owned();
+        put(&self.shared, "pods", namespace, name, pod, "MODIFIED");
+        let mut deployment = self
+            .object("deployments", namespace, &owner)
+            .expect("its Deployment");
+        let ready = owned_pods(&self.shared, namespace, &owner)
+            .iter()
+            .filter(|p| p["status"]["conditions"][0]["status"] == "True")
+            .count();
+        deployment["status"]["readyReplicas"] = json!(ready);
+        deployment["status"]["availableReplicas"] = json!(ready);
+        put(
+            &self.shared,
+            "deployments",
+            namespace,
+            &owner,
+            deployment,
+            "MODIFIED",
+        );
+    }
+
     /// The simulated controller's steps on Deployment `name`, oldest first.
     pub fn rollout_steps(&self, name: &str) -> Vec<RolloutStep> {
         let store = self.shared.store.lock().unwrap();

@@ -52,7 +52,7 @@ async fn start_with(system: &System, more: &str) -> (FakeApiServer, AgentProcess
     let agent = AgentProcess::start(
         system,
         &format!(
-            "[services.web]\nruntime = \"kubernetes\"\ncontainer_port = 8080\nreplicas = 1\nlabels = {{ team = \"payments\" }}\n\n[services.web.health]\nstart_timeout = \"20s\"\n\n[services.web.kubernetes]\nnamespace = \"{NS}\"\nkubeconfig = \"{}\"\ncontext = \"fake\"\nservice_port = 80\nrequests = {{ cpu = \"100m\", memory = \"64Mi\" }}\n{more}",
+            "metrics_interval = \"1s\"\n\n[services.web]\nruntime = \"kubernetes\"\ncontainer_port = 8080\nreplicas = 1\nlabels = {{ team = \"payments\" }}\n\n[services.web.health]\nstart_timeout = \"20s\"\n\n[services.web.kubernetes]\nnamespace = \"{NS}\"\nkubeconfig = \"{}\"\ncontext = \"fake\"\nservice_port = 80\nrequests = {{ cpu = \"100m\", memory = \"64Mi\" }}\n{more}",
             kubeconfig.display()
         ),
     )
@@ -917,4 +917,55 @@ async fn fake_apiserver_a_rolling_update_breaching_its_verification_window_is_ro
     );
     assert_eq!(pod_versions(&fake, "web-1-0-0"), ["1-0-0"; 3]);
     traffic.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_health_events_report_ready_replicas_restarts_and_a_crash_loop_s_reason() {
+    let system = System::without_controller();
+    let (fake, _agent) = start(&system).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 3),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    watch
+        .wait_for(WAIT, "a health event with 3 of 3 ready", |e| {
+            matches!(&e.body, EventBody::Health(h) if h.desired == 3 && h.healthy == 3 && h.replicas.len() == 3)
+        })
+        .await;
+    let crashing = pod_names(&fake)[0].clone();
+    fake.crash_loop(NS, &crashing, 4);
+    let event = watch
+        .wait_for(
+            WAIT,
+            "a health event with the crash loop",
+            |e| matches!(&e.body, EventBody::Health(h) if h.healthy == 2),
+        )
+        .await;
+    let EventBody::Health(health) = &event.body else {
+        unreachable!()
+    };
+    assert_eq!(health.desired, 3);
+    assert_eq!(health.version.as_ref().map(|v| v.as_str()), Some("1.0.0"));
+    let replica = health
+        .replicas
+        .iter()
+        .find(|r| r.replica == crashing)
+        .unwrap_or_else(|| panic!("{crashing} in {health:?}"));
+    assert!(!replica.healthy);
+    assert_eq!(replica.restarts, 4);
+    assert_eq!(
+        replica.reason.as_deref(),
+        Some("CrashLoopBackOff: back-off 40s restarting failed container")
+    );
+    assert_eq!(replica.version.as_str(), "1.0.0");
+    assert!(health
+        .replicas
+        .iter()
+        .filter(|r| r.replica != crashing)
+        .all(|r| r.healthy && r.restarts == 0 && r.reason.is_none()));
 }

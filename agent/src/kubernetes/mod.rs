@@ -92,6 +92,7 @@ pub struct KubernetesService {
     services: Api<Service>,
     pods: Api<Pod>,
     known: Arc<Mutex<Known>>,
+    view: health::ClusterView,
     metrics: Option<PrometheusProvider>,
     op: tokio::sync::Mutex<()>,
     busy: AtomicBool,
@@ -107,12 +108,21 @@ impl KubernetesService {
         shutdown: CancellationToken,
     ) -> Self {
         let namespace = config.kubernetes.namespace.clone();
+        let deployments = Api::namespaced(client.clone(), &namespace);
+        let pods = Api::namespaced(client.clone(), &namespace);
+        let view = health::ClusterView::watch(
+            Api::clone(&deployments),
+            Api::clone(&pods),
+            &objects::selector_string(&objects::service_selector(&environment, &config)),
+            shutdown.clone(),
+        );
         KubernetesService {
+            view,
             metrics: PrometheusProvider::configured(&config.metrics, &environment, &config.name),
             environment,
-            deployments: Api::namespaced(client.clone(), &namespace),
+            deployments,
             services: Api::namespaced(client.clone(), &namespace),
-            pods: Api::namespaced(client, &namespace),
+            pods,
             config,
             known: Arc::new(Mutex::new(Known::default())),
             op: tokio::sync::Mutex::new(()),

@@ -85,6 +85,25 @@ pub fn pod_failure(pod: &Pod) -> Option<String> {
     None
 }
 
+/// Why a container of `pod` waits, if one does: its reason and message
+/// (`CrashLoopBackOff: back-off 40s restarting ...`).
+pub fn waiting_reason(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            Some(match waiting.message.as_deref() {
+                Some(message) => format!("{reason}: {message}"),
+                None => reason.to_owned(),
+            })
+        })
+}
+
 /// Why a wait ended without a rolled-out Deployment.
 #[derive(Debug)]
 pub enum WaitError {

@@ -79,6 +79,7 @@ impl ServiceBackend for ManagedService {
                         address: s.handle.address.to_string(),
                         healthy: s.healthy && s.handle.exited().is_none(),
                         restarts: s.restarts,
+                        reason: None,
                     })
                     .collect()
             })
