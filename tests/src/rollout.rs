@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ferry_protocol::command::Action;
 use ferry_protocol::event::{EventBody, ServiceEvent};
-use ferry_protocol::rollout::{AbortReason, RolloutOptions, RolloutPhase};
+use ferry_protocol::rollout::{AbortReason, Metric, RolloutOptions, RolloutPhase};
 use uuid::Uuid;
 
 use crate::{
@@ -117,4 +117,29 @@ pub async fn wait_rollout_end(watch: &mut EventWatch, id: Uuid) -> RolloutPhase 
         })
         .await;
     rollout_phase(&end).cloned().expect("a rollout event")
+}
+
+/// The error-rate breach that rolled back `event`'s canary at its first step.
+pub fn assert_error_rate_rollback_at_step_1(reason: AbortReason, weight: u8) {
+    match reason {
+        AbortReason::Threshold {
+            breach,
+            step,
+            weight_percent,
+            intervals,
+        } => {
+            assert_eq!(breach.metric, Metric::ErrorRate, "{breach:?}");
+            assert!(
+                (10.0..=30.0).contains(&breach.value),
+                "Prometheus measured about 20%: {breach:?}"
+            );
+            assert_eq!(breach.threshold, 5.0);
+            // The fixed rule judged it (the proxy's default is sequential,
+            // with evidence): the verdict is the provider's.
+            assert_eq!(breach.evidence, None, "{breach:?}");
+            assert_eq!(intervals, 2);
+            assert_eq!((step, weight_percent), (1, weight));
+        }
+        other => panic!("aborted for another reason: {other:?}"),
+    }
 }

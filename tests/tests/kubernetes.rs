@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use ferry_e2e::fake_apiserver::FakeApiServer;
 use ferry_e2e::prometheus::{scrape, Discovery, Prometheus, Sample};
-use ferry_e2e::rollout::{aborted, rollout_phase};
+use ferry_e2e::rollout::{aborted, assert_error_rate_rollback_at_step_1, rollout_phase};
 use ferry_e2e::*;
 use ferry_protocol::command::{Action, ReleaseSpec, RollbackTarget};
 use ferry_protocol::event::EventBody;
-use ferry_protocol::rollout::{AbortReason, Metric, RolloutPhase};
+use ferry_protocol::rollout::RolloutPhase;
 use ferry_protocol::Version;
 use serde_json::{json, Value};
 
@@ -65,6 +65,14 @@ async fn command(system: &System, watch: &mut EventWatch, action: Action) -> Eve
     let client = system.nats.client().await;
     let id = send_command(&client, &system.controller_key, "dev", "web", action).await;
     watch.outcome(id, WAIT).await.body
+}
+
+fn back_to_previous() -> Action {
+    Action::Rollback {
+        to: RollbackTarget::Previous,
+        force: false,
+        dry_run: false,
+    }
 }
 
 fn succeeded(body: &EventBody) -> bool {
@@ -426,16 +434,7 @@ async fn fake_apiserver_blue_green_switches_the_service_keeps_the_old_set_and_sw
         "the blue set is kept"
     );
 
-    let back = command(
-        &system,
-        &mut watch,
-        Action::Rollback {
-            to: RollbackTarget::Previous,
-            force: false,
-            dry_run: false,
-        },
-    )
-    .await;
+    let back = command(&system, &mut watch, back_to_previous()).await;
     assert!(succeeded(&back), "{back:?}");
     assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
     let now = pod_names(&fake);
@@ -597,16 +596,7 @@ async fn fake_apiserver_rolling_updates_the_deployment_in_place_at_the_batch_pac
     .await;
 
     // A rollback to 1.0.0 goes back in place too, as `kubectl rollout undo`.
-    let back = command(
-        &system,
-        &mut watch,
-        Action::Rollback {
-            to: RollbackTarget::Previous,
-            force: false,
-            dry_run: false,
-        },
-    )
-    .await;
+    let back = command(&system, &mut watch, back_to_previous()).await;
     assert!(succeeded(&back), "{back:?}");
     assert_eq!(deployment_names(&fake), ["web-1-0-0"]);
     assert_eq!(pod_versions(&fake, "web-1-0-0"), ["1-0-0"; 3]);
@@ -742,22 +732,7 @@ async fn fake_apiserver_a_canary_by_replica_ratio_is_rolled_back_by_a_breached_t
             aborted(e).is_some()
         })
         .await;
-    match aborted(&event).unwrap() {
-        AbortReason::Threshold {
-            breach,
-            step,
-            weight_percent,
-            ..
-        } => {
-            assert_eq!(breach.metric, Metric::ErrorRate, "{breach:?}");
-            assert!(
-                (10.0..=30.0).contains(&breach.value),
-                "Prometheus measured about 20%: {breach:?}"
-            );
-            assert_eq!((step, weight_percent), (1, 25));
-        }
-        other => panic!("aborted for another reason: {other:?}"),
-    }
+    assert_error_rate_rollback_at_step_1(aborted(&event).unwrap(), 25);
     let outcome = watch.outcome(id, WAIT).await;
     match &outcome.body {
         EventBody::Failed {

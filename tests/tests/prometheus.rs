@@ -20,7 +20,7 @@ use ferry_e2e::*;
 use ferry_protocol::command::Action;
 use ferry_protocol::event::EventBody;
 use ferry_protocol::rollout::{
-    AbortReason, AnalysisOverride, Metric, RolloutOptions, RolloutPhase, Strategy,
+    AbortReason, AnalysisOverride, RolloutOptions, RolloutPhase, Strategy,
 };
 use ferry_protocol::ServiceName;
 
@@ -239,31 +239,6 @@ async fn prometheus_gone_mid_step_gives_no_verdict_and_then_a_safe_rollback() {
     assert!(stats.by_version.get("1.0.0").copied().unwrap_or(0) > 0);
     follow.abort();
     system.shutdown().await;
-}
-
-/// The error-rate breach that rolled back `event`'s canary at its first step.
-fn assert_error_rate_rollback_at_step_1(reason: AbortReason, weight: u8) {
-    match reason {
-        AbortReason::Threshold {
-            breach,
-            step,
-            weight_percent,
-            intervals,
-        } => {
-            assert_eq!(breach.metric, Metric::ErrorRate, "{breach:?}");
-            assert!(
-                (10.0..=30.0).contains(&breach.value),
-                "Prometheus measured about 20%: {breach:?}"
-            );
-            assert_eq!(breach.threshold, 5.0);
-            // The fixed rule judged it (the proxy's default is sequential,
-            // with evidence): the verdict is the provider's.
-            assert_eq!(breach.evidence, None, "{breach:?}");
-            assert_eq!(intervals, 2);
-            assert_eq!((step, weight_percent), (1, weight));
-        }
-        other => panic!("aborted for another reason: {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
