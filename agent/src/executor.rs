@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferry_protocol::command::{
     Action, ActionKind, Command, MaintenanceMode, ReleaseSpec, RollbackTarget,
 };
-use ferry_protocol::event::{EventBody, MaintenanceInfo};
+use ferry_protocol::event::{Alert, EventBody, MaintenanceInfo};
 use ferry_protocol::{EnvName, ServiceName, Version};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -84,6 +84,11 @@ impl RolloutObserver for CommandProgress<'_> {
             Some(self.command_id),
             EventBody::Rollout(event),
         );
+    }
+
+    fn alert(&self, alert: Alert) {
+        self.sink
+            .emit(self.service, Some(self.command_id), EventBody::Alert(alert));
     }
 }
 

@@ -9,7 +9,7 @@
 //! This is a local file format, not a wire format: it is versioned by its
 //! `format` field and read only by this crate.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -67,13 +67,85 @@ impl ServiceRecord {
     }
 }
 
-/// An executed command.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Executed {
-    /// Its id.
-    pub id: Uuid,
-    /// Its expiry; after it the id need not be kept.
-    pub expires: OffsetDateTime,
+/// How long past its command's expiry an executed id may linger before a
+/// prune drops it: pruning scans every id, so it runs at most this often
+/// under a steady stream of commands, and an id kept a little longer is
+/// harmless (its command is refused as expired anyway).
+const PRUNE_GRACE_SECS: i64 = 5;
+
+/// The ids of executed commands, each with its command's expiry in Unix
+/// seconds: one map entry (about 25 bytes) per id, since the agent keeps
+/// every id until its command expires (an hour by default) and ten thousand
+/// commands must not grow its memory by more than a few percent.
+#[derive(Debug, Default)]
+struct ExecutedIds {
+    expiries: HashMap<Uuid, i64>,
+    /// The earliest expiry in `expiries` (`i64::MAX` when empty).
+    earliest: i64,
+}
+
+impl ExecutedIds {
+    fn new() -> Self {
+        ExecutedIds {
+            expiries: HashMap::new(),
+            earliest: i64::MAX,
+        }
+    }
+
+    fn contains(&self, id: &Uuid) -> bool {
+        self.expiries.contains_key(id)
+    }
+
+    fn len(&self) -> usize {
+        self.expiries.len()
+    }
+
+    /// Adds `id`; false when it was there already.
+    fn insert(&mut self, id: Uuid, expires: i64) -> bool {
+        if self.expiries.contains_key(&id) {
+            return false;
+        }
+        self.expiries.insert(id, expires);
+        self.earliest = self.earliest.min(expires);
+        true
+    }
+
+    /// Drops the ids whose commands expired (once the earliest is
+    /// [`PRUNE_GRACE_SECS`] past) and, above [`MAX_EXECUTED`], those expiring
+    /// first.
+    fn prune(&mut self, now: i64) {
+        if now > self.earliest.saturating_add(PRUNE_GRACE_SECS) {
+            self.expiries.retain(|_, expires| *expires >= now);
+        }
+        if self.expiries.len() > MAX_EXECUTED {
+            let mut by_expiry: Vec<i64> = self.expiries.values().copied().collect();
+            let excess = by_expiry.len() - MAX_EXECUTED;
+            // The last expiry dropped: all below it go, and of those equal
+            // to it as many as make up the excess.
+            let (below, cut, _) = by_expiry.select_nth_unstable(excess - 1);
+            let cut = *cut;
+            let mut equal_to_drop = excess - below.iter().filter(|e| **e < cut).count();
+            self.expiries.retain(|_, expires| {
+                if *expires < cut {
+                    return false;
+                }
+                if *expires == cut && equal_to_drop > 0 {
+                    equal_to_drop -= 1;
+                    return false;
+                }
+                true
+            });
+        }
+        self.earliest = self.expiries.values().copied().min().unwrap_or(i64::MAX);
+    }
+
+    fn journal_text(&self) -> String {
+        let mut text = String::with_capacity(self.expiries.len() * 64);
+        for (id, expires) in &self.expiries {
+            text.push_str(&journal_line(*id, *expires));
+        }
+        text
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -88,8 +160,7 @@ pub struct State {
     path: PathBuf,
     journal: PathBuf,
     services: BTreeMap<ServiceName, ServiceRecord>,
-    executed: VecDeque<Executed>,
-    executed_ids: HashSet<Uuid>,
+    executed: ExecutedIds,
     journal_lines: usize,
 }
 
@@ -123,8 +194,7 @@ impl State {
             path,
             journal,
             services: file.services,
-            executed: VecDeque::new(),
-            executed_ids: HashSet::new(),
+            executed: ExecutedIds::new(),
             journal_lines: 0,
         };
         state.load_journal(OffsetDateTime::now_utc())?;
@@ -154,26 +224,20 @@ impl State {
             ) else {
                 continue;
             };
-            if expires >= now && self.executed_ids.insert(id) {
-                self.executed.push_back(Executed { id, expires });
+            let expires = expires.unix_timestamp();
+            if expires >= now.unix_timestamp() {
+                self.executed.insert(id, expires);
             }
         }
+        self.executed.prune(now.unix_timestamp());
         self.compact()
     }
 
     /// Rewrites the journal with only the live ids, atomically.
     fn compact(&mut self) -> Result<(), Error> {
-        write_atomically(&self.journal, self.journal_text().as_bytes())?;
+        write_atomically(&self.journal, self.executed.journal_text().as_bytes())?;
         self.journal_lines = self.executed.len();
         Ok(())
-    }
-
-    fn journal_text(&self) -> String {
-        let mut text = String::with_capacity(self.executed.len() * 64);
-        for e in &self.executed {
-            text.push_str(&journal_line(e.id, e.expires));
-        }
-        text
     }
 
     /// The record of `service` (empty if never deployed).
@@ -188,7 +252,7 @@ impl State {
 
     /// Whether command `id` was executed.
     pub fn was_executed(&self, id: &Uuid) -> bool {
-        self.executed_ids.contains(id)
+        self.executed.contains(id)
     }
 
     /// Records command `id` as executed in memory, pruning ids whose commands
@@ -200,23 +264,16 @@ impl State {
         expires: OffsetDateTime,
         now: OffsetDateTime,
     ) -> Option<StateWrite> {
-        if !self.executed_ids.insert(id) {
+        let expires = expires.unix_timestamp();
+        if !self.executed.insert(id, expires) {
             return None;
         }
-        self.executed.push_back(Executed { id, expires });
-        while let Some(front) = self.executed.front() {
-            if front.expires < now || self.executed.len() > MAX_EXECUTED {
-                self.executed_ids.remove(&front.id);
-                self.executed.pop_front();
-            } else {
-                break;
-            }
-        }
+        self.executed.prune(now.unix_timestamp());
         if self.journal_lines > 2 * self.executed.len() + 1000 {
             self.journal_lines = self.executed.len();
             return Some(StateWrite::Replace {
                 path: self.journal.clone(),
-                bytes: self.journal_text().into_bytes(),
+                bytes: self.executed.journal_text().into_bytes(),
             });
         }
         self.journal_lines += 1;
@@ -291,9 +348,13 @@ impl StateWrite {
     }
 }
 
-fn journal_line(id: Uuid, expires: OffsetDateTime) -> String {
-    let expires = expires
-        .format(&time::format_description::well_known::Rfc3339)
+fn journal_line(id: Uuid, expires_unix: i64) -> String {
+    let expires = OffsetDateTime::from_unix_timestamp(expires_unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default();
     format!("{id} {expires}\n")
 }
@@ -390,6 +451,26 @@ mod tests {
         assert!(reloaded.was_executed(&fresh));
         assert!(!state.was_executed(&old));
         assert!(state.was_executed(&fresh));
+    }
+
+    #[test]
+    fn executed_ids_past_the_cap_drop_those_expiring_first() {
+        let mut ids = ExecutedIds::new();
+        let now = 1_000;
+        let first: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
+        for id in &first {
+            assert!(ids.insert(*id, now + 10));
+        }
+        for i in 0..MAX_EXECUTED {
+            ids.insert(Uuid::new_v4(), now + 100 + i as i64);
+        }
+        assert!(!ids.insert(first[0], now + 10), "an id is recorded once");
+        ids.prune(now);
+        assert_eq!(ids.len(), MAX_EXECUTED);
+        assert!(first.iter().all(|id| !ids.contains(id)));
+        // Expired ones go once the earliest is past its grace.
+        ids.prune(now + 100 + PRUNE_GRACE_SECS + 1);
+        assert_eq!(ids.len(), MAX_EXECUTED - (PRUNE_GRACE_SECS as usize + 1));
     }
 
     #[test]

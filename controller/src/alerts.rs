@@ -84,6 +84,7 @@ impl Alerts {
                         raised: true,
                         breach,
                         version: version.clone(),
+                        stable_value: None,
                     });
                 }
                 (false, true) => {
@@ -92,6 +93,7 @@ impl Alerts {
                         raised: false,
                         breach,
                         version: version.clone(),
+                        stable_value: None,
                     });
                 }
                 _ => {}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ferry_protocol::api::HistoryRecord;
 use ferry_protocol::command::ActionKind;
-use ferry_protocol::event::{AgentEvent, EventBody, ServiceEvent};
+use ferry_protocol::event::{AgentEvent, Alert, EventBody, ServiceEvent};
 use ferry_protocol::streams;
 use ferry_protocol::subject::{AgentEventKind, EventKind, Subject, PREFIX};
 use ferry_protocol::{EnvName, Envelope, ServiceName};
@@ -21,12 +21,20 @@ use crate::{ids, promotion, Error, Shared};
 pub const CONSUMER: &str = "ferry-controller-events";
 
 /// The event subjects the controller needs. Progress, health and metrics are
-/// left to the CLI's live views: the controller's state does not depend on them.
+/// left to the CLI's live views: the controller's state does not depend on
+/// them. Alerts (the controller's own on running services, and the agents'
+/// when a canary and its stable version fail alike) go to history, whose
+/// consumer notifies people.
 pub fn filter_subjects() -> Vec<String> {
-    let mut subjects: Vec<String> = [EventKind::Accepted, EventKind::Refused, EventKind::Outcome]
-        .into_iter()
-        .map(|kind| format!("{PREFIX}.evt.*.*.{}", kind.as_str()))
-        .collect();
+    let mut subjects: Vec<String> = [
+        EventKind::Accepted,
+        EventKind::Refused,
+        EventKind::Outcome,
+        EventKind::Alert,
+    ]
+    .into_iter()
+    .map(|kind| format!("{PREFIX}.evt.*.*.{}", kind.as_str()))
+    .collect();
     subjects.extend(
         [AgentEventKind::Heartbeat, AgentEventKind::Refused]
             .into_iter()
@@ -140,6 +148,14 @@ async fn service_event(
             event.environment
         ));
     }
+    if let EventBody::Alert(alert) = &event.body {
+        let history = alert_record(event, alert, message);
+        let id = ids::history(envelope.id, &history.outcome);
+        return match shared.store.append_history(&env, history, id).await {
+            Ok(()) => Disposition::Done,
+            Err(e) => Disposition::Retry(e),
+        };
+    }
     let updated = shared
         .store
         .update_deployment(&env, &service, |current| {
@@ -171,6 +187,23 @@ async fn service_event(
         }
     }
     Disposition::Done
+}
+
+/// The history record of an alert: action `analysis`, outcome `breached` or
+/// `cleared` (what the notifications route as `threshold_breached` and
+/// `threshold_cleared`).
+fn alert_record(event: &ServiceEvent, alert: &Alert, message: &Incoming) -> HistoryRecord {
+    HistoryRecord {
+        time: message.stored_at,
+        environment: Some(event.environment.clone()),
+        service: event.service.clone(),
+        version: alert.version.clone(),
+        action: "analysis".to_owned(),
+        outcome: if alert.raised { "breached" } else { "cleared" }.to_owned(),
+        detail: alert.to_string(),
+        command_id: event.command_id,
+        actor: None,
+    }
 }
 
 /// The history record of a final event, with what the deployments record
@@ -215,13 +248,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filter_subjects_are_the_documented_five() {
+    fn filter_subjects_are_the_documented_six() {
         assert_eq!(
             filter_subjects(),
             [
                 "ferry.v1.evt.*.*.accepted",
                 "ferry.v1.evt.*.*.refused",
                 "ferry.v1.evt.*.*.outcome",
+                "ferry.v1.evt.*.*.alert",
                 "ferry.v1.agent.*.heartbeat",
                 "ferry.v1.agent.*.refused",
             ]

@@ -5,6 +5,8 @@
 //! so that applying the same event twice (redelivery, a second controller
 //! instance) leaves the same record.
 
+use ferry_protocol::api::PromotionState;
+use ferry_protocol::approval::SignedApproval;
 use ferry_protocol::command::{Action, ActionKind, Command, RollbackTarget};
 use ferry_protocol::event::{EventBody, Heartbeat, ServiceEvent};
 use ferry_protocol::{EnvName, ServiceName, Version};
@@ -282,6 +284,76 @@ pub(crate) struct AgentRecord {
     /// controller outage does not make dead agents look alive.
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+}
+
+/// A reviewer's rejection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Rejection {
+    /// Who.
+    pub by: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// One release on its way into one environment: the value of
+/// `<service>.<version>.<env>` in the promotions bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PromotionRecord {
+    pub service: ServiceName,
+    pub version: Version,
+    pub environment: EnvName,
+    pub state: PromotionState,
+    /// Asked for: by the pipeline (`auto_deploy`) or `ferry promote`.
+    pub requested: bool,
+    pub requested_by: Option<String>,
+    /// When the previous environment's soak ends (known once it succeeded).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub eligible_at: Option<OffsetDateTime>,
+    /// Approvals as received (each verified on receipt and again on use).
+    pub approvals: Vec<SignedApproval>,
+    pub rejection: Option<Rejection>,
+    pub command_id: Option<Uuid>,
+    pub detail: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// The newer release that superseded it (see `supersession`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<Version>,
+}
+
+impl PromotionRecord {
+    pub(crate) fn new(
+        service: &ServiceName,
+        version: &Version,
+        env: &EnvName,
+        now: OffsetDateTime,
+    ) -> Self {
+        PromotionRecord {
+            service: service.clone(),
+            version: version.clone(),
+            environment: env.clone(),
+            state: PromotionState::Waiting,
+            requested: false,
+            requested_by: None,
+            eligible_at: None,
+            approvals: Vec::new(),
+            rejection: None,
+            command_id: None,
+            detail: "not requested yet".to_owned(),
+            updated_at: now,
+            superseded_by: None,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        !matches!(
+            self.state,
+            PromotionState::Waiting | PromotionState::Blocked
+        )
+    }
 }
 
 #[cfg(test)]

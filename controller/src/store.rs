@@ -19,8 +19,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use crate::promotion::PromotionRecord;
-use crate::records::{AgentRecord, DeploymentRecord};
+use crate::records::{AgentRecord, DeploymentRecord, PromotionRecord};
 use crate::{Error, SOURCE};
 
 /// Attempts at a compare-and-set update before giving up; more than two

@@ -23,7 +23,8 @@ use ferry_protocol::{EnvName, ServiceName, Version};
 use time::OffsetDateTime;
 use tracing::info;
 
-use crate::promotion::{self, PromotionRecord};
+use crate::promotion;
+use crate::records::PromotionRecord;
 use crate::{ids, Error, Shared};
 
 /// Whether `newer` is a newer release than `older` (see the module's rule).

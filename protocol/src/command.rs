@@ -11,8 +11,7 @@ use crate::names::{EnvName, ServiceName, Version};
 use crate::rollout::{RolloutControl, RolloutOptions};
 use crate::{Error, Payload};
 
-/// Most replicas one command may ask for on one agent.
-pub const MAX_REPLICAS: u32 = 64;
+pub use crate::limits::MAX_REPLICAS;
 /// Longest artifact reference accepted.
 pub const MAX_ARTIFACT_LEN: usize = 1024;
 /// Most environment variables a release may set.

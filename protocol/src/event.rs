@@ -331,16 +331,47 @@ pub struct ServiceSnapshot {
     pub strategy: Option<Strategy>,
 }
 
-/// A threshold crossed (or recovered) by a running service, outside rollouts.
+/// A threshold crossed (or recovered): by a running service, outside
+/// rollouts (raised by the controller), or by the stable and the new version
+/// alike during a canary (raised by the agent, which holds the rollout
+/// instead of blaming the new version).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// True when raised, false when cleared.
     pub raised: bool,
     /// What crossed which threshold (the last value measured when cleared).
     pub breach: Breach,
-    /// The version serving.
+    /// The version serving (during a canary: the new version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<Version>,
+    /// During a canary: the stable version's value of the same signal over
+    /// the same window, which fails as well (a dependency outage, not the
+    /// release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_value: Option<f64>,
+}
+
+impl fmt::Display for Alert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = self.breach.metric.unit();
+        match (self.raised, self.stable_value) {
+            (true, Some(stable)) => write!(
+                f,
+                "{} on the new version and {stable:.1}{unit} on the stable one: both fail alike, \
+                 so a dependency outage rather than this release; the rollout is held",
+                self.breach
+            ),
+            (true, None) => write!(f, "{}", self.breach),
+            (false, Some(_)) => f.write_str(
+                "the stable and the new version no longer fail alike; the rollout goes on",
+            ),
+            (false, None) => write!(
+                f,
+                "{} back within its threshold ({:.1}{unit})",
+                self.breach.metric, self.breach.value
+            ),
+        }
+    }
 }
 
 /// Host resources, from sysinfo.
@@ -491,5 +522,31 @@ mod tests {
         assert!(json.get("reason").is_none(), "{json}");
         let back: ReplicaHealth = serde_json::from_value(json).unwrap();
         assert_eq!(back, replica);
+    }
+
+    #[test]
+    fn an_alert_round_trips_and_older_alerts_have_no_stable_value() {
+        let breach = Breach {
+            metric: crate::rollout::Metric::ErrorRate,
+            value: 30.2,
+            threshold: 5.0,
+            evidence: None,
+        };
+        let outage = Alert {
+            raised: true,
+            breach: breach.clone(),
+            version: Some(Version::new("2.0.0").unwrap()),
+            stable_value: Some(29.7),
+        };
+        let back: Alert = serde_json::from_value(serde_json::to_value(&outage).unwrap()).unwrap();
+        assert_eq!(back, outage);
+        assert!(outage.to_string().contains("dependency outage"), "{outage}");
+        let older = serde_json::json!({
+            "raised": true,
+            "breach": serde_json::to_value(&breach).unwrap(),
+        });
+        let read: Alert = serde_json::from_value(older).unwrap();
+        assert_eq!(read.stable_value, None);
+        assert_eq!(read.to_string(), "error rate 30.2% > 5.0%");
     }
 }

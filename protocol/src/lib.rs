@@ -11,6 +11,7 @@ pub mod event;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod keys;
+pub mod limits;
 pub mod names;
 pub mod release;
 pub mod rollout;

@@ -115,10 +115,10 @@ impl Strategy {
         match self {
             Strategy::Recreate => Ok(()),
             Strategy::Rolling { batch_size, .. } => {
-                if *batch_size == 0 || *batch_size > crate::command::MAX_REPLICAS {
+                if *batch_size == 0 || *batch_size > crate::limits::MAX_REPLICAS {
                     return Err(invalid(format!(
                         "batch_size {batch_size} is outside 1..={}",
-                        crate::command::MAX_REPLICAS
+                        crate::limits::MAX_REPLICAS
                     )));
                 }
                 Ok(())

@@ -426,3 +426,78 @@ async fn routes_send_approval_needed_to_the_webhook_and_only_production_to_pager
     assert_eq!(hooks.len(), 1, "one message per transition");
     system.shutdown().await;
 }
+
+/// A dependency outage during a canary: the stable version fails 30% of
+/// requests as the new one does. The agent holds the rollout instead of
+/// blaming the new version and raises an alert; the controller records it in
+/// history and the webhook gets a `threshold_breached` notice that says both
+/// versions fail alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_alike_with_its_stable_version_notifies_a_dependency_outage() {
+    use ferry_e2e::rollout::{deploy, rollout_phase, send};
+    use ferry_protocol::rollout::{AnalysisOverride, RolloutOptions, RolloutPhase, Strategy};
+
+    let (http, inbox) = http_receiver().await;
+    let mut system = System::without_controller();
+    system.controller_config.notify = NotifyConfig {
+        webhook: Some(WebhookSettings {
+            url: format!("http://127.0.0.1:{http}/webhook"),
+            secret: Some(HMAC_SECRET.into()),
+            ..Default::default()
+        }),
+        routes: vec![RouteSettings {
+            environments: vec!["dev".into()],
+            events: vec!["threshold_breached".into()],
+            sinks: vec!["webhook".into()],
+        }],
+        retry_backoff: Some("50ms".into()),
+        ..Default::default()
+    };
+    system.start_controller().await;
+    let port = free_port();
+    system.start_agent("dev", port).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let failing = [("SAMPLE_ERROR_RATE", "0.3")];
+    let first = send(&system, &client, deploy("1.0.0", &failing, None)).await;
+    watch.outcome(first, WAIT).await;
+    wait_serving(port, "1.0.0", WAIT).await;
+    let load = Load::start(port, 4, Duration::from_millis(2));
+    let canary = Some(RolloutOptions {
+        strategy: Some(Strategy::Canary {
+            steps: vec![20, 100],
+            step_secs: 600,
+        }),
+        analysis: Some(AnalysisOverride {
+            min_requests: Some(5),
+            ..Default::default()
+        }),
+    });
+    let id = send(&system, &client, deploy("2.0.0", &failing, canary)).await;
+    watch
+        .wait_for(Duration::from_secs(60), "both failing", |e| {
+            e.command_id == Some(id)
+                && matches!(rollout_phase(e), Some(RolloutPhase::BothFailing { .. }))
+        })
+        .await;
+    let notice = until("the threshold_breached webhook", || {
+        posts(&inbox, "webhook")
+            .into_iter()
+            .find(|r| r.json()["kind"] == "threshold_breached")
+    })
+    .await;
+    let body = notice.json();
+    assert_eq!(body["environment"], "dev");
+    assert_eq!(body["version"], "2.0.0");
+    let detail = body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("stable one") && detail.contains("dependency outage"),
+        "{detail}"
+    );
+    assert_eq!(
+        notice.signature.as_deref(),
+        Some(hmac_hex(HMAC_SECRET, &notice.body).as_str())
+    );
+    load.stop().await;
+    system.shutdown().await;
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
+use ferry_protocol::event::Alert;
 use ferry_protocol::rollout::AnalysisMode;
 use ferry_protocol::rollout::{
     AbortReason, BothFailing, Breach, RolloutControl, RolloutEvent, RolloutOptions, RolloutPhase,
@@ -146,6 +147,9 @@ pub enum RolloutEnd {
 pub trait RolloutObserver: Send + Sync {
     /// One rollout event.
     fn event(&self, event: RolloutEvent);
+    /// An alert for people (the controller notifies on it): the stable and
+    /// the new version fail alike, and the rollout is held.
+    fn alert(&self, alert: Alert);
 }
 
 struct Driver<'a> {
@@ -470,8 +474,10 @@ async fn canary(
     let mut silence = Silence::default();
     let mut watch = Watch::new(thresholds);
     let mut paused = false;
-    // Set while held because the stable version fails too: reported once.
-    let mut both_failing = false;
+    // Set while held because the stable version fails too (reported and
+    // alerted once, cleared on resume): the canary's breach and the stable
+    // version's value.
+    let mut outage: Option<(Breach, f64)> = None;
     let mut promote_now = false;
     let mut tick = tokio::time::interval_at(Instant::now() + watch.period(), watch.period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -565,9 +571,15 @@ async fn canary(
                                     step,
                                 }).await);
                             }
-                            if !both_failing {
-                                both_failing = true;
+                            if outage.is_none() {
+                                outage = Some((breach.clone(), stable_value));
                                 tracing::warn!(service = %service.name(), version = %release.version, %breach, stable_value, "the stable version fails too: holding the rollout, not blaming the new version");
+                                driver.observer.alert(Alert {
+                                    raised: true,
+                                    breach: breach.clone(),
+                                    version: Some(release.version.clone()),
+                                    stable_value: Some(stable_value),
+                                });
                                 driver.emit(RolloutPhase::BothFailing { canary: breach, stable_value });
                                 paused = true;
                                 driver.status.state = RolloutState::Paused;
@@ -589,7 +601,14 @@ async fn canary(
                         RolloutControl::Resume => {
                             let was = paused;
                             paused = false;
-                            both_failing = false;
+                            if let Some((breach, stable_value)) = outage.take() {
+                                driver.observer.alert(Alert {
+                                    raised: false,
+                                    breach,
+                                    version: Some(release.version.clone()),
+                                    stable_value: Some(stable_value),
+                                });
+                            }
                             // Evidence from before the pause does not carry over.
                             watch.restart();
                             driver.status.state = RolloutState::Progressing;
