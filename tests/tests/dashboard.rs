@@ -77,14 +77,23 @@ async fn the_grid_shows_the_three_environments_after_a_release() {
         }
     }
 
+    // And a canary under way in dev, so the grid shows a rollout too.
+    let client = system.nats.client().await;
+    send(&system, &client, canary_of_v2(vec![25, 100], 600)).await;
+
     let browser = Browser::start(1440, 900).await;
     browser.goto(&format!("{base}/")).await;
+    browser
+        .wait_text("#grid", "the canary in dev", |t| {
+            t.contains("canary 2.0.0: step 1/2, 25% of traffic")
+        })
+        .await;
     let grid = browser
         .wait_text("#grid", "every environment with both services", |t| {
             ENVIRONMENTS.iter().all(|e| t.contains(e))
                 && t.matches("1.4.2").count() == 3
                 && t.matches("2.0.1").count() == 3
-                && t.matches("2/2 healthy").count() == 6
+                && t.matches(" healthy").count() == 7
         })
         .await;
     assert!(grid.contains("running"), "{grid}");
@@ -153,6 +162,23 @@ async fn dev_serving_v1(
     (system, base, client, watch, load)
 }
 
+/// A canary deploy of web 2.0.0 with `steps` of `step_secs`, analysed every
+/// 700 ms from 5 requests on.
+fn canary_of_v2(steps: Vec<u8>, step_secs: u64) -> ferry_protocol::command::Action {
+    deploy(
+        "2.0.0",
+        &[],
+        Some(RolloutOptions {
+            strategy: Some(Strategy::Canary { steps, step_secs }),
+            analysis: Some(AnalysisOverride {
+                interval_ms: Some(700),
+                min_requests: Some(5),
+                ..Default::default()
+            }),
+        }),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_canary_the_service_page_timeline_and_analysis_change_without_a_reload() {
     let (system, base, client, mut watch, load) = dev_serving_v1(&[("alice", TOKEN)]).await;
@@ -166,26 +192,7 @@ async fn during_a_canary_the_service_page_timeline_and_analysis_change_without_a
         .execute("window.ferryTestMark = 'same page'; return null;")
         .await;
 
-    let id = send(
-        &system,
-        &client,
-        deploy(
-            "2.0.0",
-            &[],
-            Some(RolloutOptions {
-                strategy: Some(Strategy::Canary {
-                    steps: vec![20, 50, 100],
-                    step_secs: 6,
-                }),
-                analysis: Some(AnalysisOverride {
-                    interval_ms: Some(700),
-                    min_requests: Some(5),
-                    ..Default::default()
-                }),
-            }),
-        ),
-    )
-    .await;
+    let id = send(&system, &client, canary_of_v2(vec![20, 50, 100], 6)).await;
 
     let first = browser
         .wait_text(".step.current", "step 1 highlighted", |t| {
@@ -247,26 +254,7 @@ async fn during_a_canary_the_service_page_timeline_and_analysis_change_without_a
 async fn an_abort_without_the_token_is_refused_and_with_it_rolls_back() {
     let (system, base, client, mut watch, load) = dev_serving_v1(&[("alice", TOKEN)]).await;
     // One long step: only an operator ends it.
-    let id = send(
-        &system,
-        &client,
-        deploy(
-            "2.0.0",
-            &[],
-            Some(RolloutOptions {
-                strategy: Some(Strategy::Canary {
-                    steps: vec![25, 100],
-                    step_secs: 600,
-                }),
-                analysis: Some(AnalysisOverride {
-                    interval_ms: Some(700),
-                    min_requests: Some(5),
-                    ..Default::default()
-                }),
-            }),
-        ),
-    )
-    .await;
+    let id = send(&system, &client, canary_of_v2(vec![25, 100], 600)).await;
     let browser = Browser::start(1440, 1000).await;
     browser.goto(&format!("{base}/#/service/web")).await;
     browser

@@ -288,3 +288,110 @@ pub(crate) async fn feed(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::event::Alert;
+    use ferry_protocol::rollout::{AbortReason, RolloutState, RolloutStatus, StrategyKind};
+    use ferry_protocol::Version;
+
+    fn event(command: Uuid, step: u32, phase: RolloutPhase) -> ServiceEvent {
+        ServiceEvent {
+            environment: EnvName::new("dev").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            command_id: Some(command),
+            body: EventBody::Rollout(RolloutEvent {
+                status: RolloutStatus {
+                    strategy: StrategyKind::Canary,
+                    version: Version::new("2.0.0").unwrap(),
+                    state: RolloutState::Progressing,
+                    step,
+                    steps: 2,
+                    weight_percent: if step == 1 { 20 } else { 100 },
+                },
+                phase,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_rollout_keeps_its_steps_and_the_next_one_starts_afresh() {
+        let live = Live::new();
+        let mut notices = live.subscribe();
+        let (env, svc) = (
+            EnvName::new("dev").unwrap(),
+            ServiceName::new("web").unwrap(),
+        );
+        let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = OffsetDateTime::now_utc();
+        live.service_event(event(first, 1, RolloutPhase::StepStarted), now);
+        live.service_event(
+            event(
+                first,
+                1,
+                RolloutPhase::Aborted {
+                    reason: AbortReason::Operator { step: 1 },
+                },
+            ),
+            now,
+        );
+        let timeline = live.timeline(&env, &svc);
+        assert_eq!(timeline.len(), 2);
+        assert_eq!(
+            timeline[1].explanation.as_deref(),
+            Some("aborted by an operator at step 1")
+        );
+        live.service_event(event(second, 1, RolloutPhase::StepStarted), now);
+        let timeline = live.timeline(&env, &svc);
+        assert_eq!(timeline.len(), 1, "another command: a new timeline");
+        assert_eq!(timeline[0].command_id, Some(second));
+        // Timelines are kept, not announced: the feed announces changes.
+        assert!(notices.try_recv().is_err());
+        live.changed(Some(env.clone()), Some(svc.clone()));
+        assert_eq!(
+            notices.try_recv().unwrap(),
+            Notice::Changed {
+                environment: Some(env),
+                service: Some(svc)
+            }
+        );
+    }
+
+    #[test]
+    fn alerts_are_up_until_cleared_and_the_connection_state_is_announced_once() {
+        let live = Live::new();
+        let mut notices = live.subscribe();
+        let alert = |raised| ServiceEvent {
+            environment: EnvName::new("dev").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            command_id: None,
+            body: EventBody::Alert(Alert {
+                raised,
+                breach: Breach {
+                    metric: Metric::ErrorRate,
+                    value: 12.0,
+                    threshold: 5.0,
+                    evidence: None,
+                },
+                version: None,
+            }),
+        };
+        let now = OffsetDateTime::now_utc();
+        live.service_event(alert(true), now);
+        live.service_event(alert(true), now);
+        assert_eq!(live.alerts().len(), 1);
+        assert_eq!(live.alerts()[0].text, "error rate 12.0% > 5.0%");
+        live.service_event(alert(false), now);
+        assert!(live.alerts().is_empty());
+
+        live.set_connected(false);
+        live.set_connected(false);
+        let down = live.connection();
+        assert!(!down.connected && down.stale_since.is_some());
+        assert_eq!(notices.try_recv().unwrap(), Notice::Connection(down));
+        assert!(notices.try_recv().is_err(), "announced once");
+        live.set_connected(true);
+        assert_eq!(live.connection().stale_since, None);
+    }
+}
