@@ -111,19 +111,30 @@ impl Browser {
         self.client().goto(url).await.expect("navigate");
     }
 
-    /// Sets the viewport (not the window) to `width` × `height`.
+    /// Sets the viewport (not the window) to `width` × `height`: sizes the
+    /// window, then corrects it by what the viewport came out short or over.
     pub async fn resize(&self, width: u32, height: u32) {
-        let inner = self
-            .client()
-            .execute("return [window.outerWidth - window.innerWidth, window.outerHeight - window.innerHeight];", vec![])
-            .await
-            .expect("measure the window");
-        let dx = inner[0].as_u64().unwrap_or(0) as u32;
-        let dy = inner[1].as_u64().unwrap_or(0) as u32;
-        self.client()
-            .set_window_size(width + dx, height + dy)
-            .await
-            .expect("resize");
+        let (mut outer_w, mut outer_h) = (width, height);
+        for _ in 0..3 {
+            self.client()
+                .set_window_size(outer_w, outer_h)
+                .await
+                .expect("resize");
+            let inner = self
+                .client()
+                .execute("return [window.innerWidth, window.innerHeight];", vec![])
+                .await
+                .expect("measure the viewport");
+            let (w, h) = (
+                inner[0].as_i64().unwrap_or(0),
+                inner[1].as_i64().unwrap_or(0),
+            );
+            if (w, h) == (i64::from(width), i64::from(height)) {
+                return;
+            }
+            outer_w = (i64::from(outer_w) + i64::from(width) - w).max(1) as u32;
+            outer_h = (i64::from(outer_h) + i64::from(height) - h).max(1) as u32;
+        }
     }
 
     pub async fn execute(&self, script: &str) -> serde_json::Value {
