@@ -420,6 +420,7 @@ pub fn rollout_line(event: &ferry_protocol::rollout::RolloutEvent) -> String {
             signals,
             breaches,
             conclusive,
+            ..
         } => {
             let verdict = if !breaches.is_empty() {
                 let list: Vec<String> = breaches.iter().map(ToString::to_string).collect();

@@ -109,7 +109,7 @@ async fn handle(shared: &Shared, message: Message) {
 }
 
 /// A reply to send, or the sentence of a failed one.
-type Answer = Result<Vec<u8>, String>;
+pub(crate) type Answer = Result<Vec<u8>, String>;
 
 async fn dispatch(shared: &Shared, message: &Message) -> Answer {
     let op = match Subject::parse(message.subject.as_str()) {
@@ -133,6 +133,13 @@ async fn dispatch(shared: &Shared, message: &Message) -> Answer {
             subject::api(request.op())
         ));
     }
+    answer(shared, request_id, request).await
+}
+
+/// Carries out one request, as for a client on NATS: the dashboard's reads
+/// and actions come here too, so both take the same checks and the same
+/// signed command path, and are audited alike.
+pub(crate) async fn answer(shared: &Shared, request_id: Uuid, request: ApiRequest) -> Answer {
     match request {
         ApiRequest::Status { environment } => status(shared, environment).await,
         ApiRequest::History {

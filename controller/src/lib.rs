@@ -17,6 +17,7 @@ mod alerts;
 pub mod api;
 pub mod config;
 mod consumer;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 mod gate;
@@ -150,6 +151,8 @@ async fn supervise(
     names.insert(handle.id(), "notifications");
     let handle = loops.spawn(metrics::run(shared.clone(), stop.clone()));
     names.insert(handle.id(), "metrics");
+    let handle = loops.spawn(dashboard::run(shared.clone(), stop.clone()));
+    names.insert(handle.id(), "dashboard");
 
     let mut first_error = None;
     while let Some(joined) = loops.join_next_with_id().await {

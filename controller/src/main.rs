@@ -32,6 +32,33 @@ struct Args {
     /// Logging flags.
     #[command(flatten)]
     log: ferry_logging::LogArgs,
+    /// A tool instead of the daemon.
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Tool {
+    /// Prints the SHA-256 of a dashboard operator token read from standard
+    /// input (its first line), for `token_sha256` in `[[dashboard.operators]]`.
+    /// Read from stdin, not an argument, so the token never shows in a
+    /// process list or shell history.
+    HashToken,
+}
+
+fn hash_token() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("ferry-controller hash-token: could not read the token: {e}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    let token = line.trim_end_matches(['\r', '\n']);
+    if token.trim().is_empty() {
+        eprintln!("ferry-controller hash-token: give the token on standard input, e.g. `printf %s \"$TOKEN\" | ferry-controller hash-token`");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
+    println!("{}", ferry_controller::dashboard::hash_token(token));
+    ExitCode::SUCCESS
 }
 
 fn env_help() -> String {
@@ -44,6 +71,9 @@ fn env_help() -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Tool::HashToken) = args.tool {
+        return hash_token();
+    }
     args.log.init();
 
     let config = match ControllerConfig::load(args.config.as_deref(), None) {

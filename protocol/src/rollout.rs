@@ -404,6 +404,22 @@ pub struct Signals {
     pub health_checks: u64,
 }
 
+/// The thresholds an analysis judges the golden signals against, so a
+/// reader of an analysis event sees each value beside its limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Breach above this share of failed requests, percent.
+    pub error_rate_percent: f64,
+    /// Breach above this 95th percentile latency, ms.
+    pub p95_ms: f64,
+    /// Breach above this 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Breach below this share of successful requests and health checks, percent.
+    pub availability_percent: f64,
+    /// Requests an interval needs before error rate and latency count.
+    pub min_requests: u64,
+}
+
 /// Which golden signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -687,6 +703,10 @@ pub enum RolloutPhase {
         /// Whether there were enough requests for a verdict on error rate
         /// and latency.
         conclusive: bool,
+        /// The thresholds the signals were judged against (absent from
+        /// older agents).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<Limits>,
     },
     /// The stable version breaches as the new one does: a dependency
     /// outage is likelier than a bad release. Not blamed on the new version;
@@ -798,6 +818,31 @@ mod tests {
         assert_eq!(json["threshold"], 5.0);
         let back: AbortReason = serde_json::from_value(json).unwrap();
         assert_eq!(back, reason);
+    }
+
+    #[test]
+    fn analysis_events_carry_their_limits_and_read_without_them() {
+        let phase = RolloutPhase::Analysed {
+            signals: Signals::default(),
+            breaches: Vec::new(),
+            conclusive: true,
+            limits: Some(Limits {
+                error_rate_percent: 5.0,
+                p95_ms: 2000.0,
+                p99_ms: 2000.0,
+                availability_percent: 95.0,
+                min_requests: 20,
+            }),
+        };
+        let json = serde_json::to_value(&phase).unwrap();
+        assert_eq!(json["limits"]["p95_ms"], 2000.0);
+        let back: RolloutPhase = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, phase);
+        // An older agent's event, without limits, still reads.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("limits");
+        let back: RolloutPhase = serde_json::from_value(old).unwrap();
+        assert!(matches!(back, RolloutPhase::Analysed { limits: None, .. }));
     }
 
     #[test]

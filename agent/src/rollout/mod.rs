@@ -395,10 +395,18 @@ impl<'t> Watch<'t> {
             }
             AnalysisMode::Intervals => report.requests >= self.thresholds.min_requests.max(1),
         };
+        let t = self.thresholds;
         RolloutPhase::Analysed {
             signals: report.signals(),
             breaches,
             conclusive,
+            limits: Some(ferry_protocol::rollout::Limits {
+                error_rate_percent: t.error_rate_percent,
+                p95_ms: t.p95_ms,
+                p99_ms: t.p99_ms,
+                availability_percent: t.availability_percent,
+                min_requests: t.min_requests,
+            }),
         }
     }
 
