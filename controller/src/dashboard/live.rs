@@ -309,6 +309,7 @@ mod tests {
                     step,
                     steps: 2,
                     weight_percent: if step == 1 { 20 } else { 100 },
+                    weight_reached_percent: None,
                 },
                 phase,
             }),
@@ -375,6 +376,7 @@ mod tests {
                     evidence: None,
                 },
                 version: None,
+                stable_value: None,
             }),
         };
         let now = OffsetDateTime::now_utc();
