@@ -79,12 +79,36 @@ impl Trust {
     }
 }
 
+/// Creates the streams the agent uses (commands, events) with `replicas`
+/// copies if they do not exist, and checks that those found have that many:
+/// every mismatch is listed as bad configuration (exit 64), never corrected
+/// silently.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    replicas: streams::Replicas,
+) -> Result<(), Error> {
+    let mut problems = Vec::new();
+    for spec in [streams::commands(), streams::events()] {
+        let stream = create_stream(js, &spec, replicas).await?;
+        let found = stream.cached_info().config.num_replicas;
+        if let Some(why) = replicas.mismatch(spec.name, found) {
+            problems.push(format!("stream_replicas: {why}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(problems))
+    }
+}
+
 /// Creates a stream from its spec if it does not exist.
-pub async fn ensure_stream(
+async fn create_stream(
     js: &jetstream::Context,
     spec: &streams::StreamSpec,
+    replicas: streams::Replicas,
 ) -> Result<jetstream::stream::Stream, Error> {
-    js.get_or_create_stream(spec.config())
+    js.get_or_create_stream(spec.replicated(replicas.get()))
         .await
         .map_err(|e| Error::JetStream {
             what: "creating stream",
@@ -108,7 +132,14 @@ pub async fn run(
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), Error> {
     let js = jetstream::new(client);
-    let stream = ensure_stream(&js, &streams::commands()).await?;
+    // Created and checked by `ensure_streams` at start.
+    let stream = js
+        .get_stream(streams::commands().name)
+        .await
+        .map_err(|e| Error::JetStream {
+            what: "finding stream",
+            detail: format!("{}: {e}", streams::commands().name),
+        })?;
     let env = executor.environment().clone();
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(

@@ -38,8 +38,13 @@ pub const ENV_AGENT_TIMEOUT: &str = "FERRY_AGENT_TIMEOUT";
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ControllerConfig {
-    /// NATS server URL.
+    /// NATS server URL, or several separated by commas (the nodes of a
+    /// cluster): the controller connects to one and reconnects to any other.
     pub nats_url: String,
+    /// Copies of every stream and bucket the controller creates (default 1;
+    /// 3 on a 3-node cluster), the same as the agents'; one found with
+    /// another count stops the start as bad configuration.
+    pub stream_replicas: u32,
     /// NATS credentials file (`.creds`), if the server requires one.
     pub nats_creds: Option<PathBuf>,
     /// NATS user name (with `nats_password_file`), for a server with per-role
@@ -175,6 +180,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
+            stream_replicas: 1,
             nats_creds: None,
             nats_user: None,
             nats_password_file: None,
@@ -218,6 +224,7 @@ impl fmt::Display for ConfigProblem {
 #[derive(Clone, Debug)]
 pub struct ResolvedConfig {
     nats_url: String,
+    stream_replicas: streams::Replicas,
     nats_creds: Option<PathBuf>,
     nats_user: Option<String>,
     nats_password_file: Option<PathBuf>,
@@ -311,6 +318,11 @@ impl ResolvedConfig {
         &self.nats_inbox_prefix
     }
 
+    /// Copies of every stream and bucket.
+    pub fn stream_replicas(&self) -> streams::Replicas {
+        self.stream_replicas
+    }
+
     /// The key every command is signed with.
     pub fn signing_key(&self) -> &SigningKey {
         &self.signing_key
@@ -400,15 +412,13 @@ impl ControllerConfig {
         };
 
         let nats_url = self.nats_url.trim();
-        if nats_url.is_empty() || nats_url.chars().any(char::is_whitespace) {
-            problem(
-                "nats_url",
-                format!(
-                    "{:?} is not a NATS URL such as nats://127.0.0.1:4222",
-                    self.nats_url
-                ),
-            );
+        if let Err(why) = streams::server_list(nats_url) {
+            problem("nats_url", why);
         }
+        let stream_replicas = streams::Replicas::new(self.stream_replicas).unwrap_or_else(|why| {
+            problem("stream_replicas", why);
+            streams::Replicas::ONE
+        });
 
         if let Some(creds) = &self.nats_creds {
             if let Err(e) = std::fs::File::open(creds) {
@@ -692,6 +702,7 @@ impl ControllerConfig {
                 (Some(approval_ttl), Some(promotion_check_interval), Some(notify)),
             ) if problems.is_empty() => Ok(ResolvedConfig {
                 nats_url: nats_url.to_owned(),
+                stream_replicas,
                 nats_creds: self.nats_creds.clone(),
                 nats_user: self.nats_user.clone(),
                 nats_password_file: self.nats_password_file.clone(),
@@ -728,275 +739,5 @@ fn parse_duration(text: &str, min: Duration, max: Duration) -> Result<Duration, 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key_file(dir: &Path) -> PathBuf {
-        let path = dir.join("controller.nk");
-        std::fs::write(&path, SigningKey::generate().seed().unwrap()).unwrap();
-        path
-    }
-
-    #[test]
-    fn defaults_with_a_key_file_validate() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = ControllerConfig {
-            signing_key_file: key_file(dir.path()),
-            ..ControllerConfig::default()
-        };
-        let resolved = config.validate().unwrap();
-        assert_eq!(resolved.pipeline(), "dev, acceptance, production");
-        assert_eq!(resolved.first_environment().as_str(), "dev");
-        assert_eq!(resolved.command_ttl(), Duration::from_secs(3600));
-        assert_eq!(resolved.agent_timeout(), Duration::from_secs(15));
-    }
-
-    #[test]
-    fn a_nats_user_needs_its_password_file_and_the_inbox_prefix_is_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = ControllerConfig {
-            signing_key_file: key_file(dir.path()),
-            nats_user: Some("ferry-controller".into()),
-            nats_inbox_prefix: "_INBOX.*".into(),
-            ..ControllerConfig::default()
-        };
-        let problems = config.validate().unwrap_err();
-        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
-        assert_eq!(fields, ["nats_user", "nats_inbox_prefix"], "{problems:?}");
-
-        let password = dir.path().join("controller.password");
-        std::fs::write(&password, "s3cret-value\n").unwrap();
-        let resolved = ControllerConfig {
-            signing_key_file: key_file(dir.path()),
-            nats_user: Some("ferry-controller".into()),
-            nats_password_file: Some(password.clone()),
-            ..ControllerConfig::default()
-        }
-        .validate()
-        .unwrap();
-        assert_eq!(
-            resolved.nats_user(),
-            Some(("ferry-controller", password.as_path()))
-        );
-        assert_eq!(resolved.nats_inbox_prefix(), DEFAULT_INBOX_PREFIX);
-        assert!(!format!("{resolved:?}").contains("s3cret-value"));
-    }
-
-    #[test]
-    fn every_problem_is_reported_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = ControllerConfig {
-            nats_url: " ".into(),
-            nats_creds: Some(dir.path().join("missing.creds")),
-            signing_key_file: dir.path().join("missing.nk"),
-            environments: vec!["dev".into(), "Prod".into(), "dev".into()],
-            command_ttl: "forever".into(),
-            agent_timeout: "0s".into(),
-            ..ControllerConfig::default()
-        };
-        let problems = config.validate().unwrap_err();
-        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
-        assert_eq!(
-            fields,
-            [
-                "nats_url",
-                "nats_creds",
-                "signing_key_file",
-                "environments",
-                "environments",
-                "command_ttl",
-                "agent_timeout"
-            ],
-            "{problems:?}"
-        );
-        assert!(problems[4].message.contains("dev is listed twice"));
-    }
-
-    #[test]
-    fn empty_pipeline_missing_key_and_bad_seed_are_problems() {
-        let config = ControllerConfig {
-            environments: vec![],
-            ..ControllerConfig::default()
-        };
-        let problems = config.validate().unwrap_err();
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].message.contains(ENV_SIGNING_KEY_FILE));
-        assert!(problems[1].message.contains("empty"));
-
-        let dir = tempfile::tempdir().unwrap();
-        let bad = dir.path().join("bad.nk");
-        std::fs::write(&bad, "not a seed").unwrap();
-        let config = ControllerConfig {
-            signing_key_file: bad,
-            ..ControllerConfig::default()
-        };
-        let problems = config.validate().unwrap_err();
-        assert!(problems[0].message.contains("nkey seed"), "{problems:?}");
-    }
-
-    #[test]
-    fn a_ttl_longer_than_the_commands_stream_keeps_them_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = ControllerConfig {
-            signing_key_file: key_file(dir.path()),
-            command_ttl: "30days".into(),
-            ..ControllerConfig::default()
-        };
-        let problems = config.validate().unwrap_err();
-        assert_eq!(problems[0].field, "command_ttl");
-    }
-
-    #[test]
-    fn file_then_environment_overrides() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("controller.toml");
-        std::fs::write(
-            &file,
-            "nats_url = \"nats://nats:4222\"\nenvironments = [\"a\", \"b\"]\ncommand_ttl = \"10m\"\n",
-        )
-        .unwrap();
-        let env = config::Map::from([
-            (ENV_ENVIRONMENTS.to_owned(), "dev,staging,prod".to_owned()),
-            (
-                ENV_SIGNING_KEY_FILE.to_owned(),
-                "/etc/ferry/key.nk".to_owned(),
-            ),
-            (ENV_AGENT_TIMEOUT.to_owned(), "30s".to_owned()),
-            ("FERRY_SOMETHING_ELSE".to_owned(), "ignored".to_owned()),
-        ]);
-        let config = ControllerConfig::load(Some(&file), Some(env)).unwrap();
-        assert_eq!(config.nats_url, "nats://nats:4222");
-        assert_eq!(config.environments, ["dev", "staging", "prod"]);
-        assert_eq!(config.signing_key_file, PathBuf::from("/etc/ferry/key.nk"));
-        assert_eq!(config.command_ttl, "10m");
-        assert_eq!(config.agent_timeout, "30s");
-        assert_eq!(config.nats_creds, None);
-    }
-
-    #[test]
-    fn a_single_environment_from_the_environment_is_a_list() {
-        let env = config::Map::from([(ENV_ENVIRONMENTS.to_owned(), "dev".to_owned())]);
-        let config = ControllerConfig::load(None, Some(env)).unwrap();
-        assert_eq!(config.environments, ["dev"]);
-    }
-
-    #[test]
-    fn the_deploy_example_is_a_valid_pipeline() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.toml");
-        let env = config::Map::from([(
-            ENV_SIGNING_KEY_FILE.to_owned(),
-            key_file(dir.path()).display().to_string(),
-        )]);
-        let resolved = ControllerConfig::load(Some(&file), Some(env))
-            .unwrap()
-            .validate()
-            .unwrap_or_else(|p| panic!("{p:?}"));
-        let production = resolved
-            .stage(&EnvName::new("production").unwrap())
-            .unwrap();
-        assert_eq!(production.approvals_required, 2);
-        assert_eq!(production.reviewers.len(), 3);
-        assert_eq!(production.soak, Duration::from_secs(3600));
-        assert!(
-            resolved
-                .stage(&EnvName::new("dev").unwrap())
-                .unwrap()
-                .auto_deploy
-        );
-        assert_eq!(resolved.approval_ttl(), Duration::from_secs(72 * 3600));
-    }
-
-    #[test]
-    fn a_stage_strategy_is_a_known_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ControllerConfig {
-            signing_key_file: key_file(dir.path()),
-            ..ControllerConfig::default()
-        };
-        config.pipeline.insert(
-            "production".into(),
-            StageSettings {
-                strategy: Some("canary".into()),
-                ..Default::default()
-            },
-        );
-        let resolved = config.clone().validate().unwrap();
-        assert_eq!(
-            resolved
-                .stage(&EnvName::new("production").unwrap())
-                .unwrap()
-                .strategy,
-            Some(ferry_protocol::rollout::StrategyKind::Canary)
-        );
-        config.pipeline.insert(
-            "acceptance".into(),
-            StageSettings {
-                strategy: Some("sideways".into()),
-                ..Default::default()
-            },
-        );
-        let problems = config.validate().unwrap_err();
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].field, "pipeline.strategy");
-    }
-
-    #[test]
-    fn approvals_beyond_the_reviewers_and_unknown_stages_are_problems() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ControllerConfig {
-            signing_key_file: key_file(dir.path()),
-            ..ControllerConfig::default()
-        };
-        config.pipeline.insert(
-            "production".into(),
-            StageSettings {
-                approvals_required: 2,
-                reviewers: vec![ReviewerSettings {
-                    name: "alice".into(),
-                    key: SigningKey::generate().public_key(),
-                }],
-                ..Default::default()
-            },
-        );
-        config
-            .pipeline
-            .insert("staging".into(), StageSettings::default());
-        let problems = config.validate().unwrap_err();
-        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
-        assert_eq!(
-            fields,
-            ["pipeline", "pipeline.approvals_required"],
-            "{problems:?}"
-        );
-    }
-
-    #[test]
-    fn the_example_file_serves_metrics_and_alerts_on_the_seeds_thresholds() {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.toml");
-        let config = ControllerConfig::load(Some(&file), Some(config::Map::new())).unwrap();
-        assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
-        assert_eq!(config.alert_error_rate_percent, 5.0);
-        assert_eq!(config.alert_availability_percent, 95.0);
-        let dir = tempfile::tempdir().unwrap();
-        let resolved = ControllerConfig {
-            signing_key_file: key_file(dir.path()),
-            ..config
-        }
-        .validate()
-        .unwrap();
-        assert_eq!(
-            resolved.metrics_listen(),
-            Some("127.0.0.1:9464".parse().unwrap())
-        );
-    }
-
-    #[test]
-    fn bad_toml_is_a_load_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("controller.toml");
-        std::fs::write(&file, "environments = 3").unwrap();
-        let err = ControllerConfig::load(Some(&file), Some(config::Map::new())).unwrap_err();
-        assert!(matches!(err, Error::LoadConfig(_)), "{err}");
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -307,6 +307,7 @@ impl System {
         AgentConfig {
             environment: EnvName::new(env).expect("env name"),
             nats_url: self.nats.url(),
+            stream_replicas: Default::default(),
             nats_creds: None,
             nats_user,
             nats_password_file,
