@@ -17,6 +17,7 @@ pub mod footprint;
 pub mod http_inbox;
 pub mod load;
 pub mod nats;
+pub mod nats_cluster;
 pub mod prometheus;
 pub mod rollout;
 
@@ -144,6 +145,15 @@ impl System {
             return System::with_nats(NatsServer::start_with_permissions());
         }
         System::with_nats(NatsServer::start())
+    }
+
+    /// A system on servers the test runs itself (a cluster of containers),
+    /// with every stream and bucket kept `replicas` times; the controller is
+    /// not started. Agents and controller connect with every URL of `urls`.
+    pub fn on_servers(urls: String, replicas: u32) -> System {
+        let mut system = System::with_nats(NatsServer::external(urls));
+        system.controller_config.stream_replicas = replicas;
+        system
     }
 
     fn with_nats(nats: NatsServer) -> System {
@@ -307,7 +317,10 @@ impl System {
         AgentConfig {
             environment: EnvName::new(env).expect("env name"),
             nats_url: self.nats.url(),
-            stream_replicas: Default::default(),
+            stream_replicas: ferry_protocol::streams::Replicas::new(
+                self.controller_config.stream_replicas,
+            )
+            .expect("stream_replicas"),
             nats_creds: None,
             nats_user,
             nats_password_file,

@@ -18,6 +18,9 @@ pub struct NatsServer {
     config: Option<PathBuf>,
     /// Per-user passwords and the files holding them, with a config.
     users: Vec<User>,
+    /// The URLs of servers the harness does not run as a child (a cluster
+    /// of containers, [`crate::nats_cluster::NatsCluster`]), comma-separated.
+    external: Option<String>,
 }
 
 /// A user of `deploy/nats/nats-server.conf`.
@@ -62,9 +65,24 @@ impl NatsServer {
             store,
             config: None,
             users: Vec::new(),
+            external: None,
         };
         server.spawn_on_a_free_port();
         server
+    }
+
+    /// Servers run by someone else (open, no users), reached at `urls`
+    /// (comma-separated); [`NatsServer::kill`] and [`NatsServer::restart`]
+    /// do nothing to them: a cluster's own harness does.
+    pub fn external(urls: String) -> NatsServer {
+        NatsServer {
+            child: None,
+            port: 0,
+            store: tempfile::tempdir().expect("temp dir"),
+            config: None,
+            users: Vec::new(),
+            external: Some(urls),
+        }
     }
 
     /// Starts a server with `deploy/nats/nats-server.conf` (its port and store
@@ -95,6 +113,7 @@ impl NatsServer {
             store,
             config: Some(deploy_config()),
             users,
+            external: None,
         };
         server.spawn_on_a_free_port();
         server
@@ -176,6 +195,9 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        if self.external.is_some() {
+            return;
+        }
         if let Err(why) = self.try_spawn() {
             panic!("nats-server on port {}: {why}", self.port);
         }
@@ -239,8 +261,11 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:PORT`
+    /// `nats://127.0.0.1:PORT`; an external cluster's URLs, comma-separated.
     pub fn url(&self) -> String {
+        if let Some(urls) = &self.external {
+            return urls.clone();
+        }
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -267,7 +292,8 @@ impl NatsServer {
                 .client_as("ferry-controller", "_INBOX_ferry_controller")
                 .await;
         }
-        async_nats::connect(self.url())
+        let servers = ferry_protocol::streams::server_list(&self.url()).expect("NATS URLs");
+        async_nats::connect(servers)
             .await
             .expect("connect to the test nats-server")
     }
