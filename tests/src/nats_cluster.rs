@@ -331,6 +331,35 @@ impl NatsCluster {
         }
     }
 
+    /// Waits until every stream and bucket of ferry has a leader other than
+    /// node `down` (elected after it was killed or cut off), bounded by a
+    /// minute.
+    pub async fn wait_failover(&self, client: &async_nats::Client, down: usize) {
+        let names = ferry_protocol::streams::all_streams()
+            .map(|s| s.name.to_owned())
+            .into_iter()
+            .chain(
+                ferry_protocol::streams::BUCKETS
+                    .iter()
+                    .map(|b| b.stream_name()),
+            );
+        let down = &self.nodes[down].name;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        for stream in names {
+            loop {
+                let leader = self.stream_leader(client, &stream).await;
+                if &leader != down {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{stream} still led by {down} a minute after it went"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
     /// The replica count of `stream` as the server reports it.
     pub async fn stream_replicas(&self, client: &async_nats::Client, stream: &str) -> usize {
         let answer = client

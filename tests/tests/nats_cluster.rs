@@ -8,16 +8,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
+use ferry_controller::config::StageSettings;
+use ferry_controller::ControllerConfig;
 use ferry_e2e::nats_cluster::NatsCluster;
 use ferry_e2e::rollout::*;
 use ferry_e2e::*;
 use ferry_protocol::api::HistoryRecord;
+use ferry_protocol::command::{ActionKind, Command};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::rollout::{AnalysisOverride, RolloutOptions, RolloutPhase, Strategy};
-use ferry_protocol::{streams, Envelope};
+use ferry_protocol::{streams, Envelope, SigningKey};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -209,4 +213,282 @@ async fn with_the_command_stream_leader_killed_mid_canary_the_canary_is_rolled_b
         assert_eq!(records.len(), 1, "{what}'s history: {records:#?}");
     }
     system.shutdown().await;
+}
+
+/// dev, acceptance and production, each deploying a release by itself once
+/// the previous environment runs it (no approvals, no soak).
+fn automatic_pipeline(system: &mut System) {
+    let automatic = StageSettings {
+        auto_deploy: Some(true),
+        soak: Some("0s".into()),
+        ..Default::default()
+    };
+    system.controller_config.pipeline = BTreeMap::from([
+        ("acceptance".to_owned(), automatic.clone()),
+        ("production".to_owned(), automatic),
+    ]);
+}
+
+fn deploy_succeeded(e: &ServiceEvent, version: &str) -> bool {
+    matches!(&e.body, EventBody::Succeeded { action: ActionKind::Deploy, version: Some(v), .. } if v.as_str() == version)
+}
+
+/// How many commands FERRY_COMMANDS holds for `env`'s web.
+async fn stored_commands(client: &async_nats::Client, env: &str) -> usize {
+    stored::<Command>(client, "FERRY_COMMANDS", &format!("ferry.v1.cmd.{env}.web"))
+        .await
+        .len()
+}
+
+/// Every history record of web `version`, in order.
+async fn history_of_version(client: &async_nats::Client, version: &str) -> Vec<HistoryRecord> {
+    stored::<HistoryRecord>(client, streams::history().name, "ferry.v1.history.>")
+        .await
+        .into_iter()
+        .filter(|r| r.version.as_ref().is_some_and(|v| v.as_str() == version))
+        .collect()
+}
+
+/// Asserts that `version` was deployed once to each environment and that
+/// no transition of it was recorded twice.
+async fn assert_promoted_once(client: &async_nats::Client, version: &str) {
+    for env in ENVIRONMENTS {
+        assert_eq!(stored_commands(client, env).await, 1, "commands to {env}");
+    }
+    let records = history_of_version(client, version).await;
+    let mut seen = BTreeMap::new();
+    for r in &records {
+        let key = (
+            r.environment.as_ref().map(|e| e.to_string()),
+            r.action.clone(),
+            r.outcome.clone(),
+        );
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "transitions recorded more than once: {twice:?}\n{records:#?}"
+    );
+    for env in ENVIRONMENTS {
+        let key = (
+            Some(env.to_owned()),
+            "deploy".to_owned(),
+            "issued".to_owned(),
+        );
+        assert_eq!(
+            seen.get(&key),
+            Some(&1),
+            "one deploy issued to {env}: {records:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_promoted_dev_to_production_while_a_nats_node_is_down_and_comes_back() {
+    let Some(cluster) = cluster("promoted_with_a_node_down").await else {
+        return;
+    };
+    let mut system = System::on_servers(cluster.urls(), 3);
+    automatic_pipeline(&mut system);
+    system.start_controller().await;
+    let mut ports = BTreeMap::new();
+    for env in ENVIRONMENTS {
+        let port = free_port();
+        system.start_agent(env, port).await;
+        ports.insert(env, port);
+    }
+    let client = system.nats.client().await;
+    let mut dev = EventWatch::new(&client, "dev", "web").await;
+    let mut production = EventWatch::new(&client, "production", "web").await;
+
+    // The node leading the promotions bucket goes down before the release.
+    let leader = cluster.stream_leader(&client, "KV_ferry_promotions").await;
+    let down = cluster.index_of(&leader);
+    cluster.kill(down);
+    let killed = std::time::Instant::now();
+    cluster.wait_failover(&client, down).await;
+    eprintln!(
+        "every stream and bucket led by a live node {:?} after the kill",
+        killed.elapsed()
+    );
+    system.publish_release("web", "1.0.0", &[]).await;
+    dev.wait_for(Duration::from_secs(60), "dev deploy of 1.0.0", |e| {
+        deploy_succeeded(e, "1.0.0")
+    })
+    .await;
+    cluster.start_node(down).await;
+    production
+        .wait_for(Duration::from_secs(60), "production deploy of 1.0.0", |e| {
+            deploy_succeeded(e, "1.0.0")
+        })
+        .await;
+    wait_serving(ports["production"], "1.0.0", WAIT).await;
+    system.stop_controller().await;
+    assert_promoted_once(&client, "1.0.0").await;
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_on_different_nodes_promote_a_release_once() {
+    let Some(cluster) = cluster("two_controllers_on_two_nodes").await else {
+        return;
+    };
+    // The first controller (and the CLI) on node 1 only, the second on node 2.
+    let mut system = System::on_servers(cluster.url(0), 3);
+    automatic_pipeline(&mut system);
+    system.start_controller().await;
+    let key_file = system.dir.path().join("controller.nk");
+    let second = ControllerConfig {
+        nats_url: cluster.url(1),
+        signing_key_file: key_file,
+        ..system.controller_config.clone()
+    }
+    .validate()
+    .unwrap();
+    let token = tokio_util::sync::CancellationToken::new();
+    let second = tokio::spawn(ferry_controller::run(second, token.clone()));
+    for env in ENVIRONMENTS {
+        let mut config = system.agent_config(env, &[("web", free_port())]);
+        config.nats_url = cluster.urls();
+        system.start_agent_with(config).await;
+    }
+    let client = system.nats.client().await;
+    let mut production = EventWatch::new(&client, "production", "web").await;
+    system.publish_release("web", "1.0.0", &[]).await;
+    production
+        .wait_for(Duration::from_secs(60), "production deploy of 1.0.0", |e| {
+            deploy_succeeded(e, "1.0.0")
+        })
+        .await;
+    // Both stopped, so nothing either had in hand is still to come.
+    token.cancel();
+    second.await.unwrap().unwrap();
+    system.stop_controller().await;
+    assert_promoted_once(&client, "1.0.0").await;
+    system.shutdown().await;
+}
+
+/// Runs `binary --config <config>` to its end (bounded), returning its exit
+/// code and standard error.
+async fn run_to_exit(binary: &str, config: &std::path::Path) -> (Option<i32>, String) {
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(bin(binary))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{binary} did not exit within {WAIT:?}"))
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_kept_with_another_replica_count_stop_controller_and_agent_with_exit_64_listing_each(
+) {
+    init_tracing();
+    let nats = NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    for spec in streams::all_streams() {
+        js.get_or_create_stream(spec.config()).await.unwrap();
+    }
+    for spec in streams::BUCKETS {
+        js.create_key_value(spec.replicated(1)).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate();
+    let key_file = dir.path().join("controller.nk");
+    std::fs::write(&key_file, key.seed().unwrap()).unwrap();
+
+    let controller = dir.path().join("controller.toml");
+    std::fs::write(
+        &controller,
+        format!(
+            "nats_url = \"{}\"\nsigning_key_file = \"{}\"\nstream_replicas = 3\n",
+            nats.url(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let (code, stderr) = run_to_exit("ferry-controller", &controller).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    for stream in streams::all_streams()
+        .map(|s| s.name.to_owned())
+        .into_iter()
+        .chain(streams::BUCKETS.iter().map(|b| b.stream_name()))
+    {
+        assert!(
+            stderr.contains(&format!("stream {stream} has 1 replica(s)")),
+            "{stream} not listed: {stderr}"
+        );
+    }
+
+    let agent = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent,
+        format!(
+            "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nstream_replicas = 3\n[services.web]\nport = {}\n",
+            nats.url(),
+            dir.path().join("agent").display(),
+            key.public_key(),
+            free_port(),
+        ),
+    )
+    .unwrap();
+    let (code, stderr) = run_to_exit("ferry-agent", &agent).await;
+    assert_eq!(code, Some(64), "{stderr}");
+    for stream in ["FERRY_COMMANDS", "FERRY_EVENTS"] {
+        assert!(
+            stderr.contains(&format!("stream {stream} has 1 replica(s)")),
+            "{stream} not listed: {stderr}"
+        );
+    }
+    // Nothing was changed behind the operator's back.
+    for spec in streams::all_streams() {
+        let mut stream = js.get_stream(spec.name).await.unwrap();
+        assert_eq!(stream.info().await.unwrap().config.num_replicas.max(1), 1);
+    }
+}
+
+#[test]
+fn the_deploy_cluster_configuration_is_valid_syncs_every_write_and_keeps_the_users() {
+    let config = ferry_e2e::nats::deploy_config().with_file_name("nats-cluster.conf");
+    let store = tempfile::tempdir().unwrap();
+    let mut check = std::process::Command::new(ferry_e2e::nats::nats_bin());
+    check
+        .arg("-t")
+        .arg("-c")
+        .arg(&config)
+        .env("FERRY_NATS_STORE_DIR", store.path())
+        .env("FERRY_NATS_SERVER_NAME", "nats-1");
+    for (_, variable) in ferry_e2e::nats::DEPLOY_USERS {
+        check.env(variable, "a-password");
+    }
+    let out = check.output().expect("run nats-server -t");
+    assert!(
+        out.status.success(),
+        "nats-server rejects {}: {}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    for wanted in [
+        "sync_interval: always",
+        "jepsen.io/analyses/nats-2.12.1",
+        "include ./users.conf",
+        "nats-route://nats-3:6222",
+    ] {
+        assert!(
+            text.contains(wanted),
+            "{wanted:?} missing from {}",
+            config.display()
+        );
+    }
 }
