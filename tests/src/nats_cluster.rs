@@ -40,6 +40,19 @@ pub struct Node {
     pub monitor_port: u16,
 }
 
+/// The streams ferry keeps, buckets' streams included.
+pub fn ferry_streams() -> Vec<String> {
+    ferry_protocol::streams::all_streams()
+        .map(|s| s.name.to_owned())
+        .into_iter()
+        .chain(
+            ferry_protocol::streams::BUCKETS
+                .iter()
+                .map(|b| b.stream_name()),
+        )
+        .collect()
+}
+
 /// Runs `docker args`, panicking with its stderr on failure; returns stdout.
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
@@ -331,23 +344,19 @@ impl NatsCluster {
         }
     }
 
-    /// Waits until every stream and bucket of ferry has a leader other than
-    /// node `down` (elected after it was killed or cut off), bounded by a
-    /// minute.
-    pub async fn wait_failover(&self, client: &async_nats::Client, down: usize) {
-        let names = ferry_protocol::streams::all_streams()
-            .map(|s| s.name.to_owned())
-            .into_iter()
-            .chain(
-                ferry_protocol::streams::BUCKETS
-                    .iter()
-                    .map(|b| b.stream_name()),
-            );
+    /// Waits until each of `streams` has a leader other than node `down`
+    /// (elected after it was killed or cut off), bounded by a minute.
+    pub async fn wait_failover(
+        &self,
+        client: &async_nats::Client,
+        down: usize,
+        streams: &[String],
+    ) {
         let down = &self.nodes[down].name;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        for stream in names {
+        for stream in streams {
             loop {
-                let leader = self.stream_leader(client, &stream).await;
+                let leader = self.stream_leader(client, stream).await;
                 if &leader != down {
                     break;
                 }
@@ -358,6 +367,28 @@ impl NatsCluster {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+
+    /// The node a client named `connection_name` is connected to, from each
+    /// node's `/connz`; `None` when none lists it.
+    pub async fn node_serving(&self, connection_name: &str) -> Option<usize> {
+        let http = reqwest::Client::new();
+        for (n, node) in self.nodes.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{}/connz", node.monitor_port);
+            let Ok(answer) = http.get(&url).timeout(Duration::from_secs(2)).send().await else {
+                continue;
+            };
+            let Ok(connz) = answer.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let listed = connz["connections"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|c| c["name"] == connection_name));
+            if listed {
+                return Some(n);
+            }
+        }
+        None
     }
 
     /// The replica count of `stream` as the server reports it.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use ferry_controller::config::StageSettings;
 use ferry_controller::ControllerConfig;
-use ferry_e2e::nats_cluster::NatsCluster;
+use ferry_e2e::nats_cluster::{ferry_streams, NatsCluster};
 use ferry_e2e::rollout::*;
 use ferry_e2e::*;
 use ferry_protocol::api::HistoryRecord;
@@ -307,7 +307,7 @@ async fn a_release_is_promoted_dev_to_production_while_a_nats_node_is_down_and_c
     let down = cluster.index_of(&leader);
     cluster.kill(down);
     let killed = std::time::Instant::now();
-    cluster.wait_failover(&client, down).await;
+    cluster.wait_failover(&client, down, &ferry_streams()).await;
     eprintln!(
         "every stream and bucket led by a live node {:?} after the kill",
         killed.elapsed()
@@ -491,4 +491,82 @@ fn the_deploy_cluster_configuration_is_valid_syncs_every_write_and_keeps_the_use
             config.display()
         );
     }
+}
+
+/// The node the dev agent's connection is on, polled from the nodes' `/connz`.
+async fn agents_node(cluster: &NatsCluster) -> usize {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(n) = cluster.node_serving("ferry-agent-dev").await {
+            return n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no node lists the agent's connection within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_an_agent_is_connected_to_cut_off_the_agent_moves_to_another_and_commands_run_once(
+) {
+    let Some(cluster) = cluster("node_cut_off").await else {
+        return;
+    };
+    let mut system = System::on_servers(cluster.urls(), 3);
+    let port = free_port();
+    system.start_agent("dev", port).await;
+    let cut = agents_node(&cluster).await;
+    // The test watches from another node, so the cut does not blind it.
+    let watcher = (cut + 1) % 3;
+    let client = async_nats::connect(cluster.url(watcher)).await.unwrap();
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let first = send(&system, &client, deploy("1.0.0", &[], None)).await;
+    let outcome = watch.outcome(first, WAIT).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    wait_serving(port, "1.0.0", WAIT).await;
+
+    let load = Load::start(port, 2, Duration::from_millis(5));
+    cluster.disconnect(cut);
+    let agents_streams = ["FERRY_COMMANDS".to_owned(), "FERRY_EVENTS".to_owned()];
+    cluster.wait_failover(&client, cut, &agents_streams).await;
+    let during = send(&system, &client, deploy("2.0.0", &[], None)).await;
+    let outcome = watch.outcome(during, Duration::from_secs(150)).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    wait_serving(port, "2.0.0", WAIT).await;
+    let moved = agents_node(&cluster).await;
+    assert_ne!(
+        moved, cut,
+        "the agent reconnected to a node still in the cluster"
+    );
+
+    cluster.connect(cut);
+    cluster.wait_ready(cut).await;
+    let after = send(&system, &client, deploy("3.0.0", &[], None)).await;
+    let outcome = watch.outcome(after, WAIT).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let stats = load.stop().await;
+    assert_eq!(
+        stats.failed, 0,
+        "the service kept serving through the cut: {stats:?}"
+    );
+    for (what, id) in [("before", first), ("during", during), ("after", after)] {
+        let outcomes = outcomes_of(&client, id).await;
+        assert_eq!(
+            outcomes.len(),
+            1,
+            "the command {what} the cut: {outcomes:#?}"
+        );
+    }
+    system.shutdown().await;
 }
