@@ -46,6 +46,7 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
     options
         .name(format!("ferry-agent-{}", config.environment))
         .custom_inbox_prefix(&config.nats_inbox_prefix)
+        .ping_interval(streams::PING_INTERVAL)
         .event_callback(|event| async move {
             tracing::info!(%event, "NATS connection event");
         })

@@ -108,6 +108,7 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
     })?;
     options
         .custom_inbox_prefix(config.nats_inbox_prefix())
+        .ping_interval(ferry_protocol::streams::PING_INTERVAL)
         // Refusals by the server (a permissions violation) show in the log.
         .event_callback(|event| async move {
             match event {

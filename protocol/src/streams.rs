@@ -204,6 +204,12 @@ impl Default for Replicas {
     }
 }
 
+/// How often the daemons ping their NATS server. A server that stops
+/// answering (frozen, or its host unreachable without a reset) is left after
+/// three unanswered pings, 15 s, for another node of the cluster; the client
+/// default, a minute per ping, kept an agent on a paused node for minutes.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Parses a list of NATS server URLs separated by commas
 /// (`nats://a:4222,nats://b:4222`); clients connect to one and reconnect to
 /// any other when it goes away.

@@ -511,7 +511,29 @@ async fn agents_node(cluster: &NatsCluster) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_an_agent_is_connected_to_cut_off_the_agent_moves_to_another_and_commands_run_once(
 ) {
-    let Some(cluster) = cluster("node_cut_off").await else {
+    agents_node_lost(
+        "node_cut_off",
+        NatsCluster::disconnect,
+        NatsCluster::connect,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_an_agent_is_connected_to_paused_the_agent_moves_to_another_and_commands_run_once()
+{
+    agents_node_lost("node_paused", NatsCluster::pause, NatsCluster::unpause).await;
+}
+
+/// The node the dev agent is connected to is lost (`lose`) and later back
+/// (`heal`): the agent moves to another node, keeps serving, and commands
+/// before, during and after each run once.
+async fn agents_node_lost(
+    test: &str,
+    lose: fn(&NatsCluster, usize),
+    heal: fn(&NatsCluster, usize),
+) {
+    let Some(cluster) = cluster(test).await else {
         return;
     };
     let mut system = System::on_servers(cluster.urls(), 3);
@@ -531,23 +553,29 @@ async fn the_node_an_agent_is_connected_to_cut_off_the_agent_moves_to_another_an
     wait_serving(port, "1.0.0", WAIT).await;
 
     let load = Load::start(port, 2, Duration::from_millis(5));
-    cluster.disconnect(cut);
+    lose(&cluster, cut);
+    let lost = std::time::Instant::now();
     let agents_streams = ["FERRY_COMMANDS".to_owned(), "FERRY_EVENTS".to_owned()];
     cluster.wait_failover(&client, cut, &agents_streams).await;
     let during = send(&system, &client, deploy("2.0.0", &[], None)).await;
-    let outcome = watch.outcome(during, Duration::from_secs(150)).await;
+    // A frozen node is left after three unanswered pings (15 s).
+    let outcome = watch.outcome(during, Duration::from_secs(60)).await;
     assert!(
         matches!(outcome.body, EventBody::Succeeded { .. }),
         "{outcome:?}"
     );
     wait_serving(port, "2.0.0", WAIT).await;
+    eprintln!(
+        "{test}: the command sent after the loss ran {:?} after it",
+        lost.elapsed()
+    );
     let moved = agents_node(&cluster).await;
     assert_ne!(
         moved, cut,
         "the agent reconnected to a node still in the cluster"
     );
 
-    cluster.connect(cut);
+    heal(&cluster, cut);
     cluster.wait_ready(cut).await;
     let after = send(&system, &client, deploy("3.0.0", &[], None)).await;
     let outcome = watch.outcome(after, WAIT).await;
