@@ -33,6 +33,14 @@ const MAX_ACK_PENDING: i64 = 256;
 /// Time JetStream waits for an ack before redelivering; long commands send
 /// progress acks well inside it.
 const ACK_WAIT: Duration = Duration::from_secs(60);
+/// How long one pull request for commands waits on the server, and how
+/// often the server confirms it is still held. On a cluster a pull can be
+/// lost with the node or consumer leader it went to; a missed heartbeat
+/// (two intervals) makes the client pull again elsewhere within seconds
+/// (the client's defaults, 30 s and 15 s, left a paused node's agent
+/// without commands for most of a minute).
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(20);
 
 /// Whom the agent trusts: the keys that may sign commands, and, for an
@@ -159,10 +167,16 @@ pub async fn run(
             what: "creating consumer",
             detail: e.to_string(),
         })?;
-    let mut messages = consumer.messages().await.map_err(|e| Error::JetStream {
-        what: "pulling commands",
-        detail: e.to_string(),
-    })?;
+    let mut messages = consumer
+        .stream()
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|e| Error::JetStream {
+            what: "pulling commands",
+            detail: e.to_string(),
+        })?;
 
     let mut workers: HashMap<ServiceName, mpsc::Sender<Admitted>> = HashMap::new();
     let in_flight = InFlight::default();

@@ -321,6 +321,22 @@ impl NatsCluster {
         ]);
     }
 
+    /// The server name of the current leader of consumer `name` of
+    /// `stream` (`$JS.API.CONSUMER.INFO`), `None` while it has none.
+    pub async fn consumer_leader(
+        &self,
+        client: &async_nats::Client,
+        stream: &str,
+        name: &str,
+    ) -> Option<String> {
+        let answer = client
+            .request(format!("$JS.API.CONSUMER.INFO.{stream}.{name}"), "".into())
+            .await
+            .ok()?;
+        let info: serde_json::Value = serde_json::from_slice(&answer.payload).ok()?;
+        info["cluster"]["leader"].as_str().map(str::to_owned)
+    }
+
     /// The server name of the current leader of `stream`, from the
     /// JetStream API (`$JS.API.STREAM.INFO.<stream>`, `cluster.leader`).
     pub async fn stream_leader(&self, client: &async_nats::Client, stream: &str) -> String {

@@ -36,7 +36,9 @@ async fn cluster(test: &str) -> Option<NatsCluster> {
 }
 
 /// Every message stored in `stream` under `filter`, decoded as envelopes of
-/// `T` (those that are not are skipped), read by an ephemeral consumer.
+/// `T` (those that are not are skipped), read by an ephemeral consumer up
+/// to the count it had pending when created (an empty fetch on a busy
+/// cluster is not the end).
 async fn stored<T: DeserializeOwned>(
     client: &async_nats::Client,
     stream: &str,
@@ -44,7 +46,7 @@ async fn stored<T: DeserializeOwned>(
 ) -> Vec<T> {
     let js = jetstream::new(client.clone());
     let stream = js.get_stream(stream).await.unwrap();
-    let reader = stream
+    let mut reader = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: filter.to_owned(),
             deliver_policy: consumer::DeliverPolicy::All,
@@ -54,26 +56,30 @@ async fn stored<T: DeserializeOwned>(
         })
         .await
         .unwrap();
+    let total = reader.info().await.unwrap().num_pending as usize;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut read = 0;
     let mut found = Vec::new();
-    loop {
+    while read < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {read} of the {total} messages of {filter} within {WAIT:?}"
+        );
         let mut batch = reader
             .fetch()
             .max_messages(1000)
-            .expires(Duration::from_millis(500))
+            .expires(Duration::from_secs(1))
             .messages()
             .await
             .unwrap();
-        let mut got = 0;
         while let Some(message) = batch.next().await {
-            got += 1;
+            read += 1;
             if let Ok(envelope) = Envelope::<T>::decode(&message.unwrap().payload) {
                 found.push(envelope.data);
             }
         }
-        if got == 0 {
-            return found;
-        }
     }
+    found
 }
 
 /// History records of `command_id`.
@@ -557,6 +563,24 @@ async fn agents_node_lost(
     let lost = std::time::Instant::now();
     let agents_streams = ["FERRY_COMMANDS".to_owned(), "FERRY_EVENTS".to_owned()];
     cluster.wait_failover(&client, cut, &agents_streams).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let leader = cluster
+            .consumer_leader(&client, "FERRY_COMMANDS", "ferry-agent-dev")
+            .await;
+        eprintln!(
+            "{test}: agent's consumer led by {leader:?} after {:?}",
+            lost.elapsed()
+        );
+        if leader.is_some_and(|l| l != cluster.nodes()[cut].name) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent's consumer still led by the lost node a minute on"
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
     let during = send(&system, &client, deploy("2.0.0", &[], None)).await;
     // A frozen node is left after three unanswered pings (15 s).
     let outcome = watch.outcome(during, Duration::from_secs(60)).await;
