@@ -429,22 +429,7 @@ impl Drop for NatsCluster {
     /// Removes every container and the network of this cluster, found by
     /// label, so that a failed test leaves nothing behind either.
     fn drop(&mut self) {
-        let filter = format!("label=ferry.test.cluster={}", self.id);
-        let listed = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output();
-        let ids: Vec<String> = listed
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f", "-v"])
-                .args(&ids)
-                .output();
-        }
+        crate::docker::remove_containers(&[format!("label=ferry.test.cluster={}", self.id)]);
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
