@@ -156,6 +156,15 @@ impl System {
         system
     }
 
+    /// [`System::on_servers`] on servers with the deployment's users (see
+    /// [`NatsServer::external_with_users`]): every part authenticates as its
+    /// role's user.
+    pub fn on_servers_with_users(nats: NatsServer, replicas: u32) -> System {
+        let mut system = System::with_nats(nats);
+        system.controller_config.stream_replicas = replicas;
+        system
+    }
+
     fn with_nats(nats: NatsServer) -> System {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");

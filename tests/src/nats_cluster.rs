@@ -150,9 +150,44 @@ fn node_config(name: &str, size: usize) -> String {
 }
 
 impl NatsCluster {
-    /// Starts a cluster of `size` nodes and waits until every node reports
-    /// JetStream ready (`/healthz`).
+    /// Starts a cluster of `size` open nodes (no users) and waits until
+    /// every node reports JetStream ready (`/healthz`).
     pub async fn start(size: usize) -> NatsCluster {
+        NatsCluster::launch(size, &[], |name| {
+            vec![("/nats.conf".to_owned(), node_config(name, size))]
+        })
+        .await
+    }
+
+    /// Starts the 3 nodes of `deploy/nats/nats-cluster.conf` (with
+    /// `users.conf`): the deployment's users and permissions, their
+    /// passwords from `users` (variable, password) in each node's
+    /// environment.
+    pub async fn start_deploy(users: &[(&'static str, String)]) -> NatsCluster {
+        let dir = crate::nats::deploy_config();
+        let read = |file: &str| {
+            std::fs::read_to_string(dir.with_file_name(file))
+                .unwrap_or_else(|e| panic!("read deploy/nats/{file}: {e}"))
+        };
+        let (cluster, users_conf) = (read("nats-cluster.conf"), read("users.conf"));
+        NatsCluster::launch(3, users, |_| {
+            vec![
+                ("/nats.conf".to_owned(), cluster.clone()),
+                ("/users.conf".to_owned(), users_conf.clone()),
+            ]
+        })
+        .await
+    }
+
+    /// Creates the network and `size` nodes, each with the files
+    /// `files(name)` gives (path in the container, content; `/nats.conf` is
+    /// the configuration) and `env` plus its server name and store in its
+    /// environment; starts them and waits until each is ready.
+    async fn launch(
+        size: usize,
+        env: &[(&'static str, String)],
+        files: impl Fn(&str) -> Vec<(String, String)>,
+    ) -> NatsCluster {
         ensure_image();
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let network = format!("ferry-nats-{id}");
@@ -180,9 +215,14 @@ impl NatsCluster {
                 client_port: free_port(),
                 monitor_port: free_port(),
             };
-            let config = config_dir.path().join(format!("{name}.conf"));
-            std::fs::write(&config, node_config(&name, size)).expect("node config");
-            docker(&[
+            let client = format!("127.0.0.1:{}:4222", node.client_port);
+            let monitor = format!("127.0.0.1:{}:8222", node.monitor_port);
+            let mut variables = vec![
+                format!("FERRY_NATS_SERVER_NAME={name}"),
+                "FERRY_NATS_STORE_DIR=/data".to_owned(),
+            ];
+            variables.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+            let mut args: Vec<&str> = vec![
                 "create",
                 "--name",
                 &node.container,
@@ -197,21 +237,27 @@ impl NatsCluster {
                 "--label",
                 &cluster_label,
                 "-p",
-                &format!("127.0.0.1:{}:4222", node.client_port),
+                &client,
                 "-p",
-                &format!("127.0.0.1:{}:8222", node.monitor_port),
-                IMAGE,
-                "-c",
-                "/nats.conf",
-            ]);
+                &monitor,
+            ];
+            for variable in &variables {
+                args.extend(["-e", variable]);
+            }
+            args.extend([IMAGE, "-c", "/nats.conf"]);
+            docker(&args);
             // Registered before anything else can fail, so drop removes it.
             cluster.nodes.push(node);
             let container = &cluster.nodes[n - 1].container;
-            let source = config.to_str().expect("utf-8 path");
-            docker(&["cp", source, &format!("{container}:/nats.conf")]);
+            for (k, (path, content)) in files(&name).into_iter().enumerate() {
+                let local = config_dir.path().join(format!("{name}-{k}"));
+                std::fs::write(&local, content).expect("node file");
+                let local = local.to_str().expect("utf-8 path");
+                docker(&["cp", local, &format!("{container}:{path}")]);
+            }
         }
-        for n in 0..size {
-            docker(&["start", &cluster.nodes[n].container]);
+        for node in &cluster.nodes {
+            docker(&["start", &node.container]);
         }
         for n in 0..size {
             cluster.wait_ready(n).await;

@@ -295,7 +295,39 @@ async fn a_release_is_promoted_dev_to_production_while_a_nats_node_is_down_and_c
     let Some(cluster) = cluster("promoted_with_a_node_down").await else {
         return;
     };
-    let mut system = System::on_servers(cluster.urls(), 3);
+    let system = System::on_servers(cluster.urls(), 3);
+    promoted_with_a_node_down(cluster, system).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_deploy_cluster_configuration_with_role_users_a_release_is_promoted_while_a_node_is_down(
+) {
+    if !docker_ready(
+        "deploy_cluster_with_users",
+        &[],
+        "nothing: start the Docker engine",
+    ) {
+        return;
+    }
+    let mut nats = NatsServer::external_with_users(String::new());
+    let cluster = NatsCluster::start_deploy(&nats.user_environment()).await;
+    nats.point_at(cluster.urls());
+    let anonymous = async_nats::ConnectOptions::new()
+        .max_reconnects(1)
+        .connect(cluster.url(0))
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "the deploy cluster refuses a client without a user"
+    );
+    let system = System::on_servers_with_users(nats, 3);
+    promoted_with_a_node_down(cluster, system).await;
+}
+
+/// With every agent and the controller on `cluster`: the node leading the
+/// promotions bucket killed, a release published, promoted to dev, the node
+/// back, the release through acceptance to production, once.
+async fn promoted_with_a_node_down(cluster: NatsCluster, mut system: System) {
     automatic_pipeline(&mut system);
     system.start_controller().await;
     let mut ports = BTreeMap::new();
