@@ -625,13 +625,34 @@ pub async fn send_command(
         .expiring_in(Duration::from_secs(3600))
         .sign(key)
         .unwrap();
-    async_nats::jetstream::new(client.clone())
-        .publish(subject, envelope.to_bytes().unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    envelope.id
+    // Under its id, as the controller publishes (a repeat is a duplicate,
+    // stored once), and again while the stream has no leader (a cluster
+    // electing one answers no responders for a moment).
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        envelope.id.to_string().as_str(),
+    );
+    let payload: bytes::Bytes = envelope.to_bytes().unwrap().into();
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored = async {
+            js.publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await?
+                .await
+        };
+        match stored.await {
+            Ok(_) => return envelope.id,
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("storing command {}: {e}", envelope.id),
+        }
+    }
 }
 
 /// A release of the sample service on the process runtime: the
