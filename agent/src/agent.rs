@@ -41,13 +41,16 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
         }
         _ => options,
     };
+    let servers = streams::server_list(&config.nats_url)
+        .map_err(|why| Error::Config(vec![format!("nats_url: {why}")]))?;
     options
         .name(format!("ferry-agent-{}", config.environment))
         .custom_inbox_prefix(&config.nats_inbox_prefix)
+        .ping_interval(streams::PING_INTERVAL)
         .event_callback(|event| async move {
             tracing::info!(%event, "NATS connection event");
         })
-        .connect(config.nats_url.as_str())
+        .connect(servers)
         .await
         .map_err(|source| Error::Connect {
             url: config.nats_url.clone(),
@@ -149,7 +152,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
     let client = connect(&config).await?;
     let js = jetstream::new(client.clone());
-    intake::ensure_stream(&js, &streams::events()).await?;
+    intake::ensure_streams(&js, config.stream_replicas).await?;
     let state = Arc::new(Mutex::new(State::load(&config.state_dir)?));
 
     let publisher = EventPublisher::new(client.clone(), config.environment.clone())

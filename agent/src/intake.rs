@@ -33,6 +33,14 @@ const MAX_ACK_PENDING: i64 = 256;
 /// Time JetStream waits for an ack before redelivering; long commands send
 /// progress acks well inside it.
 const ACK_WAIT: Duration = Duration::from_secs(60);
+/// How long one pull request for commands waits on the server, and how
+/// often the server confirms it is still held. On a cluster a pull can be
+/// lost with the node or consumer leader it went to; a missed heartbeat
+/// (two intervals) makes the client pull again elsewhere within seconds
+/// (the client's defaults, 30 s and 15 s, left a paused node's agent
+/// without commands for most of a minute).
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(20);
 
 /// Whom the agent trusts: the keys that may sign commands, and, for an
@@ -79,12 +87,36 @@ impl Trust {
     }
 }
 
+/// Creates the streams the agent uses (commands, events) with `replicas`
+/// copies if they do not exist, and checks that those found have that many:
+/// every mismatch is listed as bad configuration (exit 64), never corrected
+/// silently.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    replicas: streams::Replicas,
+) -> Result<(), Error> {
+    let mut problems = Vec::new();
+    for spec in [streams::commands(), streams::events()] {
+        let stream = create_stream(js, &spec, replicas).await?;
+        let found = stream.cached_info().config.num_replicas;
+        if let Some(why) = replicas.mismatch(spec.name, found) {
+            problems.push(format!("stream_replicas: {why}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Config(problems))
+    }
+}
+
 /// Creates a stream from its spec if it does not exist.
-pub async fn ensure_stream(
+async fn create_stream(
     js: &jetstream::Context,
     spec: &streams::StreamSpec,
+    replicas: streams::Replicas,
 ) -> Result<jetstream::stream::Stream, Error> {
-    js.get_or_create_stream(spec.config())
+    js.get_or_create_stream(spec.replicated(replicas.get()))
         .await
         .map_err(|e| Error::JetStream {
             what: "creating stream",
@@ -108,7 +140,14 @@ pub async fn run(
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), Error> {
     let js = jetstream::new(client);
-    let stream = ensure_stream(&js, &streams::commands()).await?;
+    // Created and checked by `ensure_streams` at start.
+    let stream = js
+        .get_stream(streams::commands().name)
+        .await
+        .map_err(|e| Error::JetStream {
+            what: "finding stream",
+            detail: format!("{}: {e}", streams::commands().name),
+        })?;
     let env = executor.environment().clone();
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
@@ -128,10 +167,16 @@ pub async fn run(
             what: "creating consumer",
             detail: e.to_string(),
         })?;
-    let mut messages = consumer.messages().await.map_err(|e| Error::JetStream {
-        what: "pulling commands",
-        detail: e.to_string(),
-    })?;
+    let mut messages = consumer
+        .stream()
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|e| Error::JetStream {
+            what: "pulling commands",
+            detail: e.to_string(),
+        })?;
 
     let mut workers: HashMap<ServiceName, mpsc::Sender<Admitted>> = HashMap::new();
     let in_flight = InFlight::default();

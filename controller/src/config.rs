@@ -38,8 +38,13 @@ pub const ENV_AGENT_TIMEOUT: &str = "FERRY_AGENT_TIMEOUT";
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct ControllerConfig {
-    /// NATS server URL.
+    /// NATS server URL, or several separated by commas (the nodes of a
+    /// cluster): the controller connects to one and reconnects to any other.
     pub nats_url: String,
+    /// Copies of every stream and bucket the controller creates (default 1;
+    /// 3 on a 3-node cluster), the same as the agents'; one found with
+    /// another count stops the start as bad configuration.
+    pub stream_replicas: u32,
     /// NATS credentials file (`.creds`), if the server requires one.
     pub nats_creds: Option<PathBuf>,
     /// NATS user name (with `nats_password_file`), for a server with per-role
@@ -179,6 +184,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
+            stream_replicas: 1,
             nats_creds: None,
             nats_user: None,
             nats_password_file: None,
@@ -224,6 +230,7 @@ impl fmt::Display for ConfigProblem {
 #[derive(Clone, Debug)]
 pub struct ResolvedConfig {
     nats_url: String,
+    stream_replicas: streams::Replicas,
     nats_creds: Option<PathBuf>,
     nats_user: Option<String>,
     nats_password_file: Option<PathBuf>,
@@ -316,6 +323,11 @@ impl ResolvedConfig {
     /// Prefix of the controller's reply subjects.
     pub fn nats_inbox_prefix(&self) -> &str {
         &self.nats_inbox_prefix
+    }
+
+    /// Copies of every stream and bucket.
+    pub fn stream_replicas(&self) -> streams::Replicas {
+        self.stream_replicas
     }
 
     /// The key every command is signed with.
@@ -412,15 +424,13 @@ impl ControllerConfig {
         };
 
         let nats_url = self.nats_url.trim();
-        if nats_url.is_empty() || nats_url.chars().any(char::is_whitespace) {
-            problem(
-                "nats_url",
-                format!(
-                    "{:?} is not a NATS URL such as nats://127.0.0.1:4222",
-                    self.nats_url
-                ),
-            );
+        if let Err(why) = streams::server_list(nats_url) {
+            problem("nats_url", why);
         }
+        let stream_replicas = streams::Replicas::new(self.stream_replicas).unwrap_or_else(|why| {
+            problem("stream_replicas", why);
+            streams::Replicas::ONE
+        });
 
         if let Some(creds) = &self.nats_creds {
             if let Err(e) = std::fs::File::open(creds) {
@@ -704,6 +714,7 @@ impl ControllerConfig {
                 (Some(approval_ttl), Some(promotion_check_interval), Some(notify)),
             ) if problems.is_empty() => Ok(ResolvedConfig {
                 nats_url: nats_url.to_owned(),
+                stream_replicas,
                 nats_creds: self.nats_creds.clone(),
                 nats_user: self.nats_user.clone(),
                 nats_password_file: self.nats_password_file.clone(),

@@ -100,8 +100,16 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
         let password = text.lines().next().unwrap_or("").to_owned();
         options = options.user_and_password(user.to_owned(), password);
     }
+    // Checked by `validate`; a list the controller connects to any of.
+    let servers = ferry_protocol::streams::server_list(config.nats_url()).map_err(|message| {
+        Error::InvalidConfig(vec![crate::config::ConfigProblem {
+            field: "nats_url",
+            message,
+        }])
+    })?;
     options
         .custom_inbox_prefix(config.nats_inbox_prefix())
+        .ping_interval(ferry_protocol::streams::PING_INTERVAL)
         // Refusals by the server (a permissions violation) show in the log.
         .event_callback(|event| async move {
             match event {
@@ -109,7 +117,7 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
                 other => info!(event = %other, "NATS connection event"),
             }
         })
-        .connect(config.nats_url())
+        .connect(servers)
         .await
         .map_err(|source| Error::Connect {
             url: config.nats_url().to_owned(),
@@ -122,7 +130,11 @@ async fn supervise(
     config: ResolvedConfig,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let store = Store::open(async_nats::jetstream::new(client.clone())).await?;
+    let store = Store::open(
+        async_nats::jetstream::new(client.clone()),
+        config.stream_replicas(),
+    )
+    .await?;
     info!(
         public_key = %config.signing_key().public_key(),
         pipeline = %config.pipeline(),

@@ -109,10 +109,17 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            args.log.fatal(&format!("ferry-controller: {e:#}"));
-            ExitCode::FAILURE
-        }
+        // Found at start against the server: streams with another replica count.
+        Err(e) => match e.downcast_ref() {
+            Some(problems @ Error::InvalidConfig(_)) => {
+                args.log.fatal(&format!("ferry-controller: {problems}"));
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+            _ => {
+                args.log.fatal(&format!("ferry-controller: {e:#}"));
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

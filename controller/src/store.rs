@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
-use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::stream;
 use async_nats::jetstream::{self, Context};
 use async_nats::HeaderMap;
 use ferry_protocol::api::{HistoryRecord, ReleaseRecord};
-use ferry_protocol::streams::{self, StreamSpec};
+use ferry_protocol::streams::{self, Replicas, StreamSpec};
 use ferry_protocol::{subject, EnvName, Envelope, ServiceName, Version};
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
@@ -19,6 +19,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::config::ConfigProblem;
 use crate::records::{AgentRecord, DeploymentRecord, PromotionRecord};
 use crate::{Error, SOURCE};
 
@@ -69,18 +70,42 @@ pub(crate) enum StoredRelease {
 }
 
 impl Store {
-    /// Creates (or finds) every stream and bucket. Idempotent, and safe to run
-    /// from several processes at once: agents create the same streams.
-    pub(crate) async fn open(js: Context) -> Result<Self, Error> {
+    /// Creates (or finds) every stream and bucket with `replicas` copies.
+    /// Idempotent, and safe to run from several processes at once: agents
+    /// create the same streams. Every stream or bucket found with another
+    /// count is listed as bad configuration, never changed.
+    pub(crate) async fn open(js: Context, replicas: Replicas) -> Result<Self, Error> {
+        let mut mismatches = Vec::new();
+        let mut check = |name: &str, found: usize| {
+            if let Some(message) = replicas.mismatch(name, found) {
+                mismatches.push(ConfigProblem {
+                    field: "stream_replicas",
+                    message,
+                });
+            }
+        };
         for spec in [streams::commands(), streams::events(), streams::releases()] {
-            ensure_stream(&js, &spec).await?;
+            let stream = ensure_stream(&js, &spec, replicas).await?;
+            check(spec.name, stream.cached_info().config.num_replicas);
         }
-        let history = ensure_stream(&js, &streams::history()).await?;
+        let history = ensure_stream(&js, &streams::history(), replicas).await?;
+        check(
+            streams::history().name,
+            history.cached_info().config.num_replicas,
+        );
         let [releases, deployments, agents, promotions] = streams::BUCKETS;
-        let releases = ensure_bucket(&js, releases).await?;
-        let deployments = ensure_bucket(&js, deployments).await?;
-        let agents = ensure_bucket(&js, agents).await?;
-        let promotions = ensure_bucket(&js, promotions).await?;
+        let mut bucket = async |spec: streams::BucketSpec| {
+            let (store, found) = ensure_bucket(&js, spec, replicas).await?;
+            check(&spec.stream_name(), found);
+            Ok::<_, Error>(store)
+        };
+        let releases = bucket(releases).await?;
+        let deployments = bucket(deployments).await?;
+        let agents = bucket(agents).await?;
+        let promotions = bucket(promotions).await?;
+        if !mismatches.is_empty() {
+            return Err(Error::InvalidConfig(mismatches));
+        }
         Ok(Store {
             js,
             releases,
@@ -345,33 +370,46 @@ pub(crate) async fn publish_deduplicated(
     Ok(())
 }
 
-async fn ensure_stream(js: &Context, spec: &StreamSpec) -> Result<stream::Stream, Error> {
-    js.get_or_create_stream(spec.config())
+async fn ensure_stream(
+    js: &Context,
+    spec: &StreamSpec,
+    replicas: Replicas,
+) -> Result<stream::Stream, Error> {
+    js.get_or_create_stream(spec.replicated(replicas.get()))
         .await
         .map_err(|e| Error::nats(format!("create stream {}", spec.name), e))
 }
 
-async fn ensure_bucket(js: &Context, spec: streams::BucketSpec) -> Result<kv::Store, Error> {
-    let (bucket, history) = (spec.name, spec.history);
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.to_owned(),
-            history,
-            storage: StorageType::File,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another process may have created it between the two calls.
-        Err(create_error) => js
-            .get_key_value(bucket)
-            .await
-            .map_err(|_| Error::nats(format!("create bucket {bucket}"), create_error)),
-    }
+/// Finds or creates a bucket; returns it with the replica count of the
+/// stream it lives in.
+async fn ensure_bucket(
+    js: &Context,
+    spec: streams::BucketSpec,
+    replicas: Replicas,
+) -> Result<(kv::Store, usize), Error> {
+    let bucket = spec.name;
+    let store = match js.get_key_value(bucket).await {
+        Ok(store) => store,
+        Err(_) => match js.create_key_value(spec.replicated(replicas.get())).await {
+            Ok(store) => store,
+            // Another process may have created it between the two calls.
+            Err(create_error) => js
+                .get_key_value(bucket)
+                .await
+                .map_err(|_| Error::nats(format!("create bucket {bucket}"), create_error))?,
+        },
+    };
+    let mut stream = js
+        .get_stream(spec.stream_name())
+        .await
+        .map_err(|e| Error::nats(format!("read bucket {bucket}"), e))?;
+    let found = stream
+        .info()
+        .await
+        .map_err(|e| Error::nats(format!("read bucket {bucket}"), e))?
+        .config
+        .num_replicas;
+    Ok((store, found))
 }
 
 fn encode<T: Serialize>(bucket: &'static str, value: &T) -> Result<Vec<u8>, Error> {

@@ -30,11 +30,18 @@ pub struct StreamSpec {
 }
 
 impl StreamSpec {
-    /// The JetStream configuration: file storage, limits retention, oldest
-    /// messages discarded first.
+    /// The JetStream configuration on a single server (one replica).
     pub fn config(&self) -> async_nats::jetstream::stream::Config {
+        self.replicated(1)
+    }
+
+    /// The JetStream configuration with `replicas` copies (see
+    /// [`Replicas`]): file storage, limits retention, oldest messages
+    /// discarded first.
+    pub fn replicated(&self, replicas: usize) -> async_nats::jetstream::stream::Config {
         use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
         Config {
+            num_replicas: replicas,
             name: self.name.to_owned(),
             subjects: self.subjects.clone(),
             max_age: self.max_age,
@@ -130,6 +137,101 @@ pub struct BucketSpec {
     pub history: i64,
 }
 
+impl BucketSpec {
+    /// The key-value configuration with `replicas` copies: file storage.
+    pub fn replicated(&self, replicas: usize) -> async_nats::jetstream::kv::Config {
+        async_nats::jetstream::kv::Config {
+            bucket: self.name.to_owned(),
+            history: self.history,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        }
+    }
+
+    /// The name of the stream JetStream keeps the bucket in.
+    pub fn stream_name(&self) -> String {
+        format!("KV_{}", self.name)
+    }
+}
+
+/// How many servers keep a copy of every stream and bucket ferry creates
+/// (`stream_replicas`, the same for the agent and the controller): 1 on a
+/// single server, 3 (or 5) on a cluster, so the loss of one server (two)
+/// loses nothing acknowledged. JetStream allows 1 to 5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replicas(usize);
+
+impl Replicas {
+    /// The single-server default.
+    pub const ONE: Replicas = Replicas(1);
+
+    /// Checks a configured count: 1 to 5.
+    pub fn new(count: u32) -> Result<Replicas, String> {
+        match count {
+            1..=5 => Ok(Replicas(count as usize)),
+            _ => Err(format!(
+                "{count} is not a replica count JetStream allows (1 to 5; 3 on a 3-node cluster)"
+            )),
+        }
+    }
+
+    /// The count.
+    pub fn get(self) -> usize {
+        self.0
+    }
+
+    /// Why `stream`, found with `found` replicas, does not match this count;
+    /// `None` when it does. The server reports 0 for a stream created
+    /// without a count, which means 1. Never changed silently: moving a
+    /// stream to another count is an operator's decision (`nats stream edit`).
+    pub fn mismatch(self, stream: &str, found: usize) -> Option<String> {
+        let found = found.max(1);
+        (found != self.0).then(|| {
+            format!(
+                "{} configured, but stream {stream} has {found} replica(s) on the server: \
+                 set stream_replicas = {found}, or change the stream with \
+                 `nats stream edit {stream} --replicas {}`",
+                self.0, self.0
+            )
+        })
+    }
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Replicas::ONE
+    }
+}
+
+/// How often the daemons ping their NATS server. A server that stops
+/// answering (frozen, or its host unreachable without a reset) is left after
+/// three unanswered pings, 15 s, for another node of the cluster; the client
+/// default, a minute per ping, kept an agent on a paused node for minutes.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Parses a list of NATS server URLs separated by commas
+/// (`nats://a:4222,nats://b:4222`); clients connect to one and reconnect to
+/// any other when it goes away.
+pub fn server_list(text: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let urls: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(format!(
+            "{text:?} holds no NATS URL (e.g. nats://127.0.0.1:4222, or several separated by commas)"
+        ));
+    }
+    urls.iter()
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{url:?} is not a NATS URL: {e}"))
+        })
+        .collect()
+}
+
 /// Every bucket ferry keeps, as the controller creates them.
 pub const BUCKETS: [BucketSpec; 4] = [
     BucketSpec {
@@ -170,6 +272,33 @@ pub fn release_key(service: &ServiceName, version: &Version) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_one_to_five_and_mismatches_name_the_fix() {
+        assert!(Replicas::new(0).is_err());
+        assert!(Replicas::new(6).is_err());
+        let three = Replicas::new(3).unwrap();
+        assert_eq!(three.get(), 3);
+        assert_eq!(three.mismatch("FERRY_COMMANDS", 3), None);
+        let why = three.mismatch("FERRY_COMMANDS", 1).unwrap();
+        assert!(why.contains("FERRY_COMMANDS has 1 replica"), "{why}");
+        assert!(why.contains("--replicas 3"), "{why}");
+        // 0 is what a server reports for a stream created without a count.
+        assert_eq!(Replicas::ONE.mismatch("FERRY_EVENTS", 0), None);
+        assert_eq!(commands().replicated(3).num_replicas, 3);
+        assert_eq!(BUCKETS[0].replicated(3).num_replicas, 3);
+        assert_eq!(BUCKETS[0].stream_name(), "KV_ferry_releases");
+    }
+
+    #[test]
+    fn server_lists_split_on_commas_and_reject_bad_urls() {
+        let list = server_list("nats://a:4222, nats://b:4223,").unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].port(), 4223);
+        assert_eq!(server_list("nats://127.0.0.1:4222").unwrap().len(), 1);
+        assert!(server_list(" , ").is_err());
+        assert!(server_list("nats://a:4222,nats://b:notaport").is_err());
+    }
 
     #[test]
     fn release_keys_are_valid_kv_keys_and_distinct() {

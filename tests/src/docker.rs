@@ -53,21 +53,32 @@ pub struct RemoveContainers(pub String);
 
 impl Drop for RemoveContainers {
     fn drop(&mut self) {
-        let listed = Command::new("docker")
-            .args(["ps", "-aq", "--filter", "label=io.ferry.managed=true"])
-            .args(["--filter", &format!("label=io.ferry.service={}", self.0)])
+        remove_containers(&[
+            "label=io.ferry.managed=true".to_owned(),
+            format!("label=io.ferry.service={}", self.0),
+        ]);
+    }
+}
+
+/// Removes (with their anonymous volumes) every container matching all of
+/// `filters` (`docker ps --filter` terms); quietly, for drop handlers.
+pub fn remove_containers(filters: &[String]) {
+    let mut list = Command::new("docker");
+    list.args(["ps", "-aq"]);
+    for filter in filters {
+        list.args(["--filter", filter]);
+    }
+    let listed = list.output();
+    let ids: Vec<String> = listed
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if !ids.is_empty() {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&ids)
             .output();
-        let ids: Vec<String> = listed
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-        }
     }
 }

@@ -17,6 +17,7 @@ pub mod footprint;
 pub mod http_inbox;
 pub mod load;
 pub mod nats;
+pub mod nats_cluster;
 pub mod prometheus;
 pub mod rollout;
 
@@ -144,6 +145,24 @@ impl System {
             return System::with_nats(NatsServer::start_with_permissions());
         }
         System::with_nats(NatsServer::start())
+    }
+
+    /// A system on servers the test runs itself (a cluster of containers),
+    /// with every stream and bucket kept `replicas` times; the controller is
+    /// not started. Agents and controller connect with every URL of `urls`.
+    pub fn on_servers(urls: String, replicas: u32) -> System {
+        let mut system = System::with_nats(NatsServer::external(urls));
+        system.controller_config.stream_replicas = replicas;
+        system
+    }
+
+    /// [`System::on_servers`] on servers with the deployment's users (see
+    /// [`NatsServer::external_with_users`]): every part authenticates as its
+    /// role's user.
+    pub fn on_servers_with_users(nats: NatsServer, replicas: u32) -> System {
+        let mut system = System::with_nats(nats);
+        system.controller_config.stream_replicas = replicas;
+        system
     }
 
     fn with_nats(nats: NatsServer) -> System {
@@ -307,6 +326,10 @@ impl System {
         AgentConfig {
             environment: EnvName::new(env).expect("env name"),
             nats_url: self.nats.url(),
+            stream_replicas: ferry_protocol::streams::Replicas::new(
+                self.controller_config.stream_replicas,
+            )
+            .expect("stream_replicas"),
             nats_creds: None,
             nats_user,
             nats_password_file,
@@ -602,13 +625,34 @@ pub async fn send_command(
         .expiring_in(Duration::from_secs(3600))
         .sign(key)
         .unwrap();
-    async_nats::jetstream::new(client.clone())
-        .publish(subject, envelope.to_bytes().unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    envelope.id
+    // Under its id, as the controller publishes (a repeat is a duplicate,
+    // stored once), and again while the stream has no leader (a cluster
+    // electing one answers no responders for a moment).
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        async_nats::header::NATS_MESSAGE_ID,
+        envelope.id.to_string().as_str(),
+    );
+    let payload: bytes::Bytes = envelope.to_bytes().unwrap().into();
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored = async {
+            js.publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await?
+                .await
+        };
+        match stored.await {
+            Ok(_) => return envelope.id,
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("storing command {}: {e}", envelope.id),
+        }
+    }
 }
 
 /// A release of the sample service on the process runtime: the

@@ -18,6 +18,9 @@ pub struct NatsServer {
     config: Option<PathBuf>,
     /// Per-user passwords and the files holding them, with a config.
     users: Vec<User>,
+    /// The URLs of servers the harness does not run as a child (a cluster
+    /// of containers, [`crate::nats_cluster::NatsCluster`]), comma-separated.
+    external: Option<String>,
 }
 
 /// A user of `deploy/nats/nats-server.conf`.
@@ -39,6 +42,27 @@ pub const DEPLOY_USERS: [(&str, &str); 6] = [
     ("ferry-agent-acceptance", "FERRY_AGENT_ACCEPTANCE_PASSWORD"),
     ("ferry-agent-production", "FERRY_AGENT_PRODUCTION_PASSWORD"),
 ];
+
+/// A password for every user of [`DEPLOY_USERS`], each also written to a
+/// file under `dir` for the clients.
+fn generate_users(dir: &std::path::Path) -> Vec<User> {
+    let secrets = dir.join("passwords");
+    std::fs::create_dir_all(&secrets).expect("password dir");
+    DEPLOY_USERS
+        .iter()
+        .map(|&(name, variable)| {
+            let password = format!("{}", uuid::Uuid::new_v4().simple());
+            let password_file = secrets.join(name);
+            std::fs::write(&password_file, format!("{password}\n")).expect("password file");
+            User {
+                name,
+                variable,
+                password,
+                password_file,
+            }
+        })
+        .collect()
+}
 
 /// The deployment configuration, `deploy/nats/nats-server.conf`.
 pub fn deploy_config() -> PathBuf {
@@ -62,9 +86,56 @@ impl NatsServer {
             store,
             config: None,
             users: Vec::new(),
+            external: None,
         };
         server.spawn_on_a_free_port();
         server
+    }
+
+    /// Servers run by someone else with the deployment users (a cluster on
+    /// `deploy/nats/nats-cluster.conf`), reached at `urls`: their passwords
+    /// are generated here; [`NatsServer::user_environment`] gives them to
+    /// the servers.
+    pub fn external_with_users(urls: String) -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir");
+        let users = generate_users(store.path());
+        NatsServer {
+            child: None,
+            port: 0,
+            store,
+            config: Some(deploy_config()),
+            users,
+            external: Some(urls),
+        }
+    }
+
+    /// Points a client-side handle of external servers at `urls`, once they
+    /// are known (the servers need the passwords before they start).
+    pub fn point_at(&mut self, urls: String) {
+        self.external = Some(urls);
+    }
+
+    /// Each user's password variable and password, as the deploy
+    /// configuration reads them from the server's environment.
+    pub fn user_environment(&self) -> Vec<(&'static str, String)> {
+        self.users
+            .iter()
+            .map(|u| (u.variable, u.password.clone()))
+            .collect()
+    }
+
+    /// Servers run by someone else (open, no users), reached at `urls`
+    /// (comma-separated); [`NatsServer::kill`] and [`NatsServer::restart`]
+    /// do nothing to them: a cluster's own harness does.
+    pub fn external(urls: String) -> NatsServer {
+        NatsServer {
+            child: None,
+            port: 0,
+            store: tempfile::tempdir().expect("temp dir"),
+            config: None,
+            users: Vec::new(),
+            external: Some(urls),
+        }
     }
 
     /// Starts a server with `deploy/nats/nats-server.conf` (its port and store
@@ -73,28 +144,14 @@ impl NatsServer {
     /// written to a file for the clients.
     pub fn start_with_permissions() -> NatsServer {
         let store = tempfile::tempdir().expect("temp dir for the JetStream store");
-        let secrets = store.path().join("passwords");
-        std::fs::create_dir_all(&secrets).expect("password dir");
-        let users = DEPLOY_USERS
-            .iter()
-            .map(|&(name, variable)| {
-                let password = format!("{}", uuid::Uuid::new_v4().simple());
-                let password_file = secrets.join(name);
-                std::fs::write(&password_file, format!("{password}\n")).expect("password file");
-                User {
-                    name,
-                    variable,
-                    password,
-                    password_file,
-                }
-            })
-            .collect();
+        let users = generate_users(store.path());
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             store,
             config: Some(deploy_config()),
             users,
+            external: None,
         };
         server.spawn_on_a_free_port();
         server
@@ -149,8 +206,9 @@ impl NatsServer {
 
     /// A client authenticated as `user` with replies under `inbox_prefix`.
     pub async fn client_as(&self, user: &str, inbox_prefix: &str) -> async_nats::Client {
+        let servers = ferry_protocol::streams::server_list(&self.url()).expect("NATS URLs");
         self.options_as(user, inbox_prefix)
-            .connect(self.url())
+            .connect(servers)
             .await
             .unwrap_or_else(|e| panic!("connect as {user}: {e}"))
     }
@@ -176,6 +234,9 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        if self.external.is_some() {
+            return;
+        }
         if let Err(why) = self.try_spawn() {
             panic!("nats-server on port {}: {why}", self.port);
         }
@@ -239,8 +300,11 @@ impl NatsServer {
         }
     }
 
-    /// `nats://127.0.0.1:PORT`
+    /// `nats://127.0.0.1:PORT`; an external cluster's URLs, comma-separated.
     pub fn url(&self) -> String {
+        if let Some(urls) = &self.external {
+            return urls.clone();
+        }
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -267,7 +331,8 @@ impl NatsServer {
                 .client_as("ferry-controller", "_INBOX_ferry_controller")
                 .await;
         }
-        async_nats::connect(self.url())
+        let servers = ferry_protocol::streams::server_list(&self.url()).expect("NATS URLs");
+        async_nats::connect(servers)
             .await
             .expect("connect to the test nats-server")
     }

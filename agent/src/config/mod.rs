@@ -122,8 +122,13 @@ pub struct ServiceConfig {
 pub struct AgentConfig {
     /// The environment this agent serves.
     pub environment: EnvName,
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated: the agent connects to one and
+    /// reconnects to any other.
     pub nats_url: String,
+    /// Copies of each stream the agent creates (`stream_replicas`, default
+    /// 1; 3 on a 3-node cluster), the same as the controller's; a stream
+    /// found with another count stops the start as bad configuration.
+    pub stream_replicas: ferry_protocol::streams::Replicas,
     /// NATS credentials file.
     pub nats_creds: Option<PathBuf>,
     /// NATS user name (with `nats_password_file`), for a server with

@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub(super) nats_user: Option<String>,
     pub(super) nats_password_file: Option<PathBuf>,
     pub(super) nats_inbox_prefix: Option<String>,
+    pub(super) stream_replicas: Option<u32>,
     pub(super) state_dir: Option<PathBuf>,
     #[serde(default)]
     pub(super) trusted_keys: Vec<String>,

@@ -115,9 +115,16 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
     let nats_url = raw
         .nats_url
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-    if nats_url.trim().is_empty() {
-        problems.push("nats_url: must not be empty".into());
+    if let Err(why) = ferry_protocol::streams::server_list(&nats_url) {
+        problems.push(format!("nats_url: {why}"));
     }
+    let stream_replicas = match raw.stream_replicas {
+        None => ferry_protocol::streams::Replicas::ONE,
+        Some(count) => ferry_protocol::streams::Replicas::new(count).unwrap_or_else(|why| {
+            problems.push(format!("stream_replicas: {why}"));
+            ferry_protocol::streams::Replicas::ONE
+        }),
+    };
     if let Some(creds) = &raw.nats_creds {
         if !creds.is_file() {
             problems.push(format!(
@@ -376,6 +383,7 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
                 .unwrap_or_else(|| default_inbox_prefix(&environment)),
             environment,
             nats_url,
+            stream_replicas,
             nats_creds: raw.nats_creds,
             nats_user: raw.nats_user,
             nats_password_file: raw.nats_password_file,

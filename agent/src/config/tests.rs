@@ -443,3 +443,33 @@ fn kubernetes_services_are_read_and_every_problem_is_listed_at_once() {
         );
     }
 }
+
+#[test]
+fn several_nats_urls_and_a_replica_count_are_read_and_checked() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let base = format!(
+        "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n[services.web]\nport = 18080\n"
+    );
+    let cfg = from_toml(&base).expect("defaults");
+    assert_eq!(cfg.stream_replicas.get(), 1);
+    let cfg = from_toml(&format!(
+        "nats_url = \"nats://n1:4222,nats://n2:4222,nats://n3:4222\"\nstream_replicas = 3\n{base}"
+    ))
+    .expect("a cluster");
+    assert_eq!(cfg.stream_replicas.get(), 3);
+    assert_eq!(
+        ferry_protocol::streams::server_list(&cfg.nats_url)
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let Err(Error::Config(problems)) = from_toml(&format!(
+        "nats_url = \"nats://n1:4222,nats://n2:x\"\nstream_replicas = 7\n{base}"
+    )) else {
+        panic!("accepted a bad URL and 7 replicas");
+    };
+    let joined = problems.join("\n");
+    assert!(joined.contains("nats_url: \"nats://n2:x\""), "{joined}");
+    assert!(joined.contains("stream_replicas: 7 is not"), "{joined}");
+}

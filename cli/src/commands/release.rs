@@ -64,6 +64,9 @@ fn message_id(release: &Release) -> String {
     format!("release/{}/{}", release.service, release.version)
 }
 
+/// Pause between publishes of a release JetStream did not take.
+const PUBLISH_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// `ferry release publish`
 pub async fn publish(global: &GlobalOpts, args: &PublishArgs) -> Result<()> {
     let report = scan_report(args)?;
@@ -94,12 +97,31 @@ pub async fn publish(global: &GlobalOpts, args: &PublishArgs) -> Result<()> {
         _ => CliError::failed(format!("publishing the release on {subject} failed: {e}")),
     }
     };
-    let ack = jetstream
-        .publish_with_headers(subject.clone(), headers, body.into())
-        .await
-        .map_err(publish_error)?
-        .await
-        .map_err(publish_error)?;
+    // On a cluster the stream has no leader for the seconds of an election
+    // after its node is lost (no responders, or no ack): publish again until
+    // the timeout. Safe: the message id makes a repeat a duplicate, stored once.
+    let deadline = tokio::time::Instant::now() + connection.timeout();
+    let body = bytes::Bytes::from(body);
+    let ack = loop {
+        let attempt = async {
+            jetstream
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .await?
+                .await
+        };
+        match attempt.await {
+            Ok(ack) => break ack,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut
+                ) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(PUBLISH_RETRY).await;
+            }
+            Err(e) => return Err(publish_error(e)),
+        }
+    };
 
     output::emit(&match global.output {
         OutputFormat::Json => output::json(&json!({

@@ -301,3 +301,29 @@ fn bad_toml_is_a_load_error() {
     let err = ControllerConfig::load(Some(&file), Some(config::Map::new())).unwrap_err();
     assert!(matches!(err, Error::LoadConfig(_)), "{err}");
 }
+
+#[test]
+fn several_nats_urls_and_a_replica_count_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let resolved = ControllerConfig {
+        signing_key_file: key_file(dir.path()),
+        nats_url: "nats://n1:4222, nats://n2:4222,nats://n3:4222".into(),
+        stream_replicas: 3,
+        ..ControllerConfig::default()
+    }
+    .validate()
+    .unwrap();
+    assert_eq!(resolved.stream_replicas().get(), 3);
+    assert_eq!(streams::server_list(resolved.nats_url()).unwrap().len(), 3);
+
+    let problems = ControllerConfig {
+        signing_key_file: key_file(dir.path()),
+        nats_url: "nats://n1:4222,nats://n2:x".into(),
+        stream_replicas: 0,
+        ..ControllerConfig::default()
+    }
+    .validate()
+    .unwrap_err();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+    assert_eq!(fields, ["nats_url", "stream_replicas"], "{problems:?}");
+}
