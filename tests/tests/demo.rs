@@ -70,6 +70,7 @@ fn ctrl_c_stops_everything_the_demo_started_even_when_its_output_pipe_is_gone() 
     let dir = tempfile::tempdir().unwrap();
     let demo_dir = dir.path().join("demo");
     let _leftovers = KillLeftovers(demo_dir.clone());
+    let dashboard_port = free_port();
     let mut command = Command::new("bash");
     // `2>&1`, as the user typed: the cleanup's messages meet the closed pipe
     // whichever stream they go to.
@@ -81,6 +82,7 @@ fn ctrl_c_stops_everything_the_demo_started_even_when_its_output_pipe_is_gone() 
         .env("FERRY_DEMO_DEV_PORT", free_port().to_string())
         .env("FERRY_DEMO_ACCEPTANCE_PORT", free_port().to_string())
         .env("FERRY_DEMO_PRODUCTION_PORT", free_port().to_string())
+        .env("FERRY_DEMO_DASHBOARD_PORT", dashboard_port.to_string())
         .env_remove("FERRY_DEMO_RUNTIME")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -122,6 +124,19 @@ fn ctrl_c_stops_everything_the_demo_started_even_when_its_output_pipe_is_gone() 
     }
     reader.join().unwrap();
 
+    // The dashboard the demo announces answers with its page.
+    let announced = format!("Dashboard: http://127.0.0.1:{dashboard_port}/");
+    assert!(
+        seen.iter().any(|l| l.contains(&announced)),
+        "the demo did not announce {announced}:\n{}",
+        seen.join("\n")
+    );
+    let page = http_get(dashboard_port, "/");
+    assert!(
+        page.starts_with("HTTP/1.1 200") && page.contains("ferry"),
+        "{page}"
+    );
+
     // Everything the demo speaks of runs: nats-server, the controller, three
     // agents and dev's replicas (the finder finds them, so its empty answer
     // below means something).
@@ -148,4 +163,21 @@ fn ctrl_c_stops_everything_the_demo_started_even_when_its_output_pipe_is_gone() 
         left.is_empty(),
         "{STOP_TIMEOUT:?} after Ctrl-C these demo processes still ran (demo {status}):\n{left:#?}"
     );
+}
+
+/// A plain HTTP/1.1 GET on loopback; the whole response as text.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }
