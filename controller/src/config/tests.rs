@@ -274,7 +274,7 @@ fn the_example_file_serves_metrics_and_alerts_on_the_seeds_thresholds() {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.toml");
     let config = ControllerConfig::load(Some(&file), Some(config::Map::new())).unwrap();
     assert_eq!(config.metrics_listen.as_deref(), Some("127.0.0.1:9464"));
-    assert_eq!(config.dashboard_listen.as_deref(), Some("127.0.0.1:8080"));
+    assert_eq!(config.dashboard_listen.as_deref(), Some("127.0.0.1:9080"));
     assert_eq!(config.alert_error_rate_percent, 5.0);
     assert_eq!(config.alert_availability_percent, 95.0);
     let dir = tempfile::tempdir().unwrap();
