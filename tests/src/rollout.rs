@@ -143,3 +143,14 @@ pub fn assert_error_rate_rollback_at_step_1(reason: AbortReason, weight: u8) {
         other => panic!("aborted for another reason: {other:?}"),
     }
 }
+
+/// A failed outcome's reason and the version serving after it; panics on
+/// any other outcome.
+pub fn failed_reason(body: &EventBody) -> (&str, Option<&str>) {
+    match body {
+        EventBody::Failed {
+            reason, serving, ..
+        } => (reason.as_str(), serving.as_ref().map(|v| v.as_str())),
+        other => panic!("not a failure: {other:?}"),
+    }
+}

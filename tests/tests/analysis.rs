@@ -29,15 +29,6 @@ fn one_long_step(weight: u8, analysis: AnalysisOverride) -> Option<RolloutOption
     })
 }
 
-fn failed_reason(body: &EventBody) -> (&str, Option<&str>) {
-    match body {
-        EventBody::Failed {
-            reason, serving, ..
-        } => (reason.as_str(), serving.as_ref().map(|v| v.as_str())),
-        other => panic!("not a failure: {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_where_stable_and_canary_both_fail_is_not_blamed_on_the_canary() {
     // A dependency outage: the serving version fails 30% of requests too.

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use ferry_e2e::fake_apiserver::FakeApiServer;
 use ferry_e2e::prometheus::{scrape, Discovery, Prometheus, Sample};
-use ferry_e2e::rollout::{aborted, assert_error_rate_rollback_at_step_1, rollout_phase};
+use ferry_e2e::rollout::{
+    aborted, assert_error_rate_rollback_at_step_1, failed_reason, rollout_phase,
+};
 use ferry_e2e::*;
 use ferry_protocol::command::{Action, ReleaseSpec, RollbackTarget};
 use ferry_protocol::event::EventBody;
@@ -734,15 +736,9 @@ async fn fake_apiserver_a_canary_by_replica_ratio_is_rolled_back_by_a_breached_t
         .await;
     assert_error_rate_rollback_at_step_1(aborted(&event).unwrap(), 25);
     let outcome = watch.outcome(id, WAIT).await;
-    match &outcome.body {
-        EventBody::Failed {
-            reason, serving, ..
-        } => {
-            assert!(reason.contains("error rate"), "{reason}");
-            assert_eq!(serving.as_ref().map(|v| v.as_str()), Some("1.0.0"));
-        }
-        other => panic!("not a failure: {other:?}"),
-    }
+    let (reason, serving) = failed_reason(&outcome.body);
+    assert!(reason.contains("error rate"), "{reason}");
+    assert_eq!(serving, Some("1.0.0"));
     // The canary's Deployment removed, the stable one as it was: its
     // template untouched, its replicas back, the Service on it alone.
     assert_eq!(deployment_names(&fake), ["web-1-0-0"]);
