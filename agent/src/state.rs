@@ -114,7 +114,13 @@ impl ExecutedIds {
     /// [`PRUNE_GRACE_SECS`] past) and, above [`MAX_EXECUTED`], those expiring
     /// first.
     fn prune(&mut self, now: i64) {
-        if now > self.earliest.saturating_add(PRUNE_GRACE_SECS) {
+        let expired = now > self.earliest.saturating_add(PRUNE_GRACE_SECS);
+        let over = self.expiries.len() > MAX_EXECUTED;
+        if !expired && !over {
+            // `insert` keeps `earliest` up to date: nothing to scan.
+            return;
+        }
+        if expired {
             self.expiries.retain(|_, expires| *expires >= now);
         }
         if self.expiries.len() > MAX_EXECUTED {
