@@ -143,6 +143,33 @@ async fn reconnect_docker(
     restore(&entries, &state).await;
 }
 
+/// Creates or finds the agent's streams, waiting while JetStream cannot serve
+/// them yet (a cluster still forming, a node of the placement down, a server
+/// restarting) rather than exiting: daemons of a cluster start in any order.
+/// Bad configuration (a stream kept with another replica count) ends the wait
+/// at once; `false` when `shutdown` comes first.
+async fn wait_for_streams(
+    js: &jetstream::Context,
+    replicas: streams::Replicas,
+    shutdown: &CancellationToken,
+) -> Result<bool, Error> {
+    let mut pause = streams::SETUP_RETRY_FIRST;
+    loop {
+        match intake::ensure_streams(js, replicas).await {
+            Ok(()) => return Ok(true),
+            Err(e @ Error::JetStream { .. }) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "JetStream cannot serve ferry's streams yet; trying again");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(false),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = streams::next_setup_retry(pause);
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled or a fatal error occurs.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
     let trusted = Arc::new(intake::Trust {
@@ -152,7 +179,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
     let client = connect(&config).await?;
     let js = jetstream::new(client.clone());
-    intake::ensure_streams(&js, config.stream_replicas).await?;
+    if !wait_for_streams(&js, config.stream_replicas, &shutdown).await? {
+        tracing::info!("agent stopped before its streams were ready");
+        return Ok(());
+    }
     let state = Arc::new(Mutex::new(State::load(&config.state_dir)?));
 
     let publisher = EventPublisher::new(client.clone(), config.environment.clone())

@@ -129,18 +129,11 @@ pub fn consumer_name(environment: &ferry_protocol::EnvName) -> String {
     format!("ferry-agent-{environment}")
 }
 
-/// Reads commands until `shutdown`, then lets the commands in progress reach a
-/// known state and returns.
-pub async fn run(
-    client: async_nats::Client,
-    executor: Arc<Executor>,
-    trusted: Arc<Trust>,
-    publisher: EventPublisher,
-    shutdown: CancellationToken,
-    ready: tokio::sync::oneshot::Sender<()>,
-) -> Result<(), Error> {
-    let js = jetstream::new(client);
-    // Created and checked by `ensure_streams` at start.
+/// Finds or creates the environment's durable consumer and starts pulling.
+async fn pull_commands(
+    js: &jetstream::Context,
+    env: &ferry_protocol::EnvName,
+) -> Result<consumer::pull::Stream, Error> {
     let stream = js
         .get_stream(streams::commands().name)
         .await
@@ -148,13 +141,12 @@ pub async fn run(
             what: "finding stream",
             detail: format!("{}: {e}", streams::commands().name),
         })?;
-    let env = executor.environment().clone();
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
-            &consumer_name(&env),
+            &consumer_name(env),
             consumer::pull::Config {
-                durable_name: Some(consumer_name(&env)),
-                filter_subject: subject::commands_for_env(&env),
+                durable_name: Some(consumer_name(env)),
+                filter_subject: subject::commands_for_env(env),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
                 max_ack_pending: MAX_ACK_PENDING,
@@ -167,7 +159,7 @@ pub async fn run(
             what: "creating consumer",
             detail: e.to_string(),
         })?;
-    let mut messages = consumer
+    consumer
         .stream()
         .expires(PULL_EXPIRES)
         .heartbeat(PULL_HEARTBEAT)
@@ -176,7 +168,37 @@ pub async fn run(
         .map_err(|e| Error::JetStream {
             what: "pulling commands",
             detail: e.to_string(),
-        })?;
+        })
+}
+
+/// Reads commands until `shutdown`, then lets the commands in progress reach a
+/// known state and returns.
+pub async fn run(
+    client: async_nats::Client,
+    executor: Arc<Executor>,
+    trusted: Arc<Trust>,
+    publisher: EventPublisher,
+    shutdown: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), Error> {
+    let js = jetstream::new(client);
+    let env = executor.environment().clone();
+    let mut pause = streams::SETUP_RETRY_FIRST;
+    // The stream exists (`ensure_streams` ran), but in a cluster the consumer
+    // may not be placeable yet: wait for it as for the streams.
+    let mut messages = loop {
+        match pull_commands(&js, &env).await {
+            Ok(messages) => break messages,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot pull commands yet; trying again");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = streams::next_setup_retry(pause);
+    };
 
     let mut workers: HashMap<ServiceName, mpsc::Sender<Admitted>> = HashMap::new();
     let in_flight = InFlight::default();

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 pub use config::{ConfigProblem, ControllerConfig, ResolvedConfig};
 pub use error::Error;
@@ -125,16 +125,44 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
         })
 }
 
+/// Opens the store, waiting while JetStream cannot serve ferry's streams yet
+/// (a cluster still forming, a node of the placement down, a server
+/// restarting) rather than exiting: daemons of a cluster start in any order.
+/// Bad configuration (a stream kept with another replica count) ends the wait
+/// at once; `None` when `shutdown` comes first.
+async fn open_store(
+    js: async_nats::jetstream::Context,
+    replicas: ferry_protocol::streams::Replicas,
+    shutdown: &CancellationToken,
+) -> Result<Option<Store>, Error> {
+    use ferry_protocol::streams::{next_setup_retry, SETUP_RETRY_FIRST};
+    let mut pause = SETUP_RETRY_FIRST;
+    loop {
+        match Store::open(js.clone(), replicas).await {
+            Ok(store) => return Ok(Some(store)),
+            Err(e @ Error::Nats { .. }) => {
+                warn!(error = %e, retry_in = ?pause, "JetStream cannot serve ferry's streams yet; trying again");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = next_setup_retry(pause);
+    }
+}
+
 async fn supervise(
     client: async_nats::Client,
     config: ResolvedConfig,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let store = Store::open(
-        async_nats::jetstream::new(client.clone()),
-        config.stream_replicas(),
-    )
-    .await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let Some(store) = open_store(js, config.stream_replicas(), &shutdown).await? else {
+        info!("controller stopped before its streams were ready");
+        return Ok(());
+    };
     info!(
         public_key = %config.signing_key().public_key(),
         pipeline = %config.pipeline(),

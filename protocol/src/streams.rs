@@ -210,6 +210,23 @@ impl Default for Replicas {
 /// default, a minute per ping, kept an agent on a paused node for minutes.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long a daemon waits before trying again to create or find its streams
+/// when JetStream cannot serve them yet (a cluster still electing its meta
+/// leader, a node of the placement down, a server restarting): the first
+/// pause, doubled after each failure up to [`SETUP_RETRY_MAX`]. The wait
+/// ends only when the streams are there or the daemon is told to stop; a
+/// stream kept with another replica count is bad configuration and ends it
+/// at once.
+pub const SETUP_RETRY_FIRST: Duration = Duration::from_millis(250);
+
+/// The longest pause between two attempts at creating the streams.
+pub const SETUP_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The pause after `pause` in the stream set-up's retry schedule.
+pub fn next_setup_retry(pause: Duration) -> Duration {
+    (pause * 2).min(SETUP_RETRY_MAX)
+}
+
 /// Parses a list of NATS server URLs separated by commas
 /// (`nats://a:4222,nats://b:4222`); clients connect to one and reconnect to
 /// any other when it goes away.
@@ -272,6 +289,18 @@ pub fn release_key(service: &ServiceName, version: &Version) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_setup_retry_doubles_from_a_quarter_second_up_to_five() {
+        let mut pause = SETUP_RETRY_FIRST;
+        let mut seen = vec![pause];
+        for _ in 0..6 {
+            pause = next_setup_retry(pause);
+            seen.push(pause);
+        }
+        let millis: Vec<u128> = seen.iter().map(Duration::as_millis).collect();
+        assert_eq!(millis, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+    }
 
     #[test]
     fn replicas_are_one_to_five_and_mismatches_name_the_fix() {
