@@ -27,6 +27,36 @@ pub struct StreamSpec {
     /// Messages cannot be deleted and the stream cannot be purged through the
     /// API (the audit trail); only age and size limits remove old ones.
     pub append_only: bool,
+    /// Streams of other JetStream domains it copies in (a leaf's commands
+    /// from the hub, the hub's events from each leaf); empty for the
+    /// single-server layout.
+    pub sources: Vec<SourceSpec>,
+}
+
+/// One stream another stream sources, in another JetStream domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// The sourced stream's name (in its own domain).
+    pub name: &'static str,
+    /// Only its messages on this subject, when set.
+    pub filter: Option<String>,
+    /// The domain it lives in, reached through `$JS.<domain>.API`.
+    pub domain: Domain,
+}
+
+impl SourceSpec {
+    /// The async-nats value of this source.
+    pub fn config(&self) -> async_nats::jetstream::stream::Source {
+        async_nats::jetstream::stream::Source {
+            name: self.name.to_owned(),
+            filter_subject: self.filter.clone(),
+            external: Some(async_nats::jetstream::stream::External {
+                api_prefix: self.domain.api_prefix(),
+                delivery_prefix: None,
+            }),
+            ..Default::default()
+        }
+    }
 }
 
 impl StreamSpec {
@@ -53,8 +83,25 @@ impl StreamSpec {
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
+            sources: (!self.sources.is_empty())
+                .then(|| self.sources.iter().map(SourceSpec::config).collect()),
             ..Default::default()
         }
+    }
+
+    /// Whether a stream found with `sources` already sources everything
+    /// this spec does (by name, filter and external API prefix).
+    pub fn sources_present(&self, found: &[async_nats::jetstream::stream::Source]) -> bool {
+        self.sources.iter().all(|wanted| {
+            let wanted = wanted.config();
+            found.iter().any(|f| {
+                f.name == wanted.name
+                    && f.filter_subject.as_deref().unwrap_or("")
+                        == wanted.filter_subject.as_deref().unwrap_or("")
+                    && f.external.as_ref().map(|e| e.api_prefix.as_str())
+                        == wanted.external.as_ref().map(|e| e.api_prefix.as_str())
+            })
+        })
     }
 }
 
@@ -69,6 +116,7 @@ pub fn commands() -> StreamSpec {
         max_messages_per_subject: 10_000,
         duplicate_window: Duration::from_secs(10 * 60),
         append_only: false,
+        sources: Vec::new(),
     }
 }
 
@@ -85,6 +133,115 @@ pub fn events() -> StreamSpec {
         max_messages_per_subject: 10_000,
         duplicate_window: Duration::from_secs(2 * 60),
         append_only: false,
+        sources: Vec::new(),
+    }
+}
+
+/// A JetStream domain (`jetstream { domain: ... }` of a server): the hub
+/// cluster's, or an environment's leaf node's. A name of letters, digits,
+/// `-` and `_`, at most 64 characters: it becomes a subject token of
+/// `$JS.<domain>.API`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Domain(String);
+
+impl Domain {
+    /// Checks a configured domain name.
+    pub fn new(name: &str) -> Result<Domain, String> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if valid {
+            Ok(Domain(name.to_owned()))
+        } else {
+            Err(format!(
+                "{name:?} is not a JetStream domain name (1 to 64 letters, digits, '-' or '_', \
+                 as in the server's `jetstream {{ domain: ... }}`)"
+            ))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The subject prefix of this domain's JetStream API, `$JS.<domain>.API`.
+    pub fn api_prefix(&self) -> String {
+        format!("$JS.{}.API", self.0)
+    }
+}
+
+impl std::fmt::Display for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An agent whose environment runs its own nats-server as a leaf node of
+/// the hub cluster: the leaf's domain (where the agent's streams and
+/// consumer live) and the hub's (where the controller issues commands).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeafDomains {
+    /// The leaf node's domain (`jetstream_domain`).
+    pub leaf: Domain,
+    /// The hub cluster's domain (`hub_domain`).
+    pub hub: Domain,
+}
+
+/// The commands stream of a leaf node: `FERRY_COMMANDS` in the leaf's
+/// domain, capturing no subject, sourcing the hub's `FERRY_COMMANDS`
+/// filtered to `env`'s commands. The agent's durable consumer reads it
+/// locally, so a cut link only delays commands; the source resumes where
+/// it stopped once the link is back.
+pub fn leaf_commands(env: &EnvName, hub: &Domain) -> StreamSpec {
+    StreamSpec {
+        subjects: Vec::new(),
+        sources: vec![SourceSpec {
+            name: commands().name,
+            filter: Some(crate::subject::commands_for_env(env)),
+            domain: hub.clone(),
+        }],
+        ..commands()
+    }
+}
+
+/// The events stream of a leaf node: `FERRY_EVENTS` in the leaf's domain,
+/// capturing `env`'s service and agent events, where the agent's
+/// publishes are acknowledged while the link to the hub is down. The hub's
+/// `FERRY_EVENTS` sources it ([`hub_events`]).
+pub fn leaf_events(env: &EnvName) -> StreamSpec {
+    StreamSpec {
+        subjects: leaf_event_subjects(env),
+        ..events()
+    }
+}
+
+/// `env`'s event subjects: what its leaf's events stream captures, and what
+/// its leaf link denies in both directions, so the hub's `FERRY_EVENTS`
+/// receives them only through its source (never twice), and a message on
+/// them published at the hub (a controller's alert) is not copied back.
+pub fn leaf_event_subjects(env: &EnvName) -> Vec<String> {
+    vec![
+        format!("{}.evt.{env}.>", crate::subject::PREFIX),
+        format!("{}.agent.{env}.>", crate::subject::PREFIX),
+    ]
+}
+
+/// The hub's events stream: [`events`], sourcing the events stream of each
+/// environment's leaf node in `leaves` (environment, leaf domain).
+pub fn hub_events(leaves: &[(EnvName, Domain)]) -> StreamSpec {
+    StreamSpec {
+        sources: leaves
+            .iter()
+            .map(|(_, domain)| SourceSpec {
+                name: events().name,
+                filter: None,
+                domain: domain.clone(),
+            })
+            .collect(),
+        ..events()
     }
 }
 
@@ -98,6 +255,7 @@ pub fn releases() -> StreamSpec {
         max_messages_per_subject: 1_000,
         duplicate_window: Duration::from_secs(10 * 60),
         append_only: false,
+        sources: Vec::new(),
     }
 }
 
@@ -114,6 +272,7 @@ pub fn history() -> StreamSpec {
         max_messages_per_subject: 100_000,
         duplicate_window: Duration::from_secs(2 * 60),
         append_only: true,
+        sources: Vec::new(),
     }
 }
 
@@ -317,6 +476,59 @@ mod tests {
         assert_eq!(commands().replicated(3).num_replicas, 3);
         assert_eq!(BUCKETS[0].replicated(3).num_replicas, 3);
         assert_eq!(BUCKETS[0].stream_name(), "KV_ferry_releases");
+    }
+
+    #[test]
+    fn domains_are_subject_tokens() {
+        assert_eq!(Domain::new("hub").unwrap().api_prefix(), "$JS.hub.API");
+        assert!(Domain::new("prod-eu_1").is_ok());
+        for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(65)] {
+            assert!(Domain::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_leaf_sources_its_commands_from_the_hub_and_the_hub_its_events_from_each_leaf() {
+        let production = EnvName::new("production").unwrap();
+        let hub = Domain::new("hub").unwrap();
+        let leaf = Domain::new("production").unwrap();
+        let commands = leaf_commands(&production, &hub).replicated(1);
+        assert_eq!(commands.name, "FERRY_COMMANDS");
+        assert!(commands.subjects.is_empty(), "captures nothing itself");
+        let sources = commands.sources.unwrap();
+        assert_eq!(sources.len(), 1);
+        assert_eq!(sources[0].name, "FERRY_COMMANDS");
+        assert_eq!(
+            sources[0].filter_subject.as_deref(),
+            Some("ferry.v1.cmd.production.>")
+        );
+        assert_eq!(
+            sources[0].external.as_ref().unwrap().api_prefix,
+            "$JS.hub.API"
+        );
+
+        let leaf_stream = leaf_events(&production).replicated(1);
+        assert_eq!(leaf_stream.name, "FERRY_EVENTS");
+        assert_eq!(
+            leaf_stream.subjects,
+            ["ferry.v1.evt.production.>", "ferry.v1.agent.production.>"]
+        );
+        assert!(leaf_stream.sources.is_none());
+
+        let spec = hub_events(&[(production.clone(), leaf)]);
+        let config = spec.replicated(3);
+        assert_eq!(config.subjects, events().subjects);
+        let sources = config.sources.clone().unwrap();
+        assert_eq!(sources[0].name, "FERRY_EVENTS");
+        assert_eq!(
+            sources[0].external.as_ref().unwrap().api_prefix,
+            "$JS.production.API"
+        );
+        assert!(spec.sources_present(&sources));
+        assert!(!spec.sources_present(&[]));
+        // Without leaves, nothing changes.
+        assert_eq!(hub_events(&[]).replicated(1).sources, None);
+        assert_eq!(events().replicated(1).sources, None);
     }
 
     #[test]
