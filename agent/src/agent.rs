@@ -151,11 +151,12 @@ async fn reconnect_docker(
 async fn wait_for_streams(
     js: &jetstream::Context,
     replicas: streams::Replicas,
+    layout: &intake::StreamLayout,
     shutdown: &CancellationToken,
 ) -> Result<bool, Error> {
     let mut pause = streams::SETUP_RETRY_FIRST;
     loop {
-        match intake::ensure_streams(js, replicas).await {
+        match intake::ensure_streams(js, replicas, layout).await {
             Ok(()) => return Ok(true),
             Err(e @ Error::JetStream { .. }) => {
                 tracing::warn!(error = %e, retry_in = ?pause, "JetStream cannot serve ferry's streams yet; trying again");
@@ -178,8 +179,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         approvals_required: config.approvals_required as usize,
     });
     let client = connect(&config).await?;
-    let js = jetstream::new(client.clone());
-    if !wait_for_streams(&js, config.stream_replicas, &shutdown).await? {
+    // On a leaf node, the leaf's domain: its streams and the agent's
+    // consumer are local, so a cut link to the hub stops nothing here.
+    let (js, layout) = match &config.leaf {
+        Some(leaf) => (
+            jetstream::with_domain(client.clone(), leaf.leaf.as_str()),
+            intake::StreamLayout::Leaf {
+                env: config.environment.clone(),
+                hub: leaf.hub.clone(),
+            },
+        ),
+        None => (jetstream::new(client.clone()), intake::StreamLayout::Shared),
+    };
+    if !wait_for_streams(&js, config.stream_replicas, &layout, &shutdown).await? {
         tracing::info!("agent stopped before its streams were ready");
         return Ok(());
     }
@@ -272,7 +284,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     ));
     let (ready_tx, ready_rx) = oneshot::channel();
     let intake_task = tokio::spawn(intake::run(
-        client.clone(),
+        js.clone(),
         executor.clone(),
         trusted,
         publisher.clone(),

@@ -94,9 +94,10 @@ impl Trust {
 pub async fn ensure_streams(
     js: &jetstream::Context,
     replicas: streams::Replicas,
+    layout: &StreamLayout,
 ) -> Result<(), Error> {
     let mut problems = Vec::new();
-    for spec in [streams::commands(), streams::events()] {
+    for spec in layout.specs() {
         let stream = create_stream(js, &spec, replicas).await?;
         let found = stream.cached_info().config.num_replicas;
         if let Some(why) = replicas.mismatch(spec.name, found) {
@@ -107,6 +108,33 @@ pub async fn ensure_streams(
         Ok(())
     } else {
         Err(Error::Config(problems))
+    }
+}
+
+/// Which streams the agent keeps: the shared ones of one domain, or, on an
+/// environment's leaf node, the leaf's own (see [`streams::leaf_commands`]).
+pub enum StreamLayout {
+    /// `FERRY_COMMANDS` and `FERRY_EVENTS` as the controller creates them.
+    Shared,
+    /// The leaf's `FERRY_COMMANDS`, sourcing `env`'s commands from the hub
+    /// domain, and its `FERRY_EVENTS` of `env`'s events.
+    Leaf {
+        /// The agent's environment.
+        env: ferry_protocol::EnvName,
+        /// The hub's domain.
+        hub: streams::Domain,
+    },
+}
+
+impl StreamLayout {
+    /// The specs of the streams, commands first.
+    pub fn specs(&self) -> [streams::StreamSpec; 2] {
+        match self {
+            StreamLayout::Shared => [streams::commands(), streams::events()],
+            StreamLayout::Leaf { env, hub } => {
+                [streams::leaf_commands(env, hub), streams::leaf_events(env)]
+            }
+        }
     }
 }
 
@@ -174,14 +202,13 @@ async fn pull_commands(
 /// Reads commands until `shutdown`, then lets the commands in progress reach a
 /// known state and returns.
 pub async fn run(
-    client: async_nats::Client,
+    js: jetstream::Context,
     executor: Arc<Executor>,
     trusted: Arc<Trust>,
     publisher: EventPublisher,
     shutdown: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), Error> {
-    let js = jetstream::new(client);
     let env = executor.environment().clone();
     let mut pause = streams::SETUP_RETRY_FIRST;
     // The stream exists (`ensure_streams` ran), but in a cluster the consumer

@@ -45,6 +45,16 @@ pub struct ControllerConfig {
     /// 3 on a 3-node cluster), the same as the agents'; one found with
     /// another count stops the start as bad configuration.
     pub stream_replicas: u32,
+    /// The JetStream domain of the hub cluster the controller runs on
+    /// (`jetstream { domain: hub }` of its servers), when environments run
+    /// leaf nodes; absent on a single server or a cluster without leaves.
+    pub jetstream_domain: Option<String>,
+    /// The environments that run their own nats-server as a leaf node of
+    /// the hub, each with its leaf's JetStream domain
+    /// (`[leaf_domains] production = "production"`): the hub's
+    /// `FERRY_EVENTS` sources each leaf's events stream. Needs
+    /// `jetstream_domain`.
+    pub leaf_domains: BTreeMap<String, String>,
     /// NATS credentials file (`.creds`), if the server requires one.
     pub nats_creds: Option<PathBuf>,
     /// NATS user name (with `nats_password_file`), for a server with per-role
@@ -185,6 +195,8 @@ impl Default for ControllerConfig {
         ControllerConfig {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             stream_replicas: 1,
+            jetstream_domain: None,
+            leaf_domains: BTreeMap::new(),
             nats_creds: None,
             nats_user: None,
             nats_password_file: None,
@@ -231,6 +243,8 @@ impl fmt::Display for ConfigProblem {
 pub struct ResolvedConfig {
     nats_url: String,
     stream_replicas: streams::Replicas,
+    jetstream_domain: Option<streams::Domain>,
+    leaf_domains: Vec<(EnvName, streams::Domain)>,
     nats_creds: Option<PathBuf>,
     nats_user: Option<String>,
     nats_password_file: Option<PathBuf>,
@@ -328,6 +342,16 @@ impl ResolvedConfig {
     /// Copies of every stream and bucket.
     pub fn stream_replicas(&self) -> streams::Replicas {
         self.stream_replicas
+    }
+
+    /// The hub's JetStream domain, when configured.
+    pub fn jetstream_domain(&self) -> Option<&streams::Domain> {
+        self.jetstream_domain.as_ref()
+    }
+
+    /// The environments on leaf nodes, with their leaf's domain.
+    pub fn leaf_domains(&self) -> &[(EnvName, streams::Domain)] {
+        &self.leaf_domains
     }
 
     /// The key every command is signed with.
@@ -533,6 +557,54 @@ impl ControllerConfig {
             }
         }
 
+        let jetstream_domain = self.jetstream_domain.as_deref().and_then(|name| {
+            streams::Domain::new(name.trim())
+                .map_err(|why| problem("jetstream_domain", why))
+                .ok()
+        });
+        if !self.leaf_domains.is_empty() && self.jetstream_domain.is_none() {
+            problem(
+                "leaf_domains",
+                "set jetstream_domain too: the hub's domain, which the leaves source their commands from".into(),
+            );
+        }
+        let mut leaf_domains = Vec::new();
+        let mut domains_seen = BTreeSet::new();
+        domains_seen.extend(jetstream_domain.clone());
+        for (env, domain) in &self.leaf_domains {
+            let env = match EnvName::new(env.trim()) {
+                Ok(env) if seen.contains(&env) => Some(env),
+                Ok(env) => {
+                    problem(
+                        "leaf_domains",
+                        format!("{env} is not an environment of the pipeline"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    problem("leaf_domains", e.to_string());
+                    None
+                }
+            };
+            let domain = match streams::Domain::new(domain.trim()) {
+                Ok(domain) if !domains_seen.insert(domain.clone()) => {
+                    problem(
+                        "leaf_domains",
+                        format!("{domain} is the domain of the hub or of another leaf; each needs its own"),
+                    );
+                    None
+                }
+                Ok(domain) => Some(domain),
+                Err(why) => {
+                    problem("leaf_domains", why);
+                    None
+                }
+            };
+            if let (Some(env), Some(domain)) = (env, domain) {
+                leaf_domains.push((env, domain));
+            }
+        }
+
         // A command that outlives the commands stream would be gone before it expires.
         let max_ttl = streams::commands().max_age;
         let command_ttl = parse_duration(&self.command_ttl, Duration::from_secs(1), max_ttl)
@@ -715,6 +787,8 @@ impl ControllerConfig {
             ) if problems.is_empty() => Ok(ResolvedConfig {
                 nats_url: nats_url.to_owned(),
                 stream_replicas,
+                jetstream_domain,
+                leaf_domains,
                 nats_creds: self.nats_creds.clone(),
                 nats_user: self.nats_user.clone(),
                 nats_password_file: self.nats_password_file.clone(),

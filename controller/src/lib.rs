@@ -133,12 +133,13 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
 async fn open_store(
     js: async_nats::jetstream::Context,
     replicas: ferry_protocol::streams::Replicas,
+    events: &ferry_protocol::streams::StreamSpec,
     shutdown: &CancellationToken,
 ) -> Result<Option<Store>, Error> {
     use ferry_protocol::streams::{next_setup_retry, SETUP_RETRY_FIRST};
     let mut pause = SETUP_RETRY_FIRST;
     loop {
-        match Store::open(js.clone(), replicas).await {
+        match Store::open(js.clone(), replicas, events).await {
             Ok(store) => return Ok(Some(store)),
             Err(e @ Error::Nats { .. }) => {
                 warn!(error = %e, retry_in = ?pause, "JetStream cannot serve ferry's streams yet; trying again");
@@ -158,8 +159,13 @@ async fn supervise(
     config: ResolvedConfig,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let js = async_nats::jetstream::new(client.clone());
-    let Some(store) = open_store(js, config.stream_replicas(), &shutdown).await? else {
+    let js = match config.jetstream_domain() {
+        Some(domain) => async_nats::jetstream::with_domain(client.clone(), domain.as_str()),
+        None => async_nats::jetstream::new(client.clone()),
+    };
+    // With leaf nodes, the hub's events stream also sources each leaf's.
+    let events = ferry_protocol::streams::hub_events(config.leaf_domains());
+    let Some(store) = open_store(js, config.stream_replicas(), &events, &shutdown).await? else {
         info!("controller stopped before its streams were ready");
         return Ok(());
     };

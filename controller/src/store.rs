@@ -74,7 +74,15 @@ impl Store {
     /// Idempotent, and safe to run from several processes at once: agents
     /// create the same streams. Every stream or bucket found with another
     /// count is listed as bad configuration, never changed.
-    pub(crate) async fn open(js: Context, replicas: Replicas) -> Result<Self, Error> {
+    /// `events` is the spec of `FERRY_EVENTS` ([`streams::hub_events`]):
+    /// with leaf nodes it sources their events streams, and a stream found
+    /// without one of those sources is given it (the only change ever made
+    /// to a stream found).
+    pub(crate) async fn open(
+        js: Context,
+        replicas: Replicas,
+        events: &StreamSpec,
+    ) -> Result<Self, Error> {
         let mut mismatches = Vec::new();
         let mut check = |name: &str, found: usize| {
             if let Some(message) = replicas.mismatch(name, found) {
@@ -84,9 +92,10 @@ impl Store {
                 });
             }
         };
-        for spec in [streams::commands(), streams::events(), streams::releases()] {
+        for spec in [streams::commands(), events.clone(), streams::releases()] {
             let stream = ensure_stream(&js, &spec, replicas).await?;
             check(spec.name, stream.cached_info().config.num_replicas);
+            ensure_sources(&js, &spec, stream).await?;
         }
         let history = ensure_stream(&js, &streams::history(), replicas).await?;
         check(
@@ -378,6 +387,35 @@ async fn ensure_stream(
     js.get_or_create_stream(spec.replicated(replicas.get()))
         .await
         .map_err(|e| Error::nats(format!("create stream {}", spec.name), e))
+}
+
+/// Adds to `stream` the sources of `spec` it lacks (found created by an
+/// agent, or before a leaf was configured), keeping those it has.
+async fn ensure_sources(
+    js: &Context,
+    spec: &StreamSpec,
+    stream: stream::Stream,
+) -> Result<(), Error> {
+    let mut config = stream.cached_info().config.clone();
+    let found = config.sources.clone().unwrap_or_default();
+    if spec.sources_present(&found) {
+        return Ok(());
+    }
+    let mut sources = found.clone();
+    for wanted in &spec.sources {
+        let single = StreamSpec {
+            sources: vec![wanted.clone()],
+            ..spec.clone()
+        };
+        if !single.sources_present(&found) {
+            sources.push(wanted.config());
+        }
+    }
+    config.sources = Some(sources);
+    js.update_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::nats(format!("add the leaf sources to stream {}", spec.name), e))
 }
 
 /// Finds or creates a bucket; returns it with the replica count of the

@@ -330,6 +330,7 @@ impl System {
                 self.controller_config.stream_replicas,
             )
             .expect("stream_replicas"),
+            leaf: None,
             nats_creds: None,
             nats_user,
             nats_password_file,

@@ -129,6 +129,12 @@ pub struct AgentConfig {
     /// 1; 3 on a 3-node cluster), the same as the controller's; a stream
     /// found with another count stops the start as bad configuration.
     pub stream_replicas: ferry_protocol::streams::Replicas,
+    /// When the environment runs its own nats-server as a leaf node of the
+    /// hub cluster (`jetstream_domain` and `hub_domain`): the agent's
+    /// JetStream context is the leaf's domain, its commands stream sources
+    /// the hub's, its events stream is local. `None`: one domain, as on a
+    /// single server or a plain cluster.
+    pub leaf: Option<ferry_protocol::streams::LeafDomains>,
     /// NATS credentials file.
     pub nats_creds: Option<PathBuf>,
     /// NATS user name (with `nats_password_file`), for a server with

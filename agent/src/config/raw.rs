@@ -16,6 +16,8 @@ pub(super) struct RawConfig {
     pub(super) nats_password_file: Option<PathBuf>,
     pub(super) nats_inbox_prefix: Option<String>,
     pub(super) stream_replicas: Option<u32>,
+    pub(super) jetstream_domain: Option<String>,
+    pub(super) hub_domain: Option<String>,
     pub(super) state_dir: Option<PathBuf>,
     #[serde(default)]
     pub(super) trusted_keys: Vec<String>,

@@ -125,6 +125,11 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             ferry_protocol::streams::Replicas::ONE
         }),
     };
+    let leaf = leaf_domains(
+        raw.jetstream_domain.as_deref(),
+        raw.hub_domain.as_deref(),
+        &mut problems,
+    );
     if let Some(creds) = &raw.nats_creds {
         if !creds.is_file() {
             problems.push(format!(
@@ -384,6 +389,7 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             environment,
             nats_url,
             stream_replicas,
+            leaf,
             nats_creds: raw.nats_creds,
             nats_user: raw.nats_user,
             nats_password_file: raw.nats_password_file,
@@ -398,5 +404,53 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             services,
         }),
         _ => Err(Error::Config(problems)),
+    }
+}
+
+/// `jetstream_domain` and `hub_domain`: both or neither. A leaf's agent
+/// needs the hub's domain to source its commands from, and a hub domain
+/// alone would leave the agent on a domain it does not name.
+fn leaf_domains(
+    leaf: Option<&str>,
+    hub: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<ferry_protocol::streams::LeafDomains> {
+    use ferry_protocol::streams::{Domain, LeafDomains};
+    let mut check = |field: &str, name: Option<&str>| {
+        name.and_then(|name| {
+            Domain::new(name)
+                .map_err(|why| problems.push(format!("{field}: {why}")))
+                .ok()
+        })
+    };
+    let (leaf_domain, hub_domain) = (check("jetstream_domain", leaf), check("hub_domain", hub));
+    match (leaf, hub) {
+        (None, None) => None,
+        (Some(_), None) => {
+            problems.push(
+                "jetstream_domain: set without hub_domain; a leaf's agent sources its \
+                 commands from the hub's domain (hub_domain = \"hub\")"
+                    .to_owned(),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(
+                "hub_domain: set without jetstream_domain, the domain of this environment's \
+                 leaf node the agent connects to"
+                    .to_owned(),
+            );
+            None
+        }
+        (Some(_), Some(_)) => match (leaf_domain, hub_domain) {
+            (Some(leaf), Some(hub)) if leaf == hub => {
+                problems.push(format!(
+                    "hub_domain: {hub} is also jetstream_domain; the leaf node's domain must differ from the hub's"
+                ));
+                None
+            }
+            (Some(leaf), Some(hub)) => Some(LeafDomains { leaf, hub }),
+            _ => None,
+        },
     }
 }

@@ -473,3 +473,53 @@ fn several_nats_urls_and_a_replica_count_are_read_and_checked() {
     assert!(joined.contains("nats_url: \"nats://n2:x\""), "{joined}");
     assert!(joined.contains("stream_replicas: 7 is not"), "{joined}");
 }
+
+#[test]
+fn a_leaf_agent_takes_both_domains_and_every_domain_problem_is_listed() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let base = format!(
+        "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n[services.web]\nport = 18080\n"
+    );
+    assert_eq!(from_toml(&base).expect("defaults").leaf, None);
+    let cfg = from_toml(&format!(
+        "jetstream_domain = \"production\"\nhub_domain = \"hub\"\n{base}"
+    ))
+    .expect("a leaf");
+    let leaf = cfg.leaf.expect("leaf domains");
+    assert_eq!(leaf.leaf.as_str(), "production");
+    assert_eq!(leaf.hub.api_prefix(), "$JS.hub.API");
+
+    for (settings, expected) in [
+        (
+            "hub_domain = \"hub\"\n",
+            "hub_domain: set without jetstream_domain",
+        ),
+        (
+            "jetstream_domain = \"production\"\n",
+            "jetstream_domain: set without hub_domain",
+        ),
+        (
+            "jetstream_domain = \"x\"\nhub_domain = \"x\"\n",
+            "must differ",
+        ),
+    ] {
+        let Err(Error::Config(problems)) = from_toml(&format!("{settings}{base}")) else {
+            panic!("accepted {settings}");
+        };
+        let joined = problems.join("\n");
+        assert!(joined.contains(expected), "{expected:?} not in {joined}");
+    }
+    let Err(Error::Config(problems)) = from_toml(&format!(
+        "jetstream_domain = \"prod.eu\"\nhub_domain = \"h*\"\nstream_replicas = 9\n{base}"
+    )) else {
+        panic!("accepted bad domains");
+    };
+    let joined = problems.join("\n");
+    for expected in [
+        "jetstream_domain: \"prod.eu\" is not a JetStream domain",
+        "hub_domain: \"h*\" is not a JetStream domain",
+        "stream_replicas: 9",
+    ] {
+        assert!(joined.contains(expected), "{expected:?} not in {joined}");
+    }
+}

@@ -327,3 +327,54 @@ fn several_nats_urls_and_a_replica_count_are_checked() {
     let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
     assert_eq!(fields, ["nats_url", "stream_replicas"], "{problems:?}");
 }
+
+#[test]
+fn leaf_domains_name_pipeline_environments_need_the_hub_domain_and_every_problem_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let resolved = ControllerConfig {
+        signing_key_file: key_file(dir.path()),
+        jetstream_domain: Some("hub".into()),
+        leaf_domains: BTreeMap::from([("production".into(), "production".into())]),
+        ..ControllerConfig::default()
+    }
+    .validate()
+    .unwrap();
+    assert_eq!(resolved.jetstream_domain().unwrap().as_str(), "hub");
+    let leaves = resolved.leaf_domains();
+    assert_eq!(leaves.len(), 1);
+    assert_eq!(leaves[0].0.as_str(), "production");
+    assert_eq!(leaves[0].1.api_prefix(), "$JS.production.API");
+
+    // Without a hub domain, with a bad name, an unknown environment and a
+    // domain used twice: all reported at once.
+    let problems = ControllerConfig {
+        signing_key_file: key_file(dir.path()),
+        leaf_domains: BTreeMap::from([
+            ("production".into(), "p.1".into()),
+            ("staging".into(), "staging".into()),
+            ("acceptance".into(), "dev".into()),
+            ("dev".into(), "dev".into()),
+        ]),
+        ..ControllerConfig::default()
+    }
+    .validate()
+    .unwrap_err();
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    let text = text.join("\n");
+    for expected in [
+        "leaf_domains: set jetstream_domain too",
+        "leaf_domains: \"p.1\" is not a JetStream domain",
+        "leaf_domains: staging is not an environment of the pipeline",
+        "leaf_domains: dev is the domain of the hub or of another leaf",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in {text}");
+    }
+    let problems = ControllerConfig {
+        signing_key_file: key_file(dir.path()),
+        jetstream_domain: Some("hub central".into()),
+        ..ControllerConfig::default()
+    }
+    .validate()
+    .unwrap_err();
+    assert_eq!(problems[0].field, "jetstream_domain", "{problems:?}");
+}
