@@ -364,7 +364,14 @@ impl System {
     /// Starts an agent with `config` and waits for its first heartbeat.
     pub async fn start_agent_with(&mut self, config: AgentConfig) {
         let env = config.environment.to_string();
-        let client = self.nats.client().await;
+        // A leaf's agent: its heartbeats stay on its leaf node (the hub has
+        // them only through its events stream's source).
+        let client = match &config.leaf {
+            Some(_) => async_nats::connect(config.nats_url.as_str())
+                .await
+                .expect("connect to the agent's leaf node"),
+            None => self.nats.client().await,
+        };
         let mut heartbeats = client
             .subscribe(ferry_protocol::subject::agent_event(
                 &config.environment,
@@ -613,6 +620,18 @@ pub async fn send_command(
     service: &str,
     action: ferry_protocol::command::Action,
 ) -> uuid::Uuid {
+    send_command_expiring(client, key, env, service, action, Duration::from_secs(3600)).await
+}
+
+/// [`send_command`] of a command that expires `ttl` from now.
+pub async fn send_command_expiring(
+    client: &async_nats::Client,
+    key: &SigningKey,
+    env: &str,
+    service: &str,
+    action: ferry_protocol::command::Action,
+    ttl: Duration,
+) -> uuid::Uuid {
     let environment = EnvName::new(env).unwrap();
     let service = ServiceName::new(service).unwrap();
     let subject = ferry_protocol::subject::command(&environment, &service);
@@ -623,7 +642,7 @@ pub async fn send_command(
         action,
     };
     let envelope = ferry_protocol::Envelope::new("/ferry/controller", command)
-        .expiring_in(Duration::from_secs(3600))
+        .expiring_in(ttl)
         .sign(key)
         .unwrap();
     // Under its id, as the controller publishes (a repeat is a duplicate,

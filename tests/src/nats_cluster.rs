@@ -149,7 +149,252 @@ fn node_config(name: &str, size: usize) -> String {
     )
 }
 
+/// The JetStream domain of the hub cluster [`NatsCluster::start_hub`] starts.
+pub const HUB_DOMAIN: &str = "hub";
+
+/// Seconds between the pings every harness server sends its connections
+/// (leaf links included): a link cut without a reset is noticed within
+/// two unanswered pings, not the default four minutes.
+const PING: &str = "ping_interval: \"1s\"\nping_max: 2\n";
+
+/// A hub node's configuration: [`node_config`] in the JetStream domain
+/// [`HUB_DOMAIN`], with a leaf node listener on 7422 (as
+/// deploy/nats/nats-cluster.conf).
+fn hub_node_config(name: &str, size: usize) -> String {
+    node_config(name, size)
+        .replace(
+            "jetstream {\n",
+            &format!("jetstream {{\n  domain: {HUB_DOMAIN}\n"),
+        )
+        .replace("max_payload: 1MB\n", &format!("max_payload: 1MB\n{PING}"))
+        + "leafnodes {\n  port: 7422\n  no_advertise: true\n}\n"
+}
+
+/// An environment's leaf node's configuration (as
+/// deploy/nats/leaf-<env>.conf, without users): JetStream in the domain
+/// `env`, one remote to every hub node, denying the environment's event
+/// subjects both ways ([`ferry_protocol::streams::leaf_event_subjects`]):
+/// the hub gets them only through its events stream's source.
+fn leaf_config(env: &ferry_protocol::EnvName, hub_size: usize) -> String {
+    let urls: Vec<String> = (1..=hub_size)
+        .map(|n| format!("\"nats-leaf://nats-{n}:7422\""))
+        .collect();
+    let denied: Vec<String> = ferry_protocol::streams::leaf_event_subjects(env)
+        .into_iter()
+        .map(|s| format!("\"{s}\""))
+        .collect();
+    let denied = denied.join(", ");
+    format!(
+        "server_name: leaf-{env}\nport: 4222\nhttp_port: 8222\nmax_payload: 1MB\n{PING}\
+         jetstream {{\n  domain: {env}\n  store_dir: /data\n  sync_interval: always\n}}\n\
+         leafnodes {{\n  reconnect: 1\n  remotes: [\n    {{\n      urls: [{}]\n      \
+         deny_exports: [{denied}]\n      deny_imports: [{denied}]\n    }}\n  ]\n}}\n",
+        urls.join(", ")
+    )
+}
+
+/// One environment's nats-server as a leaf node of a hub cluster, in a
+/// container on a network of its own (where its published ports are), also
+/// attached to the hub's network for its leaf link. Removed on drop.
+pub struct LeafNode {
+    container: String,
+    network: String,
+    hub_network: String,
+    /// Host port of its client listener (127.0.0.1).
+    pub client_port: u16,
+    /// Host port of its monitoring endpoint (127.0.0.1).
+    pub monitor_port: u16,
+}
+
+impl LeafNode {
+    /// Its client URL, for the environment's agent.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Cuts the leaf link: the container leaves the hub's network only, so
+    /// clients on the host stay connected to the leaf.
+    pub fn cut(&self) {
+        docker(&["network", "disconnect", &self.hub_network, &self.container]);
+    }
+
+    /// Heals [`LeafNode::cut`].
+    pub fn heal(&self) {
+        docker(&["network", "connect", &self.hub_network, &self.container]);
+    }
+
+    /// How many leaf links this server has up, from its `/leafz`.
+    async fn links(&self) -> Option<usize> {
+        let url = format!("http://127.0.0.1:{}/leafz", self.monitor_port);
+        let answer = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let leafz: serde_json::Value = answer.json().await.ok()?;
+        leafz["leafnodes"].as_u64().map(|n| n as usize)
+    }
+
+    /// Waits (bounded by a minute) until the leaf link is up, or, with
+    /// `up` false, down.
+    pub async fn wait_link(&self, up: bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let links = self.links().await;
+            if links.is_some_and(|n| (n > 0) == up) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the leaf link was not {} within 60s ({links:?} links)\n{}",
+                if up { "up" } else { "down" },
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The id of the client connection named `name` on this leaf (its
+    /// `/connz`), `None` when it has none: the same id before and after a
+    /// cut shows the client was never disconnected.
+    pub async fn connection(&self, name: &str) -> Option<u64> {
+        let url = format!("http://127.0.0.1:{}/connz", self.monitor_port);
+        let answer = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let connz: serde_json::Value = answer.json().await.ok()?;
+        connz["connections"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == name)?["cid"]
+            .as_u64()
+    }
+
+    /// The last lines the leaf logged, for failure messages.
+    pub fn logs(&self) -> String {
+        Command::new("docker")
+            .args(["logs", "--tail", "30", &self.container])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for LeafNode {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "--force", "--volumes", &self.container])
+            .output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
+    }
+}
+
 impl NatsCluster {
+    /// Starts a hub cluster of `size` open nodes in the JetStream domain
+    /// [`HUB_DOMAIN`], each listening for leaf nodes, and waits until every
+    /// node is ready.
+    pub async fn start_hub(size: usize) -> NatsCluster {
+        NatsCluster::launch(size, &[], |name| {
+            vec![("/nats.conf".to_owned(), hub_node_config(name, size))]
+        })
+        .await
+    }
+
+    /// Starts `env`'s leaf node of this (hub) cluster and waits until it is
+    /// ready and its leaf link is up.
+    pub async fn start_leaf(&self, env: &str) -> LeafNode {
+        let env = ferry_protocol::EnvName::new(env).expect("environment name");
+        let cluster_label = format!("ferry.test.cluster={}", self.id);
+        // Named to sort before the hub's network: the engine routes the
+        // published ports through the first network by name, and those must
+        // stay up when the hub's is cut.
+        let network = format!("ferry-leaf-{}-{env}", self.id);
+        assert!(
+            network < self.network,
+            "{network} sorts after {}",
+            self.network
+        );
+        docker(&[
+            "network",
+            "create",
+            "--label",
+            LABEL,
+            "--label",
+            &cluster_label,
+            &network,
+        ]);
+        let leaf = LeafNode {
+            container: network.clone(),
+            network: network.clone(),
+            hub_network: self.network.clone(),
+            client_port: free_port(),
+            monitor_port: free_port(),
+        };
+        let client = format!("127.0.0.1:{}:4222", leaf.client_port);
+        let monitor = format!("127.0.0.1:{}:8222", leaf.monitor_port);
+        let hostname = format!("leaf-{env}");
+        docker(&[
+            "create",
+            "--name",
+            &leaf.container,
+            "--hostname",
+            &hostname,
+            "--network",
+            &network,
+            "--label",
+            LABEL,
+            "--label",
+            &cluster_label,
+            "-p",
+            &client,
+            "-p",
+            &monitor,
+            IMAGE,
+            "-c",
+            "/nats.conf",
+        ]);
+        let dir = tempfile::tempdir().expect("config dir");
+        let local = dir.path().join("leaf.conf");
+        std::fs::write(&local, leaf_config(&env, self.nodes.len())).expect("leaf config");
+        docker(&[
+            "cp",
+            local.to_str().expect("utf-8 path"),
+            &format!("{}:/nats.conf", leaf.container),
+        ]);
+        // Its published ports stay on its own network; the hub's is for
+        // the leaf link alone.
+        docker(&["network", "connect", &self.network, &leaf.container]);
+        docker(&["start", &leaf.container]);
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{}/healthz", leaf.monitor_port);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|a| a.status().is_success());
+            if ready {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "leaf {env} never became healthy within 60s\n{}",
+                leaf.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        leaf.wait_link(true).await;
+        leaf
+    }
+
     /// Starts a cluster of `size` open nodes (no users) and waits until
     /// every node reports JetStream ready (`/healthz`).
     pub async fn start(size: usize) -> NatsCluster {

@@ -14,14 +14,14 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use ferry_controller::config::StageSettings;
 use ferry_controller::ControllerConfig;
-use ferry_e2e::nats_cluster::{ferry_streams, NatsCluster};
+use ferry_e2e::nats_cluster::{ferry_streams, LeafNode, NatsCluster, HUB_DOMAIN};
 use ferry_e2e::rollout::*;
 use ferry_e2e::*;
 use ferry_protocol::api::HistoryRecord;
-use ferry_protocol::command::{ActionKind, Command};
+use ferry_protocol::command::{Action, ActionKind, Command};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::rollout::{AnalysisOverride, RolloutOptions, RolloutPhase, Strategy};
-use ferry_protocol::{streams, Envelope, SigningKey};
+use ferry_protocol::{streams, Envelope, RefusalReason, SigningKey};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -82,6 +82,45 @@ async fn stored<T: DeserializeOwned>(
     found
 }
 
+/// The envelope ids of every message stored in `stream` under `filter`.
+async fn stored_ids(client: &async_nats::Client, stream: &str, filter: &str) -> Vec<Uuid> {
+    let js = jetstream::new(client.clone());
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut reader = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let total = reader.info().await.unwrap().num_pending as usize;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ids = Vec::new();
+    while ids.len() < total {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {} of the {total} messages of {filter} within {WAIT:?}",
+            ids.len()
+        );
+        let mut batch = reader
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(message) = batch.next().await {
+            let message = message.unwrap();
+            let envelope: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            ids.push(envelope["id"].as_str().unwrap().parse().unwrap());
+        }
+    }
+    ids
+}
+
 /// History records of `command_id`.
 async fn history_of(client: &async_nats::Client, command_id: Uuid) -> Vec<HistoryRecord> {
     stored::<HistoryRecord>(client, streams::history().name, "ferry.v1.history.>")
@@ -93,7 +132,17 @@ async fn history_of(client: &async_nats::Client, command_id: Uuid) -> Vec<Histor
 
 /// The stored final events (outcomes) of `command_id` for dev/web.
 async fn outcomes_of(client: &async_nats::Client, command_id: Uuid) -> Vec<ServiceEvent> {
-    stored::<ServiceEvent>(client, streams::events().name, "ferry.v1.evt.dev.web.>")
+    env_outcomes_of(client, "dev", command_id).await
+}
+
+/// The stored final events (outcomes and refusals) of `command_id` for `env`'s web.
+async fn env_outcomes_of(
+    client: &async_nats::Client,
+    env: &str,
+    command_id: Uuid,
+) -> Vec<ServiceEvent> {
+    let filter = format!("ferry.v1.evt.{env}.web.>");
+    stored::<ServiceEvent>(client, streams::events().name, &filter)
         .await
         .into_iter()
         .filter(|e| e.command_id == Some(command_id) && e.body.is_final())
@@ -667,5 +716,346 @@ async fn agents_node_lost(
             "the command {what} the cut: {outcomes:#?}"
         );
     }
+    system.shutdown().await;
+}
+
+/// A hub cluster (domain `hub`), production's leaf node, the controller on
+/// the hub with production's leaf domain, and production's agent on its
+/// leaf serving web 1.0.0; `None` (the test skips) without a Docker engine
+/// outside CI. Returns the agent's port, a client of the hub, one of the
+/// leaf, and a watch of production/web's live events on the leaf.
+struct LeafSetup {
+    cluster: NatsCluster,
+    leaf: LeafNode,
+    system: System,
+    port: u16,
+    hub: async_nats::Client,
+    local: async_nats::Client,
+    watch: EventWatch,
+}
+
+async fn production_on_a_leaf(test: &str) -> Option<LeafSetup> {
+    if !docker_ready(test, &[], "nothing: start the Docker engine") {
+        return None;
+    }
+    let cluster = NatsCluster::start_hub(3).await;
+    let leaf = cluster.start_leaf("production").await;
+    let mut system = System::on_servers(cluster.urls(), 3);
+    system.controller_config.jetstream_domain = Some(HUB_DOMAIN.to_owned());
+    system.controller_config.leaf_domains =
+        BTreeMap::from([("production".to_owned(), "production".to_owned())]);
+    system.start_controller().await;
+    let port = free_port();
+    let mut config = system.agent_config("production", &[("web", port)]);
+    config.nats_url = leaf.url();
+    config.stream_replicas = streams::Replicas::ONE;
+    config.leaf = Some(streams::LeafDomains {
+        leaf: streams::Domain::new("production").unwrap(),
+        hub: streams::Domain::new(HUB_DOMAIN).unwrap(),
+    });
+    system.start_agent_with(config).await;
+    let hub = system.nats.client().await;
+    let local = async_nats::connect(leaf.url()).await.unwrap();
+    let mut watch = EventWatch::new(&local, "production", "web").await;
+    let first = send_production(&system, &hub, deploy("1.0.0", &[], None)).await;
+    let outcome = watch.outcome(first, WAIT).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    wait_serving(port, "1.0.0", WAIT).await;
+    // The outcome reached the hub's events stream through its source, once:
+    // the leaf link does not carry production's events as well.
+    wait_history(&hub, first, "succeeded").await;
+    assert_eq!(
+        stored_env_outcomes(&hub, "production", first).await.len(),
+        1,
+        "one copy of the outcome at the hub"
+    );
+    Some(LeafSetup {
+        cluster,
+        leaf,
+        system,
+        port,
+        hub,
+        local,
+        watch,
+    })
+}
+
+/// Signs `action` for production/web and stores it at the hub, as the controller would.
+async fn send_production(system: &System, hub: &async_nats::Client, action: Action) -> Uuid {
+    send_command(hub, &system.controller_key, "production", "web", action).await
+}
+
+/// The stored final events of `command_id` for `env`'s web, read again (for
+/// up to a minute) while there are none: at the hub they come through the
+/// source of the leaf's events stream.
+async fn stored_env_outcomes(
+    client: &async_nats::Client,
+    env: &str,
+    command_id: Uuid,
+) -> Vec<ServiceEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let outcomes = env_outcomes_of(client, env, command_id).await;
+        if !outcomes.is_empty() || tokio::time::Instant::now() >= deadline {
+            return outcomes;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits (bounded by a minute) until the hub's `FERRY_EVENTS` holds every
+/// event id of `ids`, and asserts it holds none of them twice.
+async fn assert_at_the_hub_once(hub: &async_nats::Client, ids: &[Uuid]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let at_hub = stored_ids(hub, "FERRY_EVENTS", "ferry.v1.>").await;
+        let mut counts: BTreeMap<Uuid, usize> = BTreeMap::new();
+        for id in &at_hub {
+            *counts.entry(*id).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "events stored twice at the hub: {twice:?}"
+        );
+        let missing: Vec<&Uuid> = ids.iter().filter(|id| !counts.contains_key(id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of the leaf's {} events never reached the hub: {missing:?}",
+            missing.len(),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_cut_off_from_the_hub_mid_canary_rolls_back_alone_serves_throughout_and_reports_everything_after_the_heal(
+) {
+    let Some(LeafSetup {
+        cluster: _cluster,
+        leaf,
+        mut system,
+        port,
+        hub,
+        local,
+        mut watch,
+    }) = production_on_a_leaf("leaf_cut_mid_canary").await
+    else {
+        return;
+    };
+    // 200 requests a second, 20 of them to the canary at its first step:
+    // with 100 canary requests needed before any verdict, the analysis
+    // decides seconds after the step starts, so after the cut.
+    let load = Load::at_rate(port, 200);
+    let canary = send_production(
+        &system,
+        &hub,
+        deploy(
+            "2.0.0",
+            &[("SAMPLE_ERROR_RATE", "0.2")],
+            Some(RolloutOptions {
+                // Long steps: only the analysis can end the first one.
+                strategy: Some(Strategy::Canary {
+                    steps: vec![10, 50, 100],
+                    step_secs: 600,
+                }),
+                analysis: Some(AnalysisOverride {
+                    interval_ms: Some(500),
+                    failures_to_abort: Some(2),
+                    min_requests: Some(100),
+                    ..Default::default()
+                }),
+            }),
+        ),
+    )
+    .await;
+    watch
+        .wait_for(WAIT, "the canary's first step", |e| {
+            e.command_id == Some(canary)
+                && matches!(rollout_phase(e), Some(RolloutPhase::StepStarted))
+        })
+        .await;
+    let agent = leaf.connection("ferry-agent-production").await;
+    assert!(agent.is_some(), "the agent is connected to its leaf");
+    leaf.cut();
+    assert!(
+        !watch
+            .seen
+            .iter()
+            .any(|e| e.command_id == Some(canary) && (e.body.is_final() || aborted(e).is_some())),
+        "the canary was decided before the cut: {:#?}",
+        watch.seen
+    );
+    let cut = std::time::Instant::now();
+    leaf.wait_link(false).await;
+    eprintln!("leaf link down {:?} after the cut", cut.elapsed());
+
+    let outcome = watch.outcome(canary, Duration::from_secs(90)).await;
+    match &outcome.body {
+        EventBody::Failed { serving, .. } => {
+            assert_eq!(serving.as_ref().map(|v| v.as_str()), Some("1.0.0"))
+        }
+        other => panic!("the bad canary was not rolled back: {other:?}"),
+    }
+    eprintln!("canary rolled back {:?} after the cut", cut.elapsed());
+    assert_eq!(
+        leaf.connection("ferry-agent-production").await,
+        agent,
+        "the agent stayed connected to its leaf through the cut"
+    );
+    wait_serving(port, "1.0.0", WAIT).await;
+    // Cut off for real: the hub has not heard of the outcome, and the leaf
+    // kept it.
+    assert!(
+        env_outcomes_of(&hub, "production", canary).await.is_empty(),
+        "the outcome reached the hub through a cut link"
+    );
+    assert_eq!(
+        env_outcomes_of(&local, "production", canary).await.len(),
+        1,
+        "the leaf's events stream holds the outcome"
+    );
+    let stats = load.stop().await;
+    assert!(
+        stats.by_version.get("2.0.0").copied().unwrap_or(0) > 0,
+        "the canary did get traffic: {stats:?}"
+    );
+    let beyond_the_canary: u64 = stats
+        .failed_by_version
+        .iter()
+        .filter(|(version, _)| version.as_str() != "2.0.0")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        beyond_the_canary, 0,
+        "only the bad canary failed requests while the leaf was cut off: {stats:?}"
+    );
+    // Everything the leaf stored for production up to now (the window of
+    // the cut included: rollout steps, analysis, outcome, heartbeats).
+    let window = stored_ids(&local, "FERRY_EVENTS", "ferry.v1.>").await;
+
+    leaf.heal();
+    let healed = std::time::Instant::now();
+    leaf.wait_link(true).await;
+    wait_history(&hub, canary, "failed").await;
+    eprintln!(
+        "the canary's failure in the hub's history {:?} after the heal",
+        healed.elapsed()
+    );
+    assert_at_the_hub_once(&hub, &window).await;
+    eprintln!(
+        "all {} events of the window at the hub {:?} after the heal",
+        window.len(),
+        healed.elapsed()
+    );
+    assert_eq!(env_outcomes_of(&hub, "production", canary).await.len(), 1);
+    let records: Vec<HistoryRecord> = history_of(&hub, canary)
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == "failed")
+        .collect();
+    assert_eq!(records.len(), 1, "one history record: {records:#?}");
+    system.stop_controller().await;
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_issued_while_production_is_cut_off_run_once_after_the_heal_and_an_expired_one_is_refused(
+) {
+    let Some(LeafSetup {
+        cluster: _cluster,
+        leaf,
+        mut system,
+        port,
+        hub,
+        local,
+        mut watch,
+    }) = production_on_a_leaf("leaf_cut_commands").await
+    else {
+        return;
+    };
+    leaf.cut();
+    leaf.wait_link(false).await;
+    let during = send_production(&system, &hub, deploy("2.0.0", &[], None)).await;
+    let short = Duration::from_secs(3);
+    let expiring = send_command_expiring(
+        &hub,
+        &system.controller_key,
+        "production",
+        "web",
+        deploy("9.0.0", &[], None),
+        short,
+    )
+    .await;
+    let expires = std::time::Instant::now() + short;
+    let last = send_production(&system, &hub, deploy("3.0.0", &[], None)).await;
+    // Until the short one has expired, nothing reaches the leaf.
+    while std::time::Instant::now() < expires + Duration::from_secs(1) {
+        assert_eq!(
+            stored_commands(&local, "production").await,
+            1,
+            "a command crossed the cut link"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(watch.seen.iter().all(|e| e.command_id != Some(during)));
+
+    leaf.heal();
+    let healed = std::time::Instant::now();
+    leaf.wait_link(true).await;
+    let outcome = watch.outcome(during, Duration::from_secs(90)).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    eprintln!(
+        "the first command ran {:?} after the heal",
+        healed.elapsed()
+    );
+    let refused = watch.outcome(expiring, WAIT).await;
+    match &refused.body {
+        EventBody::Refused { reason, detail } => {
+            assert_eq!(*reason, RefusalReason::Expired, "{detail}")
+        }
+        other => panic!("the expired command was not refused as expired: {other:?}"),
+    }
+    let outcome = watch.outcome(last, WAIT).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    wait_serving(port, "3.0.0", WAIT).await;
+    for (id, outcome) in [
+        (during, "succeeded"),
+        (expiring, "refused"),
+        (last, "succeeded"),
+    ] {
+        wait_history(&hub, id, outcome).await;
+    }
+    // Once each: one command in the leaf's stream, one final event at the
+    // hub, one history record.
+    assert_eq!(stored_commands(&local, "production").await, 4);
+    for (what, id) in [
+        ("the command during the cut", during),
+        ("the expired command", expiring),
+        ("the last command", last),
+    ] {
+        let outcomes = stored_env_outcomes(&hub, "production", id).await;
+        assert_eq!(outcomes.len(), 1, "{what}'s outcomes: {outcomes:#?}");
+        let records: Vec<HistoryRecord> = history_of(&hub, id)
+            .await
+            .into_iter()
+            .filter(|r| ["failed", "succeeded", "refused"].contains(&r.outcome.as_str()))
+            .collect();
+        assert_eq!(records.len(), 1, "{what}'s history: {records:#?}");
+    }
+    system.stop_controller().await;
     system.shutdown().await;
 }
