@@ -1059,3 +1059,59 @@ async fn commands_issued_while_production_is_cut_off_run_once_after_the_heal_and
     system.stop_controller().await;
     system.shutdown().await;
 }
+
+#[test]
+fn the_deploy_leaf_configurations_are_valid_each_in_its_own_domain_and_deny_its_events_on_the_link()
+{
+    let dir = ferry_e2e::nats::deploy_config();
+    let hub = std::fs::read_to_string(dir.with_file_name("nats-cluster.conf")).unwrap();
+    for wanted in ["domain: hub", "leafnodes {", "port: 7422"] {
+        assert!(
+            hub.contains(wanted),
+            "{wanted:?} missing from nats-cluster.conf"
+        );
+    }
+    let store = tempfile::tempdir().unwrap();
+    for env in ENVIRONMENTS {
+        let config = dir.with_file_name(format!("leaf-{env}.conf"));
+        let out = std::process::Command::new(ferry_e2e::nats::nats_bin())
+            .arg("-t")
+            .arg("-c")
+            .arg(&config)
+            .env("FERRY_NATS_STORE_DIR", store.path())
+            .env(
+                format!("FERRY_AGENT_{}_PASSWORD", env.to_uppercase()),
+                "a-password",
+            )
+            .output()
+            .expect("run nats-server -t");
+        assert!(
+            out.status.success(),
+            "nats-server rejects {}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(&config).unwrap();
+        let env_name = ferry_protocol::EnvName::new(env).unwrap();
+        let denied: Vec<String> = streams::leaf_event_subjects(&env_name)
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        let denied = denied.join(", ");
+        for wanted in [
+            format!("domain: {env}"),
+            "sync_interval: always".to_owned(),
+            "nats-leaf://nats-3:7422".to_owned(),
+            format!("deny_exports: [{denied}]"),
+            format!("deny_imports: [{denied}]"),
+            format!("user: ferry-agent-{env}"),
+            format!("$JS.{env}.API.CONSUMER.MSG.NEXT.FERRY_COMMANDS.ferry-agent-{env}"),
+        ] {
+            assert!(
+                text.contains(&wanted),
+                "{wanted:?} missing from {}",
+                config.display()
+            );
+        }
+    }
+}
