@@ -364,6 +364,9 @@ impl System {
     /// Starts an agent with `config` and waits for its first heartbeat.
     pub async fn start_agent_with(&mut self, config: AgentConfig) {
         let env = config.environment.to_string();
+        if config.leaf.is_some() && self.nats.has_permissions() {
+            return self.start_leaf_agent_with_users(config).await;
+        }
         // A leaf's agent: its heartbeats stay on its leaf node (the hub has
         // them only through its events stream's source).
         let client = match &config.leaf {
@@ -400,6 +403,45 @@ impl System {
             .await
             .unwrap_or_else(|_| panic!("agent {env} sent no heartbeat within {WAIT:?}"))
             .expect("heartbeat subscription open");
+    }
+
+    /// Starts an agent on a leaf node whose only user is the agent's own:
+    /// ready once the controller at the hub has its heartbeat (sourced from
+    /// the leaf) in the agents bucket.
+    async fn start_leaf_agent_with_users(&mut self, config: AgentConfig) {
+        let env = config.environment.to_string();
+        let token = CancellationToken::new();
+        let run_token = token.clone();
+        let run_config = config.clone();
+        let task = tokio::spawn(async move {
+            ferry_agent::run(run_config, run_token)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        self.agents.insert(
+            env.clone(),
+            AgentSlot {
+                config,
+                running: Some(Running { token, task }),
+            },
+        );
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let bucket = js
+                .get_key_value(ferry_protocol::streams::AGENTS_BUCKET)
+                .await;
+            if let Ok(bucket) = bucket {
+                if let Ok(Some(_)) = bucket.get(&env).await {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the hub had no heartbeat of agent {env} within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Starts an agent for `env` with one service `web` on `port`.

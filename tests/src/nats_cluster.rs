@@ -27,7 +27,18 @@ pub struct NatsCluster {
     id: String,
     network: String,
     nodes: Vec<Node>,
+    /// The leaf nodes' passwords (environment, password) of a cluster on
+    /// the deploy configuration.
+    leaf_passwords: Vec<(&'static str, String)>,
 }
+
+/// The environments' leaf users on the hub of `deploy/nats/nats-cluster.conf`:
+/// environment and the variable holding its password.
+pub const LEAF_USERS: [(&str, &str); 3] = [
+    ("dev", "FERRY_LEAF_DEV_PASSWORD"),
+    ("acceptance", "FERRY_LEAF_ACCEPTANCE_PASSWORD"),
+    ("production", "FERRY_LEAF_PRODUCTION_PASSWORD"),
+];
 
 /// One node: its server name and where the host reaches it.
 pub struct Node {
@@ -309,6 +320,46 @@ impl NatsCluster {
     /// Starts `env`'s leaf node of this (hub) cluster and waits until it is
     /// ready and its leaf link is up.
     pub async fn start_leaf(&self, env: &str) -> LeafNode {
+        let name = ferry_protocol::EnvName::new(env).expect("environment name");
+        let config = leaf_config(&name, self.nodes.len());
+        self.start_leaf_with(env, config, &[]).await
+    }
+
+    /// Starts `env`'s leaf node on `deploy/nats/leaf-<env>.conf` itself,
+    /// with `users` (variable, password) in its environment, as
+    /// [`NatsCluster::start_leaf`] does.
+    pub async fn start_deploy_leaf(&self, env: &str, users: &[(&'static str, String)]) -> LeafNode {
+        let file = crate::nats::deploy_config().with_file_name(format!("leaf-{env}.conf"));
+        let config = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()));
+        let password = self
+            .leaf_passwords
+            .iter()
+            .find(|(e, _)| *e == env)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| panic!("no leaf user for {env}: start the hub with start_deploy"));
+        let mut vars = users.to_vec();
+        for (n, variable) in ["FERRY_HUB_URL_1", "FERRY_HUB_URL_2", "FERRY_HUB_URL_3"]
+            .into_iter()
+            .enumerate()
+        {
+            vars.push((
+                variable,
+                format!(
+                    "nats-leaf://ferry-leaf-{env}:{password}@nats-{}:7422",
+                    n + 1
+                ),
+            ));
+        }
+        self.start_leaf_with(env, config, &vars).await
+    }
+
+    async fn start_leaf_with(
+        &self,
+        env: &str,
+        config: String,
+        vars: &[(&'static str, String)],
+    ) -> LeafNode {
         let env = ferry_protocol::EnvName::new(env).expect("environment name");
         let cluster_label = format!("ferry.test.cluster={}", self.id);
         // Named to sort before the hub's network: the engine routes the
@@ -339,7 +390,9 @@ impl NatsCluster {
         let client = format!("127.0.0.1:{}:4222", leaf.client_port);
         let monitor = format!("127.0.0.1:{}:8222", leaf.monitor_port);
         let hostname = format!("leaf-{env}");
-        docker(&[
+        let mut variables = vec!["FERRY_NATS_STORE_DIR=/data".to_owned()];
+        variables.extend(vars.iter().map(|(k, v)| format!("{k}={v}")));
+        let mut args: Vec<&str> = vec![
             "create",
             "--name",
             &leaf.container,
@@ -355,13 +408,15 @@ impl NatsCluster {
             &client,
             "-p",
             &monitor,
-            IMAGE,
-            "-c",
-            "/nats.conf",
-        ]);
+        ];
+        for variable in &variables {
+            args.extend(["-e", variable]);
+        }
+        args.extend([IMAGE, "-c", "/nats.conf"]);
+        docker(&args);
         let dir = tempfile::tempdir().expect("config dir");
         let local = dir.path().join("leaf.conf");
-        std::fs::write(&local, leaf_config(&env, self.nodes.len())).expect("leaf config");
+        std::fs::write(&local, config).expect("leaf config");
         docker(&[
             "cp",
             local.to_str().expect("utf-8 path"),
@@ -415,13 +470,26 @@ impl NatsCluster {
                 .unwrap_or_else(|e| panic!("read deploy/nats/{file}: {e}"))
         };
         let (cluster, users_conf) = (read("nats-cluster.conf"), read("users.conf"));
-        NatsCluster::launch(3, users, |_| {
+        let leaf_passwords: Vec<(&'static str, String)> = LEAF_USERS
+            .iter()
+            .map(|(env, _)| (*env, uuid::Uuid::new_v4().simple().to_string()))
+            .collect();
+        let mut env = users.to_vec();
+        env.extend(
+            LEAF_USERS
+                .iter()
+                .zip(&leaf_passwords)
+                .map(|((_, variable), (_, password))| (*variable, password.clone())),
+        );
+        let mut started = NatsCluster::launch(3, &env, |_| {
             vec![
                 ("/nats.conf".to_owned(), cluster.clone()),
                 ("/users.conf".to_owned(), users_conf.clone()),
             ]
         })
-        .await
+        .await;
+        started.leaf_passwords = leaf_passwords;
+        started
     }
 
     /// Creates the network and `size` nodes, each with the files
@@ -450,6 +518,7 @@ impl NatsCluster {
             id,
             network,
             nodes: Vec::new(),
+            leaf_passwords: Vec::new(),
         };
         let config_dir = tempfile::tempdir().expect("config dir");
         for n in 1..=size {

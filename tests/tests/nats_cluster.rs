@@ -570,7 +570,10 @@ fn the_deploy_cluster_configuration_is_valid_syncs_every_write_and_keeps_the_use
         .arg(&config)
         .env("FERRY_NATS_STORE_DIR", store.path())
         .env("FERRY_NATS_SERVER_NAME", "nats-1");
-    for (_, variable) in ferry_e2e::nats::DEPLOY_USERS {
+    for (_, variable) in ferry_e2e::nats::DEPLOY_USERS
+        .into_iter()
+        .chain(ferry_e2e::nats_cluster::LEAF_USERS)
+    {
         check.env(variable, "a-password");
     }
     let out = check.output().expect("run nats-server -t");
@@ -1065,7 +1068,12 @@ fn the_deploy_leaf_configurations_are_valid_each_in_its_own_domain_and_deny_its_
 {
     let dir = ferry_e2e::nats::deploy_config();
     let hub = std::fs::read_to_string(dir.with_file_name("nats-cluster.conf")).unwrap();
-    for wanted in ["domain: hub", "leafnodes {", "port: 7422"] {
+    for wanted in [
+        "domain: hub",
+        "leafnodes {",
+        "port: 7422",
+        "user: ferry-leaf-production, password: $FERRY_LEAF_PRODUCTION_PASSWORD",
+    ] {
         assert!(
             hub.contains(wanted),
             "{wanted:?} missing from nats-cluster.conf"
@@ -1083,6 +1091,9 @@ fn the_deploy_leaf_configurations_are_valid_each_in_its_own_domain_and_deny_its_
                 format!("FERRY_AGENT_{}_PASSWORD", env.to_uppercase()),
                 "a-password",
             )
+            .env("FERRY_HUB_URL_1", "nats-leaf://u:p@nats-1:7422")
+            .env("FERRY_HUB_URL_2", "nats-leaf://u:p@nats-2:7422")
+            .env("FERRY_HUB_URL_3", "nats-leaf://u:p@nats-3:7422")
             .output()
             .expect("run nats-server -t");
         assert!(
@@ -1101,11 +1112,11 @@ fn the_deploy_leaf_configurations_are_valid_each_in_its_own_domain_and_deny_its_
         for wanted in [
             format!("domain: {env}"),
             "sync_interval: always".to_owned(),
-            "nats-leaf://nats-3:7422".to_owned(),
+            "urls: [$FERRY_HUB_URL_1, $FERRY_HUB_URL_2, $FERRY_HUB_URL_3]".to_owned(),
             format!("deny_exports: [{denied}]"),
             format!("deny_imports: [{denied}]"),
             format!("user: ferry-agent-{env}"),
-            format!("$JS.{env}.API.CONSUMER.MSG.NEXT.FERRY_COMMANDS.ferry-agent-{env}"),
+            format!("$JS.API.CONSUMER.MSG.NEXT.FERRY_COMMANDS.ferry-agent-{env}"),
         ] {
             assert!(
                 text.contains(&wanted),
@@ -1114,4 +1125,56 @@ fn the_deploy_leaf_configurations_are_valid_each_in_its_own_domain_and_deny_its_
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_deploy_hub_and_leaf_configurations_with_role_users_production_takes_its_commands_through_its_leaf(
+) {
+    if !docker_ready(
+        "deploy_leaf_with_users",
+        &[],
+        "nothing: start the Docker engine",
+    ) {
+        return;
+    }
+    let mut nats = NatsServer::external_with_users(String::new());
+    let users = nats.user_environment();
+    let cluster = NatsCluster::start_deploy(&users).await;
+    nats.point_at(cluster.urls());
+    let leaf = cluster.start_deploy_leaf("production", &users).await;
+    let anonymous = async_nats::ConnectOptions::new()
+        .max_reconnects(1)
+        .connect(leaf.url())
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "the deploy leaf refuses a client without a user"
+    );
+    let mut system = System::on_servers_with_users(nats, 3);
+    system.controller_config.jetstream_domain = Some(HUB_DOMAIN.to_owned());
+    system.controller_config.leaf_domains =
+        BTreeMap::from([("production".to_owned(), "production".to_owned())]);
+    system.start_controller().await;
+    let port = free_port();
+    let mut config = system.agent_config("production", &[("web", port)]);
+    assert_eq!(config.nats_user.as_deref(), Some("ferry-agent-production"));
+    config.nats_url = leaf.url();
+    config.stream_replicas = streams::Replicas::ONE;
+    config.leaf = Some(streams::LeafDomains {
+        leaf: streams::Domain::new("production").unwrap(),
+        hub: streams::Domain::new(HUB_DOMAIN).unwrap(),
+    });
+    // Ready once its heartbeat, sourced from the leaf, is in the hub's bucket.
+    system.start_agent_with(config).await;
+    let hub = system.nats.client().await;
+    let id = send_production(&system, &hub, deploy("1.0.0", &[], None)).await;
+    wait_serving(port, "1.0.0", WAIT).await;
+    wait_history(&hub, id, "succeeded").await;
+    assert_eq!(
+        stored_env_outcomes(&hub, "production", id).await.len(),
+        1,
+        "one copy of the outcome at the hub"
+    );
+    system.stop_controller().await;
+    system.shutdown().await;
 }
