@@ -412,6 +412,10 @@ async fn ensure_sources(
         }
     }
     config.sources = Some(sources);
+    tracing::info!(
+        stream = spec.name,
+        "adding the leaf nodes' streams it sources"
+    );
     js.update_stream(config)
         .await
         .map(|_| ())

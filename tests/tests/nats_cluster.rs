@@ -744,10 +744,36 @@ async fn production_on_a_leaf(test: &str) -> Option<LeafSetup> {
     let cluster = NatsCluster::start_hub(3).await;
     let leaf = cluster.start_leaf("production").await;
     let mut system = System::on_servers(cluster.urls(), 3);
+    // The hub's events stream as an agent at the hub would have created it
+    // before the controller first ran with leaves: the controller adds the
+    // leaf's source to it.
+    let js = jetstream::new(system.nats.client().await);
+    js.get_or_create_stream(streams::events().replicated(3))
+        .await
+        .unwrap();
     system.controller_config.jetstream_domain = Some(HUB_DOMAIN.to_owned());
     system.controller_config.leaf_domains =
         BTreeMap::from([("production".to_owned(), "production".to_owned())]);
     system.start_controller().await;
+    let sources = js
+        .get_stream("FERRY_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .sources
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        streams::hub_events(&[(
+            ferry_protocol::EnvName::new("production").unwrap(),
+            streams::Domain::new("production").unwrap()
+        )])
+        .sources_present(&sources),
+        "the controller added the leaf's source: {sources:?}"
+    );
     let port = free_port();
     let mut config = system.agent_config("production", &[("web", port)]);
     config.nats_url = leaf.url();
