@@ -407,7 +407,9 @@ impl System {
 
     /// Starts an agent on a leaf node whose only user is the agent's own:
     /// ready once the controller at the hub has its heartbeat (sourced from
-    /// the leaf) in the agents bucket.
+    /// the leaf) in the agents bucket, within two minutes: the hub's source
+    /// of a leaf stream that did not exist yet (the agent creates it) is
+    /// retried after 10 s, then 20 s.
     async fn start_leaf_agent_with_users(&mut self, config: AgentConfig) {
         let env = config.environment.to_string();
         let token = CancellationToken::new();
@@ -426,7 +428,8 @@ impl System {
             },
         );
         let js = async_nats::jetstream::new(self.nats.client().await);
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let wait = Duration::from_secs(120);
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let bucket = js
                 .get_key_value(ferry_protocol::streams::AGENTS_BUCKET)
@@ -438,7 +441,7 @@ impl System {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the hub had no heartbeat of agent {env} within {WAIT:?}"
+                "the hub had no heartbeat of agent {env} within {wait:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

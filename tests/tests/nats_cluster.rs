@@ -166,7 +166,25 @@ async fn stored_outcomes_of(client: &async_nats::Client, command_id: Uuid) -> Ve
 
 /// Polls until the history holds a record of `command_id` with `outcome`.
 async fn wait_history(client: &async_nats::Client, command_id: Uuid, outcome: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    wait_history_within(client, command_id, outcome, WAIT).await
+}
+
+/// How long, after a leaf's link heals, the hub may take to source what
+/// the leaf stored meanwhile. A source whose consumer request went out
+/// during the cut waits up to 30 s for its answer before it tries again,
+/// and on a reconnect only a node leading the sourcing stream retries at
+/// once (the others on their 10 s health check): usually a second, at
+/// worst some 40 s.
+const AFTER_HEAL: Duration = Duration::from_secs(120);
+
+/// [`wait_history`] bounded by `wait`.
+async fn wait_history_within(
+    client: &async_nats::Client,
+    command_id: Uuid,
+    outcome: &str,
+    wait: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let records = history_of(client, command_id).await;
         if records.iter().any(|r| r.outcome == outcome) {
@@ -174,7 +192,7 @@ async fn wait_history(client: &async_nats::Client, command_id: Uuid, outcome: &s
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no {outcome} history record of {command_id} within {WAIT:?}: {records:#?}"
+            "no {outcome} history record of {command_id} within {wait:?}: {records:#?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -744,13 +762,24 @@ async fn production_on_a_leaf(test: &str) -> Option<LeafSetup> {
     let cluster = NatsCluster::start_hub(3).await;
     let leaf = cluster.start_leaf("production").await;
     let mut system = System::on_servers(cluster.urls(), 3);
-    // The hub's events stream as an agent at the hub would have created it
-    // before the controller first ran with leaves: the controller adds the
-    // leaf's source to it.
+    // The hub's streams as an agent at the hub would have created them
+    // before the controller first ran with leaves (the controller adds the
+    // leaf's source to the events stream), and production's agent started
+    // before the controller: each stream exists before another sources it.
+    // (A source of a stream not there yet is retried after 10 s, then 20 s...)
     let js = jetstream::new(system.nats.client().await);
-    js.get_or_create_stream(streams::events().replicated(3))
-        .await
-        .unwrap();
+    for spec in [streams::commands(), streams::events()] {
+        js.get_or_create_stream(spec.replicated(3)).await.unwrap();
+    }
+    let port = free_port();
+    let mut config = system.agent_config("production", &[("web", port)]);
+    config.nats_url = leaf.url();
+    config.stream_replicas = streams::Replicas::ONE;
+    config.leaf = Some(streams::LeafDomains {
+        leaf: streams::Domain::new("production").unwrap(),
+        hub: streams::Domain::new(HUB_DOMAIN).unwrap(),
+    });
+    system.start_agent_with(config).await;
     system.controller_config.jetstream_domain = Some(HUB_DOMAIN.to_owned());
     system.controller_config.leaf_domains =
         BTreeMap::from([("production".to_owned(), "production".to_owned())]);
@@ -774,20 +803,11 @@ async fn production_on_a_leaf(test: &str) -> Option<LeafSetup> {
         .sources_present(&sources),
         "the controller added the leaf's source: {sources:?}"
     );
-    let port = free_port();
-    let mut config = system.agent_config("production", &[("web", port)]);
-    config.nats_url = leaf.url();
-    config.stream_replicas = streams::Replicas::ONE;
-    config.leaf = Some(streams::LeafDomains {
-        leaf: streams::Domain::new("production").unwrap(),
-        hub: streams::Domain::new(HUB_DOMAIN).unwrap(),
-    });
-    system.start_agent_with(config).await;
     let hub = system.nats.client().await;
     let local = async_nats::connect(leaf.url()).await.unwrap();
     let mut watch = EventWatch::new(&local, "production", "web").await;
     let first = send_production(&system, &hub, deploy("1.0.0", &[], None)).await;
-    let outcome = watch.outcome(first, WAIT).await;
+    let outcome = watch.outcome(first, AFTER_HEAL).await;
     assert!(
         matches!(outcome.body, EventBody::Succeeded { .. }),
         "{outcome:?}"
@@ -795,7 +815,7 @@ async fn production_on_a_leaf(test: &str) -> Option<LeafSetup> {
     wait_serving(port, "1.0.0", WAIT).await;
     // The outcome reached the hub's events stream through its source, once:
     // the leaf link does not carry production's events as well.
-    wait_history(&hub, first, "succeeded").await;
+    wait_history_within(&hub, first, "succeeded", AFTER_HEAL).await;
     assert_eq!(
         stored_env_outcomes(&hub, "production", first).await.len(),
         1,
@@ -818,14 +838,14 @@ async fn send_production(system: &System, hub: &async_nats::Client, action: Acti
 }
 
 /// The stored final events of `command_id` for `env`'s web, read again (for
-/// up to a minute) while there are none: at the hub they come through the
-/// source of the leaf's events stream.
+/// up to [`AFTER_HEAL`]) while there are none: at the hub they come through
+/// the source of the leaf's events stream.
 async fn stored_env_outcomes(
     client: &async_nats::Client,
     env: &str,
     command_id: Uuid,
 ) -> Vec<ServiceEvent> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + AFTER_HEAL;
     loop {
         let outcomes = env_outcomes_of(client, env, command_id).await;
         if !outcomes.is_empty() || tokio::time::Instant::now() >= deadline {
@@ -835,10 +855,10 @@ async fn stored_env_outcomes(
     }
 }
 
-/// Waits (bounded by a minute) until the hub's `FERRY_EVENTS` holds every
-/// event id of `ids`, and asserts it holds none of them twice.
+/// Waits (bounded by [`AFTER_HEAL`]) until the hub's `FERRY_EVENTS` holds
+/// every event id of `ids`, and asserts it holds none of them twice.
 async fn assert_at_the_hub_once(hub: &async_nats::Client, ids: &[Uuid]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + AFTER_HEAL;
     loop {
         let at_hub = stored_ids(hub, "FERRY_EVENTS", "ferry.v1.>").await;
         let mut counts: BTreeMap<Uuid, usize> = BTreeMap::new();
@@ -973,7 +993,7 @@ async fn production_cut_off_from_the_hub_mid_canary_rolls_back_alone_serves_thro
     leaf.heal();
     let healed = std::time::Instant::now();
     leaf.wait_link(true).await;
-    wait_history(&hub, canary, "failed").await;
+    wait_history_within(&hub, canary, "failed", AFTER_HEAL).await;
     eprintln!(
         "the canary's failure in the hub's history {:?} after the heal",
         healed.elapsed()
@@ -1039,7 +1059,7 @@ async fn commands_issued_while_production_is_cut_off_run_once_after_the_heal_and
     leaf.heal();
     let healed = std::time::Instant::now();
     leaf.wait_link(true).await;
-    let outcome = watch.outcome(during, Duration::from_secs(90)).await;
+    let outcome = watch.outcome(during, AFTER_HEAL).await;
     assert!(
         matches!(outcome.body, EventBody::Succeeded { .. }),
         "{outcome:?}"
@@ -1066,8 +1086,12 @@ async fn commands_issued_while_production_is_cut_off_run_once_after_the_heal_and
         (expiring, "refused"),
         (last, "succeeded"),
     ] {
-        wait_history(&hub, id, outcome).await;
+        wait_history_within(&hub, id, outcome, AFTER_HEAL).await;
     }
+    eprintln!(
+        "the three commands' records in the hub's history {:?} after the heal",
+        healed.elapsed()
+    );
     // Once each: one command in the leaf's stream, one final event at the
     // hub, one history record.
     assert_eq!(stored_commands(&local, "production").await, 4);
@@ -1194,8 +1218,8 @@ async fn on_the_deploy_hub_and_leaf_configurations_with_role_users_production_ta
     system.start_agent_with(config).await;
     let hub = system.nats.client().await;
     let id = send_production(&system, &hub, deploy("1.0.0", &[], None)).await;
-    wait_serving(port, "1.0.0", WAIT).await;
-    wait_history(&hub, id, "succeeded").await;
+    wait_serving(port, "1.0.0", AFTER_HEAL).await;
+    wait_history_within(&hub, id, "succeeded", AFTER_HEAL).await;
     assert_eq!(
         stored_env_outcomes(&hub, "production", id).await.len(),
         1,
