@@ -755,6 +755,61 @@ async fn fake_apiserver_a_canary_by_replica_ratio_is_rolled_back_by_a_breached_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_an_agent_killed_mid_canary_restores_the_stable_deployment_to_full_strength()
+{
+    let traffic = CanaryTraffic::start(&[]).await;
+    let system = System::without_controller();
+    let (fake, mut agent) = start_with(&system, &traffic.metrics_toml()).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let v1 = command(
+        &system,
+        &mut watch,
+        deploy("1.0.0", "registry.example/web:1", 10),
+    )
+    .await;
+    assert!(succeeded(&v1), "{v1:?}");
+    // Long steps: the canary is still at its first step when the agent dies.
+    send_command(
+        &client,
+        &system.controller_key,
+        "dev",
+        "web",
+        canary_deploy(vec![25, 100], 600),
+    )
+    .await;
+    watch
+        .wait_for(WAIT, "the first canary step", |e| {
+            matches!(&e.body, EventBody::Rollout(r)
+                if matches!(r.phase, RolloutPhase::StepStarted) && r.status.step == 1)
+        })
+        .await;
+    assert_eq!(replicas_of(&fake, "web-1-0-0"), Some(7));
+    assert_eq!(replicas_of(&fake, "web-2-0-0-canary"), Some(3));
+
+    agent.kill_hard();
+    // The first heartbeat comes after the agent restored its services.
+    agent.start_again().await;
+    assert_eq!(
+        deployment_names(&fake),
+        ["web-1-0-0"],
+        "the unfinished canary's Deployment is removed"
+    );
+    assert_eq!(
+        replicas_of(&fake, "web-1-0-0"),
+        Some(10),
+        "the stable Deployment is back at the recorded 10 replicas"
+    );
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
+    until("10 stable pods ready", || {
+        let d = fake.object("deployments", NS, "web-1-0-0")?;
+        (d["status"]["readyReplicas"] == 10).then_some(())
+    })
+    .await;
+    traffic.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_apiserver_a_good_canary_by_replica_ratio_is_promoted_into_the_stable_deployment() {
     let traffic = CanaryTraffic::start(&[]).await;
     let system = System::without_controller();
