@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -445,6 +446,36 @@ async fn two_controllers_on_different_nodes_promote_a_release_once() {
     system.shutdown().await;
 }
 
+/// A controller's and a dev agent's configuration files in `dir` for
+/// `nats_url` with `stream_replicas = 3`, the agent trusting the
+/// controller's new key: (controller.toml, agent.toml).
+fn daemon_configs(dir: &std::path::Path, nats_url: &str) -> (PathBuf, PathBuf) {
+    let key = SigningKey::generate();
+    let key_file = dir.join("controller.nk");
+    std::fs::write(&key_file, key.seed().unwrap()).unwrap();
+    let controller = dir.join("controller.toml");
+    std::fs::write(
+        &controller,
+        format!(
+            "nats_url = \"{nats_url}\"\nsigning_key_file = \"{}\"\nstream_replicas = 3\n",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let agent = dir.join("agent.toml");
+    std::fs::write(
+        &agent,
+        format!(
+            "environment = \"dev\"\nnats_url = \"{nats_url}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nstream_replicas = 3\n[services.web]\nport = {}\n",
+            dir.join("agent").display(),
+            key.public_key(),
+            free_port(),
+        ),
+    )
+    .unwrap();
+    (controller, agent)
+}
+
 /// Runs `binary --config <config>` to its end (bounded), returning its exit
 /// code and standard error.
 async fn run_to_exit(binary: &str, config: &std::path::Path) -> (Option<i32>, String) {
@@ -479,20 +510,7 @@ async fn streams_kept_with_another_replica_count_stop_controller_and_agent_with_
         js.create_key_value(spec.replicated(1)).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::generate();
-    let key_file = dir.path().join("controller.nk");
-    std::fs::write(&key_file, key.seed().unwrap()).unwrap();
-
-    let controller = dir.path().join("controller.toml");
-    std::fs::write(
-        &controller,
-        format!(
-            "nats_url = \"{}\"\nsigning_key_file = \"{}\"\nstream_replicas = 3\n",
-            nats.url(),
-            key_file.display()
-        ),
-    )
-    .unwrap();
+    let (controller, agent) = daemon_configs(dir.path(), &nats.url());
     let (code, stderr) = run_to_exit("ferry-controller", &controller).await;
     assert_eq!(code, Some(64), "{stderr}");
     for stream in streams::all_streams()
@@ -506,18 +524,6 @@ async fn streams_kept_with_another_replica_count_stop_controller_and_agent_with_
         );
     }
 
-    let agent = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent,
-        format!(
-            "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nstream_replicas = 3\n[services.web]\nport = {}\n",
-            nats.url(),
-            dir.path().join("agent").display(),
-            key.public_key(),
-            free_port(),
-        ),
-    )
-    .unwrap();
     let (code, stderr) = run_to_exit("ferry-agent", &agent).await;
     assert_eq!(code, Some(64), "{stderr}");
     for stream in ["FERRY_COMMANDS", "FERRY_EVENTS"] {
@@ -728,15 +734,20 @@ impl Daemon {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Asserts the process has not exited.
+    fn assert_running(&mut self, binary: &str) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "{binary} exited instead of waiting: {}",
+            self.stderr()
+        );
+    }
+
     /// Polls until its log holds `wanted`, asserting it keeps running.
     async fn wait_logged(&mut self, binary: &str, wanted: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while !self.stderr().contains(wanted) {
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "{binary} exited instead of waiting: {}",
-                self.stderr()
-            );
+            self.assert_running(binary);
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "{binary} did not log {wanted:?} within {WAIT:?}: {}",
@@ -757,31 +768,7 @@ async fn controller_and_agent_started_while_the_cluster_has_no_quorum_wait_and_c
     cluster.kill(1);
     cluster.kill(2);
     let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::generate();
-    let key_file = dir.path().join("controller.nk");
-    std::fs::write(&key_file, key.seed().unwrap()).unwrap();
-    let controller_config = dir.path().join("controller.toml");
-    std::fs::write(
-        &controller_config,
-        format!(
-            "nats_url = \"{}\"\nsigning_key_file = \"{}\"\nstream_replicas = 3\n",
-            cluster.urls(),
-            key_file.display()
-        ),
-    )
-    .unwrap();
-    let agent_config = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_config,
-        format!(
-            "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nstream_replicas = 3\n[services.web]\nport = {}\n",
-            cluster.urls(),
-            dir.path().join("agent").display(),
-            key.public_key(),
-            free_port(),
-        ),
-    )
-    .unwrap();
+    let (controller_config, agent_config) = daemon_configs(dir.path(), &cluster.urls());
     let waiting = "JetStream cannot serve ferry's streams yet";
     let mut controller = Daemon::spawn("ferry-controller", &controller_config);
     let mut agent = Daemon::spawn("ferry-agent", &agent_config);
@@ -820,11 +807,7 @@ async fn controller_and_agent_started_while_the_cluster_has_no_quorum_wait_and_c
         if status.status.success() {
             break;
         }
-        assert!(
-            controller.child.try_wait().unwrap().is_none(),
-            "the controller exited: {}",
-            controller.stderr()
-        );
+        controller.assert_running("ferry-controller");
         assert!(
             tokio::time::Instant::now() < deadline,
             "the controller's API did not answer within 90 s of the quorum's return: {}\n{}",
