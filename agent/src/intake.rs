@@ -30,9 +30,13 @@ use uuid::Uuid;
 const WORKER_QUEUE: usize = 32;
 /// Unacknowledged commands JetStream may hand the agent at once.
 const MAX_ACK_PENDING: i64 = 256;
-/// Time JetStream waits for an ack before redelivering; long commands send
-/// progress acks well inside it.
-const ACK_WAIT: Duration = Duration::from_secs(60);
+/// Time JetStream waits for an ack before redelivering. It is also how long
+/// a command stays lost when it was handed to a pull whose connection just
+/// died (the agent's node paused or cut off before the client noticed):
+/// short, so such a command runs within seconds of the agent reconnecting
+/// elsewhere (at 60 s a command sent as the node froze waited a minute).
+/// Commands queued or running send progress acks well inside it.
+const ACK_WAIT: Duration = Duration::from_secs(15);
 /// How long one pull request for commands waits on the server, and how
 /// often the server confirms it is still held. On a cluster a pull can be
 /// lost with the node or consumer leader it went to; a missed heartbeat
@@ -41,7 +45,9 @@ const ACK_WAIT: Duration = Duration::from_secs(60);
 /// without commands for most of a minute).
 const PULL_EXPIRES: Duration = Duration::from_secs(10);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
-const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(20);
+/// A third of [`ACK_WAIT`]: two progress acks may be lost before a running
+/// command is redelivered (and recognised as still running).
+const PROGRESS_ACK_EVERY: Duration = Duration::from_secs(5);
 
 /// Whom the agent trusts: the keys that may sign commands, and, for an
 /// approval-gated environment, the reviewers whose approvals a deploy must
@@ -400,6 +406,9 @@ struct Admitted {
     id: Uuid,
     expires: OffsetDateTime,
     command: Command,
+    /// Progress acks from admission, so a command queued behind a long
+    /// rollout is not redelivered either; they stop when this is dropped.
+    progress_acks: tokio_util::sync::DropGuard,
 }
 
 enum Admission {
@@ -528,11 +537,14 @@ async fn admit(
 
     executor.accepted(&service, id, command.action.kind()).await;
     let expires = envelope.expires.unwrap_or_else(OffsetDateTime::now_utc);
+    let keep_alive = CancellationToken::new();
+    tokio::spawn(progress_acks(message.clone(), keep_alive.clone()));
     Admission::Run(Admitted {
         message,
         id,
         expires,
         command,
+        progress_acks: keep_alive.drop_guard(),
     })
 }
 
@@ -545,6 +557,7 @@ fn control(admitted: Admitted, executor: Arc<Executor>, in_flight: InFlight) {
         id,
         expires,
         command,
+        progress_acks,
     } = admitted;
     let Action::Rollout { control } = command.action else {
         return;
@@ -553,6 +566,7 @@ fn control(admitted: Admitted, executor: Arc<Executor>, in_flight: InFlight) {
         let report = executor
             .control(id, expires, command.service, control)
             .await;
+        drop(progress_acks);
         in_flight.remove(&id);
         finish(
             Done {
@@ -572,12 +586,10 @@ async fn execute(admitted: Admitted, executor: &Executor) -> Done {
         id,
         expires,
         command,
+        progress_acks,
     } = admitted;
-    let keep_alive = CancellationToken::new();
-    let progress_acks = tokio::spawn(progress_acks(message.clone(), keep_alive.clone()));
     let completion = executor.execute(id, expires, command).await;
-    keep_alive.cancel();
-    let _ = progress_acks.await;
+    drop(progress_acks);
     match completion {
         Completion::Done(report) => Done {
             message,

@@ -88,7 +88,7 @@ pub struct ControllerConfig {
     /// Where to serve Prometheus metrics on `/metrics`, e.g. `127.0.0.1:9464`;
     /// off when absent.
     pub metrics_listen: Option<String>,
-    /// Where to serve the web dashboard, e.g. `127.0.0.1:8080`; off when absent.
+    /// Where to serve the web dashboard, e.g. `127.0.0.1:9080`; off when absent.
     pub dashboard_listen: Option<String>,
     /// The dashboard's operators (`[[dashboard.operators]]`).
     pub dashboard: crate::dashboard::DashboardConfig,
@@ -737,14 +737,12 @@ impl ControllerConfig {
                 }
             })
             .ok();
-        let metrics_listen = crate::dashboard::parse_listen(self.metrics_listen.as_deref())
-            .unwrap_or_else(|e| {
-                problem(
-                    "metrics_listen",
-                    e.replace("127.0.0.1:8080", "127.0.0.1:9464"),
-                );
-                None
-            });
+        let metrics_listen =
+            crate::dashboard::parse_listen(self.metrics_listen.as_deref(), "127.0.0.1:9464")
+                .unwrap_or_else(|e| {
+                    problem("metrics_listen", e);
+                    None
+                });
         let dashboard = self
             .dashboard
             .validate(self.dashboard_listen.as_deref())

@@ -67,7 +67,11 @@ fn spawn(config: &Path) -> std::process::Child {
     std::process::Command::new(bin("ferry-agent"))
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
+        // FERRY_E2E_AGENT_LOG widens the agent's log when a test needs a look inside.
+        .env(
+            "RUST_LOG",
+            std::env::var("FERRY_E2E_AGENT_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap()

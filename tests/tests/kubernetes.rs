@@ -16,7 +16,7 @@ use ferry_e2e::rollout::{
 use ferry_e2e::*;
 use ferry_protocol::command::{Action, ReleaseSpec, RollbackTarget};
 use ferry_protocol::event::EventBody;
-use ferry_protocol::rollout::RolloutPhase;
+use ferry_protocol::rollout::{RolloutPhase, RolloutStatus};
 use ferry_protocol::Version;
 use serde_json::{json, Value};
 
@@ -673,25 +673,18 @@ fn replicas_of(fake: &FakeApiServer, name: &str) -> Option<u64> {
     fake.object("deployments", NS, name)?["spec"]["replicas"].as_u64()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fake_apiserver_a_canary_by_replica_ratio_is_rolled_back_by_a_breached_threshold() {
-    let traffic = CanaryTraffic::start(&[("SAMPLE_ERROR_RATE", "0.2")]).await;
-    let system = System::without_controller();
-    let (fake, _agent) = start_with(&system, &traffic.metrics_toml()).await;
-    let client = system.nats.client().await;
-    let mut watch = EventWatch::new(&client, "dev", "web").await;
-    let v1 = command(
-        &system,
-        &mut watch,
-        deploy("1.0.0", "registry.example/web:1", 10),
-    )
-    .await;
+/// 1.0.0 deployed at 10 replicas, then a canary of 2.0.0 with steps of
+/// 25% and 100% held 600 s each (only analysis, a kill or a control can end
+/// the first): its command id and status once its first step started.
+async fn canary_at_its_first_step(
+    system: &System,
+    client: &async_nats::Client,
+    watch: &mut EventWatch,
+) -> (uuid::Uuid, RolloutStatus) {
+    let v1 = command(system, watch, deploy("1.0.0", "registry.example/web:1", 10)).await;
     assert!(succeeded(&v1), "{v1:?}");
-    let stable_before = fake.object("deployments", NS, "web-1-0-0").unwrap();
-
-    // Long steps: only the analysis can end the first one.
     let id = send_command(
-        &client,
+        client,
         &system.controller_key,
         "dev",
         "web",
@@ -704,13 +697,25 @@ async fn fake_apiserver_a_canary_by_replica_ratio_is_rolled_back_by_a_breached_t
                 if matches!(r.phase, RolloutPhase::StepStarted) && r.status.step == 1)
         })
         .await;
-    let EventBody::Rollout(step) = &step.body else {
+    let EventBody::Rollout(step) = step.body else {
         unreachable!()
     };
+    (id, step.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_a_canary_by_replica_ratio_is_rolled_back_by_a_breached_threshold() {
+    let traffic = CanaryTraffic::start(&[("SAMPLE_ERROR_RATE", "0.2")]).await;
+    let system = System::without_controller();
+    let (fake, _agent) = start_with(&system, &traffic.metrics_toml()).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let (id, step) = canary_at_its_first_step(&system, &client, &mut watch).await;
+    let stable_before = fake.object("deployments", NS, "web-1-0-0").unwrap();
     // 25% of 10 replicas: 2.5 rounds to 3 canary pods beside 7 stable ones,
     // 30% of the ready replicas, reported next to the 25% asked for.
-    assert_eq!(step.status.weight_percent, 25);
-    assert_eq!(step.status.weight_reached_percent, Some(30), "{step:?}");
+    assert_eq!(step.weight_percent, 25);
+    assert_eq!(step.weight_reached_percent, Some(30), "{step:?}");
     assert_eq!(replicas_of(&fake, "web-2-0-0-canary"), Some(3));
     assert_eq!(replicas_of(&fake, "web-1-0-0"), Some(7));
     let canary = fake.object("deployments", NS, "web-2-0-0-canary").unwrap();
@@ -751,6 +756,40 @@ async fn fake_apiserver_a_canary_by_replica_ratio_is_rolled_back_by_a_breached_t
     assert_eq!(stable["spec"]["replicas"], 10);
     assert_eq!(stable["status"]["readyReplicas"], 10);
     assert_eq!(pod_versions(&fake, "web-1-0-0"), ["1-0-0"; 10]);
+    traffic.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_an_agent_killed_mid_canary_restores_the_stable_deployment_to_full_strength()
+{
+    let traffic = CanaryTraffic::start(&[]).await;
+    let system = System::without_controller();
+    let (fake, mut agent) = start_with(&system, &traffic.metrics_toml()).await;
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    canary_at_its_first_step(&system, &client, &mut watch).await;
+    assert_eq!(replicas_of(&fake, "web-1-0-0"), Some(7));
+    assert_eq!(replicas_of(&fake, "web-2-0-0-canary"), Some(3));
+
+    agent.kill_hard();
+    // The first heartbeat comes after the agent restored its services.
+    agent.start_again().await;
+    assert_eq!(
+        deployment_names(&fake),
+        ["web-1-0-0"],
+        "the unfinished canary's Deployment is removed"
+    );
+    assert_eq!(
+        replicas_of(&fake, "web-1-0-0"),
+        Some(10),
+        "the stable Deployment is back at the recorded 10 replicas"
+    );
+    assert_eq!(selected_set(&fake).as_deref(), Some("web-1-0-0"));
+    until("10 stable pods ready", || {
+        let d = fake.object("deployments", NS, "web-1-0-0")?;
+        (d["status"]["readyReplicas"] == 10).then_some(())
+    })
+    .await;
     traffic.stop().await;
 }
 

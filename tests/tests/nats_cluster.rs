@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -38,14 +39,38 @@ async fn cluster(test: &str) -> Option<NatsCluster> {
 /// Every message stored in `stream` under `filter`, decoded as envelopes of
 /// `T` (those that are not are skipped), read by an ephemeral consumer up
 /// to the count it had pending when created (an empty fetch on a busy
-/// cluster is not the end).
+/// cluster is not the end). A read that fails (right after a heal the
+/// JetStream API can time out while the node catches up) is started over,
+/// for up to [`WAIT`].
 async fn stored<T: DeserializeOwned>(
     client: &async_nats::Client,
     stream: &str,
     filter: &str,
 ) -> Vec<T> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match read_stored(client, stream, filter, deadline).await {
+            Ok(found) => return found,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "could not read {filter} from {stream} within {WAIT:?}: {e}"
+                );
+                eprintln!("reading {filter} from {stream} again after: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn read_stored<T: DeserializeOwned>(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<T>, String> {
     let js = jetstream::new(client.clone());
-    let stream = js.get_stream(stream).await.unwrap();
+    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
     let mut reader = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: filter.to_owned(),
@@ -55,31 +80,30 @@ async fn stored<T: DeserializeOwned>(
             ..Default::default()
         })
         .await
-        .unwrap();
-    let total = reader.info().await.unwrap().num_pending as usize;
-    let deadline = tokio::time::Instant::now() + WAIT;
+        .map_err(|e| e.to_string())?;
+    let total = reader.info().await.map_err(|e| e.to_string())?.num_pending as usize;
     let mut read = 0;
     let mut found = Vec::new();
     while read < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "read {read} of the {total} messages of {filter} within {WAIT:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("read {read} of the {total} messages of {filter}"));
+        }
         let mut batch = reader
             .fetch()
             .max_messages(1000)
             .expires(Duration::from_secs(1))
             .messages()
             .await
-            .unwrap();
+            .map_err(|e| e.to_string())?;
         while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| e.to_string())?;
             read += 1;
-            if let Ok(envelope) = Envelope::<T>::decode(&message.unwrap().payload) {
+            if let Ok(envelope) = Envelope::<T>::decode(&message.payload) {
                 found.push(envelope.data);
             }
         }
     }
-    found
+    Ok(found)
 }
 
 /// The envelope ids of every message stored in `stream` under `filter`.
@@ -489,6 +513,36 @@ async fn two_controllers_on_different_nodes_promote_a_release_once() {
     system.shutdown().await;
 }
 
+/// A controller's and a dev agent's configuration files in `dir` for
+/// `nats_url` with `stream_replicas = 3`, the agent trusting the
+/// controller's new key: (controller.toml, agent.toml).
+fn daemon_configs(dir: &std::path::Path, nats_url: &str) -> (PathBuf, PathBuf) {
+    let key = SigningKey::generate();
+    let key_file = dir.join("controller.nk");
+    std::fs::write(&key_file, key.seed().unwrap()).unwrap();
+    let controller = dir.join("controller.toml");
+    std::fs::write(
+        &controller,
+        format!(
+            "nats_url = \"{nats_url}\"\nsigning_key_file = \"{}\"\nstream_replicas = 3\n",
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let agent = dir.join("agent.toml");
+    std::fs::write(
+        &agent,
+        format!(
+            "environment = \"dev\"\nnats_url = \"{nats_url}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nstream_replicas = 3\n[services.web]\nport = {}\n",
+            dir.join("agent").display(),
+            key.public_key(),
+            free_port(),
+        ),
+    )
+    .unwrap();
+    (controller, agent)
+}
+
 /// Runs `binary --config <config>` to its end (bounded), returning its exit
 /// code and standard error.
 async fn run_to_exit(binary: &str, config: &std::path::Path) -> (Option<i32>, String) {
@@ -523,20 +577,7 @@ async fn streams_kept_with_another_replica_count_stop_controller_and_agent_with_
         js.create_key_value(spec.replicated(1)).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::generate();
-    let key_file = dir.path().join("controller.nk");
-    std::fs::write(&key_file, key.seed().unwrap()).unwrap();
-
-    let controller = dir.path().join("controller.toml");
-    std::fs::write(
-        &controller,
-        format!(
-            "nats_url = \"{}\"\nsigning_key_file = \"{}\"\nstream_replicas = 3\n",
-            nats.url(),
-            key_file.display()
-        ),
-    )
-    .unwrap();
+    let (controller, agent) = daemon_configs(dir.path(), &nats.url());
     let (code, stderr) = run_to_exit("ferry-controller", &controller).await;
     assert_eq!(code, Some(64), "{stderr}");
     for stream in streams::all_streams()
@@ -550,18 +591,6 @@ async fn streams_kept_with_another_replica_count_stop_controller_and_agent_with_
         );
     }
 
-    let agent = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent,
-        format!(
-            "environment = \"dev\"\nnats_url = \"{}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\nstream_replicas = 3\n[services.web]\nport = {}\n",
-            nats.url(),
-            dir.path().join("agent").display(),
-            key.public_key(),
-            free_port(),
-        ),
-    )
-    .unwrap();
     let (code, stderr) = run_to_exit("ferry-agent", &agent).await;
     assert_eq!(code, Some(64), "{stderr}");
     for stream in ["FERRY_COMMANDS", "FERRY_EVENTS"] {
@@ -1227,4 +1256,136 @@ async fn on_the_deploy_hub_and_leaf_configurations_with_role_users_production_ta
     );
     system.stop_controller().await;
     system.shutdown().await;
+}
+
+/// A daemon's process with its standard error collected as it runs.
+struct Daemon {
+    child: tokio::process::Child,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    fn spawn(binary: &str, config: &std::path::Path) -> Daemon {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(bin(binary))
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Daemon { child, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Asserts the process has not exited.
+    fn assert_running(&mut self, binary: &str) {
+        assert!(
+            self.child.try_wait().unwrap().is_none(),
+            "{binary} exited instead of waiting: {}",
+            self.stderr()
+        );
+    }
+
+    /// Polls until its log holds `wanted`, asserting it keeps running.
+    async fn wait_logged(&mut self, binary: &str, wanted: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.stderr().contains(wanted) {
+            self.assert_running(binary);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{binary} did not log {wanted:?} within {WAIT:?}: {}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_and_agent_started_while_the_cluster_has_no_quorum_wait_and_come_up_when_it_returns(
+) {
+    let Some(cluster) = cluster("started_without_quorum").await else {
+        return;
+    };
+    // Two of three nodes down: JetStream can place no R3 stream.
+    cluster.kill(1);
+    cluster.kill(2);
+    let dir = tempfile::tempdir().unwrap();
+    let (controller_config, agent_config) = daemon_configs(dir.path(), &cluster.urls());
+    let waiting = "JetStream cannot serve ferry's streams yet";
+    let mut controller = Daemon::spawn("ferry-controller", &controller_config);
+    let mut agent = Daemon::spawn("ferry-agent", &agent_config);
+    controller.wait_logged("ferry-controller", waiting).await;
+    agent.wait_logged("ferry-agent", waiting).await;
+
+    let client = async_nats::connect(cluster.url(0)).await.unwrap();
+    let dev = ferry_protocol::EnvName::new("dev").unwrap();
+    let mut heartbeats = client
+        .subscribe(ferry_protocol::subject::agent_event(
+            &dev,
+            ferry_protocol::subject::AgentEventKind::Heartbeat,
+        ))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let back = std::time::Instant::now();
+    cluster.start_node(1).await;
+    cluster.start_node(2).await;
+    tokio::time::timeout(Duration::from_secs(90), heartbeats.next())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no heartbeat from the agent within 90 s of the quorum's return: {}",
+                agent.stderr()
+            )
+        })
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = std::process::Command::new(bin("ferry"))
+            .args(["status", "--output", "json"])
+            .env("FERRY_NATS_URL", cluster.url(0))
+            .output()
+            .unwrap();
+        if status.status.success() {
+            break;
+        }
+        controller.assert_running("ferry-controller");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the controller's API did not answer within 90 s of the quorum's return: {}\n{}",
+            String::from_utf8_lossy(&status.stderr),
+            controller.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "controller and agent up {:?} after the quorum's return began",
+        back.elapsed()
+    );
+    let js = jetstream::new(client.clone());
+    for stream in ferry_streams() {
+        let mut found = js.get_stream(&stream).await.unwrap();
+        assert_eq!(
+            found.info().await.unwrap().config.num_replicas,
+            3,
+            "{stream}"
+        );
+    }
 }

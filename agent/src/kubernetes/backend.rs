@@ -185,6 +185,16 @@ impl ServiceBackend for KubernetesService {
                 self.delete_deployment(&name).await;
             }
         }
+        if let Some(set) = &keep {
+            // A canary the last agent did not finish left the stable
+            // Deployment scaled down beside it (removed above): back to the
+            // recorded count, so the service serves at full strength.
+            if adopted > 0 && adopted != replicas {
+                tracing::info!(deployment = %set, from = adopted, to = replicas, "scaling the adopted Deployment back to the recorded replicas");
+                self.scale_to(set, replicas).await?;
+                adopted = replicas;
+            }
+        }
         if let (Some(set), true) = (keep, adopted > 0) {
             self.now_serving(release, &set);
             self.route_serving().await?;

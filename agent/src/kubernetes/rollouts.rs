@@ -80,7 +80,7 @@ pub fn canary_refusal(service: &ServiceName) -> String {
 }
 
 impl KubernetesService {
-    async fn scale_to(&self, name: &str, replicas: u32) -> Result<(), RuntimeError> {
+    pub(super) async fn scale_to(&self, name: &str, replicas: u32) -> Result<(), RuntimeError> {
         let patch = json!({ "spec": { "replicas": replicas } });
         self.deployments
             .patch_scale(name, &PatchParams::default(), &Patch::Merge(&patch))

@@ -57,7 +57,7 @@ impl DashboardConfig {
         listen: Option<&str>,
     ) -> Result<ResolvedDashboard, Vec<(&'static str, String)>> {
         let mut problems = Vec::new();
-        let listen = match parse_listen(listen) {
+        let listen = match parse_listen(listen, EXAMPLE_LISTEN) {
             Ok(listen) => listen,
             Err(e) => {
                 problems.push(("dashboard_listen", e));
@@ -106,7 +106,7 @@ impl DashboardConfig {
         if listen.is_none() && !operators.is_empty() && problems.is_empty() {
             problems.push((
                 "dashboard_listen",
-                "dashboard.operators are configured but dashboard_listen is not: set it (e.g. 127.0.0.1:8080) or remove them".to_owned(),
+                format!("dashboard.operators are configured but dashboard_listen is not: set it (e.g. {EXAMPLE_LISTEN}) or remove them"),
             ));
         }
         if problems.is_empty() {
@@ -117,14 +117,21 @@ impl DashboardConfig {
     }
 }
 
-/// Parses an optional listen address; blank counts as absent.
-pub(crate) fn parse_listen(text: Option<&str>) -> Result<Option<SocketAddr>, String> {
+/// The dashboard's address in the example configuration and the demo.
+pub(crate) const EXAMPLE_LISTEN: &str = "127.0.0.1:9080";
+
+/// Parses an optional listen address; blank counts as absent. `example`
+/// is the address a problem suggests (each listener has its own).
+pub(crate) fn parse_listen(
+    text: Option<&str>,
+    example: &str,
+) -> Result<Option<SocketAddr>, String> {
     match text.map(str::trim) {
         None | Some("") => Ok(None),
         Some(text) => text
             .parse::<SocketAddr>()
             .map(Some)
-            .map_err(|e| format!("{text:?} is not an address such as 127.0.0.1:8080: {e}")),
+            .map_err(|e| format!("{text:?} is not an address such as {example}: {e}")),
     }
 }
 
