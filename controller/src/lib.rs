@@ -20,6 +20,7 @@ mod consumer;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+mod follow;
 mod gate;
 mod ids;
 mod installation;

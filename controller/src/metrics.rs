@@ -16,7 +16,7 @@ use ferry_protocol::event::{
     AgentEvent, EventBody, ServiceEvent, ServiceMetrics, ServiceSnapshot, ServiceState,
 };
 use ferry_protocol::rollout::{Metric, RolloutState};
-use ferry_protocol::subject::{self, EventKind};
+use ferry_protocol::subject::{self, AgentEventKind, EventKind};
 use ferry_protocol::{EnvName, Envelope, ServiceName};
 use futures::StreamExt;
 use http_body_util::Full;
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::alerts::Alerts;
+use crate::follow::follow;
 use crate::{Error, Shared, SOURCE};
 
 /// Content type of the text exposition `prometheus-client` writes.
@@ -224,18 +225,16 @@ impl View {
 /// serves `/metrics` if configured, until `stop`.
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), Error> {
     let view = Arc::new(Mutex::new(View::default()));
-    let client = shared.client.clone();
-    let subscribe = |subject: String| {
-        let client = client.clone();
-        async move {
-            client.subscribe(subject).await.map_err(|e| Error::Nats {
-                action: "subscribe to heartbeats and metrics".into(),
-                source: Box::new(e),
-            })
-        }
-    };
-    let mut heartbeats = subscribe(subject::all_agent_events()).await?;
-    let mut metrics = subscribe(subject::all_events_of_kind(EventKind::Metrics)).await?;
+    let mut heartbeats = follow(&shared, subject::all_agent_events(), |env| {
+        subject::agent_event(env, AgentEventKind::Heartbeat)
+    })
+    .await?;
+    let mut metrics = follow(
+        &shared,
+        subject::all_events_of_kind(EventKind::Metrics),
+        |env| subject::events_of_kind(env, EventKind::Metrics),
+    )
+    .await?;
     if let Some(address) = shared.config.metrics_listen() {
         let listener = TcpListener::bind(address)
             .await

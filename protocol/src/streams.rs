@@ -224,7 +224,7 @@ pub fn leaf_events(env: &EnvName) -> StreamSpec {
 /// them published at the hub (a controller's alert) is not copied back.
 pub fn leaf_event_subjects(env: &EnvName) -> Vec<String> {
     vec![
-        format!("{}.evt.{env}.>", crate::subject::PREFIX),
+        crate::subject::events_for_env(env),
         format!("{}.agent.{env}.>", crate::subject::PREFIX),
     ]
 }

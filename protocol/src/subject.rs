@@ -283,6 +283,11 @@ pub fn events_for_service(env: &EnvName, service: &ServiceName) -> String {
     format!("{PREFIX}.evt.{env}.{service}.>")
 }
 
+/// `ferry.v1.evt.<env>.>`: every per-service event of one environment.
+pub fn events_for_env(env: &EnvName) -> String {
+    format!("{PREFIX}.evt.{env}.>")
+}
+
 /// `ferry.v1.evt.<env>.*.<kind>`: one kind of event of every service of an environment.
 pub fn events_of_kind(env: &EnvName, kind: EventKind) -> String {
     format!("{PREFIX}.evt.{env}.*.{}", kind.as_str())
@@ -408,6 +413,7 @@ mod tests {
         assert_eq!(release(&svc()), "ferry.v1.release.web");
         assert_eq!(api(ApiOp::Status), "ferry.v1.api.status");
         assert_eq!(commands_for_env(&env()), "ferry.v1.cmd.dev.>");
+        assert_eq!(events_for_env(&env()), "ferry.v1.evt.dev.>");
     }
 
     #[test]

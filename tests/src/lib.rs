@@ -16,6 +16,7 @@ pub mod fake_apiserver;
 pub mod footprint;
 pub mod http_inbox;
 pub mod load;
+pub mod metrics_scrape;
 pub mod nats;
 pub mod nats_cluster;
 pub mod prometheus;

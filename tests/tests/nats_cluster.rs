@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use ferry_controller::config::StageSettings;
 use ferry_controller::ControllerConfig;
+use ferry_e2e::metrics_scrape::{gauge, scrape_metrics};
 use ferry_e2e::nats_cluster::{ferry_streams, LeafNode, NatsCluster, HUB_DOMAIN};
 use ferry_e2e::rollout::*;
 use ferry_e2e::*;
@@ -812,6 +813,7 @@ async fn production_on_a_leaf(test: &str) -> Option<LeafSetup> {
     system.controller_config.jetstream_domain = Some(HUB_DOMAIN.to_owned());
     system.controller_config.leaf_domains =
         BTreeMap::from([("production".to_owned(), "production".to_owned())]);
+    system.metrics_port = Some(free_port());
     system.start_controller().await;
     let sources = js
         .get_stream("FERRY_EVENTS")
@@ -859,6 +861,42 @@ async fn production_on_a_leaf(test: &str) -> Option<LeafSetup> {
         local,
         watch,
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_at_the_hub_follows_a_leaf_environments_heartbeats_and_metrics_live() {
+    let Some(setup) = production_on_a_leaf("leaf_followed_live").await else {
+        return;
+    };
+    let metrics_port = setup.system.metrics_port.unwrap();
+    let load = Load::start(setup.port, 2, Duration::from_millis(5));
+    // The leaf link denies production's event subjects (the hub stores them
+    // once, through its stream's source): only the controller's consumer of
+    // that stream can bring its heartbeats and metrics into /metrics.
+    let agent = [("environment", "production")];
+    let web = [("environment", "production"), ("service", "web")];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((_, scrape)) = scrape_metrics(metrics_port).await {
+            let up = gauge(&scrape, "ferry_agent_up", &agent) == Some(1.0);
+            let healthy = gauge(&scrape, "ferry_service_replicas_healthy", &web) == Some(2.0);
+            let live =
+                gauge(&scrape, "ferry_service_requests_per_second", &web).is_some_and(|r| r > 1.0);
+            if up && healthy && live {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hub's controller never showed production on its leaf as up, healthy and serving"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = load.stop().await;
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    let mut system = setup.system;
+    system.stop_controller().await;
+    system.shutdown().await;
 }
 
 /// Signs `action` for production/web and stores it at the hub, as the controller would.

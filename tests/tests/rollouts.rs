@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use ferry_e2e::metrics_scrape::{gauge, scrape_metrics};
 use ferry_e2e::rollout::*;
 use ferry_e2e::*;
 use ferry_protocol::command::{Action, ActionKind};
@@ -598,31 +599,6 @@ async fn ferry_monitor_shows_live_numbers_and_exits_non_zero_after_a_breach() {
     system.shutdown().await;
 }
 
-async fn scrape(port: u16) -> Option<(String, prometheus_parse::Scrape)> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    let text = response.text().await.ok()?;
-    let scrape =
-        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
-    Some((text, scrape))
-}
-
-fn gauge(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .find_map(|s| match s.value {
-            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-}
-
 fn alert(e: &ServiceEvent, metric: Metric, raised: bool) -> bool {
     matches!(&e.body, EventBody::Alert(a) if a.breach.metric == metric && a.raised == raised)
 }
@@ -647,7 +623,7 @@ async fn metrics_parse_as_prometheus_text_and_alerts_fire_once_per_transition() 
     let web = [("environment", "dev"), ("service", "web")];
     let deadline = Instant::now() + WAIT;
     let (text, scrape) = loop {
-        if let Some((text, scrape)) = scrape(metrics_port).await {
+        if let Some((text, scrape)) = scrape_metrics(metrics_port).await {
             let live =
                 gauge(&scrape, "ferry_service_requests_per_second", &web).is_some_and(|r| r > 1.0);
             let healthy = gauge(&scrape, "ferry_service_replicas_healthy", &web) == Some(2.0);

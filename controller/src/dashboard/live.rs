@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_nats::connection::State;
 use ferry_protocol::event::{AgentEvent, EventBody, ServiceEvent};
 use ferry_protocol::rollout::{Breach, Metric, RolloutEvent, RolloutPhase};
-use ferry_protocol::subject::{self, Subject};
+use ferry_protocol::subject::{self, AgentEventKind, Subject};
+
+use crate::follow::follow;
 use ferry_protocol::{EnvName, Envelope, ServiceName};
 use futures::StreamExt;
 use serde::Serialize;
@@ -238,18 +240,23 @@ pub(crate) async fn feed(
     live: Arc<Live>,
     stop: CancellationToken,
 ) -> Result<(), Error> {
-    let subscribe = |subject: String| {
-        let client = shared.client.clone();
-        async move {
-            client.subscribe(subject).await.map_err(|e| Error::Nats {
-                action: "subscribe to events for the dashboard".into(),
-                source: Box::new(e),
-            })
-        }
-    };
-    let mut events = subscribe(subject::all_events()).await?;
-    let mut agents = subscribe(subject::all_agent_events()).await?;
-    let mut history = subscribe(subject::all_history()).await?;
+    let mut events = follow(&shared, subject::all_events(), |env| {
+        subject::events_for_env(env)
+    })
+    .await?;
+    let mut agents = follow(&shared, subject::all_agent_events(), |env| {
+        subject::agent_event(env, AgentEventKind::Heartbeat)
+    })
+    .await?;
+    // History is written at the hub: a subscription sees all of it.
+    let mut history = shared
+        .client
+        .subscribe(subject::all_history())
+        .await
+        .map_err(|e| Error::Nats {
+            action: "subscribe to history for the dashboard".into(),
+            source: Box::new(e),
+        })?;
     let mut poll = tokio::time::interval(CONNECTION_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
