@@ -145,10 +145,23 @@ impl Browser {
     }
 
     /// The text of the first element matching `css`; empty when there is none.
+    /// The text of the first element matching `css`, or "" when none does.
+    /// The views re-render on live updates, so an element found can be
+    /// replaced before its text is read (a stale reference): it is then
+    /// found again, for up to a few seconds.
     pub async fn text(&self, css: &str) -> String {
-        match self.client().find(Locator::Css(css)).await {
-            Ok(element) => element.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let Ok(element) = self.client().find(Locator::Css(css)).await else {
+                return String::new();
+            };
+            match element.text().await {
+                Ok(text) => return text,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    panic!("could not read the text of {css}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
     }
 
@@ -160,10 +173,22 @@ impl Browser {
             .unwrap_or(0)
     }
 
+    /// Whether the first element matching `css` is displayed (false when
+    /// none matches); a reference gone stale under a re-render is found
+    /// again, as in [`Browser::text`].
     pub async fn displayed(&self, css: &str) -> bool {
-        match self.client().find(Locator::Css(css)).await {
-            Ok(element) => element.is_displayed().await.unwrap_or(false),
-            Err(_) => false,
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let Ok(element) = self.client().find(Locator::Css(css)).await else {
+                return false;
+            };
+            match element.is_displayed().await {
+                Ok(shown) => return shown,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    panic!("could not tell whether {css} is displayed: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
     }
 
