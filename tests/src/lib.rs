@@ -384,6 +384,16 @@ impl System {
             .await
             .expect("subscribe heartbeats");
         client.flush().await.expect("flush");
+        self.spawn_agent(config);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        tokio::time::timeout_at(deadline, heartbeats.next())
+            .await
+            .unwrap_or_else(|_| panic!("agent {env} sent no heartbeat within {WAIT:?}"))
+            .expect("heartbeat subscription open");
+    }
+
+    /// Runs an in-process agent on `config`, kept under its environment.
+    fn spawn_agent(&mut self, config: AgentConfig) {
         let token = CancellationToken::new();
         let run_token = token.clone();
         let run_config = config.clone();
@@ -393,17 +403,12 @@ impl System {
                 .map_err(anyhow::Error::from)
         });
         self.agents.insert(
-            env.clone(),
+            config.environment.to_string(),
             AgentSlot {
                 config,
                 running: Some(Running { token, task }),
             },
         );
-        let deadline = tokio::time::Instant::now() + WAIT;
-        tokio::time::timeout_at(deadline, heartbeats.next())
-            .await
-            .unwrap_or_else(|_| panic!("agent {env} sent no heartbeat within {WAIT:?}"))
-            .expect("heartbeat subscription open");
     }
 
     /// Starts an agent on a leaf node whose only user is the agent's own:
@@ -413,21 +418,7 @@ impl System {
     /// retried after 10 s, then 20 s.
     async fn start_leaf_agent_with_users(&mut self, config: AgentConfig) {
         let env = config.environment.to_string();
-        let token = CancellationToken::new();
-        let run_token = token.clone();
-        let run_config = config.clone();
-        let task = tokio::spawn(async move {
-            ferry_agent::run(run_config, run_token)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-        self.agents.insert(
-            env.clone(),
-            AgentSlot {
-                config,
-                running: Some(Running { token, task }),
-            },
-        );
+        self.spawn_agent(config);
         let js = async_nats::jetstream::new(self.nats.client().await);
         let wait = Duration::from_secs(120);
         let deadline = tokio::time::Instant::now() + wait;

@@ -78,6 +78,55 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A nats-server container of the harness's image, before it is started.
+struct ContainerSpec<'a> {
+    container: &'a str,
+    /// Its host name (and server name) on `network`.
+    hostname: &'a str,
+    network: &'a str,
+    /// Another name it answers to on `network`.
+    alias: Option<&'a str>,
+    /// `ferry.test.cluster=<id>`, beside [`LABEL`].
+    cluster_label: &'a str,
+    /// Host ports (127.0.0.1) of its client and monitoring listeners.
+    ports: (u16, u16),
+    /// `NAME=value` for its environment.
+    variables: &'a [String],
+}
+
+/// `docker create`s the container `spec` describes, reading `/nats.conf`.
+fn create_container(spec: &ContainerSpec) {
+    let client = format!("127.0.0.1:{}:4222", spec.ports.0);
+    let monitor = format!("127.0.0.1:{}:8222", spec.ports.1);
+    let mut args: Vec<&str> = vec![
+        "create",
+        "--name",
+        spec.container,
+        "--hostname",
+        spec.hostname,
+        "--network",
+        spec.network,
+    ];
+    if let Some(alias) = spec.alias {
+        args.extend(["--network-alias", alias]);
+    }
+    args.extend([
+        "--label",
+        LABEL,
+        "--label",
+        spec.cluster_label,
+        "-p",
+        &client,
+        "-p",
+        &monitor,
+    ]);
+    for variable in spec.variables {
+        args.extend(["-e", variable.as_str()]);
+    }
+    args.extend([IMAGE, "-c", "/nats.conf"]);
+    docker(&args);
+}
+
 /// The nats-server executable itself: `$TEST_NATS_BIN` may be a pyenv shim
 /// (a shell script), which cannot run in a `FROM scratch` image; then the
 /// binary it runs is asked of pyenv.
@@ -387,33 +436,17 @@ impl NatsCluster {
             client_port: free_port(),
             monitor_port: free_port(),
         };
-        let client = format!("127.0.0.1:{}:4222", leaf.client_port);
-        let monitor = format!("127.0.0.1:{}:8222", leaf.monitor_port);
-        let hostname = format!("leaf-{env}");
         let mut variables = vec!["FERRY_NATS_STORE_DIR=/data".to_owned()];
         variables.extend(vars.iter().map(|(k, v)| format!("{k}={v}")));
-        let mut args: Vec<&str> = vec![
-            "create",
-            "--name",
-            &leaf.container,
-            "--hostname",
-            &hostname,
-            "--network",
-            &network,
-            "--label",
-            LABEL,
-            "--label",
-            &cluster_label,
-            "-p",
-            &client,
-            "-p",
-            &monitor,
-        ];
-        for variable in &variables {
-            args.extend(["-e", variable]);
-        }
-        args.extend([IMAGE, "-c", "/nats.conf"]);
-        docker(&args);
+        create_container(&ContainerSpec {
+            container: &leaf.container,
+            hostname: &format!("leaf-{env}"),
+            network: &network,
+            alias: None,
+            cluster_label: &cluster_label,
+            ports: (leaf.client_port, leaf.monitor_port),
+            variables: &variables,
+        });
         let dir = tempfile::tempdir().expect("config dir");
         let local = dir.path().join("leaf.conf");
         std::fs::write(&local, config).expect("leaf config");
@@ -529,37 +562,20 @@ impl NatsCluster {
                 client_port: free_port(),
                 monitor_port: free_port(),
             };
-            let client = format!("127.0.0.1:{}:4222", node.client_port);
-            let monitor = format!("127.0.0.1:{}:8222", node.monitor_port);
             let mut variables = vec![
                 format!("FERRY_NATS_SERVER_NAME={name}"),
                 "FERRY_NATS_STORE_DIR=/data".to_owned(),
             ];
             variables.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
-            let mut args: Vec<&str> = vec![
-                "create",
-                "--name",
-                &node.container,
-                "--hostname",
-                &name,
-                "--network",
-                &cluster.network,
-                "--network-alias",
-                &name,
-                "--label",
-                LABEL,
-                "--label",
-                &cluster_label,
-                "-p",
-                &client,
-                "-p",
-                &monitor,
-            ];
-            for variable in &variables {
-                args.extend(["-e", variable]);
-            }
-            args.extend([IMAGE, "-c", "/nats.conf"]);
-            docker(&args);
+            create_container(&ContainerSpec {
+                container: &node.container,
+                hostname: &name,
+                network: &cluster.network,
+                alias: Some(&name),
+                cluster_label: &cluster_label,
+                ports: (node.client_port, node.monitor_port),
+                variables: &variables,
+            });
             // Registered before anything else can fail, so drop removes it.
             cluster.nodes.push(node);
             let container = &cluster.nodes[n - 1].container;

@@ -189,6 +189,38 @@ async fn stored_outcomes_of(client: &async_nats::Client, command_id: Uuid) -> Ve
     }
 }
 
+/// A canary of 2.0.0 with 20% errors, steps of 10%, 50% and 100% held
+/// 600 s each (only the analysis can end the first), judged every 500 ms
+/// once `min_requests` canary requests are in.
+fn bad_canary(min_requests: u64) -> Action {
+    deploy(
+        "2.0.0",
+        &[("SAMPLE_ERROR_RATE", "0.2")],
+        Some(RolloutOptions {
+            strategy: Some(Strategy::Canary {
+                steps: vec![10, 50, 100],
+                step_secs: 600,
+            }),
+            analysis: Some(AnalysisOverride {
+                interval_ms: Some(500),
+                failures_to_abort: Some(2),
+                min_requests: Some(min_requests),
+                ..Default::default()
+            }),
+        }),
+    )
+}
+
+/// Waits for the first step of the rollout of command `canary`.
+async fn wait_first_step(watch: &mut EventWatch, canary: Uuid) {
+    watch
+        .wait_for(WAIT, "the canary's first step", |e| {
+            e.command_id == Some(canary)
+                && matches!(rollout_phase(e), Some(RolloutPhase::StepStarted))
+        })
+        .await;
+}
+
 /// Polls until the history holds a record of `command_id` with `outcome`.
 async fn wait_history(client: &async_nats::Client, command_id: Uuid, outcome: &str) {
     wait_history_within(client, command_id, outcome, WAIT).await
@@ -257,34 +289,8 @@ async fn with_the_command_stream_leader_killed_mid_canary_the_canary_is_rolled_b
     wait_serving(port, "1.0.0", WAIT).await;
 
     let load = Load::start(port, 4, Duration::from_millis(2));
-    let canary = send(
-        &system,
-        &client,
-        deploy(
-            "2.0.0",
-            &[("SAMPLE_ERROR_RATE", "0.2")],
-            Some(RolloutOptions {
-                // Long steps: only the analysis can end the first one.
-                strategy: Some(Strategy::Canary {
-                    steps: vec![10, 50, 100],
-                    step_secs: 600,
-                }),
-                analysis: Some(AnalysisOverride {
-                    interval_ms: Some(500),
-                    failures_to_abort: Some(2),
-                    min_requests: Some(5),
-                    ..Default::default()
-                }),
-            }),
-        ),
-    )
-    .await;
-    watch
-        .wait_for(WAIT, "the canary's first step", |e| {
-            e.command_id == Some(canary)
-                && matches!(rollout_phase(e), Some(RolloutPhase::StepStarted))
-        })
-        .await;
+    let canary = send(&system, &client, bad_canary(5)).await;
+    wait_first_step(&mut watch, canary).await;
     let leader = cluster.stream_leader(&client, "FERRY_COMMANDS").await;
     cluster.kill(cluster.index_of(&leader));
 
@@ -970,34 +976,8 @@ async fn production_cut_off_from_the_hub_mid_canary_rolls_back_alone_serves_thro
     // with 100 canary requests needed before any verdict, the analysis
     // decides seconds after the step starts, so after the cut.
     let load = Load::at_rate(port, 200);
-    let canary = send_production(
-        &system,
-        &hub,
-        deploy(
-            "2.0.0",
-            &[("SAMPLE_ERROR_RATE", "0.2")],
-            Some(RolloutOptions {
-                // Long steps: only the analysis can end the first one.
-                strategy: Some(Strategy::Canary {
-                    steps: vec![10, 50, 100],
-                    step_secs: 600,
-                }),
-                analysis: Some(AnalysisOverride {
-                    interval_ms: Some(500),
-                    failures_to_abort: Some(2),
-                    min_requests: Some(100),
-                    ..Default::default()
-                }),
-            }),
-        ),
-    )
-    .await;
-    watch
-        .wait_for(WAIT, "the canary's first step", |e| {
-            e.command_id == Some(canary)
-                && matches!(rollout_phase(e), Some(RolloutPhase::StepStarted))
-        })
-        .await;
+    let canary = send_production(&system, &hub, bad_canary(100)).await;
+    wait_first_step(&mut watch, canary).await;
     let agent = leaf.connection("ferry-agent-production").await;
     assert!(agent.is_some(), "the agent is connected to its leaf");
     leaf.cut();
