@@ -143,34 +143,6 @@ async fn reconnect_docker(
     restore(&entries, &state).await;
 }
 
-/// Creates or finds the agent's streams, waiting while JetStream cannot serve
-/// them yet (a cluster still forming, a node of the placement down, a server
-/// restarting) rather than exiting: daemons of a cluster start in any order.
-/// Bad configuration (a stream kept with another replica count) ends the wait
-/// at once; `false` when `shutdown` comes first.
-async fn wait_for_streams(
-    js: &jetstream::Context,
-    replicas: streams::Replicas,
-    layout: &intake::StreamLayout,
-    shutdown: &CancellationToken,
-) -> Result<bool, Error> {
-    let mut pause = streams::SETUP_RETRY_FIRST;
-    loop {
-        match intake::ensure_streams(js, replicas, layout).await {
-            Ok(()) => return Ok(true),
-            Err(e @ Error::JetStream { .. }) => {
-                tracing::warn!(error = %e, retry_in = ?pause, "JetStream cannot serve ferry's streams yet; trying again");
-            }
-            Err(e) => return Err(e),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(false),
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = streams::next_setup_retry(pause);
-    }
-}
-
 /// Runs the agent until `shutdown` is cancelled or a fatal error occurs.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
     let trusted = Arc::new(intake::Trust {
@@ -191,7 +163,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         ),
         None => (jetstream::new(client.clone()), intake::StreamLayout::Shared),
     };
-    if !wait_for_streams(&js, config.stream_replicas, &layout, &shutdown).await? {
+    // Daemons of a cluster start in any order: wait for JetStream rather
+    // than exit (a replica-count mismatch still ends the start, exit 64).
+    let ready = intake::until_jetstream_ready(
+        "JetStream cannot serve ferry's streams yet",
+        &shutdown,
+        || intake::ensure_streams(&js, config.stream_replicas, &layout),
+    )
+    .await?;
+    if ready.is_none() {
         tracing::info!("agent stopped before its streams were ready");
         return Ok(());
     }

@@ -163,6 +163,38 @@ pub fn consumer_name(environment: &ferry_protocol::EnvName) -> String {
     format!("ferry-agent-{environment}")
 }
 
+/// Runs `attempt` until it succeeds, waiting while JetStream cannot serve it
+/// yet (a cluster still forming, a node of the placement down, a server
+/// restarting): each [`Error::JetStream`] is logged with `waiting` and
+/// tried again after a pause growing from [`streams::SETUP_RETRY_FIRST`];
+/// any other error (bad configuration) ends the wait at once. `None` when
+/// `shutdown` comes first.
+pub async fn until_jetstream_ready<T, F, Fut>(
+    waiting: &str,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+) -> Result<Option<T>, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut pause = streams::SETUP_RETRY_FIRST;
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(Some(done)),
+            Err(e @ Error::JetStream { .. }) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "{waiting}; trying again");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = streams::next_setup_retry(pause);
+    }
+}
+
 /// Finds or creates the environment's durable consumer and starts pulling.
 async fn pull_commands(
     js: &jetstream::Context,
@@ -216,21 +248,14 @@ pub async fn run(
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), Error> {
     let env = executor.environment().clone();
-    let mut pause = streams::SETUP_RETRY_FIRST;
     // The stream exists (`ensure_streams` ran), but in a cluster the consumer
     // may not be placeable yet: wait for it as for the streams.
-    let mut messages = loop {
-        match pull_commands(&js, &env).await {
-            Ok(messages) => break messages,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?pause, "cannot pull commands yet; trying again");
-            }
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(pause) => {}
-        }
-        pause = streams::next_setup_retry(pause);
+    let Some(mut messages) = until_jetstream_ready("cannot pull commands yet", &shutdown, || {
+        pull_commands(&js, &env)
+    })
+    .await?
+    else {
+        return Ok(());
     };
 
     let mut workers: HashMap<ServiceName, mpsc::Sender<Admitted>> = HashMap::new();
