@@ -48,6 +48,19 @@ async fn stored<T: DeserializeOwned>(
     stream: &str,
     filter: &str,
 ) -> Vec<T> {
+    stored_envelopes(client, stream, filter)
+        .await
+        .into_iter()
+        .map(|envelope| envelope.data)
+        .collect()
+}
+
+/// As [`stored`], the whole envelopes.
+async fn stored_envelopes<T: DeserializeOwned>(
+    client: &async_nats::Client,
+    stream: &str,
+    filter: &str,
+) -> Vec<Envelope<T>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match read_stored(client, stream, filter, deadline).await {
@@ -69,7 +82,7 @@ async fn read_stored<T: DeserializeOwned>(
     stream: &str,
     filter: &str,
     deadline: tokio::time::Instant,
-) -> Result<Vec<T>, String> {
+) -> Result<Vec<Envelope<T>>, String> {
     let js = jetstream::new(client.clone());
     let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
     let mut reader = stream
@@ -100,7 +113,7 @@ async fn read_stored<T: DeserializeOwned>(
             let message = message.map_err(|e| e.to_string())?;
             read += 1;
             if let Ok(envelope) = Envelope::<T>::decode(&message.payload) {
-                found.push(envelope.data);
+                found.push(envelope);
             }
         }
     }
@@ -109,41 +122,11 @@ async fn read_stored<T: DeserializeOwned>(
 
 /// The envelope ids of every message stored in `stream` under `filter`.
 async fn stored_ids(client: &async_nats::Client, stream: &str, filter: &str) -> Vec<Uuid> {
-    let js = jetstream::new(client.clone());
-    let stream = js.get_stream(stream).await.unwrap();
-    let mut reader = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: filter.to_owned(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(30),
-            ..Default::default()
-        })
+    stored_envelopes::<serde_json::Value>(client, stream, filter)
         .await
-        .unwrap();
-    let total = reader.info().await.unwrap().num_pending as usize;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut ids = Vec::new();
-    while ids.len() < total {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "read {} of the {total} messages of {filter} within {WAIT:?}",
-            ids.len()
-        );
-        let mut batch = reader
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .unwrap();
-        while let Some(message) = batch.next().await {
-            let message = message.unwrap();
-            let envelope: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-            ids.push(envelope["id"].as_str().unwrap().parse().unwrap());
-        }
-    }
-    ids
+        .into_iter()
+        .map(|envelope| envelope.id)
+        .collect()
 }
 
 /// History records of `command_id`.
