@@ -178,6 +178,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let state = Arc::new(Mutex::new(State::load(&config.state_dir)?));
 
     let publisher = EventPublisher::new(client.clone(), config.environment.clone())
+        .on_host(config.host.clone())
         .with_shutdown(shutdown.clone());
     // The event queue outlives the services so their last events are sent.
     let sink_shutdown = CancellationToken::new();
@@ -278,6 +279,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let telemetry = Telemetry {
             agent_id: uuid::Uuid::new_v4().to_string(),
             environment: config.environment.clone(),
+            host: config.host.clone(),
             started_at: OffsetDateTime::now_utc(),
             heartbeat_interval: config.heartbeat_interval,
             metrics_interval: config.metrics_interval,

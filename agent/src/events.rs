@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use ferry_protocol::event::{AgentEvent, EventBody, ServiceEvent};
 use ferry_protocol::subject::{self, AgentEventKind};
-use ferry_protocol::{EnvName, Envelope, ServiceName};
+use ferry_protocol::{EnvName, Envelope, HostName, ServiceName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -24,6 +24,7 @@ pub struct EventPublisher {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     environment: EnvName,
+    host: Option<HostName>,
     source: String,
     shutdown: CancellationToken,
 }
@@ -37,9 +38,16 @@ impl EventPublisher {
             client,
             jetstream,
             environment,
+            host: None,
             source,
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Names `host` on every service event.
+    pub fn on_host(mut self, host: HostName) -> Self {
+        self.host = Some(host);
+        self
     }
 
     /// Stops durable publishes from retrying once `shutdown` is cancelled.
@@ -56,6 +64,7 @@ impl EventPublisher {
     ) -> (String, Option<(Uuid, Vec<u8>)>) {
         let subject = subject::event(&self.environment, service, body.kind());
         let event = ServiceEvent {
+            host: self.host.clone(),
             environment: self.environment.clone(),
             service: service.clone(),
             command_id,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::event::{AgentEvent, EventBody, Heartbeat, HostMetrics};
-use ferry_protocol::{EnvName, ServiceName};
+use ferry_protocol::{EnvName, HostName, ServiceName};
 use sysinfo::{Disks, System};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,8 @@ pub struct Telemetry {
     pub agent_id: String,
     /// The environment.
     pub environment: EnvName,
+    /// The host it runs on.
+    pub host: HostName,
     /// When the agent started.
     pub started_at: OffsetDateTime,
     /// Heartbeat period.
@@ -115,6 +117,7 @@ impl Telemetry {
             services.push(snapshot);
         }
         Heartbeat {
+            host_name: Some(self.host.clone()),
             agent_id: self.agent_id.clone(),
             environment: self.environment.clone(),
             started_at: self.started_at,

@@ -690,6 +690,7 @@ mod tests {
 
     fn event(body: EventBody) -> ServiceEvent {
         ServiceEvent {
+            host: None,
             environment: EnvName::new("dev").unwrap(),
             service: ServiceName::new("web").unwrap(),
             command_id: None,

@@ -162,6 +162,7 @@ mod tests {
 
     fn raw(command_id: Option<Uuid>, body: EventBody) -> Bytes {
         let event = ServiceEvent {
+            host: None,
             environment: env(),
             service: ServiceName::new("web").unwrap(),
             command_id,

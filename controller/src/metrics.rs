@@ -298,6 +298,7 @@ async fn publish_alert(
         info!(environment = %env, %service, metric = %alert.breach.metric, "alert cleared");
     }
     let event = ServiceEvent {
+        host: None,
         environment: env.clone(),
         service: service.clone(),
         command_id: None,

@@ -385,6 +385,7 @@ mod tests {
 
     fn event(id: Uuid, body: EventBody) -> ServiceEvent {
         ServiceEvent {
+            host: None,
             environment: EnvName::new("dev").unwrap(),
             service: ServiceName::new("web").unwrap(),
             command_id: Some(id),
@@ -461,6 +462,7 @@ mod tests {
 
     fn refusal(id: Option<Uuid>, reason: RefusalReason) -> ServiceEvent {
         ServiceEvent {
+            host: None,
             command_id: id,
             ..event(
                 Uuid::nil(),

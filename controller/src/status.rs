@@ -153,6 +153,7 @@ mod tests {
     fn agent(env_name: &str, seen: OffsetDateTime, services: Vec<ServiceSnapshot>) -> AgentRecord {
         AgentRecord {
             heartbeat: Heartbeat {
+                host_name: None,
                 agent_id: "a1".into(),
                 environment: env(env_name),
                 started_at: seen,

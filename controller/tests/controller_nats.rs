@@ -339,6 +339,7 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
     // An agent's heartbeat and outcome show up in status and history.
     let now = OffsetDateTime::now_utc();
     let heartbeat = AgentEvent::Heartbeat(Heartbeat {
+        host_name: None,
         agent_id: "agent-1".into(),
         environment: env("dev"),
         started_at: now,
@@ -371,6 +372,7 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
     )
     .await;
     let outcome = ServiceEvent {
+        host: None,
         environment: env("dev"),
         service: web(),
         command_id: Some(command.id),

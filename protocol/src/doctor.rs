@@ -134,6 +134,7 @@ mod tests {
 
     fn heartbeat() -> Heartbeat {
         Heartbeat {
+            host_name: None,
             agent_id: "a1".into(),
             environment: EnvName::new("dev").unwrap(),
             started_at: OffsetDateTime::UNIX_EPOCH,

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::command::ActionKind;
-use crate::names::{EnvName, ServiceName, Version};
+use crate::names::{EnvName, HostName, ServiceName, Version};
 use crate::rollout::{Breach, RolloutEvent, RolloutStatus, Strategy};
 use crate::subject::EventKind;
 use crate::{Payload, RefusalReason};
@@ -23,6 +23,9 @@ pub struct ServiceEvent {
     /// The command this event belongs to, if any (health and metrics have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<Uuid>,
+    /// The host whose agent reports it (absent from agents before hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostName>,
     /// What happened.
     #[serde(flatten)]
     pub body: EventBody,
@@ -416,6 +419,10 @@ pub struct Heartbeat {
     pub agent_id: String,
     /// Its environment.
     pub environment: EnvName,
+    /// The host it runs on (absent from agents before hosts); `host` below
+    /// is that host's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<HostName>,
     /// When it started.
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
@@ -501,6 +508,26 @@ mod tests {
         let back: ServiceMetrics =
             serde_json::from_value(serde_json::to_value(&with).unwrap()).unwrap();
         assert_eq!(back, with);
+    }
+
+    #[test]
+    fn a_service_event_names_its_host_and_older_events_have_none() {
+        let older = serde_json::json!({
+            "environment": "production", "service": "web",
+            "command_id": "6b0f7c1e-3c1a-4d5e-9f00-0123456789ab",
+            "event": "accepted", "action": "deploy"
+        });
+        let mut read: ServiceEvent = serde_json::from_value(older.clone()).unwrap();
+        assert_eq!(read.host, None);
+        assert!(serde_json::to_value(&read).unwrap().get("host").is_none());
+        read.host = Some(HostName::new("web-2").unwrap());
+        let json = serde_json::to_value(&read).unwrap();
+        assert_eq!(json["host"], "web-2");
+        let back: ServiceEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back, read);
+        let mut bad = older;
+        bad["host"] = "Web_2".into();
+        assert!(serde_json::from_value::<ServiceEvent>(bad).is_err());
     }
 
     #[test]

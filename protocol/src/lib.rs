@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use envelope::{Envelope, Payload};
 pub use keys::{SigningKey, TrustedKeys};
-pub use names::{EnvName, ServiceName, Version};
+pub use names::{EnvName, HostName, ServiceName, Version};
 
 /// Errors of the protocol crate.
 #[derive(Debug, thiserror::Error)]

@@ -110,6 +110,15 @@ name_type!(
     "1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
 );
 name_type!(
+    /// The name of one host (machine, VM, container) of an environment, as
+    /// its agent reports it: several agents may serve one environment, and
+    /// heartbeats and events name the host they come from.
+    HostName,
+    is_dns_label,
+    "host",
+    "1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+);
+name_type!(
     /// A release version such as `1.4.2` or `2024.06.01-rc.1+build.7`.
     Version,
     is_version,

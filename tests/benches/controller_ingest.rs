@@ -94,6 +94,7 @@ fn round_messages(round: usize, cycles: usize) -> Vec<(String, bytes::Bytes)> {
             let env = env_name(agent);
             let source = format!("/ferry/agent/{env}");
             let heartbeat = AgentEvent::Heartbeat(Heartbeat {
+                host_name: None,
                 agent_id: format!("agent-{agent}"),
                 environment: env.clone(),
                 started_at,
@@ -138,6 +139,7 @@ fn round_messages(round: usize, cycles: usize) -> Vec<(String, bytes::Bytes)> {
                         .flatten();
                     let subject = subject::event(&env, &service, body.kind());
                     let event = ServiceEvent {
+                        host: None,
                         environment: env.clone(),
                         service: service.clone(),
                         command_id: id,

@@ -326,6 +326,7 @@ impl System {
         let (nats_user, nats_password_file) = self.credentials(&format!("ferry-agent-{env}"));
         AgentConfig {
             environment: EnvName::new(env).expect("env name"),
+            host: ferry_protocol::HostName::new(format!("{env}-1")).expect("host name"),
             nats_url: self.nats.url(),
             stream_replicas: ferry_protocol::streams::Replicas::new(
                 self.controller_config.stream_replicas,

@@ -102,6 +102,42 @@ async fn a_release_event_deploys_to_dev_and_status_lists_every_environment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_and_every_event_of_a_deploy_name_the_agent_s_host() {
+    let mut system = System::start().await;
+    let client = system.nats.client().await;
+    let mut heartbeats = ferry_e2e::events::subscribe_heartbeats(&client, "dev").await;
+    let port = free_port();
+    system.start_agent("dev", port).await;
+    // The harness names each in-process agent's host `<env>-1`.
+    let heartbeat = ferry_e2e::events::next_heartbeat(&mut heartbeats, WAIT).await;
+    assert_eq!(
+        heartbeat.host_name.as_ref().map(|h| h.as_str()),
+        Some("dev-1")
+    );
+
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    system.publish_release("web", "1.0.0", &[]).await;
+    let accepted = watch
+        .wait_for(WAIT, "the deploy accepted", |e| {
+            matches!(e.body, EventBody::Accepted { .. })
+        })
+        .await;
+    let outcome = watch
+        .wait_for(WAIT, "the deploy succeeded", |e| {
+            succeeded(e, ActionKind::Deploy, "1.0.0")
+        })
+        .await;
+    for event in [&accepted, &outcome] {
+        assert_eq!(
+            event.host.as_ref().map(|h| h.as_str()),
+            Some("dev-1"),
+            "{event:?}"
+        );
+    }
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_release_fails_while_the_old_version_keeps_serving_on_the_stable_port() {
     let mut system = System::start().await;
     let port = free_port();

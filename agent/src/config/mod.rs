@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_protocol::{EnvName, ServiceName, TrustedKeys};
+use ferry_protocol::{EnvName, HostName, ServiceName, TrustedKeys};
 
 use crate::analysis::Thresholds;
 use crate::Error;
@@ -122,6 +122,10 @@ pub struct ServiceConfig {
 pub struct AgentConfig {
     /// The environment this agent serves.
     pub environment: EnvName,
+    /// This agent's host among the environment's (`host`; default the
+    /// machine's hostname up to its first dot, lowercased): heartbeats and
+    /// events name it.
+    pub host: HostName,
     /// NATS server URL(s), comma-separated: the agent connects to one and
     /// reconnects to any other.
     pub nats_url: String,

@@ -10,6 +10,7 @@ use ferry_protocol::rollout::{AnalysisOverride, Strategy};
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RawConfig {
     pub(super) environment: Option<String>,
+    pub(super) host: Option<String>,
     pub(super) nats_url: Option<String>,
     pub(super) nats_creds: Option<PathBuf>,
     pub(super) nats_user: Option<String>,

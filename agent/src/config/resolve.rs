@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_protocol::command::check_health_path;
-use ferry_protocol::{EnvName, ServiceName, TrustedKeys};
+use ferry_protocol::{EnvName, HostName, ServiceName, TrustedKeys};
 
 use crate::analysis::Thresholds;
 use crate::Error;
@@ -94,6 +94,45 @@ fn duration(
     }
 }
 
+/// The configured host name, or the machine's: its hostname up to the first
+/// dot, lowercased, with any other character outside a-z, 0-9 and '-' made a
+/// '-', so `Web_3.prod.example.com` reports as `web-3` and an odd hostname
+/// never stops an agent that was not given one (`localhost` if nothing is left).
+fn resolve_host(configured: Option<&str>, problems: &mut Vec<String>) -> Option<HostName> {
+    match configured {
+        Some(name) => HostName::new(name)
+            .map_err(|e| problems.push(format!("host: {e}")))
+            .ok(),
+        None => {
+            let machine = sysinfo::System::host_name().unwrap_or_default();
+            machine_host_name(&machine)
+                .map_err(|e| problems.push(format!("host: missing, and the machine's hostname {machine:?} is not usable ({e}); set host = \"web-1\" or FERRY_HOST=web-1")))
+                .ok()
+        }
+    }
+}
+
+/// A host name made from a machine's hostname (see [`resolve_host`]).
+pub(super) fn machine_host_name(machine: &str) -> Result<HostName, ferry_protocol::Error> {
+    let short: String = machine
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    let short = short.trim_matches('-');
+    HostName::new(if short.is_empty() { "localhost" } else { short })
+}
+
 pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
     let mut problems = Vec::new();
 
@@ -112,6 +151,7 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             }
         },
     };
+    let host = resolve_host(raw.host.as_deref(), &mut problems);
     let nats_url = raw
         .nats_url
         .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
@@ -381,8 +421,9 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
         }
     }
 
-    match environment {
-        Some(environment) if problems.is_empty() => Ok(AgentConfig {
+    match (environment, host) {
+        (Some(environment), Some(host)) if problems.is_empty() => Ok(AgentConfig {
+            host,
             nats_inbox_prefix: raw
                 .nats_inbox_prefix
                 .unwrap_or_else(|| default_inbox_prefix(&environment)),

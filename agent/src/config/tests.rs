@@ -523,3 +523,40 @@ fn a_leaf_agent_takes_both_domains_and_every_domain_problem_is_listed() {
         assert!(joined.contains(expected), "{expected:?} not in {joined}");
     }
 }
+
+#[test]
+fn the_host_is_configured_or_made_from_the_machine_s_hostname_and_a_bad_configured_one_is_listed() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let base = format!(
+        "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n[services.web]\nport = 18080\n"
+    );
+    let cfg = from_toml(&format!("host = \"web-2\"\n{base}")).expect("a valid host");
+    assert_eq!(cfg.host.as_str(), "web-2");
+
+    let machine = sysinfo::System::host_name().unwrap_or_default();
+    let cfg = from_toml(&base).expect("the machine's hostname always gives a host");
+    assert_eq!(
+        cfg.host,
+        resolve::machine_host_name(&machine).expect("usable")
+    );
+    for (machine, host) in [
+        ("web-3.prod.example.com", "web-3"),
+        ("Web_3", "web-3"),
+        ("_build_", "build"),
+        ("", "localhost"),
+        ("...", "localhost"),
+    ] {
+        assert_eq!(
+            resolve::machine_host_name(machine).expect(machine).as_str(),
+            host
+        );
+    }
+
+    let Err(Error::Config(problems)) = from_toml(&format!("host = \"Web_2\"\n{base}")) else {
+        panic!("accepted an invalid host name");
+    };
+    assert!(
+        problems.iter().any(|p| p.starts_with("host: ")),
+        "{problems:?}"
+    );
+}

@@ -305,6 +305,7 @@ mod tests {
 
     fn event(command: Uuid, step: u32, phase: RolloutPhase) -> ServiceEvent {
         ServiceEvent {
+            host: None,
             environment: EnvName::new("dev").unwrap(),
             service: ServiceName::new("web").unwrap(),
             command_id: Some(command),
@@ -371,6 +372,7 @@ mod tests {
         let live = Live::new();
         let mut notices = live.subscribe();
         let alert = |raised| ServiceEvent {
+            host: None,
             environment: EnvName::new("dev").unwrap(),
             service: ServiceName::new("web").unwrap(),
             command_id: None,

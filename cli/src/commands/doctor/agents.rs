@@ -243,6 +243,7 @@ mod tests {
                 agent: Some(AgentSighting {
                     received_at: now,
                     heartbeat: Heartbeat {
+                        host_name: None,
                         agent_id: "a1".into(),
                         environment: EnvName::new("production").unwrap(),
                         started_at: now,
