@@ -177,9 +177,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     }
     let state = Arc::new(Mutex::new(State::load(&config.state_dir)?));
 
-    let publisher = EventPublisher::new(client.clone(), config.environment.clone())
-        .on_host(config.host.clone())
-        .with_shutdown(shutdown.clone());
+    let publisher = EventPublisher::new(
+        client.clone(),
+        config.environment.clone(),
+        config.host.clone(),
+    )
+    .with_shutdown(shutdown.clone());
     // The event queue outlives the services so their last events are sent.
     let sink_shutdown = CancellationToken::new();
     let (sink, sink_task) = publisher.spawn_sink(sink_shutdown.clone());

@@ -24,30 +24,24 @@ pub struct EventPublisher {
     client: async_nats::Client,
     jetstream: jetstream::Context,
     environment: EnvName,
-    host: Option<HostName>,
+    host: HostName,
     source: String,
     shutdown: CancellationToken,
 }
 
 impl EventPublisher {
-    /// A publisher for `environment`'s agent.
-    pub fn new(client: async_nats::Client, environment: EnvName) -> Self {
+    /// A publisher for the agent of `environment` on `host`.
+    pub fn new(client: async_nats::Client, environment: EnvName, host: HostName) -> Self {
         let jetstream = jetstream::new(client.clone());
         let source = format!("/ferry/agent/{environment}");
         EventPublisher {
             client,
             jetstream,
             environment,
-            host: None,
+            host,
             source,
             shutdown: CancellationToken::new(),
         }
-    }
-
-    /// Names `host` on every service event.
-    pub fn on_host(mut self, host: HostName) -> Self {
-        self.host = Some(host);
-        self
     }
 
     /// Stops durable publishes from retrying once `shutdown` is cancelled.
@@ -64,7 +58,7 @@ impl EventPublisher {
     ) -> (String, Option<(Uuid, Vec<u8>)>) {
         let subject = subject::event(&self.environment, service, body.kind());
         let event = ServiceEvent {
-            host: self.host.clone(),
+            host: Some(self.host.clone()),
             environment: self.environment.clone(),
             service: service.clone(),
             command_id,
