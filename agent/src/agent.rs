@@ -269,6 +269,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let (ready_tx, ready_rx) = oneshot::channel();
     let intake_task = tokio::spawn(intake::run(
         js.clone(),
+        config.host.clone(),
         executor.clone(),
         trusted,
         publisher.clone(),

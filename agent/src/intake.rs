@@ -13,7 +13,7 @@ use ferry_protocol::command::{Action, Command};
 use ferry_protocol::envelope::peek_id;
 use ferry_protocol::event::AgentEvent;
 use ferry_protocol::{
-    streams, subject, Envelope, Refusal, RefusalReason, ServiceName, TrustedKeys,
+    streams, subject, Envelope, HostName, Refusal, RefusalReason, ServiceName, TrustedKeys,
 };
 use futures::StreamExt;
 use time::OffsetDateTime;
@@ -158,11 +158,6 @@ async fn create_stream(
         })
 }
 
-/// The durable consumer name of an environment's agent.
-pub fn consumer_name(environment: &ferry_protocol::EnvName) -> String {
-    format!("ferry-agent-{environment}")
-}
-
 /// Runs `attempt` until it succeeds, waiting while JetStream cannot serve it
 /// yet (a cluster still forming, a node of the placement down, a server
 /// restarting): each [`Error::JetStream`] is logged with `waiting` and
@@ -199,7 +194,9 @@ where
 async fn pull_commands(
     js: &jetstream::Context,
     env: &ferry_protocol::EnvName,
+    host: &HostName,
 ) -> Result<consumer::pull::Stream, Error> {
+    let name = streams::agent_consumer(env, host);
     let stream = js
         .get_stream(streams::commands().name)
         .await
@@ -209,9 +206,9 @@ async fn pull_commands(
         })?;
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
-            &consumer_name(env),
+            &name,
             consumer::pull::Config {
-                durable_name: Some(consumer_name(env)),
+                durable_name: Some(name.clone()),
                 filter_subject: subject::commands_for_env(env),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
@@ -241,6 +238,7 @@ async fn pull_commands(
 /// known state and returns.
 pub async fn run(
     js: jetstream::Context,
+    host: HostName,
     executor: Arc<Executor>,
     trusted: Arc<Trust>,
     publisher: EventPublisher,
@@ -251,7 +249,7 @@ pub async fn run(
     // The stream exists (`ensure_streams` ran), but in a cluster the consumer
     // may not be placeable yet: wait for it as for the streams.
     let Some(mut messages) = until_jetstream_ready("cannot pull commands yet", &shutdown, || {
-        pull_commands(&js, &env)
+        pull_commands(&js, &env, &host)
     })
     .await?
     else {
@@ -266,7 +264,7 @@ pub async fn run(
         workers.insert(service.clone(), tx);
         tasks.spawn(worker(rx, executor.clone(), in_flight.clone()));
     }
-    tracing::info!(environment = %env, services = workers.len(), "taking commands");
+    tracing::info!(environment = %env, %host, services = workers.len(), "taking commands");
     let _ = ready.send(());
 
     loop {
@@ -290,7 +288,7 @@ pub async fn run(
             }
         };
         route(
-            message, &workers, &executor, &publisher, &trusted, &in_flight,
+            message, &host, &workers, &executor, &publisher, &trusted, &in_flight,
         )
         .await;
     }
@@ -304,6 +302,7 @@ pub async fn run(
 
 async fn route(
     message: jetstream::Message,
+    host: &HostName,
     workers: &HashMap<ServiceName, mpsc::Sender<Admitted>>,
     executor: &Arc<Executor>,
     publisher: &EventPublisher,
@@ -339,7 +338,8 @@ async fn route(
         }
     };
     match workers.get(&service) {
-        Some(tx) => match admit(message, service.clone(), executor, trusted, in_flight).await {
+        Some(tx) => match admit(message, host, service.clone(), executor, trusted, in_flight).await
+        {
             Admission::Run(admitted)
                 if matches!(admitted.command.action, Action::Rollout { .. }) =>
             {
@@ -484,6 +484,7 @@ fn refused(message: jetstream::Message, report: Report) -> Done {
 /// service's worker.
 async fn admit(
     message: jetstream::Message,
+    host: &HostName,
     service: ServiceName,
     executor: &Executor,
     trusted: &Trust,
@@ -500,6 +501,16 @@ async fn admit(
         };
     let id = envelope.id;
     let command = envelope.data;
+    if &command.environment == executor.environment() && !command.is_for(host) {
+        // Another host's step of a wave (or a command to one host): this
+        // host neither runs nor reports it, and it is not a replay here.
+        tracing::debug!(command_id = %id, %host, "command for other hosts; skipping");
+        return Admission::Finish(Done {
+            message,
+            report: None,
+            end: End::Ack,
+        });
+    }
     let mismatch = if &command.environment != executor.environment() {
         Some(Refusal::new(
             RefusalReason::WrongEnvironment,

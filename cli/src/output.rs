@@ -6,6 +6,7 @@ use std::io::Write as _;
 use comfy_table::{presets, ContentArrangement, Table};
 use ferry_protocol::api::{CommandIssued, HistoryRecord, PromotionView, ReleaseRecord, StatusRow};
 use ferry_protocol::event::{EventBody, ServiceEvent};
+use ferry_protocol::wave::WaveState;
 use serde::Serialize;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
@@ -82,6 +83,99 @@ pub fn timestamp(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.to_string())
 }
 
+/// A row's hosts summed up: "3/3 hosts on 1.4.0" when every live host
+/// serves one version, else the versions side by side with their counts
+/// ("1.4.0 on 1, 1.3.0 on 2 of 3 hosts"); a down host counts for none.
+pub fn hosts_summary(row: &StatusRow) -> String {
+    let total = row.hosts.len();
+    let mut versions: Vec<(String, usize)> = Vec::new();
+    for host in row.hosts.iter().filter(|h| h.agent_up) {
+        let version = or_dash(host.version.as_ref());
+        match versions.iter_mut().find(|(v, _)| *v == version) {
+            Some((_, n)) => *n += 1,
+            None => versions.push((version, 1)),
+        }
+    }
+    match versions.as_slice() {
+        [] => format!("0/{total} hosts up"),
+        [(version, n)] => format!("{n}/{total} hosts on {version}"),
+        several => {
+            let side_by_side: Vec<String> =
+                several.iter().map(|(v, n)| format!("{v} on {n}")).collect();
+            format!("{} of {total} hosts", side_by_side.join(", "))
+        }
+    }
+}
+
+/// A line per service whose last wave is worth reading: running, or failed.
+fn wave_lines(rows: &[StatusRow]) -> String {
+    let mut text = String::new();
+    for row in rows {
+        let (Some(service), Some(wave)) = (&row.service, &row.wave) else {
+            continue;
+        };
+        if wave.state == WaveState::Succeeded || wave.state == WaveState::Superseded {
+            continue;
+        }
+        let steps: Vec<String> = wave
+            .steps
+            .iter()
+            .map(|s| format!("{} {}", s.host, s.state))
+            .collect();
+        text.push_str(&format!(
+            "\n{}/{service} wave to {}: {} ({})",
+            row.environment,
+            wave.version,
+            wave.state,
+            steps.join(", ")
+        ));
+        if !wave.detail.is_empty() {
+            text.push_str(&format!(": {}", wave.detail));
+        }
+    }
+    text
+}
+
+/// `ferry status --hosts`: one row per host of each environment and service.
+pub fn hosts_table(rows: &[StatusRow], now: OffsetDateTime) -> String {
+    if rows.is_empty() {
+        return "No environment has reported yet: is a ferry-agent running?".to_owned();
+    }
+    let mut t = table(&[
+        "ENVIRONMENT",
+        "SERVICE",
+        "HOST",
+        "VERSION",
+        "REPLICAS",
+        "STATE",
+        "WAVE STEP",
+        "AGENT",
+        "ADDRESS",
+    ]);
+    for row in rows {
+        for host in &row.hosts {
+            t.add_row(vec![
+                row.environment.to_string(),
+                or_dash(row.service.as_ref()),
+                host.host.to_string(),
+                or_dash(host.version.as_ref()),
+                format!("{}/{}", host.replicas_healthy, host.replicas_desired),
+                host.state.to_string(),
+                or_dash(host.step.as_ref()),
+                format!(
+                    "{} {}",
+                    if host.agent_up { "up" } else { "down" },
+                    ago(now, host.agent_last_seen)
+                ),
+                or_dash(host.address.as_ref()),
+            ]);
+        }
+    }
+    let mut text = t.trim_fmt();
+    text.push_str(&wave_lines(rows));
+    text
+}
+
 /// The `ferry status` table.
 pub fn status_table(rows: &[StatusRow], now: OffsetDateTime) -> String {
     if rows.is_empty() {
@@ -109,10 +203,15 @@ pub fn status_table(rows: &[StatusRow], now: OffsetDateTime) -> String {
             row.agent_last_seen
                 .map_or_else(|| "(never seen)".to_owned(), |seen| ago(now, seen))
         );
+        let version = if row.hosts.len() > 1 {
+            hosts_summary(row)
+        } else {
+            or_dash(row.version.as_ref())
+        };
         t.add_row(vec![
             row.environment.to_string(),
             or_dash(row.service.as_ref()),
-            or_dash(row.version.as_ref()),
+            version,
             format!("{}/{}", row.replicas_healthy, row.replicas_desired),
             row.state.to_string(),
             outcome,
@@ -121,6 +220,7 @@ pub fn status_table(rows: &[StatusRow], now: OffsetDateTime) -> String {
         ]);
     }
     let mut text = t.trim_fmt();
+    text.push_str(&wave_lines(rows));
     for row in rows {
         if let (Some(service), Some(m)) = (&row.service, &row.maintenance) {
             let until = m
@@ -483,7 +583,59 @@ mod tests {
             maintenance: None,
             address: Some("127.0.0.1:8080".into()),
             rollout: None,
+            hosts: Vec::new(),
+            wave: None,
         }
+    }
+
+    fn on_host(name: &str, version: &str, up: bool) -> ferry_protocol::api::HostStatus {
+        ferry_protocol::api::HostStatus {
+            host: ferry_protocol::HostName::new(name).unwrap(),
+            version: Some(Version::new(version).unwrap()),
+            replicas_desired: 1,
+            replicas_healthy: u32::from(up),
+            state: if up {
+                ServiceState::Running
+            } else {
+                ServiceState::Unknown
+            },
+            agent_last_seen: NOW - Duration::from_secs(if up { 2 } else { 90 }),
+            agent_up: up,
+            address: Some(format!("{name}:8080")),
+            rollout: None,
+            step: Some(ferry_protocol::wave::StepState::Succeeded),
+        }
+    }
+
+    #[test]
+    fn several_hosts_are_summed_up_in_the_row_and_listed_with_hosts() {
+        let mut fleet = row();
+        fleet.hosts = vec![
+            on_host("web-1", "1.4.2", true),
+            on_host("web-2", "1.4.2", true),
+            on_host("web-3", "1.4.2", true),
+        ];
+        assert_eq!(hosts_summary(&fleet), "3/3 hosts on 1.4.2");
+        assert!(status_table(&[fleet.clone()], NOW).contains("3/3 hosts on 1.4.2"));
+        fleet.hosts[0] = on_host("web-1", "1.5.0", true);
+        fleet.hosts[2] = on_host("web-3", "1.4.2", false);
+        assert_eq!(hosts_summary(&fleet), "1.5.0 on 1, 1.4.2 on 1 of 3 hosts");
+        let table = hosts_table(&[fleet], NOW);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].contains("HOST") && lines[0].contains("WAVE STEP"),
+            "{table}"
+        );
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(
+            lines[1].contains("web-1")
+                && lines[1].contains("1.5.0")
+                && lines[1].contains("succeeded")
+        );
+        assert!(
+            lines[3].contains("web-3") && lines[3].contains("down 1m ago"),
+            "{table}"
+        );
     }
 
     #[test]

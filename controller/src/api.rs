@@ -11,7 +11,7 @@ use async_nats::Message;
 use ferry_protocol::api::{ApiReply, ApiRequest, CommandIssued, MAX_HISTORY_LIMIT};
 use ferry_protocol::command::{Action, Command};
 use ferry_protocol::subject::{self, Subject};
-use ferry_protocol::{EnvName, Envelope, ServiceName};
+use ferry_protocol::{EnvName, Envelope, HostName, ServiceName};
 use futures::StreamExt;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -22,7 +22,7 @@ use tracing::{debug, error, warn};
 use uuid::Uuid;
 
 use crate::store::HistoryFilter;
-use crate::{ids, installation, issue, plan, promotion, status, Error, Shared, SOURCE};
+use crate::{ids, installation, issue, plan, promotion, status, waves, Error, Shared, SOURCE};
 
 /// The queue group every controller instance answers the API in.
 pub const QUEUE_GROUP: &str = "ferry-controller";
@@ -227,15 +227,19 @@ pub(crate) async fn answer(shared: &Shared, request_id: Uuid, request: ApiReques
             actor,
             rollout,
             hotfix,
+            max_parallel_hosts,
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
+            check_max_parallel_hosts(max_parallel_hosts)?;
             let release = plan::published_release(shared, &service, &version).await?;
             // Approval-gated environments and the security gate apply to a
             // deploy by hand too: it carries the recorded quorum or is refused.
             let approvals = promotion::approvals_for_deploy(shared, &release, &environment).await?;
             let action = plan::deploy_action(&release, replicas, approvals, rollout, hotfix);
-            issue_command(shared, request_id, environment, service, actor, action).await
+            let target = Target::new(environment, service, actor, Vec::new());
+            let wave = Some(max_parallel_hosts);
+            issue_command(shared, request_id, target, action, wave).await
         }
         ApiRequest::PlanDeploy {
             environment,
@@ -264,33 +268,39 @@ pub(crate) async fn answer(shared: &Shared, request_id: Uuid, request: ApiReques
             force,
             dry_run,
             actor,
+            hosts,
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
             let action = Action::Rollback { to, force, dry_run };
-            issue_command(shared, request_id, environment, service, actor, action).await
+            let target = Target::new(environment, service, actor, hosts);
+            issue_command(shared, request_id, target, action, None).await
         }
         ApiRequest::Rollout {
             environment,
             service,
             control,
             actor,
+            hosts,
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
             let action = Action::Rollout { control };
-            issue_command(shared, request_id, environment, service, actor, action).await
+            let target = Target::new(environment, service, actor, hosts);
+            issue_command(shared, request_id, target, action, None).await
         }
         ApiRequest::Scale {
             environment,
             service,
             replicas,
             actor,
+            hosts,
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
             let action = Action::Scale { replicas };
-            issue_command(shared, request_id, environment, service, actor, action).await
+            let target = Target::new(environment, service, actor, hosts);
+            issue_command(shared, request_id, target, action, None).await
         }
         ApiRequest::Installation {} => {
             let view = installation::installation(shared)
@@ -317,11 +327,13 @@ pub(crate) async fn answer(shared: &Shared, request_id: Uuid, request: ApiReques
             service,
             mode,
             actor,
+            hosts,
         } => {
             check_environment(shared, &environment)?;
             let actor = check_actor(actor)?;
             let action = Action::Maintenance(mode);
-            issue_command(shared, request_id, environment, service, actor, action).await
+            let target = Target::new(environment, service, actor, hosts);
+            issue_command(shared, request_id, target, action, None).await
         }
     }
 }
@@ -334,9 +346,9 @@ async fn status(shared: &Shared, environment: Option<EnvName>) -> Answer {
         }
         None => shared.config.environments().to_vec(),
     };
-    let agents = shared
+    let hosts = shared
         .store
-        .agents(&environments)
+        .hosts(&environments)
         .await
         .map_err(internal("read the agents' heartbeats"))?;
     let deployments = shared
@@ -344,10 +356,16 @@ async fn status(shared: &Shared, environment: Option<EnvName>) -> Answer {
         .deployments()
         .await
         .map_err(internal("read the deployments"))?;
+    let waves = shared
+        .store
+        .waves()
+        .await
+        .map_err(internal("read the waves"))?;
     let rows = status::rows(
         &environments,
-        &agents,
+        &hosts,
         &deployments,
+        &waves,
         OffsetDateTime::now_utc(),
         shared.config.agent_timeout(),
     );
@@ -377,34 +395,72 @@ async fn history(shared: &Shared, filter: HistoryFilter, limit: u32) -> Answer {
     )))
 }
 
-async fn issue_command(
-    shared: &Shared,
-    request_id: Uuid,
+/// Where a command goes and who asks.
+struct Target {
     environment: EnvName,
     service: ServiceName,
     actor: Option<String>,
+    hosts: Vec<HostName>,
+}
+
+impl Target {
+    fn new(
+        environment: EnvName,
+        service: ServiceName,
+        actor: Option<String>,
+        hosts: Vec<HostName>,
+    ) -> Self {
+        Target {
+            environment,
+            service,
+            actor,
+            hosts,
+        }
+    }
+}
+
+/// `wave`: for a deploy, `Some(max_parallel_hosts asked)`: it goes host by
+/// host when the environment has several (`waves::deploy`).
+async fn issue_command(
+    shared: &Shared,
+    request_id: Uuid,
+    target: Target,
     action: Action,
+    wave: Option<Option<u32>>,
 ) -> Answer {
     // Derived from the request's id: a client retrying the same request
     // gets the same command back instead of a second one.
-    let id = ids::api_command(request_id, &environment, &service);
+    let id = ids::api_command(request_id, &target.environment, &target.service);
     let command = Command {
-        environment,
-        service,
-        actor,
+        environment: target.environment,
+        service: target.service,
+        actor: target.actor,
+        hosts: target.hosts,
         action,
     };
     let sentence = issue::describe(&command);
-    let issued: CommandIssued = issue::issue(shared, id, command)
-        .await
-        .map_err(|e| match e {
-            Error::InvalidCommand(e) => format!("cannot {sentence}: {e}"),
-            other => internal("issue the command")(other),
-        })?;
+    let issued = match wave {
+        Some(max_parallel_hosts) => waves::deploy(shared, id, command, max_parallel_hosts).await,
+        None => issue::issue(shared, id, command).await,
+    };
+    let issued: CommandIssued = issued.map_err(|e| match e {
+        Error::InvalidCommand(e) => format!("cannot {sentence}: {e}"),
+        other => internal("issue the command")(other),
+    })?;
     Ok(encode(ApiReply::ok(
         format!("{sentence}: issued as command {id}"),
         issued,
     )))
+}
+
+fn check_max_parallel_hosts(asked: Option<u32>) -> Result<(), String> {
+    match asked {
+        Some(n) if !(1..=ferry_protocol::wave::MAX_PARALLEL_HOSTS).contains(&n) => Err(format!(
+            "max_parallel_hosts {n} is outside 1..={}",
+            ferry_protocol::wave::MAX_PARALLEL_HOSTS
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_environment(shared: &Shared, env: &EnvName) -> Result<(), String> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_protocol::{streams, EnvName, SigningKey, TrustedKeys};
+use ferry_protocol::{streams, wave, EnvName, SigningKey, TrustedKeys};
 use serde::Deserialize;
 
 use crate::Error;
@@ -122,6 +122,9 @@ pub struct StageSettings {
     /// `rolling`, `blue-green`, `canary`, with their default settings);
     /// absent: the agent's configured strategy for the service.
     pub strategy: Option<String>,
+    /// When the environment has several hosts: how many move at once after
+    /// the canary host (default 1; a deploy may say otherwise).
+    pub max_parallel_hosts: Option<u32>,
 }
 
 /// A reviewer: a name and the public nkey their approvals are signed with.
@@ -158,6 +161,8 @@ pub struct Stage {
     pub reviewer_keys: Arc<TrustedKeys>,
     /// See [`StageSettings::strategy`].
     pub strategy: Option<ferry_protocol::rollout::StrategyKind>,
+    /// See [`StageSettings::max_parallel_hosts`].
+    pub max_parallel_hosts: u32,
     /// Who may give security overrides here: the environment's reviewers,
     /// or, where it has none (dev, typically), every reviewer of the pipeline.
     pub override_reviewers: Vec<Reviewer>,
@@ -696,7 +701,20 @@ impl ControllerConfig {
             }
             let reviewer_keys =
                 TrustedKeys::new(reviewers.iter().map(|r| r.key.as_str())).unwrap_or_default();
+            let max_parallel_hosts = settings
+                .max_parallel_hosts
+                .unwrap_or(wave::DEFAULT_MAX_PARALLEL_HOSTS);
+            if !(1..=wave::MAX_PARALLEL_HOSTS).contains(&max_parallel_hosts) {
+                problem(
+                    "pipeline.max_parallel_hosts",
+                    format!(
+                        "{env}: {max_parallel_hosts} is outside 1..={}",
+                        wave::MAX_PARALLEL_HOSTS
+                    ),
+                );
+            }
             stages.push(Stage {
+                max_parallel_hosts,
                 auto_deploy: settings.auto_deploy.unwrap_or(i == 0),
                 soak,
                 approvals_required: settings.approvals_required,

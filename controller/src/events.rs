@@ -15,7 +15,7 @@ use tracing::warn;
 
 use crate::consumer::{self, Disposition, Durable, Incoming};
 use crate::records::{AgentRecord, DeploymentRecord, EventFacts};
-use crate::{ids, promotion, Error, Shared};
+use crate::{ids, promotion, waves, Error, Shared};
 
 /// The durable consumer every controller instance shares for agent events.
 pub const CONSUMER: &str = "ferry-controller-events";
@@ -88,13 +88,14 @@ async fn heartbeat(shared: &Shared, env: EnvName, message: &Incoming) -> Disposi
             heartbeat.environment
         ));
     }
+    let key = streams::agent_key(&env, heartbeat.host_name.as_ref());
     let record = AgentRecord {
         heartbeat,
         received_at: message.stored_at,
     };
     let result = shared
         .store
-        .update_agent(&env, |current| match current {
+        .update_agent(&key, |current| match current {
             // Keep the newer of the two: another instance may have written a
             // later heartbeat while this one was in flight.
             Some(current) if current.received_at >= record.received_at => None,
@@ -166,6 +167,12 @@ async fn service_event(
         Ok(record) => record,
         Err(e) => return Disposition::Retry(e),
     };
+    // A step of a wave moves the wave on; the wave, not the host, moves
+    // the release on to the next environment.
+    let in_wave = match waves::on_event(shared, &env, &service, event).await {
+        Ok(in_wave) => in_wave,
+        Err(e) => return Disposition::Retry(e),
+    };
     let Some(history) = history_record(event, record.as_ref(), message) else {
         return Disposition::Done;
     };
@@ -180,10 +187,16 @@ async fn service_event(
         ..
     } = &event.body
     {
-        if let Err(e) =
-            promotion::on_deployed(shared, &env, &service, version, message.stored_at).await
-        {
-            return Disposition::Retry(e);
+        let covered = match waves::covers(shared, &env, &service, version).await {
+            Ok(covered) => in_wave || covered,
+            Err(e) => return Disposition::Retry(e),
+        };
+        if !covered {
+            if let Err(e) =
+                promotion::on_deployed(shared, &env, &service, version, message.stored_at).await
+            {
+                return Disposition::Retry(e);
+            }
         }
     }
     Disposition::Done

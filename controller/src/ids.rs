@@ -3,7 +3,7 @@
 //! instance, a retried request) JetStream drops the copy by its
 //! `Nats-Msg-Id`, and an agent refuses it as a replay after the window.
 
-use ferry_protocol::{EnvName, ServiceName, Version};
+use ferry_protocol::{EnvName, HostName, ServiceName, Version};
 use uuid::Uuid;
 
 /// ferry's v5 namespace. Fixed forever: changing it would change every id.
@@ -38,6 +38,28 @@ pub(crate) fn promotion(
     what: &str,
 ) -> Uuid {
     v5(&format!("promotion/{service}/{version}/{env}/{what}"))
+}
+
+/// One host's step of a wave: its deploy (`deploy`) or its revert
+/// (`revert`), `wave/<wave id>/<host>/<what>`, so every controller instance
+/// issues the same step under the same id.
+pub(crate) fn wave_step(wave: Uuid, host: &HostName, what: &str) -> Uuid {
+    v5(&format!("wave/{wave}/{host}/{what}"))
+}
+
+/// The deploy that brings `host` to the version its environment settled
+/// on, once per agent process (`agent_id` changes at every start), so a
+/// host that comes back or joins is converged once per start.
+pub(crate) fn convergence(
+    env: &EnvName,
+    service: &ServiceName,
+    host: &HostName,
+    version: &Version,
+    agent_id: &str,
+) -> Uuid {
+    v5(&format!(
+        "converge/{env}/{service}/{host}/{version}/{agent_id}"
+    ))
 }
 
 /// The history record of a release's publication.

@@ -23,18 +23,11 @@ pub(crate) async fn issue(
     id: Uuid,
     command: Command,
 ) -> Result<CommandIssued, Error> {
-    command.validate().map_err(Error::InvalidCommand)?;
     let env = command.environment.clone();
     let service = command.service.clone();
     let action = command.action.kind();
     let detail = describe(&command);
-    let subject = subject::command(&env, &service);
-
-    let bytes = Envelope::with_id(id, SOURCE, command.clone())
-        .expiring_in(shared.config.command_ttl())
-        .sign(shared.config.signing_key())?
-        .to_bytes()?;
-    publish_deduplicated(shared.store.js(), subject.clone(), id, bytes).await?;
+    let subject = publish(shared, id, &command).await?;
 
     let now = OffsetDateTime::now_utc();
     let outcome = CommandState::Issued.as_str();
@@ -70,8 +63,32 @@ pub(crate) async fn issue(
     })
 }
 
+/// Signs `command` under `id` and stores it in JetStream for the agents,
+/// nothing else (no history, no deployments record): what re-issuing a
+/// wave's step needs, where JetStream drops the copy within its duplicate
+/// window. Returns the subject.
+pub(crate) async fn publish(shared: &Shared, id: Uuid, command: &Command) -> Result<String, Error> {
+    command.validate().map_err(Error::InvalidCommand)?;
+    let subject = subject::command(&command.environment, &command.service);
+    let bytes = Envelope::with_id(id, SOURCE, command.clone())
+        .expiring_in(shared.config.command_ttl())
+        .sign(shared.config.signing_key())?
+        .to_bytes()?;
+    publish_deduplicated(shared.store.js(), subject.clone(), id, bytes).await?;
+    Ok(subject)
+}
+
 /// A sentence for history and logs.
 pub(crate) fn describe(command: &Command) -> String {
+    let mut text = describe_action(command);
+    if !command.hosts.is_empty() {
+        let hosts: Vec<&str> = command.hosts.iter().map(|h| h.as_str()).collect();
+        text.push_str(&format!(" on {}", hosts.join(", ")));
+    }
+    text
+}
+
+fn describe_action(command: &Command) -> String {
     let env = &command.environment;
     let svc = &command.service;
     match &command.action {
@@ -123,6 +140,7 @@ mod tests {
             environment: EnvName::new("production").unwrap(),
             service: ServiceName::new("web").unwrap(),
             actor: None,
+            hosts: Vec::new(),
             action,
         }
     }

@@ -35,6 +35,8 @@ mod status;
 mod store;
 mod supersession;
 mod sweep;
+mod wave_plan;
+mod waves;
 
 use std::collections::HashMap;
 use std::sync::Arc;

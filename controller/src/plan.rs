@@ -176,6 +176,7 @@ pub(crate) async fn plan(
                 environment: env.clone(),
                 service: service.clone(),
                 actor: None,
+                hosts: Vec::new(),
                 action: deploy_action(&release, replicas, approvals, rollout, hotfix),
             };
             if let Err(e) = command.validate() {

@@ -367,6 +367,7 @@ mod tests {
             environment: EnvName::new("dev").unwrap(),
             service: ServiceName::new("web").unwrap(),
             actor: Some("ci".into()),
+            hosts: Vec::new(),
             action: Action::Deploy {
                 release: ReleaseSpec {
                     version: Version::new(version).unwrap(),

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::config::ConfigProblem;
 use crate::records::{AgentRecord, DeploymentRecord, PromotionRecord};
+use crate::wave_plan::WaveRecord;
 use crate::{Error, SOURCE};
 
 /// Attempts at a compare-and-set update before giving up; more than two
@@ -41,6 +42,7 @@ pub(crate) struct Store {
     deployments: kv::Store,
     agents: kv::Store,
     promotions: kv::Store,
+    waves: kv::Store,
     history: stream::Stream,
 }
 
@@ -102,7 +104,7 @@ impl Store {
             streams::history().name,
             history.cached_info().config.num_replicas,
         );
-        let [releases, deployments, agents, promotions] = streams::BUCKETS;
+        let [releases, deployments, agents, promotions, waves] = streams::BUCKETS;
         let mut bucket = async |spec: streams::BucketSpec| {
             let (store, found) = ensure_bucket(&js, spec, replicas).await?;
             check(&spec.stream_name(), found);
@@ -112,6 +114,7 @@ impl Store {
         let deployments = bucket(deployments).await?;
         let agents = bucket(agents).await?;
         let promotions = bucket(promotions).await?;
+        let waves = bucket(waves).await?;
         if !mismatches.is_empty() {
             return Err(Error::InvalidConfig(mismatches));
         }
@@ -121,6 +124,7 @@ impl Store {
             deployments,
             agents,
             promotions,
+            waves,
             history,
         })
     }
@@ -252,48 +256,99 @@ impl Store {
 
     /// Every deployment record.
     pub(crate) async fn deployments(&self) -> Result<Vec<DeploymentRecord>, Error> {
-        let bucket = streams::DEPLOYMENTS_BUCKET;
-        let filter = format!("{}>", self.deployments.prefix);
-        let mut subjects = self
-            .deployments
-            .stream
-            .info_with_subjects(&filter)
-            .await
-            .map_err(|e| Error::nats(format!("list the keys of {bucket}"), e))?;
-        let mut keys = Vec::new();
-        while let Some(entry) = subjects.next().await {
-            let (subject, _) =
-                entry.map_err(|e| Error::nats(format!("list the keys of {bucket}"), e))?;
-            if let Some(key) = subject.strip_prefix(self.deployments.prefix.as_str()) {
-                keys.push(key.to_owned());
-            }
-        }
-        let values = get_many(&self.deployments, bucket, keys).await?;
+        let keys = keys_under(&self.deployments, streams::DEPLOYMENTS_BUCKET, "").await?;
+        let values = get_many(&self.deployments, streams::DEPLOYMENTS_BUCKET, keys).await?;
         Ok(values.into_iter().flatten().collect())
     }
 
-    /// Changes `<env>` in the agents bucket with `change`.
+    /// Changes a host's key in the agents bucket ([`streams::agent_key`])
+    /// with `change`.
     pub(crate) async fn update_agent(
         &self,
-        env: &EnvName,
+        key: &str,
         change: impl FnMut(Option<AgentRecord>) -> Option<AgentRecord>,
     ) -> Result<Option<AgentRecord>, Error> {
-        modify(&self.agents, streams::AGENTS_BUCKET, env.as_str(), change).await
+        modify(&self.agents, streams::AGENTS_BUCKET, key, change).await
     }
 
-    /// The last heartbeat of each of `environments` that has one.
+    /// The last heartbeat of every host of each of `environments` that has
+    /// one (an agent from before hosts is one host without a name), by host
+    /// name.
+    pub(crate) async fn hosts(
+        &self,
+        environments: &[EnvName],
+    ) -> Result<HashMap<EnvName, Vec<AgentRecord>>, Error> {
+        let mut out: HashMap<EnvName, Vec<AgentRecord>> = HashMap::new();
+        for env in environments {
+            let mut keys =
+                keys_under(&self.agents, streams::AGENTS_BUCKET, &format!("{env}.")).await?;
+            keys.push(env.as_str().to_owned());
+            let records: Vec<Option<AgentRecord>> =
+                get_many(&self.agents, streams::AGENTS_BUCKET, keys).await?;
+            let mut hosts: Vec<AgentRecord> = records
+                .into_iter()
+                .flatten()
+                .filter(|r| &r.heartbeat.environment == env)
+                .collect();
+            hosts.sort_by(|a, b| a.heartbeat.host_name.cmp(&b.heartbeat.host_name));
+            if !hosts.is_empty() {
+                out.insert(env.clone(), hosts);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The latest heartbeat of each of `environments` that has one, from
+    /// whichever of its hosts sent it last: what environment-wide views
+    /// (doctor, a deploy's plan) read.
     pub(crate) async fn agents(
         &self,
         environments: &[EnvName],
     ) -> Result<HashMap<EnvName, AgentRecord>, Error> {
-        let keys = environments.iter().map(|e| e.as_str().to_owned()).collect();
-        let records: Vec<Option<AgentRecord>> =
-            get_many(&self.agents, streams::AGENTS_BUCKET, keys).await?;
-        Ok(records
+        Ok(self
+            .hosts(environments)
+            .await?
             .into_iter()
-            .flatten()
-            .map(|r| (r.heartbeat.environment.clone(), r))
+            .filter_map(|(env, hosts)| {
+                hosts
+                    .into_iter()
+                    .max_by_key(|r| r.received_at)
+                    .map(|latest| (env, latest))
+            })
             .collect())
+    }
+
+    /// Changes the wave of `service` in `env` with `change` (compare-and-set).
+    pub(crate) async fn update_wave(
+        &self,
+        env: &EnvName,
+        service: &ServiceName,
+        change: impl FnMut(Option<WaveRecord>) -> Option<WaveRecord>,
+    ) -> Result<Option<WaveRecord>, Error> {
+        let key = format!("{env}.{service}");
+        modify(&self.waves, streams::WAVES_BUCKET, &key, change).await
+    }
+
+    /// The last wave of `service` in `env`.
+    pub(crate) async fn wave(
+        &self,
+        env: &EnvName,
+        service: &ServiceName,
+    ) -> Result<Option<WaveRecord>, Error> {
+        let key = format!("{env}.{service}");
+        let value = self
+            .waves
+            .get(&key)
+            .await
+            .map_err(|e| Error::nats(format!("read wave {key}"), e))?;
+        Ok(value.and_then(|v| decode(streams::WAVES_BUCKET, &key, &v)))
+    }
+
+    /// Every environment's last wave of every service.
+    pub(crate) async fn waves(&self) -> Result<Vec<WaveRecord>, Error> {
+        let keys = keys_under(&self.waves, streams::WAVES_BUCKET, "").await?;
+        let values = get_many(&self.waves, streams::WAVES_BUCKET, keys).await?;
+        Ok(values.into_iter().flatten().collect())
     }
 
     /// Appends `record` to the history stream under `env`'s subject, with
@@ -358,6 +413,26 @@ impl Store {
         .await?;
         Ok(last.into())
     }
+}
+
+/// The keys of `store` starting with `prefix` that hold a value, read from
+/// the stream's subjects (no watcher, so no consumer is created per call).
+async fn keys_under(store: &kv::Store, bucket: &str, prefix: &str) -> Result<Vec<String>, Error> {
+    let filter = format!("{}{prefix}>", store.prefix);
+    let mut subjects = store
+        .stream
+        .info_with_subjects(&filter)
+        .await
+        .map_err(|e| Error::nats(format!("list the keys of {bucket}"), e))?;
+    let mut keys = Vec::new();
+    while let Some(entry) = subjects.next().await {
+        let (subject, _) =
+            entry.map_err(|e| Error::nats(format!("list the keys of {bucket}"), e))?;
+        if let Some(key) = subject.strip_prefix(store.prefix.as_str()) {
+            keys.push(key.to_owned());
+        }
+    }
+    Ok(keys)
 }
 
 /// Publishes to JetStream with a `Nats-Msg-Id` and waits for the stream's ack,

@@ -2,10 +2,11 @@
 //! supersedes those a newer release replaced (`supersession`), then advances
 //! those whose soak has ended, so a soak time that ends (or an approval that
 //! expires) is acted on without waiting for another event, and a missed
-//! event is caught up with. Every instance runs it; the promotions'
+//! event is caught up with. It also carries waves on (`waves::sweep`: hosts
+//! that stopped answering, convergence). Every instance runs it; the promotions'
 //! compare-and-set and the deploys' deterministic ids keep that harmless.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use ferry_protocol::api::PromotionState;
@@ -13,16 +14,20 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{promotion, supersession, Error, Shared};
+use crate::{promotion, supersession, waves, Error, Shared};
 
 /// Sweeps until `shutdown`.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Error> {
     let mut tick = tokio::time::interval(shared.config.promotion_check_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut converging = HashSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+        }
+        if let Err(e) = waves::sweep(&shared, &mut converging).await {
+            warn!("could not sweep the waves: {e}");
         }
         let records = match shared.store.promotions().await {
             Ok(records) => records,

@@ -267,6 +267,7 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             actor: None,
             rollout: None,
             hotfix: false,
+            max_parallel_hosts: None,
         },
     )
     .await;
@@ -285,6 +286,7 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             actor: None,
             rollout: None,
             hotfix: false,
+            max_parallel_hosts: None,
         },
     )
     .await;
@@ -307,6 +309,7 @@ async fn release_to_signed_command_status_deploy_and_shutdown() {
             actor: Some("bob".into()),
             rollout: None,
             hotfix: false,
+            max_parallel_hosts: None,
         },
     )
     .await;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::approval::{ApprovalKind, SignedApproval};
 use crate::command::{ActionKind, MaintenanceMode, RollbackTarget};
 use crate::event::{MaintenanceInfo, ServiceState};
-use crate::names::{EnvName, ServiceName, Version};
+use crate::names::{EnvName, HostName, ServiceName, Version};
 use crate::release::Release;
 use crate::rollout::{RolloutControl, RolloutOptions, Strategy};
 use crate::subject::ApiOp;
@@ -79,6 +79,10 @@ pub enum ApiRequest {
         /// marked as one).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hotfix: bool,
+        /// Hosts moved at once after the canary host, when the environment
+        /// has several (the environment's setting otherwise).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_parallel_hosts: Option<u32>,
     },
     /// Roll back.
     Rollback {
@@ -94,6 +98,9 @@ pub enum ApiRequest {
         /// Change nothing; report the plan.
         #[serde(default)]
         dry_run: bool,
+        /// Only these hosts of the environment; empty: every host.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<HostName>,
         /// Who asks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
@@ -106,6 +113,9 @@ pub enum ApiRequest {
         service: ServiceName,
         /// New replica count.
         replicas: u32,
+        /// Only these hosts of the environment; empty: every host.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<HostName>,
         /// Who asks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
@@ -118,6 +128,9 @@ pub enum ApiRequest {
         service: ServiceName,
         /// On with a message and duration, or off.
         mode: MaintenanceMode,
+        /// Only these hosts of the environment; empty: every host.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<HostName>,
         /// Who asks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
@@ -195,6 +208,9 @@ pub enum ApiRequest {
         service: ServiceName,
         /// What to do.
         control: RolloutControl,
+        /// Only these hosts of the environment; empty: every host.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<HostName>,
         /// Who asks.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         actor: Option<String>,
@@ -340,6 +356,45 @@ pub struct StatusRow {
     /// The service's rollout in progress, or its last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<crate::rollout::RolloutStatus>,
+    /// Each host of the environment serving the service, when its agents
+    /// name their hosts; the row's own figures sum them up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostStatus>,
+    /// The environment's host-by-host deploy of the service in progress,
+    /// or its last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<crate::wave::Wave>,
+}
+
+/// One host's part of a [`StatusRow`] (`ferry status --hosts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStatus {
+    /// The host.
+    pub host: HostName,
+    /// Version it serves.
+    #[serde(default)]
+    pub version: Option<Version>,
+    /// Replicas wanted on it.
+    pub replicas_desired: u32,
+    /// Replicas healthy on it.
+    pub replicas_healthy: u32,
+    /// Its state; `unknown` when its agent is not heard from.
+    pub state: ServiceState,
+    /// When its agent was last heard from.
+    #[serde(with = "time::serde::rfc3339")]
+    pub agent_last_seen: OffsetDateTime,
+    /// Whether its agent's last heartbeat is recent (a host that stopped
+    /// sending them is down and not counted as healthy).
+    pub agent_up: bool,
+    /// Stable address its agent serves the service on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Its rollout in progress, or its last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
+    /// Its step in the wave shown on the row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<crate::wave::StepState>,
 }
 
 /// One record of history.

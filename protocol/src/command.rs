@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::approval::SignedApproval;
-use crate::names::{EnvName, ServiceName, Version};
+use crate::names::{EnvName, HostName, ServiceName, Version};
 use crate::rollout::{RolloutControl, RolloutOptions};
 use crate::{Error, Payload};
 
@@ -20,6 +20,9 @@ pub const MAX_ENV_VARS: usize = 128;
 pub const MAX_APPROVALS: usize = 32;
 /// Longest maintenance message accepted.
 pub const MAX_MESSAGE_LEN: usize = 1024;
+/// Most hosts one command may name. A wave addresses one batch of hosts at
+/// a time (`max_parallel_hosts`), and a command to every host names none.
+pub const MAX_HOSTS: usize = 256;
 
 /// What to run: one version of a service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,14 +280,30 @@ pub struct Command {
     /// Who asked for it (an operator, CI, or the controller's pipeline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The hosts of the environment that carry it out; empty: every host.
+    /// Inside the signed body, so a host cannot be added on the way, and the
+    /// subject (and so every NATS permission) stays per environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostName>,
     /// What to do.
     #[serde(flatten)]
     pub action: Action,
 }
 
 impl Command {
+    /// Whether the agent on `host` carries this command out.
+    pub fn is_for(&self, host: &HostName) -> bool {
+        self.hosts.is_empty() || self.hosts.contains(host)
+    }
+
     /// Range and size checks beyond what the types enforce.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.hosts.len() > MAX_HOSTS {
+            return Err(Error::InvalidField {
+                field: "hosts",
+                reason: format!("at most {MAX_HOSTS}"),
+            });
+        }
         match &self.action {
             Action::Deploy {
                 release,
@@ -364,5 +383,51 @@ impl Payload for Command {
             ActionKind::Maintenance => "ferry.v1.command.maintenance",
             ActionKind::Rollout => "ferry.v1.command.rollout",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scale(hosts: &[&str]) -> Command {
+        Command {
+            environment: EnvName::new("production").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            actor: None,
+            hosts: hosts.iter().map(|h| HostName::new(*h).unwrap()).collect(),
+            action: Action::Scale { replicas: 2 },
+        }
+    }
+
+    #[test]
+    fn a_command_naming_no_host_is_for_every_host_and_one_naming_hosts_only_for_them() {
+        let web1 = HostName::new("web-1").unwrap();
+        let web2 = HostName::new("web-2").unwrap();
+        assert!(scale(&[]).is_for(&web1));
+        assert!(scale(&["web-1"]).is_for(&web1));
+        assert!(!scale(&["web-1"]).is_for(&web2));
+        // Absent from the wire when empty, so older agents read it unchanged.
+        let json = serde_json::to_value(scale(&[])).unwrap();
+        assert!(json.get("hosts").is_none());
+        let json = serde_json::to_value(scale(&["web-1"])).unwrap();
+        assert_eq!(json["hosts"], serde_json::json!(["web-1"]));
+        let back: Command = serde_json::from_value(json).unwrap();
+        assert_eq!(back, scale(&["web-1"]));
+        // A bad host name is refused at decode, like any other name.
+        let mut bad = serde_json::to_value(scale(&[])).unwrap();
+        bad["hosts"] = serde_json::json!(["Web_1"]);
+        assert!(serde_json::from_value::<Command>(bad).is_err());
+    }
+
+    #[test]
+    fn a_command_naming_too_many_hosts_is_invalid() {
+        let names: Vec<String> = (0..=MAX_HOSTS).map(|i| format!("h-{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert!(scale(&refs[..MAX_HOSTS]).validate().is_ok());
+        assert!(matches!(
+            scale(&refs).validate(),
+            Err(Error::InvalidField { field: "hosts", .. })
+        ));
     }
 }

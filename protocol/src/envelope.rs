@@ -295,6 +295,7 @@ mod tests {
             environment: EnvName::new("production").unwrap(),
             service: ServiceName::new("web").unwrap(),
             actor: Some("alice".into()),
+            hosts: Vec::new(),
             action: Action::Scale { replicas: 3 },
         }
     }

@@ -72,6 +72,7 @@ pub fn seeds(key: &SigningKey, now: OffsetDateTime) -> Result<Vec<Vec<u8>>, Erro
         environment: environment.clone(),
         service: service.clone(),
         actor: Some("ci".into()),
+        hosts: Vec::new(),
         action,
     };
     let signed = |c: Command| -> Result<Vec<u8>, Error> {

@@ -17,6 +17,7 @@ pub mod release;
 pub mod rollout;
 pub mod streams;
 pub mod subject;
+pub mod wave;
 
 use std::fmt;
 

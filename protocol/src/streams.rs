@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::names::{EnvName, ServiceName, Version};
+use crate::names::{EnvName, HostName, ServiceName, Version};
 
 const DAY: u64 = 24 * 60 * 60;
 
@@ -276,12 +276,33 @@ pub fn history() -> StreamSpec {
     }
 }
 
+/// The durable consumer through which the agent on `host` reads `env`'s
+/// commands: one per host, so every host of an environment gets every
+/// command (a shared one would hand each command to one of them).
+pub fn agent_consumer(env: &EnvName, host: &HostName) -> String {
+    format!("ferry-agent-{env}-{host}")
+}
+
 /// Key-value bucket of releases, keyed by [`release_key`].
 pub const RELEASES_BUCKET: &str = "ferry_releases";
 /// Key-value bucket of each environment's last command per service, keyed `<env>.<service>`.
 pub const DEPLOYMENTS_BUCKET: &str = "ferry_deployments";
-/// Key-value bucket of each environment's last heartbeat, keyed `<env>`.
+/// Key-value bucket of each host's last heartbeat, keyed by [`agent_key`].
 pub const AGENTS_BUCKET: &str = "ferry_agents";
+
+/// Key-value bucket of host-by-host deploys (waves), keyed
+/// `<env>.<service>`: where the environment's last wave stands, so any
+/// controller instance can carry it on.
+pub const WAVES_BUCKET: &str = "ferry_waves";
+
+/// The agents bucket's key of a heartbeat: `<env>.<host>`, or `<env>` for
+/// an agent from before hosts (its heartbeat names none).
+pub fn agent_key(env: &EnvName, host: Option<&HostName>) -> String {
+    match host {
+        Some(host) => format!("{env}.{host}"),
+        None => env.to_string(),
+    }
+}
 
 /// Key-value bucket of promotions (approvals, rejections, where each release
 /// stands on its way into each environment), keyed by [`promotion_key`].
@@ -409,7 +430,7 @@ pub fn server_list(text: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
 }
 
 /// Every bucket ferry keeps, as the controller creates them.
-pub const BUCKETS: [BucketSpec; 4] = [
+pub const BUCKETS: [BucketSpec; 5] = [
     BucketSpec {
         name: RELEASES_BUCKET,
         history: 5,
@@ -424,6 +445,10 @@ pub const BUCKETS: [BucketSpec; 4] = [
     },
     BucketSpec {
         name: PROMOTIONS_BUCKET,
+        history: 5,
+    },
+    BucketSpec {
+        name: WAVES_BUCKET,
         history: 5,
     },
 ];

@@ -176,6 +176,7 @@ async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duratio
             environment: EnvName::new("dev").unwrap(),
             service: ServiceName::new("web").unwrap(),
             actor: Some("bench".into()),
+            hosts: Vec::new(),
             action: Action::Scale {
                 replicas: 1 + (i % 3) as u32,
             },

@@ -102,6 +102,7 @@ impl DeployRunner {
             environment: EnvName::new(&self.env).unwrap(),
             service: ServiceName::new(&self.service).unwrap(),
             actor: Some("bench".into()),
+            hosts: Vec::new(),
             action,
         };
         // Signing is the controller's cost, not the path measured here.

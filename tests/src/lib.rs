@@ -677,6 +677,7 @@ pub async fn send_command_expiring(
         environment,
         service,
         actor: Some("test".into()),
+        hosts: Vec::new(),
         action,
     };
     let envelope = ferry_protocol::Envelope::new("/ferry/controller", command)

@@ -46,6 +46,7 @@ fn command_json(action: Action) -> Value {
         environment: EnvName::new("dev").unwrap(),
         service: ServiceName::new("web").unwrap(),
         actor: Some("test".into()),
+        hosts: Vec::new(),
         action,
     };
     let envelope =

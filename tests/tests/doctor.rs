@@ -115,6 +115,7 @@ async fn doctor_names_each_problem_of_a_broken_system_and_fails() {
                 key: alice.public_key(),
             }],
             strategy: None,
+            max_parallel_hosts: None,
         },
     )]);
     system.start_controller().await;
@@ -278,6 +279,7 @@ async fn a_drill_in_a_gated_environment_is_refused_once_the_serving_versions_app
                 key: alice.public_key(),
             }],
             strategy: None,
+            max_parallel_hosts: None,
         },
     )]);
     system.start_controller().await;

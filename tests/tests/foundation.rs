@@ -532,6 +532,7 @@ fn scale_command(replicas: u32) -> Command {
         environment: EnvName::new("dev").unwrap(),
         service: ServiceName::new("web").unwrap(),
         actor: Some("e2e".into()),
+        hosts: Vec::new(),
         action: Action::Scale { replicas },
     }
 }

@@ -47,6 +47,7 @@ fn stage(approvals: u32, soak: &str, reviewers: &[&Reviewer]) -> StageSettings {
             })
             .collect(),
         strategy: None,
+        max_parallel_hosts: None,
     }
 }
 
@@ -447,6 +448,7 @@ async fn the_production_agent_refuses_a_controller_signed_deploy_without_a_revie
         environment: EnvName::new("production").unwrap(),
         service: ServiceName::new("web").unwrap(),
         actor: Some("compromised-controller".into()),
+        hosts: Vec::new(),
         action: Action::Deploy {
             release: release_spec(),
             replicas: Some(1),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args as ClapArgs, ValueEnum};
 use ferry_protocol::command::MAX_REPLICAS;
-use ferry_protocol::{EnvName, ServiceName, Version};
+use ferry_protocol::{EnvName, HostName, ServiceName, Version};
 
 use super::parse::*;
 
@@ -17,6 +17,15 @@ pub struct WaitArgs {
     /// Give up waiting after this long (exit 4), e.g. 90s, 10m.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub wait_timeout: Duration,
+}
+
+/// Which hosts of the environment a command is for.
+#[derive(Clone, Debug, Default, ClapArgs)]
+pub struct HostsArgs {
+    /// Only this host of the environment (repeat for several; default:
+    /// every host).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<HostName>,
 }
 
 /// How analysis reaches a verdict.
@@ -78,6 +87,10 @@ pub struct DeployArgs {
     /// Take the short canary of a hotfix.
     #[arg(long)]
     pub hotfix: bool,
+    /// With several hosts in the environment: hosts moved at once after the
+    /// canary host (default: the environment's setting, else 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(ferry_protocol::wave::MAX_PARALLEL_HOSTS)))]
+    pub max_parallel_hosts: Option<u32>,
     /// Print what the deploy would do (strategy and steps, replicas,
     /// approvals, the security gate) and change nothing.
     #[arg(long, conflicts_with = "wait")]
@@ -129,6 +142,8 @@ pub struct RollbackArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
+    #[command(flatten)]
+    pub hosts: HostsArgs,
 }
 
 /// What `ferry rollout` does.
@@ -157,6 +172,8 @@ pub struct RolloutArgs {
     /// Give up waiting for the agent after this long (exit 4).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub wait_timeout: Duration,
+    #[command(flatten)]
+    pub hosts: HostsArgs,
 }
 
 /// `ferry monitor`
@@ -198,6 +215,8 @@ pub struct ScaleArgs {
     pub environment: EnvName,
     #[command(flatten)]
     pub wait: WaitArgs,
+    #[command(flatten)]
+    pub hosts: HostsArgs,
 }
 
 /// `ferry maintenance`
@@ -223,6 +242,8 @@ pub struct MaintenanceArgs {
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub wait: WaitArgs,
+    #[command(flatten)]
+    pub hosts: HostsArgs,
 }
 
 /// Default length of maintenance.

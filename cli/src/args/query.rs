@@ -13,6 +13,10 @@ pub struct StatusArgs {
     /// Only this environment.
     #[arg(short = 'e', long = "env", visible_alias = "environment")]
     pub environment: Option<EnvName>,
+    /// One row per host of each environment (the JSON output always lists
+    /// them in each row's `hosts`).
+    #[arg(long)]
+    pub hosts: bool,
 }
 
 /// `ferry history`

@@ -46,6 +46,7 @@ pub async fn deploy(global: &GlobalOpts, args: DeployArgs) -> Result<()> {
         actor: Some(actor()),
         rollout: rollout.map(Box::new),
         hotfix: args.hotfix,
+        max_parallel_hosts: args.max_parallel_hosts,
     };
     let wait = args.wait.wait.then_some(args.wait.wait_timeout);
     issue(
@@ -129,6 +130,7 @@ pub async fn rollback(global: &GlobalOpts, args: RollbackArgs) -> Result<()> {
         force: args.force,
         dry_run: args.dry_run,
         actor: Some(actor()),
+        hosts: args.hosts.hosts,
     };
     let wait = (args.wait.wait || args.dry_run).then_some(args.wait.wait_timeout);
     issue(
@@ -153,6 +155,7 @@ pub async fn scale(global: &GlobalOpts, args: ScaleArgs) -> Result<()> {
         service: args.service.clone(),
         replicas: args.replicas,
         actor: Some(actor()),
+        hosts: args.hosts.hosts,
     };
     let wait = args.wait.wait.then_some(args.wait.wait_timeout);
     issue(
@@ -183,6 +186,7 @@ pub async fn rollout(global: &GlobalOpts, args: RolloutArgs) -> Result<()> {
         service: args.service.clone(),
         control,
         actor: Some(actor()),
+        hosts: args.hosts.hosts,
     };
     issue(
         global,
@@ -209,6 +213,7 @@ pub async fn maintenance(global: &GlobalOpts, args: MaintenanceArgs) -> Result<(
         service: args.service.clone(),
         mode,
         actor: Some(actor()),
+        hosts: args.hosts.hosts,
     };
     let wait = args.wait.wait.then_some(args.wait.wait_timeout);
     issue(

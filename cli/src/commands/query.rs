@@ -19,6 +19,7 @@ pub async fn status(global: &GlobalOpts, args: StatusArgs) -> Result<()> {
         .response;
     output::emit(&match global.output {
         OutputFormat::Json => output::json(&rows)?,
+        OutputFormat::Table if args.hosts => output::hosts_table(&rows, OffsetDateTime::now_utc()),
         OutputFormat::Table => output::status_table(&rows, OffsetDateTime::now_utc()),
     })
 }

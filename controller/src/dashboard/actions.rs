@@ -96,6 +96,7 @@ impl ActionRequest {
             service: service.clone(),
             control,
             actor: actor.clone(),
+            hosts: Vec::new(),
         };
         Ok(match self.action {
             ActionName::Pause => rollout(RolloutControl::Pause),
@@ -109,6 +110,7 @@ impl ActionRequest {
                 force: false,
                 dry_run: false,
                 actor,
+                hosts: Vec::new(),
             },
             ActionName::Scale => match self.replicas {
                 Some(replicas) if replicas <= MAX_REPLICAS => ApiRequest::Scale {
@@ -116,6 +118,7 @@ impl ActionRequest {
                     service,
                     replicas,
                     actor,
+                    hosts: Vec::new(),
                 },
                 _ => return Err(format!("scale needs replicas from 0 to {MAX_REPLICAS}")),
             },
@@ -138,6 +141,7 @@ impl ActionRequest {
                         duration_secs: None,
                     },
                     actor,
+                    hosts: Vec::new(),
                 }
             }
             ActionName::MaintenanceOff => ApiRequest::Maintenance {
@@ -145,6 +149,7 @@ impl ActionRequest {
                 service,
                 mode: MaintenanceMode::Disable,
                 actor,
+                hosts: Vec::new(),
             },
         })
     }

@@ -454,6 +454,7 @@ pub(crate) async fn advance(
         environment: env.clone(),
         service: service.clone(),
         actor: Some(actor),
+        hosts: Vec::new(),
         action: Action::Deploy {
             release: release.spec(),
             replicas: None,
@@ -542,6 +543,7 @@ mod tests {
             reviewers: reviewers.clone(),
             reviewer_keys: keys.clone(),
             strategy: None,
+            max_parallel_hosts: 1,
             override_reviewers: reviewers,
             override_keys: keys,
         }

@@ -252,6 +252,7 @@ async fn leg(
             force: false,
             dry_run: false,
             actor: Some(actor()),
+            hosts: Vec::new(),
         })
         .await?
         .response;

@@ -1,0 +1,470 @@
+//! Deploys across several hosts of an environment, and keeping its hosts on
+//! one version. A deploy to an environment with two or more live hosts is a
+//! wave (`wave_plan`): its record in `ferry_waves` is the only state, moved
+//! by compare-and-set on the agents' outcomes (`events`) and by the sweep
+//! (hosts that stopped answering, steps to issue again, convergence), so a
+//! restarted or second controller carries on where the record stands. Each
+//! step is published under its deterministic id before the record says it
+//! is out, so no interruption loses one and none runs twice.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use ferry_protocol::api::{CommandIssued, HistoryRecord};
+use ferry_protocol::command::{Action, Command};
+use ferry_protocol::event::{EventBody, ServiceEvent};
+use ferry_protocol::wave::{StepState, WaveState};
+use ferry_protocol::RefusalReason;
+use ferry_protocol::{EnvName, HostName, ServiceName, Version};
+use time::OffsetDateTime;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::records::AgentRecord;
+use crate::wave_plan::{Candidate, WaveRecord};
+use crate::{ids, issue, plan, promotion, Error, Shared};
+
+/// How long after issuing a step the sweep still publishes it again: inside
+/// the commands stream's ten-minute duplicate window, so a copy is always
+/// dropped by JetStream rather than refused by the agent as a replay.
+const REISSUE_WITHIN: Duration = Duration::from_secs(9 * 60);
+
+/// Issues a deploy: as one command when the environment has at most one
+/// live host serving the service (as before hosts), else as a wave across
+/// them. The reply names `id` either way.
+pub(crate) async fn deploy(
+    shared: &Shared,
+    id: Uuid,
+    command: Command,
+    max_parallel_hosts: Option<u32>,
+) -> Result<CommandIssued, Error> {
+    let env = command.environment.clone();
+    let service = command.service.clone();
+    let now = OffsetDateTime::now_utc();
+    let hosts = live_hosts(shared, &env, now).await?;
+    let candidates: Vec<Candidate> = hosts
+        .iter()
+        .filter_map(|(host, record)| {
+            let snapshot = record
+                .heartbeat
+                .services
+                .iter()
+                .find(|s| s.service == service)?;
+            Some(Candidate {
+                host: host.clone(),
+                version: snapshot.version.clone(),
+            })
+        })
+        .collect();
+    if candidates.len() < 2 || !matches!(command.action, Action::Deploy { .. }) {
+        return issue::issue(shared, id, command).await;
+    }
+    command.validate().map_err(Error::InvalidCommand)?;
+    let parallel = max_parallel_hosts
+        .or_else(|| shared.config.stage(&env).map(|s| s.max_parallel_hosts))
+        .unwrap_or(ferry_protocol::wave::DEFAULT_MAX_PARALLEL_HOSTS);
+    let Some(planned) = WaveRecord::plan(id, command.clone(), candidates, parallel, now) else {
+        return issue::issue(shared, id, command).await;
+    };
+    let mut superseded = None;
+    let record = shared
+        .store
+        .update_wave(&env, &service, |current| match current {
+            // The same deploy again (a retried request, a second
+            // controller): the wave already stands; carry it on.
+            Some(current) if current.wave.id == id => None,
+            Some(mut current) => {
+                current.supersede(id, now);
+                superseded = Some(current);
+                Some(planned.clone())
+            }
+            None => Some(planned.clone()),
+        })
+        .await?
+        .unwrap_or(planned);
+    if let Some(old) = superseded.filter(|old| old.wave.state == WaveState::Superseded) {
+        info!(environment = %env, %service, wave = %old.wave.id, "wave superseded by {id}");
+    }
+    let describe = issue::describe(&command);
+    let canary = record
+        .wave
+        .canary_host()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    let detail = format!(
+        "{describe} host by host: canary host {canary}, then {} more, {} at a time",
+        record.wave.steps.len().saturating_sub(1),
+        record.wave.max_parallel_hosts
+    );
+    wave_history(shared, &record, "issued", &detail, now).await?;
+    issue_steps(shared, &record, &[]).await?;
+    info!(environment = %env, %service, wave = %id, "{detail}");
+    Ok(CommandIssued {
+        command_id: id,
+        subject: ferry_protocol::subject::command(&env, &service),
+        environment: env,
+        service,
+        action: command.action.kind(),
+    })
+}
+
+/// An agent's final event (outcome or refusal) about `service` in `env`:
+/// moves the wave on when it answers one of its steps. Returns whether the
+/// event's deploy belongs to a wave, whose completion (not each host's)
+/// moves the release on to the next environment.
+pub(crate) async fn on_event(
+    shared: &Shared,
+    env: &EnvName,
+    service: &ServiceName,
+    event: &ServiceEvent,
+) -> Result<bool, Error> {
+    let Some(id) = event.command_id else {
+        return Ok(false);
+    };
+    let (succeeded, detail) = match &event.body {
+        EventBody::Succeeded { detail, .. } => (true, detail.clone()),
+        EventBody::Failed { reason, .. } => (false, reason.clone()),
+        // A replay refusal is a copy of a step already carried out: its
+        // own outcome settles the step.
+        EventBody::Refused {
+            reason: RefusalReason::Replayed,
+            ..
+        } => return owns(shared, env, service, id).await,
+        EventBody::Refused { reason, detail } => (false, format!("refused ({reason}): {detail}")),
+        _ => return Ok(false),
+    };
+    let Some(current) = shared.store.wave(env, service).await? else {
+        return Ok(false);
+    };
+    let owned = current
+        .wave
+        .steps
+        .iter()
+        .any(|s| s.command_id == id || s.revert_id == Some(id));
+    if !owned {
+        return Ok(false);
+    }
+    let now = OffsetDateTime::now_utc();
+    transition(shared, env, service, |record| {
+        record.on_outcome(id, event.host.as_ref(), succeeded, &detail, now)
+    })
+    .await?;
+    Ok(true)
+}
+
+/// Whether a successful deploy of `version` is the business of `service`'s
+/// wave in `env` (one of its steps, or a host converging on it), which
+/// moves the release on once, when every host has it.
+pub(crate) async fn covers(
+    shared: &Shared,
+    env: &EnvName,
+    service: &ServiceName,
+    version: &Version,
+) -> Result<bool, Error> {
+    Ok(shared.store.wave(env, service).await?.is_some_and(|r| {
+        &r.wave.version == version
+            && matches!(r.wave.state, WaveState::Running | WaveState::Succeeded)
+    }))
+}
+
+/// Whether command `id` is a step of `service`'s wave in `env`.
+async fn owns(
+    shared: &Shared,
+    env: &EnvName,
+    service: &ServiceName,
+    id: Uuid,
+) -> Result<bool, Error> {
+    Ok(shared.store.wave(env, service).await?.is_some_and(|r| {
+        r.wave
+            .steps
+            .iter()
+            .any(|s| s.command_id == id || s.revert_id == Some(id))
+    }))
+}
+
+/// Applies `change` to the wave's record (compare-and-set), then issues the
+/// steps it put out and records how it ended, if it did.
+async fn transition(
+    shared: &Shared,
+    env: &EnvName,
+    service: &ServiceName,
+    mut change: impl FnMut(&mut WaveRecord) -> bool,
+) -> Result<(), Error> {
+    let mut before = None;
+    let updated = shared
+        .store
+        .update_wave(env, service, |current| {
+            let mut record = current?;
+            before = Some(record.clone());
+            change(&mut record).then_some(record)
+        })
+        .await?;
+    let (Some(before), Some(after)) = (before, updated) else {
+        return Ok(());
+    };
+    if before == after {
+        return Ok(());
+    }
+    let already: Vec<Uuid> = before
+        .outstanding()
+        .filter_map(|s| outstanding_id(s.state, s.command_id, s.revert_id))
+        .collect();
+    issue_steps(shared, &after, &already).await?;
+    finished(shared, &before, &after).await
+}
+
+fn outstanding_id(state: StepState, deploy: Uuid, revert: Option<Uuid>) -> Option<Uuid> {
+    match state {
+        StepState::Issued => Some(deploy),
+        StepState::Reverting => revert,
+        _ => None,
+    }
+}
+
+/// Issues every outstanding step of `record` not in `already`: the command,
+/// its history record and the deployments record, all idempotent by id.
+async fn issue_steps(shared: &Shared, record: &WaveRecord, already: &[Uuid]) -> Result<(), Error> {
+    for step in record.outstanding() {
+        let Some((id, command)) = record.step_command(step) else {
+            continue;
+        };
+        if already.contains(&id) {
+            continue;
+        }
+        issue::issue(shared, id, command).await?;
+    }
+    Ok(())
+}
+
+/// Records a wave that just ended, and moves a successful one's release on.
+async fn finished(shared: &Shared, before: &WaveRecord, after: &WaveRecord) -> Result<(), Error> {
+    if before.wave.state == after.wave.state {
+        return Ok(());
+    }
+    let now = OffsetDateTime::now_utc();
+    let outcome = after.wave.state.as_str();
+    wave_history(shared, after, outcome, &after.wave.detail, now).await?;
+    match after.wave.state {
+        WaveState::Succeeded => {
+            info!(environment = %after.environment, service = %after.service, wave = %after.wave.id, "{}", after.wave.detail);
+            promotion::on_deployed(
+                shared,
+                &after.environment,
+                &after.service,
+                &after.wave.version,
+                now,
+            )
+            .await
+        }
+        WaveState::Failed => {
+            warn!(environment = %after.environment, service = %after.service, wave = %after.wave.id, "{}", after.wave.detail);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Appends the wave's own history record (`issued`, `succeeded`, `failed`)
+/// under the wave's id, once.
+async fn wave_history(
+    shared: &Shared,
+    record: &WaveRecord,
+    outcome: &str,
+    detail: &str,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let history = HistoryRecord {
+        time: now,
+        environment: Some(record.environment.clone()),
+        service: record.service.clone(),
+        version: Some(record.wave.version.clone()),
+        action: "deploy".to_owned(),
+        outcome: outcome.to_owned(),
+        detail: detail.to_owned(),
+        command_id: Some(record.wave.id),
+        actor: record.command.actor.clone(),
+    };
+    shared
+        .store
+        .append_history(
+            &record.environment,
+            history,
+            ids::history(record.wave.id, outcome),
+        )
+        .await
+}
+
+/// The environment's hosts whose agents are heard from, by name (agents
+/// from before hosts, which name none, are left out: they cannot be
+/// addressed).
+async fn live_hosts(
+    shared: &Shared,
+    env: &EnvName,
+    now: OffsetDateTime,
+) -> Result<Vec<(HostName, AgentRecord)>, Error> {
+    let timeout = shared.config.agent_timeout();
+    let mut hosts = shared.store.hosts(std::slice::from_ref(env)).await?;
+    Ok(hosts
+        .remove(env)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| now - r.received_at <= timeout)
+        .filter_map(|r| Some((r.heartbeat.host_name.clone()?, r)))
+        .collect())
+}
+
+/// The sweep's part: fails the step of a host that stopped answering,
+/// publishes outstanding steps again (a controller that stopped between
+/// its write and its publish), and converges hosts on the version their
+/// environment settled on.
+///
+/// `converging` holds the convergence deploys this instance issued (a
+/// cache: losing it costs one copy, which JetStream drops), so a host whose
+/// deploy is under way or failed is not sent it again every sweep.
+pub(crate) async fn sweep(shared: &Shared, converging: &mut HashSet<Uuid>) -> Result<(), Error> {
+    let now = OffsetDateTime::now_utc();
+    let timeout = shared.config.agent_timeout();
+    let mut live: HashMap<EnvName, Vec<(HostName, AgentRecord)>> = HashMap::new();
+    for record in shared.store.waves().await? {
+        let env = record.environment.clone();
+        if !live.contains_key(&env) {
+            live.insert(env.clone(), live_hosts(shared, &env, now).await?);
+        }
+        let hosts = live.get(&env).map(Vec::as_slice).unwrap_or_default();
+        if record.wave.state == WaveState::Running {
+            let lost: Vec<HostName> = record
+                .wave
+                .steps
+                .iter()
+                .filter(|s| s.state == StepState::Issued)
+                .filter(|s| s.issued_at.is_none_or(|at| now - at > timeout))
+                .filter(|s| !hosts.iter().any(|(h, _)| h == &s.host))
+                .map(|s| s.host.clone())
+                .collect();
+            for host in lost {
+                transition(shared, &env, &record.service, |r| r.host_lost(&host, now)).await?;
+            }
+        }
+        let Some(record) = shared.store.wave(&env, &record.service).await? else {
+            continue;
+        };
+        republish(shared, &record, now).await;
+        if record.wave.state != WaveState::Running {
+            converge(shared, &record, hosts, converging).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the outstanding steps again while JetStream still drops a copy.
+async fn republish(shared: &Shared, record: &WaveRecord, now: OffsetDateTime) {
+    for step in record.outstanding() {
+        let recent = step.issued_at.is_some_and(|at| now - at < REISSUE_WITHIN);
+        if !recent {
+            continue;
+        }
+        if let Some((id, command)) = record.step_command(step) {
+            if let Err(e) = issue::publish(shared, id, &command).await {
+                warn!(%id, host = %step.host, "could not publish the wave's step again: {e}");
+            }
+        }
+    }
+}
+
+/// Brings every live host whose heartbeat shows the service on another
+/// version than the one its environment settled on (a new host with an
+/// empty state, one that came back older) to that version, once per agent
+/// start and version found, health-gated like any deploy.
+async fn converge(
+    shared: &Shared,
+    record: &WaveRecord,
+    hosts: &[(HostName, AgentRecord)],
+    converging: &mut HashSet<Uuid>,
+) -> Result<(), Error> {
+    // Bounded: one entry per host start and version found.
+    if converging.len() > 100_000 {
+        converging.clear();
+    }
+    let Some(settled) = record.wave.settled.clone() else {
+        return Ok(());
+    };
+    for (host, agent) in hosts {
+        let Some(snapshot) = agent
+            .heartbeat
+            .services
+            .iter()
+            .find(|s| s.service == record.service)
+        else {
+            continue;
+        };
+        if snapshot.version.as_ref() == Some(&settled) {
+            continue;
+        }
+        if record
+            .wave
+            .step(host)
+            .is_some_and(|s| s.state == StepState::Reverting)
+        {
+            continue;
+        }
+        let found = snapshot
+            .version
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), Version::to_string);
+        let attempt = format!("{}/{found}", agent.heartbeat.agent_id);
+        let id = ids::convergence(
+            &record.environment,
+            &record.service,
+            host,
+            &settled,
+            &attempt,
+        );
+        if converging.contains(&id) {
+            continue;
+        }
+        let command = match convergence_command(shared, record, host, &settled).await {
+            Ok(command) => command,
+            Err(why) => {
+                warn!(environment = %record.environment, service = %record.service, %host, "cannot bring the host to {settled}: {why}");
+                continue;
+            }
+        };
+        match issue::issue(shared, id, command).await {
+            Ok(_) => {
+                converging.insert(id);
+                info!(environment = %record.environment, service = %record.service, %host, "host on {found}, bringing it to {settled}")
+            }
+            Err(Error::InvalidCommand(e)) => {
+                converging.insert(id);
+                warn!(%host, "cannot bring the host to {settled}: {e}")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The deploy of `settled` to `host`: the wave's own when it is the wave's
+/// version, else the published release with the approvals recorded for it.
+async fn convergence_command(
+    shared: &Shared,
+    record: &WaveRecord,
+    host: &HostName,
+    settled: &Version,
+) -> Result<Command, String> {
+    let action = if settled == &record.wave.version {
+        record.command.action.clone()
+    } else {
+        let release = plan::published_release(shared, &record.service, settled).await?;
+        let approvals =
+            promotion::approvals_for_deploy(shared, &release, &record.environment).await?;
+        plan::deploy_action(&release, None, approvals, None, false)
+    };
+    Ok(Command {
+        environment: record.environment.clone(),
+        service: record.service.clone(),
+        actor: Some(format!("convergence (wave {})", record.wave.id)),
+        hosts: vec![host.clone()],
+        action,
+    })
+}
