@@ -60,6 +60,7 @@ pub(crate) async fn issue(
         environment: env,
         service,
         action,
+        wave: false,
     })
 }
 

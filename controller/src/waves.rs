@@ -105,6 +105,7 @@ pub(crate) async fn deploy(
         environment: env,
         service,
         action: command.action.kind(),
+        wave: true,
     })
 }
 

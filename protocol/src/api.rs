@@ -309,6 +309,10 @@ pub struct CommandIssued {
     pub service: ServiceName,
     /// Which action.
     pub action: ActionKind,
+    /// A deploy that goes host by host: no event carries `command_id`;
+    /// follow the wave in `ferry status` (each host's step has its own id).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wave: bool,
 }
 
 /// One row of `ferry status`.

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use ferry_protocol::api::{ApiRequest, CommandIssued};
+use ferry_protocol::api::{ApiRequest, CommandIssued, StatusRow};
 use ferry_protocol::command::{MaintenanceMode, RollbackTarget};
 use ferry_protocol::rollout::{
     AnalysisMode, AnalysisOverride, RolloutControl, RolloutOptions, Strategy,
 };
+use ferry_protocol::wave::WaveState;
 use ferry_protocol::{EnvName, ServiceName};
 
 use crate::args::{
@@ -265,6 +266,12 @@ async fn issue(
     };
     let reply = connection.call::<CommandIssued>(request).await?;
     let issued = reply.response;
+    if let (true, Some(timeout)) = (issued.wave, wait) {
+        if global.output == OutputFormat::Table {
+            output::emit(&output::issued(&reply.message, &issued))?;
+        }
+        return follow_wave(&connection, &issued, what, timeout, global.output).await;
+    }
     match (follower, wait) {
         (Some(follower), Some(timeout)) => {
             if global.output == OutputFormat::Table {
@@ -280,6 +287,69 @@ async fn issue(
         }),
     }
 }
+
+/// `--wait` on a deploy that goes host by host: reads the wave from
+/// `ferry status` until it ends, printing each host's step as it changes
+/// (a JSON line per change with `--output json`).
+async fn follow_wave(
+    connection: &Connection,
+    issued: &CommandIssued,
+    what: &str,
+    timeout: Duration,
+    format: OutputFormat,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut shown: Vec<(String, String)> = Vec::new();
+    loop {
+        let rows: Vec<StatusRow> = connection
+            .call(ApiRequest::Status {
+                environment: Some(issued.environment.clone()),
+            })
+            .await?
+            .response;
+        let wave = rows
+            .into_iter()
+            .filter(|r| r.service.as_ref() == Some(&issued.service))
+            .find_map(|r| r.wave)
+            .filter(|w| w.id == issued.command_id);
+        if let Some(wave) = wave {
+            for step in &wave.steps {
+                let now = (step.host.to_string(), step.state.to_string());
+                if !shown.contains(&now) {
+                    let line = match format {
+                        OutputFormat::Json => output::json(step)?,
+                        OutputFormat::Table => format!("{}: {}", step.host, step.state),
+                    };
+                    output::emit(&line)?;
+                    shown.retain(|(host, _)| host != &now.0);
+                    shown.push(now);
+                }
+            }
+            match wave.state {
+                WaveState::Running => {}
+                WaveState::Succeeded => {
+                    return output::emit(&format!("{what} succeeded: {}", wave.detail))
+                }
+                _ => {
+                    return Err(CliError::failed(format!(
+                        "{what} {}: {}",
+                        wave.state, wave.detail
+                    )))
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CliError::wait_timed_out(format!(
+                "{what}: no end to the wave within {}",
+                humantime::format_duration(timeout)
+            )));
+        }
+        tokio::time::sleep(WAVE_POLL).await;
+    }
+}
+
+/// How often `--wait` reads a wave's progress.
+const WAVE_POLL: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {
