@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_protocol::event::{
-    AgentEvent, EventBody, ServiceEvent, ServiceMetrics, ServiceSnapshot, ServiceState,
+    AgentEvent, EventBody, Heartbeat, ServiceEvent, ServiceMetrics, ServiceSnapshot, ServiceState,
 };
 use ferry_protocol::rollout::{Metric, RolloutState};
 use ferry_protocol::subject::{self, AgentEventKind, EventKind};
-use ferry_protocol::{EnvName, Envelope, ServiceName};
+use ferry_protocol::{EnvName, Envelope, HostName, ServiceName};
 use futures::StreamExt;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
@@ -47,6 +47,14 @@ struct ServiceView {
 struct EnvView {
     last_heartbeat: Option<(Instant, Duration)>,
     services: BTreeMap<ServiceName, ServiceView>,
+    /// Each named host's last heartbeat: when, its interval, its services.
+    hosts: BTreeMap<HostName, HostView>,
+}
+
+struct HostView {
+    at: Instant,
+    interval: Duration,
+    services: Vec<ServiceSnapshot>,
 }
 
 /// What the controller last heard from each environment.
@@ -72,6 +80,27 @@ fn with(mut base: Labels, key: &str, value: impl Into<String>) -> Labels {
 }
 
 impl View {
+    /// Folds in a heartbeat received at `at`.
+    fn heartbeat(&mut self, hb: Heartbeat, at: Instant) {
+        let env = self.envs.entry(hb.environment.clone()).or_default();
+        let interval = Duration::from_secs(hb.interval_secs);
+        env.last_heartbeat = Some((at, interval));
+        if let Some(host) = hb.host_name.clone() {
+            env.hosts.insert(
+                host,
+                HostView {
+                    at,
+                    interval,
+                    services: hb.services.clone(),
+                },
+            );
+        }
+        for snapshot in hb.services {
+            let name = snapshot.service.clone();
+            env.services.entry(name).or_default().snapshot = Some(snapshot);
+        }
+    }
+
     /// Renders everything as Prometheus text.
     pub(crate) fn render(&self, environments: &[EnvName], agent_timeout: Duration) -> String {
         let mut registry = Registry::with_prefix("ferry");
@@ -141,6 +170,26 @@ impl View {
             "service_alert",
             "1 while a threshold alert is raised for the service",
         );
+        let host_up = family(
+            &mut registry,
+            "host_agent_up",
+            "1 when the host's agent sent a heartbeat within the agent timeout",
+        );
+        let host_info = family(
+            &mut registry,
+            "host_service_version_info",
+            "The version a service runs on one host of its environment (value 1)",
+        );
+        let host_desired = family(
+            &mut registry,
+            "host_service_replicas_desired",
+            "Replicas wanted on one host",
+        );
+        let host_healthy = family(
+            &mut registry,
+            "host_service_replicas_healthy",
+            "Replicas passing their health checks on one host (0 while its agent is down)",
+        );
 
         let now = Instant::now();
         for env in environments {
@@ -153,6 +202,33 @@ impl View {
             up.get_or_create(&vec![("environment".into(), env.to_string())])
                 .set(if alive { 1.0 } else { 0.0 });
             let Some(view) = view else { continue };
+            for (host, h) in &view.hosts {
+                let host_alive = now.duration_since(h.at) <= agent_timeout.max(h.interval * 3);
+                let base = vec![
+                    ("environment".into(), env.to_string()),
+                    ("host".into(), host.to_string()),
+                ];
+                host_up
+                    .get_or_create(&base)
+                    .set(if host_alive { 1.0 } else { 0.0 });
+                for snapshot in &h.services {
+                    let labels = with(base.clone(), "service", snapshot.service.to_string());
+                    if let Some(version) = &snapshot.version {
+                        host_info
+                            .get_or_create(&with(labels.clone(), "version", version.to_string()))
+                            .set(1.0);
+                    }
+                    host_desired
+                        .get_or_create(&labels)
+                        .set(f64::from(snapshot.replicas_desired));
+                    let healthy = if host_alive {
+                        snapshot.replicas_healthy
+                    } else {
+                        0
+                    };
+                    host_healthy.get_or_create(&labels).set(f64::from(healthy));
+                }
+            }
             for (service, s) in &view.services {
                 let base = labels(env, service);
                 if let Some(snapshot) = &s.snapshot {
@@ -249,12 +325,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) -> Result<
                 let Ok(envelope) = Envelope::<AgentEvent>::decode(&message.payload) else { continue };
                 let AgentEvent::Heartbeat(hb) = envelope.data else { continue };
                 let Ok(mut view) = view.lock() else { continue };
-                let env = view.envs.entry(hb.environment.clone()).or_default();
-                env.last_heartbeat = Some((Instant::now(), Duration::from_secs(hb.interval_secs)));
-                for snapshot in hb.services {
-                    let name = snapshot.service.clone();
-                    env.services.entry(name).or_default().snapshot = Some(snapshot);
-                }
+                view.heartbeat(hb, Instant::now());
             }
             Some(message) = metrics.next() => {
                 let Ok(envelope) = Envelope::<ServiceEvent>::decode(&message.payload) else { continue };
@@ -383,4 +454,66 @@ fn answer(
             .insert(hyper::header::CONTENT_TYPE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_protocol::event::HostMetrics;
+    use ferry_protocol::Version;
+
+    fn heartbeat(host: &str, version: &str) -> Heartbeat {
+        Heartbeat {
+            agent_id: host.into(),
+            environment: EnvName::new("production").unwrap(),
+            host_name: Some(HostName::new(host).unwrap()),
+            started_at: time::OffsetDateTime::UNIX_EPOCH,
+            interval_secs: 1,
+            agent_version: "0.1.0".into(),
+            host: HostMetrics::default(),
+            services: vec![ServiceSnapshot {
+                service: ServiceName::new("web").unwrap(),
+                version: Some(Version::new(version).unwrap()),
+                previous: None,
+                replicas_desired: 2,
+                replicas_healthy: 2,
+                state: ServiceState::Running,
+                maintenance: None,
+                runtime: "process".into(),
+                address: None,
+                rollout: None,
+                strategy: None,
+            }],
+            gap: None,
+            sent_at: None,
+            trusted_keys: Vec::new(),
+            reviewer_keys: Vec::new(),
+            approvals_required: 0,
+        }
+    }
+
+    #[test]
+    fn each_host_has_its_version_replicas_and_agent_up() {
+        let mut view = View::default();
+        let now = Instant::now();
+        view.heartbeat(heartbeat("web-1", "1.4.0"), now);
+        view.heartbeat(heartbeat("web-2", "1.3.0"), now - Duration::from_secs(60));
+        let text = view.render(
+            &[EnvName::new("production").unwrap()],
+            Duration::from_secs(15),
+        );
+        for line in [
+            r#"ferry_host_agent_up{environment="production",host="web-1"} 1"#,
+            r#"ferry_host_agent_up{environment="production",host="web-2"} 0"#,
+            r#"ferry_host_service_version_info{environment="production",host="web-1",service="web",version="1.4.0"} 1"#,
+            r#"ferry_host_service_version_info{environment="production",host="web-2",service="web",version="1.3.0"} 1"#,
+            r#"ferry_host_service_replicas_healthy{environment="production",host="web-1",service="web"} 2"#,
+            r#"ferry_host_service_replicas_healthy{environment="production",host="web-2",service="web"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(line)),
+                "missing {line} in\n{text}"
+            );
+        }
+    }
 }
