@@ -5,7 +5,7 @@
 //! a terminal), prints a summary at the end, and exits 5 when a threshold
 //! was breached.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -129,6 +129,15 @@ fn table(rows: &BTreeMap<String, Row>) -> Vec<String> {
         .collect()
 }
 
+/// A row's name: the service, or `service@host` once the environment has
+/// shown more than one host.
+fn row_key(hosts: &BTreeSet<String>, service: &str, host: Option<&str>) -> String {
+    match host {
+        Some(host) if hosts.len() > 1 => format!("{service}@{host}"),
+        _ => service.to_owned(),
+    }
+}
+
 /// `ferry monitor`
 pub async fn run(global: &GlobalOpts, args: MonitorArgs) -> Result<()> {
     let conn = Connection::open(global).await?;
@@ -169,6 +178,8 @@ pub async fn run(global: &GlobalOpts, args: MonitorArgs) -> Result<()> {
         args.availability_threshold
     );
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    // Hosts heard from: with more than one, a row per service and host.
+    let mut hosts: BTreeSet<String> = BTreeSet::new();
     let started = Instant::now();
     let end = (!args.continuous).then(|| started + Duration::from_secs(args.duration));
     let interval = Duration::from_secs(args.interval.max(1));
@@ -190,7 +201,8 @@ pub async fn run(global: &GlobalOpts, args: MonitorArgs) -> Result<()> {
                 let Ok(event) = Envelope::<ServiceEvent>::decode(&message.payload) else { continue };
                 let event = event.data;
                 if let EventBody::Metrics(m) = event.body {
-                    let row = rows.entry(event.service.to_string()).or_default();
+                    let key = row_key(&hosts, event.service.as_str(), event.host.as_ref().map(|h| h.as_str()));
+                    let row = rows.entry(key).or_default();
                     row.samples += 1;
                     row.requests += m.requests;
                     if m.requests > 0 {
@@ -207,9 +219,16 @@ pub async fn run(global: &GlobalOpts, args: MonitorArgs) -> Result<()> {
             Some(message) = heartbeats.next() => {
                 let Ok(event) = Envelope::<AgentEvent>::decode(&message.payload) else { continue };
                 if let AgentEvent::Heartbeat(hb) = event.data {
+                    let host = hb.host_name.as_ref().map(|h| h.to_string());
+                    if let Some(host) = &host {
+                        if hosts.insert(host.clone()) && hosts.len() == 2 {
+                            // Rows so far were per service: from now on per host.
+                            rows.clear();
+                        }
+                    }
                     for snapshot in hb.services {
-                        let name = snapshot.service.to_string();
-                        rows.entry(name).or_default().snapshot = Some(snapshot);
+                        let key = row_key(&hosts, snapshot.service.as_str(), host.as_deref());
+                        rows.entry(key).or_default().snapshot = Some(snapshot);
                     }
                 }
             }
@@ -277,4 +296,20 @@ pub async fn run(global: &GlobalOpts, args: MonitorArgs) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_per_service_until_a_second_host_shows_then_per_host() {
+        let mut hosts = BTreeSet::new();
+        assert_eq!(row_key(&hosts, "web", None), "web");
+        hosts.insert("web-1".to_owned());
+        assert_eq!(row_key(&hosts, "web", Some("web-1")), "web");
+        hosts.insert("web-2".to_owned());
+        assert_eq!(row_key(&hosts, "web", Some("web-2")), "web@web-2");
+        assert_eq!(row_key(&hosts, "web", None), "web");
+    }
 }
