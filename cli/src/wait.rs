@@ -46,23 +46,30 @@ impl Follower {
     /// Prints the events of `command_id` until its final one, or fails after
     /// `timeout`; `what` names the command in messages ("rollback of web in
     /// dev to 1.0").
+    /// `hosts`: how many hosts carry the command out (each reports its own
+    /// outcome; with more than one, each line names its host).
     pub async fn follow(
         self,
         command_id: Uuid,
         what: &str,
         timeout: Duration,
         format: OutputFormat,
+        hosts: usize,
     ) -> Result<()> {
         let watch = Watch {
             environment: &self.environment,
             command_id,
             what,
+            hosts,
         };
         let events = self.subscriber.map(|message| message.payload);
         follow_events(events, &watch, timeout, |event| match format {
             OutputFormat::Json => output::emit(&output::json_line(event)?),
             OutputFormat::Table => match output::event_line(event) {
-                Some(line) => output::emit(&line),
+                Some(line) => match (&event.host, hosts > 1) {
+                    (Some(host), true) => output::emit(&format!("{host}: {line}")),
+                    _ => output::emit(&line),
+                },
                 None => Ok(()),
             },
         })
@@ -78,11 +85,14 @@ pub struct Watch<'a> {
     pub command_id: Uuid,
     /// The command in words, for messages.
     pub what: &'a str,
+    /// How many hosts' final events end the wait (at least one).
+    pub hosts: usize,
 }
 
 /// Reads `events` (raw envelopes), hands those of the watched command to
-/// `show`, and ends on the first final one: `Ok` for success or a dry run,
-/// exit 1 for failure or refusal, exit 4 when `timeout` passes first.
+/// `show`, and ends once `hosts` distinct hosts sent a final one: `Ok` when
+/// each succeeded (or ran dry), exit 1 for the first failure or refusal,
+/// exit 4 when `timeout` passes first.
 pub async fn follow_events<S>(
     mut events: S,
     watch: &Watch<'_>,
@@ -96,8 +106,11 @@ where
         environment,
         command_id,
         what,
+        hosts,
     } = *watch;
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut finished: Vec<Option<ferry_protocol::HostName>> = Vec::new();
+    let mut first_failure: Option<CliError> = None;
     loop {
         let raw = match tokio::time::timeout_at(deadline, events.next()).await {
             Ok(Some(raw)) => raw,
@@ -124,7 +137,19 @@ where
         }
         show(&event)?;
         if event.body.is_final() {
-            return verdict(&event, what);
+            if finished.contains(&event.host) {
+                continue;
+            }
+            finished.push(event.host.clone());
+            if let Err(e) = verdict(&event, what) {
+                first_failure.get_or_insert(e);
+            }
+            if finished.len() >= hosts.max(1) {
+                return match first_failure {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+            }
         }
     }
 }
@@ -190,6 +215,7 @@ mod tests {
             environment: &environment,
             command_id: id,
             what: "rollback of web in dev to 9.9.9",
+            hosts: 1,
         };
         let result = follow_events(
             futures::stream::iter(events).chain(futures::stream::pending()),
@@ -284,6 +310,7 @@ mod tests {
             environment: &environment,
             command_id: id,
             what: "scale",
+            hosts: 1,
         };
         let result = follow_events(
             futures::stream::iter(Vec::<Bytes>::new()),
@@ -293,5 +320,67 @@ mod tests {
         )
         .await;
         assert_eq!(result.unwrap_err().exit, Exit::Unreachable);
+    }
+
+    fn on_host(host: &str, command_id: Uuid, body: EventBody) -> Bytes {
+        let event = ServiceEvent {
+            host: Some(ferry_protocol::HostName::new(host).unwrap()),
+            environment: env(),
+            service: ServiceName::new("web").unwrap(),
+            command_id: Some(command_id),
+            body,
+        };
+        Envelope::new("/ferry/agent/dev", event)
+            .to_bytes()
+            .unwrap()
+            .into()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_several_hosts_the_wait_ends_when_each_reported_and_any_failure_fails_it() {
+        let id = Uuid::new_v4();
+        let environment = env();
+        let watch = Watch {
+            environment: &environment,
+            command_id: id,
+            what: "scale",
+            hosts: 2,
+        };
+        let failed = EventBody::Failed {
+            action: ActionKind::Scale,
+            version: None,
+            reason: "no replicas".into(),
+            serving: None,
+        };
+        let mut seen = Vec::new();
+        let events = vec![
+            on_host("web-1", id, failed),
+            // A repeat from the same host does not count twice.
+            on_host("web-1", id, succeeded()),
+            on_host("web-2", id, succeeded()),
+        ];
+        let result = follow_events(
+            futures::stream::iter(events).chain(futures::stream::pending()),
+            &watch,
+            Duration::from_secs(60),
+            |e| {
+                seen.push(e.host.clone());
+                Ok(())
+            },
+        )
+        .await;
+        assert_eq!(result.unwrap_err().exit, Exit::Failed);
+        assert_eq!(seen.len(), 3, "every host's events are shown");
+
+        // Only one host reported: the wait goes on until the timeout.
+        let events = vec![on_host("web-1", id, succeeded())];
+        let result = follow_events(
+            futures::stream::iter(events).chain(futures::stream::pending()),
+            &watch,
+            Duration::from_secs(5),
+            |_| Ok(()),
+        )
+        .await;
+        assert_eq!(result.unwrap_err().exit, Exit::WaitTimedOut);
     }
 }

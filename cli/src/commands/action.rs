@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use ferry_protocol::api::{ApiRequest, CommandIssued, StatusRow};
+use ferry_protocol::api::{ApiRequest, CommandIssued, HostStatus, StatusRow};
 use ferry_protocol::command::{MaintenanceMode, RollbackTarget};
 use ferry_protocol::rollout::{
-    AnalysisMode, AnalysisOverride, RolloutControl, RolloutOptions, Strategy,
+    AnalysisMode, AnalysisOverride, RolloutControl, RolloutOptions, RolloutState, Strategy,
 };
 use ferry_protocol::wave::WaveState;
 use ferry_protocol::{EnvName, ServiceName};
@@ -182,12 +182,30 @@ pub async fn rollout(global: &GlobalOpts, args: RolloutArgs) -> Result<()> {
         "{control} of the rollout of {} in {}",
         args.service, args.environment
     );
+    let mut hosts = args.hosts.hosts;
+    if hosts.is_empty() {
+        // With several hosts, only those running a rollout (the canary host
+        // of a wave) can act on one: address them, not every host.
+        let connection = Connection::open(global).await?;
+        let live = live_hosts(&connection, &args.environment, &args.service).await?;
+        if live.len() > 1 {
+            hosts = live
+                .into_iter()
+                .filter(|h| {
+                    h.rollout.as_ref().is_some_and(|r| {
+                        matches!(r.state, RolloutState::Progressing | RolloutState::Paused)
+                    })
+                })
+                .map(|h| h.host)
+                .collect();
+        }
+    }
     let request = ApiRequest::Rollout {
         environment: args.environment.clone(),
         service: args.service.clone(),
         control,
         actor: Some(actor()),
-        hosts: args.hosts.hosts,
+        hosts,
     };
     issue(
         global,
@@ -260,9 +278,23 @@ async fn issue(
     wait: Option<Duration>,
 ) -> Result<()> {
     let connection = Connection::open(global).await?;
-    let follower = match wait {
-        Some(_) => Some(Follower::subscribe(&connection, environment, service).await?),
-        None => None,
+    let named = match &request {
+        ApiRequest::Rollback { hosts, .. }
+        | ApiRequest::Scale { hosts, .. }
+        | ApiRequest::Maintenance { hosts, .. }
+        | ApiRequest::Rollout { hosts, .. } => hosts.len(),
+        _ => 0,
+    };
+    let (follower, hosts) = match wait {
+        Some(_) => {
+            let hosts = match named {
+                0 => live_hosts(&connection, environment, service).await?.len(),
+                n => n,
+            };
+            let follower = Follower::subscribe(&connection, environment, service).await?;
+            (Some(follower), hosts.max(1))
+        }
+        None => (None, 1),
     };
     let reply = connection.call::<CommandIssued>(request).await?;
     let issued = reply.response;
@@ -278,7 +310,7 @@ async fn issue(
                 output::emit(&output::issued(&reply.message, &issued))?;
             }
             follower
-                .follow(issued.command_id, what, timeout, global.output)
+                .follow(issued.command_id, what, timeout, global.output, hosts)
                 .await
         }
         _ => output::emit(&match global.output {
@@ -286,6 +318,27 @@ async fn issue(
             OutputFormat::Table => output::issued(&reply.message, &issued),
         }),
     }
+}
+
+/// The environment's live hosts serving `service` (from `ferry status`), with
+/// the rollout each runs; empty for agents that name no host.
+async fn live_hosts(
+    connection: &Connection,
+    environment: &EnvName,
+    service: &ServiceName,
+) -> Result<Vec<HostStatus>> {
+    let rows: Vec<StatusRow> = connection
+        .call(ApiRequest::Status {
+            environment: Some(environment.clone()),
+        })
+        .await?
+        .response;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.service.as_ref() == Some(service))
+        .flat_map(|r| r.hosts)
+        .filter(|h| h.agent_up)
+        .collect())
 }
 
 /// `--wait` on a deploy that goes host by host: reads the wave from

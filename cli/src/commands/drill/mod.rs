@@ -261,7 +261,13 @@ async fn leg(
         plan.service, plan.environment
     );
     follower
-        .follow(issued.command_id, &what, args.wait_timeout, global.output)
+        .follow(
+            issued.command_id,
+            &what,
+            args.wait_timeout,
+            global.output,
+            1,
+        )
         .await?;
     Ok(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
 }
