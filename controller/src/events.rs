@@ -169,10 +169,18 @@ async fn service_event(
     };
     // A step of a wave moves the wave on; the wave, not the host, moves
     // the release on to the next environment.
-    let in_wave = match waves::on_event(shared, &env, &service, event).await {
-        Ok(in_wave) => in_wave,
+    let wave = match waves::on_event(shared, &env, &service, event).await {
+        Ok(wave) => wave,
         Err(e) => return Disposition::Retry(e),
     };
+    if let Some(version) = &wave.succeeded {
+        if let Err(e) =
+            promotion::on_deployed(shared, &env, &service, version, message.stored_at).await
+        {
+            return Disposition::Retry(e);
+        }
+    }
+    let in_wave = wave.in_wave;
     let Some(history) = history_record(event, record.as_ref(), message) else {
         return Disposition::Done;
     };

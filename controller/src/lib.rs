@@ -17,6 +17,7 @@ mod alerts;
 pub mod api;
 pub mod config;
 mod consumer;
+mod convergence;
 pub mod dashboard;
 pub mod error;
 pub mod events;

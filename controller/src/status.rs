@@ -14,6 +14,13 @@ use time::OffsetDateTime;
 use crate::records::{AgentRecord, DeploymentRecord};
 use crate::wave_plan::WaveRecord;
 
+/// What one service's row is made of: each host's snapshot of it (with the
+/// heartbeat it came in) and the deployments bucket's record.
+type ServiceSources<'a> = (
+    Vec<(&'a AgentRecord, &'a ServiceSnapshot)>,
+    Option<&'a DeploymentRecord>,
+);
+
 /// One row per service per environment, in pipeline order then by service.
 ///
 /// Every environment appears, even one never heard from (one row without a
@@ -39,13 +46,7 @@ pub(crate) fn rows(
         let agent_last_seen = agents.iter().map(|a| a.received_at).max();
         let agent_up = agents.iter().any(is_up);
 
-        let mut services: BTreeMap<
-            &ServiceName,
-            (
-                Vec<(&AgentRecord, &ServiceSnapshot)>,
-                Option<&DeploymentRecord>,
-            ),
-        > = BTreeMap::new();
+        let mut services: BTreeMap<&ServiceName, ServiceSources> = BTreeMap::new();
         for agent in agents {
             for snapshot in &agent.heartbeat.services {
                 services

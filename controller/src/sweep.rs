@@ -14,20 +14,27 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{promotion, supersession, waves, Error, Shared};
+use crate::{convergence, promotion, supersession, waves, Error, Shared};
 
 /// Sweeps until `shutdown`.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Error> {
     let mut tick = tokio::time::interval(shared.config.promotion_check_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut converging = HashSet::new();
+    let started = std::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        if let Err(e) = waves::sweep(&shared, &mut converging).await {
-            warn!("could not sweep the waves: {e}");
+        let judge_liveness = started.elapsed() >= shared.config.agent_timeout();
+        match waves::sweep(&shared, judge_liveness).await {
+            Ok(records) => {
+                if let Err(e) = convergence::run(&shared, &records, &mut converging).await {
+                    warn!("could not converge the hosts: {e}");
+                }
+            }
+            Err(e) => warn!("could not sweep the waves: {e}"),
         }
         let records = match shared.store.promotions().await {
             Ok(records) => records,

@@ -7,7 +7,7 @@
 //! step is published under its deterministic id before the record says it
 //! is out, so no interruption loses one and none runs twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use ferry_protocol::api::{CommandIssued, HistoryRecord};
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::records::AgentRecord;
 use crate::wave_plan::{Candidate, WaveRecord};
-use crate::{ids, issue, plan, promotion, Error, Shared};
+use crate::{ids, issue, Error, Shared};
 
 /// How long after issuing a step the sweep still publishes it again: inside
 /// the commands stream's ten-minute duplicate window, so a copy is always
@@ -109,18 +109,26 @@ pub(crate) async fn deploy(
     })
 }
 
+/// What an agent's event meant to the environment's wave.
+#[derive(Debug, Default)]
+pub(crate) struct Ownership {
+    /// The event answers one of the wave's steps: the wave, not the host,
+    /// moves the release on to the next environment.
+    pub in_wave: bool,
+    /// The wave just succeeded with this version: move it on now.
+    pub succeeded: Option<Version>,
+}
+
 /// An agent's final event (outcome or refusal) about `service` in `env`:
-/// moves the wave on when it answers one of its steps. Returns whether the
-/// event's deploy belongs to a wave, whose completion (not each host's)
-/// moves the release on to the next environment.
+/// moves the wave on when it answers one of its steps.
 pub(crate) async fn on_event(
     shared: &Shared,
     env: &EnvName,
     service: &ServiceName,
     event: &ServiceEvent,
-) -> Result<bool, Error> {
+) -> Result<Ownership, Error> {
     let Some(id) = event.command_id else {
-        return Ok(false);
+        return Ok(Ownership::default());
     };
     let (succeeded, detail) = match &event.body {
         EventBody::Succeeded { detail, .. } => (true, detail.clone()),
@@ -130,12 +138,17 @@ pub(crate) async fn on_event(
         EventBody::Refused {
             reason: RefusalReason::Replayed,
             ..
-        } => return owns(shared, env, service, id).await,
+        } => {
+            return Ok(Ownership {
+                in_wave: owns(shared, env, service, id).await?,
+                succeeded: None,
+            })
+        }
         EventBody::Refused { reason, detail } => (false, format!("refused ({reason}): {detail}")),
-        _ => return Ok(false),
+        _ => return Ok(Ownership::default()),
     };
     let Some(current) = shared.store.wave(env, service).await? else {
-        return Ok(false);
+        return Ok(Ownership::default());
     };
     let owned = current
         .wave
@@ -143,14 +156,24 @@ pub(crate) async fn on_event(
         .iter()
         .any(|s| s.command_id == id || s.revert_id == Some(id));
     if !owned {
-        return Ok(false);
+        return Ok(Ownership::default());
     }
     let now = OffsetDateTime::now_utc();
     transition(shared, env, service, |record| {
         record.on_outcome(id, event.host.as_ref(), succeeded, &detail, now)
     })
     .await?;
-    Ok(true)
+    // A success of a step of a wave that has succeeded (just now, or before
+    // a retry of this same event) moves the release on; that is idempotent.
+    let done = shared.store.wave(env, service).await?.filter(|r| {
+        succeeded
+            && r.wave.state == WaveState::Succeeded
+            && r.wave.steps.iter().any(|s| s.command_id == id)
+    });
+    Ok(Ownership {
+        in_wave: true,
+        succeeded: done.map(|r| r.wave.version),
+    })
 }
 
 /// Whether a successful deploy of `version` is the business of `service`'s
@@ -211,7 +234,10 @@ async fn transition(
         .filter_map(|s| outstanding_id(s.state, s.command_id, s.revert_id))
         .collect();
     issue_steps(shared, &after, &already).await?;
-    finished(shared, &before, &after).await
+    if before.wave.state == after.wave.state {
+        return Ok(());
+    }
+    finished(shared, &after).await
 }
 
 fn outstanding_id(state: StepState, deploy: Uuid, revert: Option<Uuid>) -> Option<Uuid> {
@@ -237,32 +263,18 @@ async fn issue_steps(shared: &Shared, record: &WaveRecord, already: &[Uuid]) -> 
     Ok(())
 }
 
-/// Records a wave that just ended, and moves a successful one's release on.
-async fn finished(shared: &Shared, before: &WaveRecord, after: &WaveRecord) -> Result<(), Error> {
-    if before.wave.state == after.wave.state {
-        return Ok(());
-    }
+/// Records a wave that just ended (its caller moves a successful one's
+/// release on).
+async fn finished(shared: &Shared, after: &WaveRecord) -> Result<(), Error> {
     let now = OffsetDateTime::now_utc();
     let outcome = after.wave.state.as_str();
     wave_history(shared, after, outcome, &after.wave.detail, now).await?;
-    match after.wave.state {
-        WaveState::Succeeded => {
-            info!(environment = %after.environment, service = %after.service, wave = %after.wave.id, "{}", after.wave.detail);
-            promotion::on_deployed(
-                shared,
-                &after.environment,
-                &after.service,
-                &after.wave.version,
-                now,
-            )
-            .await
-        }
-        WaveState::Failed => {
-            warn!(environment = %after.environment, service = %after.service, wave = %after.wave.id, "{}", after.wave.detail);
-            Ok(())
-        }
-        _ => Ok(()),
+    if after.wave.state == WaveState::Failed {
+        warn!(environment = %after.environment, service = %after.service, wave = %after.wave.id, "{}", after.wave.detail);
+    } else {
+        info!(environment = %after.environment, service = %after.service, wave = %after.wave.id, "{}", after.wave.detail);
     }
+    Ok(())
 }
 
 /// Appends the wave's own history record (`issued`, `succeeded`, `failed`)
@@ -298,7 +310,7 @@ async fn wave_history(
 /// The environment's hosts whose agents are heard from, by name (agents
 /// from before hosts, which name none, are left out: they cannot be
 /// addressed).
-async fn live_hosts(
+pub(crate) async fn live_hosts(
     shared: &Shared,
     env: &EnvName,
     now: OffsetDateTime,
@@ -314,32 +326,32 @@ async fn live_hosts(
         .collect())
 }
 
-/// The sweep's part: fails the step of a host that stopped answering,
-/// publishes outstanding steps again (a controller that stopped between
-/// its write and its publish), and converges hosts on the version their
-/// environment settled on.
-///
-/// `converging` holds the convergence deploys this instance issued (a
-/// cache: losing it costs one copy, which JetStream drops), so a host whose
-/// deploy is under way or failed is not sent it again every sweep.
-pub(crate) async fn sweep(shared: &Shared, converging: &mut HashSet<Uuid>) -> Result<(), Error> {
+/// The sweep's part: fails the step of a host that stopped answering
+/// (only once this instance has followed heartbeats for `agent_timeout`:
+/// a controller just started reads heartbeats stored before it stopped,
+/// and its backlog of newer ones is not folded in yet), and publishes
+/// outstanding steps again (a controller that stopped between its write
+/// and its publish). Returns every wave, as it stands after.
+pub(crate) async fn sweep(shared: &Shared, judge_liveness: bool) -> Result<Vec<WaveRecord>, Error> {
     let now = OffsetDateTime::now_utc();
     let timeout = shared.config.agent_timeout();
-    let mut live: HashMap<EnvName, Vec<(HostName, AgentRecord)>> = HashMap::new();
+    let mut live: HashMap<EnvName, Vec<HostName>> = HashMap::new();
+    let mut out = Vec::new();
     for record in shared.store.waves().await? {
         let env = record.environment.clone();
-        if !live.contains_key(&env) {
-            live.insert(env.clone(), live_hosts(shared, &env, now).await?);
-        }
-        let hosts = live.get(&env).map(Vec::as_slice).unwrap_or_default();
-        if record.wave.state == WaveState::Running {
+        if judge_liveness && record.wave.state == WaveState::Running {
+            if !live.contains_key(&env) {
+                let hosts = live_hosts(shared, &env, now).await?;
+                live.insert(env.clone(), hosts.into_iter().map(|(h, _)| h).collect());
+            }
+            let hosts = live.get(&env).map(Vec::as_slice).unwrap_or_default();
             let lost: Vec<HostName> = record
                 .wave
                 .steps
                 .iter()
                 .filter(|s| s.state == StepState::Issued)
                 .filter(|s| s.issued_at.is_none_or(|at| now - at > timeout))
-                .filter(|s| !hosts.iter().any(|(h, _)| h == &s.host))
+                .filter(|s| !hosts.contains(&s.host))
                 .map(|s| s.host.clone())
                 .collect();
             for host in lost {
@@ -350,11 +362,9 @@ pub(crate) async fn sweep(shared: &Shared, converging: &mut HashSet<Uuid>) -> Re
             continue;
         };
         republish(shared, &record, now).await;
-        if record.wave.state != WaveState::Running {
-            converge(shared, &record, hosts, converging).await?;
-        }
+        out.push(record);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Publishes the outstanding steps again while JetStream still drops a copy.
@@ -370,102 +380,4 @@ async fn republish(shared: &Shared, record: &WaveRecord, now: OffsetDateTime) {
             }
         }
     }
-}
-
-/// Brings every live host whose heartbeat shows the service on another
-/// version than the one its environment settled on (a new host with an
-/// empty state, one that came back older) to that version, once per agent
-/// start and version found, health-gated like any deploy.
-async fn converge(
-    shared: &Shared,
-    record: &WaveRecord,
-    hosts: &[(HostName, AgentRecord)],
-    converging: &mut HashSet<Uuid>,
-) -> Result<(), Error> {
-    // Bounded: one entry per host start and version found.
-    if converging.len() > 100_000 {
-        converging.clear();
-    }
-    let Some(settled) = record.wave.settled.clone() else {
-        return Ok(());
-    };
-    for (host, agent) in hosts {
-        let Some(snapshot) = agent
-            .heartbeat
-            .services
-            .iter()
-            .find(|s| s.service == record.service)
-        else {
-            continue;
-        };
-        if snapshot.version.as_ref() == Some(&settled) {
-            continue;
-        }
-        if record
-            .wave
-            .step(host)
-            .is_some_and(|s| s.state == StepState::Reverting)
-        {
-            continue;
-        }
-        let found = snapshot
-            .version
-            .as_ref()
-            .map_or_else(|| "none".to_owned(), Version::to_string);
-        let attempt = format!("{}/{found}", agent.heartbeat.agent_id);
-        let id = ids::convergence(
-            &record.environment,
-            &record.service,
-            host,
-            &settled,
-            &attempt,
-        );
-        if converging.contains(&id) {
-            continue;
-        }
-        let command = match convergence_command(shared, record, host, &settled).await {
-            Ok(command) => command,
-            Err(why) => {
-                warn!(environment = %record.environment, service = %record.service, %host, "cannot bring the host to {settled}: {why}");
-                continue;
-            }
-        };
-        match issue::issue(shared, id, command).await {
-            Ok(_) => {
-                converging.insert(id);
-                info!(environment = %record.environment, service = %record.service, %host, "host on {found}, bringing it to {settled}")
-            }
-            Err(Error::InvalidCommand(e)) => {
-                converging.insert(id);
-                warn!(%host, "cannot bring the host to {settled}: {e}")
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// The deploy of `settled` to `host`: the wave's own when it is the wave's
-/// version, else the published release with the approvals recorded for it.
-async fn convergence_command(
-    shared: &Shared,
-    record: &WaveRecord,
-    host: &HostName,
-    settled: &Version,
-) -> Result<Command, String> {
-    let action = if settled == &record.wave.version {
-        record.command.action.clone()
-    } else {
-        let release = plan::published_release(shared, &record.service, settled).await?;
-        let approvals =
-            promotion::approvals_for_deploy(shared, &release, &record.environment).await?;
-        plan::deploy_action(&release, None, approvals, None, false)
-    };
-    Ok(Command {
-        environment: record.environment.clone(),
-        service: record.service.clone(),
-        actor: Some(format!("convergence (wave {})", record.wave.id)),
-        hosts: vec![host.clone()],
-        action,
-    })
 }

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::config::Stage;
 use crate::gate;
 pub(crate) use crate::records::{PromotionRecord, Rejection};
-use crate::{ids, issue, supersession, Error, Shared};
+use crate::{ids, supersession, waves, Error, Shared};
 
 mod review;
 mod view;
@@ -469,7 +469,8 @@ pub(crate) async fn advance(
             hotfix: release.hotfix,
         },
     };
-    match issue::issue(shared, id, command).await {
+    // With several hosts in the environment it goes host by host.
+    match waves::deploy(shared, id, command, None).await {
         Ok(_) => {}
         Err(Error::InvalidCommand(e)) => {
             let detail = format!("cannot be deployed: {e}");
