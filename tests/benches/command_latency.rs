@@ -167,7 +167,13 @@ async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duratio
     client.flush().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_consumer_from_stream("ferry-agent-dev", "FERRY_COMMANDS")
+        .get_consumer_from_stream(
+            ferry_protocol::streams::agent_consumer(
+                &EnvName::new("dev").unwrap(),
+                &ferry_protocol::HostName::new("dev-1").unwrap(),
+            ),
+            "FERRY_COMMANDS",
+        )
         .await
         .unwrap();
     let mut samples = Vec::with_capacity(SAMPLES);

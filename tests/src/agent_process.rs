@@ -30,15 +30,16 @@ impl AgentProcess {
         .unwrap();
         let client = system.nats.client().await;
         let mut heartbeats = subscribe_heartbeats(&client, "dev").await;
-        let child = spawn(&config);
+        // Owned before the wait, so a failed wait still stops it on drop.
+        let agent = AgentProcess {
+            child: spawn(&config),
+            config,
+            client,
+        };
         tokio::time::timeout(WAIT, heartbeats.next())
             .await
             .expect("agent heartbeat");
-        AgentProcess {
-            child,
-            config,
-            client,
-        }
+        agent
     }
 
     /// SIGKILL: the agent gets no chance to stop anything.

@@ -13,6 +13,7 @@ pub mod deploy_bench;
 pub mod docker;
 pub mod events;
 pub mod fake_apiserver;
+pub mod fleet;
 pub mod footprint;
 pub mod http_inbox;
 pub mod load;
@@ -285,7 +286,7 @@ impl System {
     /// by `rest` (more settings, then the `[services...]` tables).
     pub fn agent_toml(&self, env: &str, rest: &str) -> String {
         format!(
-            "environment = \"{env}\"\nnats_url = \"{}\"\n{}state_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n{rest}",
+            "environment = \"{env}\"\nhost = \"{env}-1\"\nnats_url = \"{}\"\n{}state_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n{rest}",
             self.nats.url(),
             self.agent_credentials_toml(env),
             self.dir.path().join(format!("agent-{env}")).display(),

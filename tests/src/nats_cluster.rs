@@ -65,7 +65,7 @@ pub fn ferry_streams() -> Vec<String> {
 }
 
 /// Runs `docker args`, panicking with its stderr on failure; returns stdout.
-fn docker(args: &[&str]) -> String {
+pub(crate) fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()

@@ -188,8 +188,13 @@ async fn every_command_delivered_again_by_jetstream_runs_once() {
         .get_stream("FERRY_COMMANDS")
         .await
         .unwrap();
-    stream.delete_consumer("ferry-agent-dev").await.unwrap();
     let config = system.agents["dev"].config.clone();
+    let consumer = ferry_protocol::streams::agent_consumer(&config.environment, &config.host);
+    assert_eq!(
+        consumer, "ferry-agent-dev-dev-1",
+        "the harness's dev host is dev-1"
+    );
+    stream.delete_consumer(&consumer).await.unwrap();
     system.start_agent_with(config).await;
 
     for id in &ids {

@@ -699,10 +699,12 @@ async fn agents_node_lost(
     let lost = std::time::Instant::now();
     let agents_streams = ["FERRY_COMMANDS".to_owned(), "FERRY_EVENTS".to_owned()];
     cluster.wait_failover(&client, cut, &agents_streams).await;
+    let dev = &system.agents["dev"].config;
+    let dev_consumer = streams::agent_consumer(&dev.environment, &dev.host);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let leader = cluster
-            .consumer_leader(&client, "FERRY_COMMANDS", "ferry-agent-dev")
+            .consumer_leader(&client, "FERRY_COMMANDS", &dev_consumer)
             .await;
         eprintln!(
             "{test}: agent's consumer led by {leader:?} after {:?}",
@@ -1184,6 +1186,7 @@ fn the_deploy_leaf_configurations_are_valid_each_in_its_own_domain_and_deny_its_
         );
         let text = std::fs::read_to_string(&config).unwrap();
         let env_name = ferry_protocol::EnvName::new(env).unwrap();
+        let host = ferry_protocol::HostName::new(format!("{env}-1")).unwrap();
         let denied: Vec<String> = streams::leaf_event_subjects(&env_name)
             .iter()
             .map(|s| format!("\"{s}\""))
@@ -1196,7 +1199,16 @@ fn the_deploy_leaf_configurations_are_valid_each_in_its_own_domain_and_deny_its_
             format!("deny_exports: [{denied}]"),
             format!("deny_imports: [{denied}]"),
             format!("user: ferry-agent-{env}"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.FERRY_COMMANDS.ferry-agent-{env}"),
+            // The harness's in-process agent is host `<env>-1`: its
+            // consumer must be listed, or deploy leaf runs refuse it.
+            format!(
+                "\"$JS.API.CONSUMER.MSG.NEXT.FERRY_COMMANDS.{}\"",
+                streams::agent_consumer(&env_name, &host)
+            ),
+            format!(
+                "\"$JS.API.CONSUMER.CREATE.FERRY_COMMANDS.{}.ferry.v1.cmd.{env}.>\"",
+                streams::agent_consumer(&env_name, &host)
+            ),
         ] {
             assert!(
                 text.contains(&wanted),

@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, consumer};
 use ferry_e2e::*;
 use ferry_protocol::command::ActionKind;
 use ferry_protocol::event::{EventBody, ServiceEvent};
-use ferry_protocol::{streams, subject, EnvName, ServiceName};
+use ferry_protocol::{streams, subject, EnvName, HostName, ServiceName};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -26,6 +26,11 @@ fn env(name: &str) -> EnvName {
 
 fn web() -> ServiceName {
     ServiceName::new("web").unwrap()
+}
+
+/// The durable consumer of `env`'s agent on `host`.
+fn consumer_of(env_name: &str, host: &str) -> String {
+    streams::agent_consumer(&env(env_name), &HostName::new(host).unwrap())
 }
 
 /// A client for `user` whose server errors (permission violations) arrive on
@@ -54,7 +59,7 @@ async fn client_with_errors(
 
 /// Waits for a permissions violation naming `subject`.
 async fn violation(errors: &mut mpsc::UnboundedReceiver<String>, kind: &str, subject: &str) {
-    let wanted = format!("permissions violation for {kind} to \"{subject}\"");
+    let wanted = format!("permissions violation for {kind} to \"{subject}\"").to_lowercase();
     let found = tokio::time::timeout(WAIT, async {
         while let Some(error) = errors.recv().await {
             if error.to_lowercase().contains(&wanted) {
@@ -97,7 +102,7 @@ async fn dev_agent_credentials_cannot_read_production_commands() {
     violation(&mut errors, "subscription", &production).await;
 
     // So is a consumer on the command stream filtered to production, under
-    // dev's consumer name, production's, or none.
+    // dev's host's consumer name, a production host's, or none.
     let mut dev_js = jetstream::new(dev.clone());
     dev_js.set_timeout(REFUSED);
     let stream = dev_js
@@ -105,13 +110,13 @@ async fn dev_agent_credentials_cannot_read_production_commands() {
         .await
         .expect("dev's agent may look up the command stream");
     for durable in [
-        Some("ferry-agent-dev"),
-        Some("ferry-agent-production"),
+        Some(consumer_of("dev", "dev-1")),
+        Some(consumer_of("production", "production-1")),
         None,
     ] {
         let created = stream
             .create_consumer(consumer::pull::Config {
-                durable_name: durable.map(str::to_owned),
+                durable_name: durable.clone(),
                 filter_subject: production.clone(),
                 ..Default::default()
             })
@@ -126,9 +131,9 @@ async fn dev_agent_credentials_cannot_read_production_commands() {
     // before dev's own never reaches dev, by either path.
     let mine = stream
         .get_or_create_consumer(
-            "ferry-agent-dev",
+            &consumer_of("dev", "dev-1"),
             consumer::pull::Config {
-                durable_name: Some("ferry-agent-dev".into()),
+                durable_name: Some(consumer_of("dev", "dev-1")),
                 filter_subject: subject::commands_for_env(&env("dev")),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ..Default::default()
@@ -173,6 +178,152 @@ async fn dev_agent_credentials_cannot_read_production_commands() {
         .await
         .expect("production's command is in the stream");
     assert_eq!(&commands.payload[..], b"for production");
+}
+
+/// Each host of an environment reads its commands through its own durable
+/// consumer, and the environment's agent user names those consumers one by
+/// one (users.conf): the dev user creates and pulls dev-1's, but neither
+/// creates, looks up nor pulls production-1's, nor a consumer of a dev host
+/// the configuration does not list, even once the controller made them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_agent_credentials_use_only_the_consumers_of_dev_s_listed_hosts() {
+    init_tracing();
+    let nats = NatsServer::start_with_permissions();
+    let (_controller, controller_js) = controller(&nats).await;
+    let (dev, mut errors) =
+        client_with_errors(&nats, "ferry-agent-dev", "_INBOX_ferry_agent_dev").await;
+    let own = consumer_of("dev", "dev-1");
+    let production = consumer_of("production", "production-1");
+    let unlisted = consumer_of("dev", "dev-9");
+    assert_eq!(own, "ferry-agent-dev-dev-1");
+    assert_eq!(production, "ferry-agent-production-production-1");
+    let dev_commands = subject::commands_for_env(&env("dev"));
+    let production_commands = subject::commands_for_env(&env("production"));
+
+    let to_production = subject::command(&env("production"), &web());
+    let to_dev = subject::command(&env("dev"), &web());
+    for (to, payload) in [(&to_production, "for production"), (&to_dev, "for dev")] {
+        controller_js
+            .publish(to.clone(), payload.into())
+            .await
+            .unwrap()
+            .await
+            .expect("the controller commands every environment");
+    }
+
+    let mut dev_js = jetstream::new(dev.clone());
+    dev_js.set_timeout(REFUSED);
+    let stream = dev_js
+        .get_stream(streams::commands().name)
+        .await
+        .expect("dev's agent may look up the command stream");
+    let pull_config = |name: &str, filter: &str| consumer::pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: filter.to_owned(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
+
+    // Creating another host's consumer is refused: production-1's with
+    // production's filter or with dev's, an unlisted dev host's with dev's.
+    for (name, filter) in [
+        (&production, &production_commands),
+        (&production, &dev_commands),
+        (&unlisted, &dev_commands),
+    ] {
+        let created = stream.create_consumer(pull_config(name, filter)).await;
+        assert!(
+            created.is_err(),
+            "dev created consumer {name} filtered to {filter}"
+        );
+        violation(
+            &mut errors,
+            "publish",
+            &format!("$JS.API.CONSUMER.CREATE.FERRY_COMMANDS.{name}.{filter}"),
+        )
+        .await;
+    }
+    let commands = controller_js
+        .get_stream(streams::commands().name)
+        .await
+        .unwrap();
+    for name in [&production, &unlisted] {
+        assert!(
+            commands.consumer_info(name).await.is_err(),
+            "consumer {name} exists after dev's refused creation"
+        );
+    }
+
+    // Once the controller has made them, dev may neither look them up nor
+    // pull from them: no command reaches dev's inbox, none is delivered.
+    for (name, filter) in [
+        (&production, &production_commands),
+        (&unlisted, &dev_commands),
+    ] {
+        commands
+            .create_consumer(pull_config(name, filter))
+            .await
+            .unwrap_or_else(|e| panic!("the controller creates {name}: {e}"));
+        assert!(
+            stream.consumer_info(name).await.is_err(),
+            "dev looked up {name}"
+        );
+        violation(
+            &mut errors,
+            "publish",
+            &format!("$JS.API.CONSUMER.INFO.FERRY_COMMANDS.{name}"),
+        )
+        .await;
+        let inbox = dev.new_inbox();
+        let mut replies = dev.subscribe(inbox.clone()).await.unwrap();
+        let next = format!("$JS.API.CONSUMER.MSG.NEXT.FERRY_COMMANDS.{name}");
+        dev.publish_with_reply(next.clone(), inbox, r#"{"batch":1}"#.into())
+            .await
+            .unwrap();
+        dev.flush().await.unwrap();
+        violation(&mut errors, "publish", &next).await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), replies.next())
+                .await
+                .is_err(),
+            "dev's pull from {name} was answered"
+        );
+        let info = commands.consumer_info(name).await.unwrap();
+        assert_eq!(
+            (info.delivered.stream_sequence, info.num_pending),
+            (0, 1),
+            "{name} delivered a command to dev"
+        );
+    }
+
+    // Its own host's consumer: created with dev's filter, looked up,
+    // pulled, acknowledged (the server confirms the ack).
+    let mine = stream
+        .create_consumer(pull_config(&own, &dev_commands))
+        .await
+        .expect("dev's agent creates dev-1's consumer");
+    stream
+        .consumer_info(&own)
+        .await
+        .expect("dev's agent looks up dev-1's consumer");
+    let mut messages = mine.messages().await.unwrap();
+    let first = tokio::time::timeout(WAIT, messages.next())
+        .await
+        .expect("dev's command arrives through dev-1's consumer")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.subject.as_str(), to_dev);
+    assert_eq!(&first.payload[..], b"for dev");
+    first
+        .double_ack()
+        .await
+        .expect("dev acknowledges its command on dev-1's consumer");
+    let info = commands.consumer_info(&own).await.unwrap();
+    assert_eq!(
+        (info.num_ack_pending, info.ack_floor.stream_sequence),
+        (0, first.info().unwrap().stream_sequence),
+        "dev-1's consumer did not record the ack"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
