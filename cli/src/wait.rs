@@ -186,8 +186,12 @@ mod tests {
     }
 
     fn raw(command_id: Option<Uuid>, body: EventBody) -> Bytes {
+        event_from(None, command_id, body)
+    }
+
+    fn event_from(host: Option<&str>, command_id: Option<Uuid>, body: EventBody) -> Bytes {
         let event = ServiceEvent {
-            host: None,
+            host: host.map(|h| ferry_protocol::HostName::new(h).unwrap()),
             environment: env(),
             service: ServiceName::new("web").unwrap(),
             command_id,
@@ -323,17 +327,7 @@ mod tests {
     }
 
     fn on_host(host: &str, command_id: Uuid, body: EventBody) -> Bytes {
-        let event = ServiceEvent {
-            host: Some(ferry_protocol::HostName::new(host).unwrap()),
-            environment: env(),
-            service: ServiceName::new("web").unwrap(),
-            command_id: Some(command_id),
-            body,
-        };
-        Envelope::new("/ferry/agent/dev", event)
-            .to_bytes()
-            .unwrap()
-            .into()
+        event_from(Some(host), Some(command_id), body)
     }
 
     #[tokio::test(start_paused = true)]

@@ -170,26 +170,13 @@ impl Fleet {
 
     /// Waits until the nats-server answers `/healthz` on host port `monitor`.
     async fn wait_nats_ready(&self, monitor: u16) {
-        let url = format!("http://127.0.0.1:{monitor}/healthz");
-        let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + START_WAIT;
-        loop {
-            let ready = http
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|a| a.status().is_success());
-            if ready {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
+        crate::nats_cluster::wait_healthz(monitor, START_WAIT, || {
+            format!(
                 "the fleet's nats-server was not healthy within {START_WAIT:?}\n{}",
                 container_logs(&self.nats_container)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            )
+        })
+        .await;
     }
 
     /// The client URL of the fleet's nats-server, on 127.0.0.1.

@@ -459,26 +459,13 @@ impl NatsCluster {
         // the leaf link alone.
         docker(&["network", "connect", &self.network, &leaf.container]);
         docker(&["start", &leaf.container]);
-        let http = reqwest::Client::new();
-        let url = format!("http://127.0.0.1:{}/healthz", leaf.monitor_port);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = http
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-                .is_ok_and(|a| a.status().is_success());
-            if ready {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
+        wait_healthz(leaf.monitor_port, Duration::from_secs(60), || {
+            format!(
                 "leaf {env} never became healthy within 60s\n{}",
                 leaf.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            )
+        })
+        .await;
         leaf.wait_link(true).await;
         leaf
     }
@@ -809,5 +796,26 @@ impl Drop for NatsCluster {
         let _ = Command::new("docker")
             .args(["network", "rm", &self.network])
             .output();
+    }
+}
+
+/// Waits until a nats-server answers `/healthz` on host port `monitor`
+/// within `limit`; fails the test with `failure()` otherwise.
+pub(crate) async fn wait_healthz(monitor: u16, limit: Duration, failure: impl Fn() -> String) {
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{monitor}/healthz");
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let ready = http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_ok_and(|a| a.status().is_success());
+        if ready {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", failure());
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
