@@ -419,7 +419,7 @@ impl System {
     /// of a leaf stream that did not exist yet (the agent creates it) is
     /// retried after 10 s, then 20 s.
     async fn start_leaf_agent_with_users(&mut self, config: AgentConfig) {
-        let env = config.environment.to_string();
+        let env = ferry_protocol::streams::agent_key(&config.environment, Some(&config.host));
         self.spawn_agent(config);
         let js = async_nats::jetstream::new(self.nats.client().await);
         let wait = Duration::from_secs(120);
@@ -435,7 +435,7 @@ impl System {
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the hub had no heartbeat of agent {env} within {wait:?}"
+                "the hub had no heartbeat of agent {env} within {wait:?} (agents bucket key)"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
