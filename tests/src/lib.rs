@@ -14,6 +14,7 @@ pub mod docker;
 pub mod events;
 pub mod fake_apiserver;
 pub mod fleet;
+pub mod fleet_bench;
 pub mod footprint;
 pub mod http_inbox;
 pub mod load;
