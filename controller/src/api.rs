@@ -248,8 +248,10 @@ pub(crate) async fn answer(shared: &Shared, request_id: Uuid, request: ApiReques
             replicas,
             rollout,
             hotfix,
+            max_parallel_hosts,
         } => {
             check_environment(shared, &environment)?;
+            check_max_parallel_hosts(max_parallel_hosts)?;
             let request = plan::Request {
                 environment,
                 service,
@@ -257,6 +259,7 @@ pub(crate) async fn answer(shared: &Shared, request_id: Uuid, request: ApiReques
                 replicas,
                 rollout,
                 hotfix,
+                max_parallel_hosts,
             };
             let (sentence, plan) = plan::plan(shared, request).await?;
             Ok(encode(ApiReply::ok(sentence, plan)))

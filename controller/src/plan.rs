@@ -8,10 +8,10 @@ use ferry_protocol::approval::SignedApproval;
 use ferry_protocol::command::{Action, Command};
 use ferry_protocol::release::Release;
 use ferry_protocol::rollout::{RolloutOptions, Strategy, HOTFIX_STEPS};
-use ferry_protocol::{EnvName, ServiceName, Version};
+use ferry_protocol::{EnvName, HostName, ServiceName, Version};
 use time::OffsetDateTime;
 
-use crate::{promotion, Shared};
+use crate::{promotion, waves, Shared};
 
 /// The deploy of `release` that `ferry deploy` issues, and this plans.
 pub(crate) fn deploy_action(
@@ -59,6 +59,7 @@ pub(crate) struct Request {
     pub replicas: Option<u32>,
     pub rollout: Option<Box<RolloutOptions>>,
     pub hotfix: bool,
+    pub max_parallel_hosts: Option<u32>,
 }
 
 /// Plans `request`: a sentence and the plan, or why there is nothing to plan.
@@ -73,6 +74,7 @@ pub(crate) async fn plan(
         replicas,
         rollout,
         hotfix,
+        max_parallel_hosts,
     } = request;
     let failed = |what: &str| {
         let what = what.to_owned();
@@ -111,13 +113,39 @@ pub(crate) async fn plan(
         (false, None, None) => (None, format!("{env}'s configuration of {service}, which its agent has not reported")),
     };
     let replicas = replicas.or(snapshot.map(|s| s.replicas_desired).filter(|n| *n > 0));
-    let steps = steps(
+    let mut steps = steps(
         strategy.as_ref(),
         hotfix,
         replicas,
         &version,
         serving.as_ref(),
     );
+    // The order `waves::deploy` would take: the canary host first by name.
+    let mut hosts: Vec<HostName> = waves::live_hosts(shared, &env, OffsetDateTime::now_utc())
+        .await
+        .map_err(failed("the agents' heartbeats"))?
+        .into_iter()
+        .filter(|(_, r)| r.heartbeat.services.iter().any(|s| s.service == service))
+        .map(|(host, _)| host)
+        .collect();
+    hosts.sort();
+    let parallel = (hosts.len() > 1).then(|| {
+        max_parallel_hosts
+            .or_else(|| shared.config.stage(&env).map(|s| s.max_parallel_hosts))
+            .unwrap_or(ferry_protocol::wave::DEFAULT_MAX_PARALLEL_HOSTS)
+    });
+    if let (Some(parallel), [canary, rest @ ..]) = (parallel, hosts.as_slice()) {
+        let rest: Vec<&str> = rest.iter().map(HostName::as_str).collect();
+        steps.insert(
+            0,
+            format!(
+                "host by host: {canary} first (the canary host) with the steps below; then {}, {parallel} at a time, each batch only after the previous one succeeded; a host that fails stops the wave and the hosts already moved go back to what they ran",
+                rest.join(", ")
+            ),
+        );
+    } else {
+        hosts.clear();
+    }
 
     let now = OffsetDateTime::now_utc();
     let (approvals, gate) = match shared.config.stage(&env) {
@@ -224,6 +252,8 @@ pub(crate) async fn plan(
             gate,
             would_issue,
             problems,
+            hosts,
+            max_parallel_hosts: parallel,
         },
     ))
 }

@@ -199,6 +199,9 @@ pub enum ApiRequest {
         /// The hotfix path.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hotfix: bool,
+        /// See [`ApiRequest::Deploy`]'s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_parallel_hosts: Option<u32>,
     },
     /// Pause, resume, promote or abort the rollout in progress.
     Rollout {
@@ -511,6 +514,14 @@ pub struct DeployPlan {
     /// Why it would not be issued, or would be refused by the agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// With several live hosts: the order they would move in (the canary
+    /// host first); empty when the deploy is one command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostName>,
+    /// With several live hosts: how many would move at once after the
+    /// canary host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel_hosts: Option<u32>,
 }
 
 /// A planned deploy's approvals: what the environment needs, what is recorded.
@@ -646,6 +657,7 @@ mod tests {
             replicas: Some(3),
             rollout: None,
             hotfix: true,
+            max_parallel_hosts: Some(2),
         };
         assert_eq!(request.op(), ApiOp::PlanDeploy);
         let json = serde_json::to_value(&request).unwrap();
@@ -691,9 +703,15 @@ mod tests {
             },
             would_issue: false,
             problems: vec!["needs 2 approvals".into()],
+            hosts: vec![
+                HostName::new("web-1").unwrap(),
+                HostName::new("web-2").unwrap(),
+            ],
+            max_parallel_hosts: Some(1),
         };
         let json = serde_json::to_value(&plan).unwrap();
         assert!(json.get("serving").is_none() && json.get("replicas").is_none());
+        assert_eq!(json["hosts"], serde_json::json!(["web-1", "web-2"]));
         assert_eq!(serde_json::from_value::<DeployPlan>(json).unwrap(), plan);
     }
 }

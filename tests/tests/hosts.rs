@@ -886,6 +886,31 @@ async fn two_agents_of_one_environment_each_run_every_command_once() {
     publish(&system, "1.0.0", &[]).await;
     fleet.wait_converged("1.0.0", WAVE_WAIT).await;
 
+    // A dry run says the deploy would go host by host, in which order.
+    let out = system
+        .cli_async(&[
+            "deploy",
+            SERVICE,
+            "1.0.0",
+            "-e",
+            ENV,
+            "--dry-run",
+            "--max-parallel-hosts",
+            "2",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_ok(&out, "ferry deploy --dry-run");
+    let plan: ferry_protocol::api::DeployPlan =
+        serde_json::from_slice(&out.stdout).expect("a deploy plan");
+    assert_eq!(plan.hosts, host_names(&two), "{plan:#?}");
+    assert_eq!(plan.max_parallel_hosts, Some(2), "{plan:#?}");
+    assert!(
+        plan.steps[0].starts_with("host by host: web-1 first (the canary host)"),
+        "{plan:#?}"
+    );
+
     // A scale to the environment, naming no host: both run it.
     let scale = command_everywhere(&system, &fleet, &["scale", SERVICE, "3", "-e", ENV]).await;
     wait_heartbeats(&fleet, &two, "3 healthy replicas", |s| {

@@ -36,6 +36,7 @@ pub async fn deploy(global: &GlobalOpts, args: DeployArgs) -> Result<()> {
             replicas: args.replicas,
             rollout: rollout.map(Box::new),
             hotfix: args.hotfix,
+            max_parallel_hosts: args.max_parallel_hosts,
         };
         return dry_run::deploy(global, request).await;
     }

@@ -139,6 +139,8 @@ mod tests {
             },
             would_issue: false,
             problems: vec!["production needs 2 approvals".into()],
+            hosts: Vec::new(),
+            max_parallel_hosts: None,
         }
     }
 
