@@ -318,15 +318,83 @@ impl Store {
             .collect())
     }
 
-    /// Changes the wave of `service` in `env` with `change` (compare-and-set).
-    pub(crate) async fn update_wave(
+    /// How far the durable consumer `consumer` of `FERRY_EVENTS` has read:
+    /// now when nothing is pending, else when the stream stored the last
+    /// event it acknowledged. The agents bucket reflects heartbeats up to
+    /// then, so a heartbeat is only stale against that time: a controller
+    /// catching up on a backlog (or waiting out the ack wait of an event
+    /// handed to an instance that died) must not find hosts lost.
+    pub(crate) async fn events_read_up_to(
+        &self,
+        consumer: &str,
+    ) -> Result<time::OffsetDateTime, Error> {
+        let name = streams::events().name;
+        let stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| Error::nats(format!("find stream {name}"), e))?;
+        let info = stream
+            .consumer_info(consumer)
+            .await
+            .map_err(|e| Error::nats(format!("read consumer {consumer}"), e))?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return Ok(time::OffsetDateTime::now_utc());
+        }
+        let sequence = info.ack_floor.stream_sequence;
+        if sequence == 0 {
+            return Ok(time::OffsetDateTime::UNIX_EPOCH);
+        }
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(message.time),
+            // Gone by the stream's limits: older than anything it holds.
+            Err(e) => {
+                debug!("event {sequence} of {name} unreadable ({e}); judging no host lost");
+                Ok(time::OffsetDateTime::UNIX_EPOCH)
+            }
+        }
+    }
+
+    /// The last wave of `service` in `env` and its revision, for
+    /// [`Store::replace_wave`].
+    pub(crate) async fn wave_entry(
         &self,
         env: &EnvName,
         service: &ServiceName,
-        change: impl FnMut(Option<WaveRecord>) -> Option<WaveRecord>,
-    ) -> Result<Option<WaveRecord>, Error> {
+    ) -> Result<Option<(WaveRecord, u64)>, Error> {
         let key = format!("{env}.{service}");
-        modify(&self.waves, streams::WAVES_BUCKET, &key, change).await
+        let entry = self
+            .waves
+            .entry(key.as_str())
+            .await
+            .map_err(|e| Error::nats(format!("read wave {key}"), e))?;
+        Ok(entry
+            .filter(|e| e.operation == Operation::Put)
+            .and_then(|e| decode(streams::WAVES_BUCKET, &key, &e.value).map(|r| (r, e.revision))))
+    }
+
+    /// Writes `record` as the wave of its environment and service if the
+    /// key is still at `revision` (0: never written). `false` when another
+    /// write came first: read again and decide again.
+    pub(crate) async fn replace_wave(
+        &self,
+        record: &WaveRecord,
+        revision: u64,
+    ) -> Result<bool, Error> {
+        let key = format!("{}.{}", record.environment, record.service);
+        let bytes = encode(streams::WAVES_BUCKET, record)?;
+        match self
+            .waves
+            .update(key.as_str(), bytes.into(), revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(Error::nats(
+                format!("write {key} to {}", streams::WAVES_BUCKET),
+                e,
+            )),
+        }
     }
 
     /// The last wave of `service` in `env`.

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{convergence, promotion, supersession, waves, Error, Shared};
+use crate::{convergence, events, promotion, supersession, waves, Error, Shared};
 
 /// Sweeps until `shutdown`.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Error> {
@@ -28,7 +28,7 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
             _ = tick.tick() => {}
         }
         let judge_liveness = started.elapsed() >= shared.config.agent_timeout();
-        match waves::sweep(&shared, judge_liveness).await {
+        match waves::sweep(&shared, judge_liveness, events::CONSUMER).await {
             Ok(records) => {
                 if let Err(e) = convergence::run(&shared, &records, &mut converging).await {
                     warn!("could not converge the hosts: {e}");

@@ -28,6 +28,9 @@ use crate::{ids, issue, Error, Shared};
 /// the commands stream's ten-minute duplicate window, so a copy is always
 /// dropped by JetStream rather than refused by the agent as a replay.
 const REISSUE_WITHIN: Duration = Duration::from_secs(9 * 60);
+/// Compare-and-set attempts on one wave before giving up (more than two
+/// controllers racing on one key is not expected).
+const CAS_ATTEMPTS: u32 = 8;
 
 /// Issues a deploy: as one command when the environment has at most one
 /// live host serving the service (as before hosts), else as a wave across
@@ -66,25 +69,7 @@ pub(crate) async fn deploy(
     let Some(planned) = WaveRecord::plan(id, command.clone(), candidates, parallel, now) else {
         return issue::issue(shared, id, command).await;
     };
-    let mut superseded = None;
-    let record = shared
-        .store
-        .update_wave(&env, &service, |current| match current {
-            // The same deploy again (a retried request, a second
-            // controller): the wave already stands; carry it on.
-            Some(current) if current.wave.id == id => None,
-            Some(mut current) => {
-                current.supersede(id, now);
-                superseded = Some(current);
-                Some(planned.clone())
-            }
-            None => Some(planned.clone()),
-        })
-        .await?
-        .unwrap_or(planned);
-    if let Some(old) = superseded.filter(|old| old.wave.state == WaveState::Superseded) {
-        info!(environment = %env, %service, wave = %old.wave.id, "wave superseded by {id}");
-    }
+    let record = start(shared, &planned, now).await?;
     let describe = issue::describe(&command);
     let canary = record
         .wave
@@ -97,7 +82,6 @@ pub(crate) async fn deploy(
         record.wave.max_parallel_hosts
     );
     wave_history(shared, &record, "issued", &detail, now).await?;
-    issue_steps(shared, &record, &[]).await?;
     info!(environment = %env, %service, wave = %id, "{detail}");
     Ok(CommandIssued {
         command_id: id,
@@ -117,6 +101,38 @@ pub(crate) struct Ownership {
     pub in_wave: bool,
     /// The wave just succeeded with this version: move it on now.
     pub succeeded: Option<Version>,
+}
+
+/// Writes the planned wave, its canary step published first, unless the
+/// same deploy already stands (a retried request, a second controller):
+/// then that one is carried on. A running wave of another deploy is
+/// superseded (the newer deploy wins).
+async fn start(
+    shared: &Shared,
+    planned: &WaveRecord,
+    now: OffsetDateTime,
+) -> Result<WaveRecord, Error> {
+    let (env, service, id) = (&planned.environment, &planned.service, planned.wave.id);
+    for _ in 0..CAS_ATTEMPTS {
+        let (replaced, revision) = match shared.store.wave_entry(env, service).await? {
+            Some((current, _)) if current.wave.id == id => return Ok(current),
+            Some((current, revision)) => (Some(current), revision),
+            None => (None, 0),
+        };
+        if write_after_publishing(shared, None, planned, revision).await? {
+            if let Some(mut old) = replaced.filter(|r| r.wave.state == WaveState::Running) {
+                old.supersede(id, now);
+                info!(environment = %env, %service, wave = %old.wave.id, "{}", old.wave.detail);
+                wave_history(shared, &old, "superseded", &old.wave.detail, now).await?;
+            }
+            return Ok(planned.clone());
+        }
+    }
+    Err(Error::Contended {
+        bucket: ferry_protocol::streams::WAVES_BUCKET,
+        key: format!("{env}.{service}"),
+        attempts: CAS_ATTEMPTS,
+    })
 }
 
 /// An agent's final event (outcome or refusal) about `service` in `env`:
@@ -206,38 +222,75 @@ async fn owns(
     }))
 }
 
-/// Applies `change` to the wave's record (compare-and-set), then issues the
-/// steps it put out and records how it ended, if it did.
+/// Applies `change` to the wave's record: the steps it puts out are
+/// published first, then the record is written by compare-and-set (on a
+/// concurrent write, read again and decide again), then the steps' history
+/// and deployments records and, if the wave ended, its own. A controller
+/// stopped between the publish and the write leaves the record behind the
+/// stream; the same event (redelivered) or the sweep makes the same
+/// transition again, and JetStream drops the copies of the steps.
 async fn transition(
     shared: &Shared,
     env: &EnvName,
     service: &ServiceName,
     mut change: impl FnMut(&mut WaveRecord) -> bool,
 ) -> Result<(), Error> {
-    let mut before = None;
-    let updated = shared
-        .store
-        .update_wave(env, service, |current| {
-            let mut record = current?;
-            before = Some(record.clone());
-            change(&mut record).then_some(record)
-        })
-        .await?;
-    let (Some(before), Some(after)) = (before, updated) else {
-        return Ok(());
-    };
-    if before == after {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((before, revision)) = shared.store.wave_entry(env, service).await? else {
+            return Ok(());
+        };
+        let mut after = before.clone();
+        if !change(&mut after) || after == before {
+            return Ok(());
+        }
+        if !write_after_publishing(shared, Some(&before), &after, revision).await? {
+            continue;
+        }
+        if before.wave.state != after.wave.state {
+            finished(shared, &after).await?;
+        }
         return Ok(());
     }
+    Err(Error::Contended {
+        bucket: ferry_protocol::streams::WAVES_BUCKET,
+        key: format!("{env}.{service}"),
+        attempts: CAS_ATTEMPTS,
+    })
+}
+
+/// Publishes the steps `after` puts out that `before` had not, writes
+/// `after` if the record is still at `revision`, and then records those
+/// steps (history, deployments). `false` when another write came first.
+async fn write_after_publishing(
+    shared: &Shared,
+    before: Option<&WaveRecord>,
+    after: &WaveRecord,
+    revision: u64,
+) -> Result<bool, Error> {
     let already: Vec<Uuid> = before
+        .map(|b| {
+            b.outstanding()
+                .filter_map(|s| outstanding_id(s.state, s.command_id, s.revert_id))
+                .collect()
+        })
+        .unwrap_or_default();
+    let new: Vec<(Uuid, Command)> = after
         .outstanding()
-        .filter_map(|s| outstanding_id(s.state, s.command_id, s.revert_id))
+        .filter_map(|step| after.step_command(step))
+        .filter(|(id, _)| !already.contains(id))
         .collect();
-    issue_steps(shared, &after, &already).await?;
-    if before.wave.state == after.wave.state {
-        return Ok(());
+    for (id, command) in &new {
+        issue::publish(shared, *id, command).await?;
     }
-    finished(shared, &after).await
+    if !shared.store.replace_wave(after, revision).await? {
+        return Ok(false);
+    }
+    for (id, command) in new {
+        // Published above: this stores nothing new in the stream, and adds
+        // the history and deployments records.
+        issue::issue(shared, id, command).await?;
+    }
+    Ok(true)
 }
 
 fn outstanding_id(state: StepState, deploy: Uuid, revert: Option<Uuid>) -> Option<Uuid> {
@@ -246,21 +299,6 @@ fn outstanding_id(state: StepState, deploy: Uuid, revert: Option<Uuid>) -> Optio
         StepState::Reverting => revert,
         _ => None,
     }
-}
-
-/// Issues every outstanding step of `record` not in `already`: the command,
-/// its history record and the deployments record, all idempotent by id.
-async fn issue_steps(shared: &Shared, record: &WaveRecord, already: &[Uuid]) -> Result<(), Error> {
-    for step in record.outstanding() {
-        let Some((id, command)) = record.step_command(step) else {
-            continue;
-        };
-        if already.contains(&id) {
-            continue;
-        }
-        issue::issue(shared, id, command).await?;
-    }
-    Ok(())
 }
 
 /// Records a wave that just ended (its caller moves a successful one's
@@ -327,21 +365,31 @@ pub(crate) async fn live_hosts(
 }
 
 /// The sweep's part: fails the step of a host that stopped answering
-/// (only once this instance has followed heartbeats for `agent_timeout`:
-/// a controller just started reads heartbeats stored before it stopped,
-/// and its backlog of newer ones is not folded in yet), and publishes
-/// outstanding steps again (a controller that stopped between its write
-/// and its publish). Returns every wave, as it stands after.
-pub(crate) async fn sweep(shared: &Shared, judge_liveness: bool) -> Result<Vec<WaveRecord>, Error> {
+/// (judged against how far `events_consumer` has folded the events in, and
+/// only once this instance has run for `agent_timeout`: a controller just
+/// started may not have read the newer heartbeats yet), and publishes
+/// outstanding steps again (a controller that stopped between its publish
+/// and its write). Returns every wave, as it stands after.
+pub(crate) async fn sweep(
+    shared: &Shared,
+    judge_liveness: bool,
+    events_consumer: &str,
+) -> Result<Vec<WaveRecord>, Error> {
     let now = OffsetDateTime::now_utc();
     let timeout = shared.config.agent_timeout();
+    // Heartbeats are judged against how far the events are folded in.
+    let read_up_to = if judge_liveness {
+        shared.store.events_read_up_to(events_consumer).await?
+    } else {
+        OffsetDateTime::UNIX_EPOCH
+    };
     let mut live: HashMap<EnvName, Vec<HostName>> = HashMap::new();
     let mut out = Vec::new();
     for record in shared.store.waves().await? {
         let env = record.environment.clone();
         if judge_liveness && record.wave.state == WaveState::Running {
             if !live.contains_key(&env) {
-                let hosts = live_hosts(shared, &env, now).await?;
+                let hosts = live_hosts(shared, &env, read_up_to).await?;
                 live.insert(env.clone(), hosts.into_iter().map(|(h, _)| h).collect());
             }
             let hosts = live.get(&env).map(Vec::as_slice).unwrap_or_default();
@@ -350,7 +398,7 @@ pub(crate) async fn sweep(shared: &Shared, judge_liveness: bool) -> Result<Vec<W
                 .steps
                 .iter()
                 .filter(|s| s.state == StepState::Issued)
-                .filter(|s| s.issued_at.is_none_or(|at| now - at > timeout))
+                .filter(|s| s.issued_at.is_none_or(|at| read_up_to - at > timeout))
                 .filter(|s| !hosts.contains(&s.host))
                 .map(|s| s.host.clone())
                 .collect();
