@@ -195,11 +195,7 @@ async fn service_event(
         ..
     } = &event.body
     {
-        let covered = match waves::covers(shared, &env, &service, version).await {
-            Ok(covered) => in_wave || covered,
-            Err(e) => return Disposition::Retry(e),
-        };
-        if !covered {
+        if !in_wave {
             if let Err(e) =
                 promotion::on_deployed(shared, &env, &service, version, message.stored_at).await
             {

@@ -21,14 +21,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Res
     let mut tick = tokio::time::interval(shared.config.promotion_check_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut converging = HashSet::new();
-    let started = std::time::Instant::now();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        let judge_liveness = started.elapsed() >= shared.config.agent_timeout();
-        match waves::sweep(&shared, judge_liveness, events::CONSUMER).await {
+        match waves::sweep(&shared, events::CONSUMER).await {
             Ok(records) => {
                 if let Err(e) = convergence::run(&shared, &records, &mut converging).await {
                     warn!("could not converge the hosts: {e}");

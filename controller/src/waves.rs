@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ferry_protocol::api::{CommandIssued, HistoryRecord};
-use ferry_protocol::command::{Action, Command};
+use ferry_protocol::command::{Action, ActionKind, Command};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::wave::{StepState, WaveState};
 use ferry_protocol::RefusalReason;
@@ -136,7 +136,9 @@ async fn start(
 }
 
 /// An agent's final event (outcome or refusal) about `service` in `env`:
-/// moves the wave on when it answers one of its steps.
+/// moves the wave on when it answers one of its steps. One read of the
+/// wave's record when the event is none of its business (every outcome of
+/// an environment without waves comes through here).
 pub(crate) async fn on_event(
     shared: &Shared,
     env: &EnvName,
@@ -146,23 +148,13 @@ pub(crate) async fn on_event(
     let Some(id) = event.command_id else {
         return Ok(Ownership::default());
     };
-    let (succeeded, detail) = match &event.body {
-        EventBody::Succeeded { detail, .. } => (true, detail.clone()),
-        EventBody::Failed { reason, .. } => (false, reason.clone()),
-        // A replay refusal is a copy of a step already carried out: its
-        // own outcome settles the step.
-        EventBody::Refused {
-            reason: RefusalReason::Replayed,
-            ..
-        } => {
-            return Ok(Ownership {
-                in_wave: owns(shared, env, service, id).await?,
-                succeeded: None,
-            })
-        }
-        EventBody::Refused { reason, detail } => (false, format!("refused ({reason}): {detail}")),
-        _ => return Ok(Ownership::default()),
-    };
+    let is_final = matches!(
+        event.body,
+        EventBody::Succeeded { .. } | EventBody::Failed { .. } | EventBody::Refused { .. }
+    );
+    if !is_final {
+        return Ok(Ownership::default());
+    }
     let Some(current) = shared.store.wave(env, service).await? else {
         return Ok(Ownership::default());
     };
@@ -172,54 +164,49 @@ pub(crate) async fn on_event(
         .iter()
         .any(|s| s.command_id == id || s.revert_id == Some(id));
     if !owned {
-        return Ok(Ownership::default());
+        // A host converging on the wave's version is the wave's business
+        // too: the release moved on (or will) when the wave succeeded.
+        let converging = matches!(
+            &event.body,
+            EventBody::Succeeded { action: ActionKind::Deploy, version: Some(v), .. }
+                if v == &current.wave.version
+                    && matches!(current.wave.state, WaveState::Running | WaveState::Succeeded)
+        );
+        return Ok(Ownership {
+            in_wave: converging,
+            succeeded: None,
+        });
     }
+    let (succeeded, detail) = match &event.body {
+        EventBody::Succeeded { detail, .. } => (true, detail.clone()),
+        EventBody::Failed { reason, .. } => (false, reason.clone()),
+        EventBody::Refused { reason, detail } if *reason != RefusalReason::Replayed => {
+            (false, format!("refused ({reason}): {detail}"))
+        }
+        // A replay refusal is a copy of a step already carried out: its
+        // own outcome settles the step.
+        _ => {
+            return Ok(Ownership {
+                in_wave: true,
+                succeeded: None,
+            })
+        }
+    };
     let now = OffsetDateTime::now_utc();
-    transition(shared, env, service, |record| {
+    let after = transition(shared, env, service, |record| {
         record.on_outcome(id, event.host.as_ref(), succeeded, &detail, now)
     })
-    .await?;
+    .await?
+    .unwrap_or(current);
     // A success of a step of a wave that has succeeded (just now, or before
     // a retry of this same event) moves the release on; that is idempotent.
-    let done = shared.store.wave(env, service).await?.filter(|r| {
-        succeeded
-            && r.wave.state == WaveState::Succeeded
-            && r.wave.steps.iter().any(|s| s.command_id == id)
-    });
+    let done = succeeded
+        && after.wave.state == WaveState::Succeeded
+        && after.wave.steps.iter().any(|s| s.command_id == id);
     Ok(Ownership {
         in_wave: true,
-        succeeded: done.map(|r| r.wave.version),
+        succeeded: done.then_some(after.wave.version),
     })
-}
-
-/// Whether a successful deploy of `version` is the business of `service`'s
-/// wave in `env` (one of its steps, or a host converging on it), which
-/// moves the release on once, when every host has it.
-pub(crate) async fn covers(
-    shared: &Shared,
-    env: &EnvName,
-    service: &ServiceName,
-    version: &Version,
-) -> Result<bool, Error> {
-    Ok(shared.store.wave(env, service).await?.is_some_and(|r| {
-        &r.wave.version == version
-            && matches!(r.wave.state, WaveState::Running | WaveState::Succeeded)
-    }))
-}
-
-/// Whether command `id` is a step of `service`'s wave in `env`.
-async fn owns(
-    shared: &Shared,
-    env: &EnvName,
-    service: &ServiceName,
-    id: Uuid,
-) -> Result<bool, Error> {
-    Ok(shared.store.wave(env, service).await?.is_some_and(|r| {
-        r.wave
-            .steps
-            .iter()
-            .any(|s| s.command_id == id || s.revert_id == Some(id))
-    }))
 }
 
 /// Applies `change` to the wave's record: the steps it puts out are
@@ -234,14 +221,14 @@ async fn transition(
     env: &EnvName,
     service: &ServiceName,
     mut change: impl FnMut(&mut WaveRecord) -> bool,
-) -> Result<(), Error> {
+) -> Result<Option<WaveRecord>, Error> {
     for _ in 0..CAS_ATTEMPTS {
         let Some((before, revision)) = shared.store.wave_entry(env, service).await? else {
-            return Ok(());
+            return Ok(None);
         };
         let mut after = before.clone();
         if !change(&mut after) || after == before {
-            return Ok(());
+            return Ok(Some(before));
         }
         if !write_after_publishing(shared, Some(&before), &after, revision).await? {
             continue;
@@ -249,7 +236,7 @@ async fn transition(
         if before.wave.state != after.wave.state {
             finished(shared, &after).await?;
         }
-        return Ok(());
+        return Ok(Some(after));
     }
     Err(Error::Contended {
         bucket: ferry_protocol::streams::WAVES_BUCKET,
@@ -365,29 +352,29 @@ pub(crate) async fn live_hosts(
 }
 
 /// The sweep's part: fails the step of a host that stopped answering
-/// (judged against how far `events_consumer` has folded the events in, and
-/// only once this instance has run for `agent_timeout`: a controller just
-/// started may not have read the newer heartbeats yet), and publishes
-/// outstanding steps again (a controller that stopped between its publish
-/// and its write). Returns every wave, as it stands after.
+/// (judged against how far `events_consumer` has folded the events in, not
+/// the clock: a controller catching up on a backlog, or waiting out the ack
+/// wait of an event its stopped predecessor held, finds no live host lost),
+/// and publishes outstanding steps again (a controller that stopped between
+/// its publish and its write). Returns every wave, as it stands after.
 pub(crate) async fn sweep(
     shared: &Shared,
-    judge_liveness: bool,
     events_consumer: &str,
 ) -> Result<Vec<WaveRecord>, Error> {
     let now = OffsetDateTime::now_utc();
     let timeout = shared.config.agent_timeout();
-    // Heartbeats are judged against how far the events are folded in.
-    let read_up_to = if judge_liveness {
+    let records = shared.store.waves().await?;
+    // Read only while some wave runs: it costs two requests.
+    let read_up_to = if records.iter().any(|r| r.wave.state == WaveState::Running) {
         shared.store.events_read_up_to(events_consumer).await?
     } else {
-        OffsetDateTime::UNIX_EPOCH
+        now
     };
     let mut live: HashMap<EnvName, Vec<HostName>> = HashMap::new();
     let mut out = Vec::new();
-    for record in shared.store.waves().await? {
+    for record in records {
         let env = record.environment.clone();
-        if judge_liveness && record.wave.state == WaveState::Running {
+        if record.wave.state == WaveState::Running {
             if !live.contains_key(&env) {
                 let hosts = live_hosts(shared, &env, read_up_to).await?;
                 live.insert(env.clone(), hosts.into_iter().map(|(h, _)| h).collect());
