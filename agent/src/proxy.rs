@@ -29,6 +29,8 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Most client connections one service's proxy serves at once.
 const MAX_CONNECTIONS: usize = 4096;
+/// Tries of a replayable request (GET, HEAD, OPTIONS) before it fails.
+const REPLAY_ATTEMPTS: usize = 3;
 /// Retry-After sent while maintenance has no end time.
 const DEFAULT_RETRY_AFTER_SECS: i64 = 300;
 
@@ -223,11 +225,25 @@ impl Shared {
         }
     }
 
+    /// Records a request's answer: in all traffic (what clients saw) and in
+    /// the window of the set that answered.
     fn record(&self, started: Instant, failed: bool, set: Set) {
         let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(LATENCY_MAX_US);
         if let Ok(mut stats) = self.stats.lock() {
             stats.record(us, failed);
         }
+        self.record_for_set(us, failed, set);
+    }
+
+    /// Records a failed try that another try will stand in for: the client
+    /// may still get an answer, but the analysis of `set` sees the failure
+    /// (a canary that drops requests is not hidden by retries on stable).
+    fn record_failed_try(&self, started: Instant, set: Set) {
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(LATENCY_MAX_US);
+        self.record_for_set(us, true, set);
+    }
+
+    fn record_for_set(&self, us: u64, failed: bool, set: Set) {
         let by_set = match set {
             Set::Canary => &self.canary_stats,
             Set::Stable => &self.stable_stats,
@@ -339,23 +355,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     }
 
     let started = Instant::now();
-    let routing = shared.routing.read().map(|b| b.clone()).unwrap_or_default();
-    let (set, backends) = shared.choose(&routing);
     let (parts, body) = req.into_parts();
     // Requests without a body can be replayed, so a replica that went away
-    // between pick and connect costs a retry on the next one, not an error.
+    // between pick and answer (stopped by a switch, or crashed) costs a retry,
+    // not an error. Each try reads the routing again: a request that picked
+    // a set a switch has just taken out of the path goes to the set now in
+    // it, also when that set has a single replica.
     let replayable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let attempts = if replayable {
-        backends.len().clamp(1, 3)
-    } else {
-        1
-    };
+    let attempts = if replayable { REPLAY_ATTEMPTS } else { 1 };
     let mut body = Some(body.boxed());
     let mut last_error = String::from("no healthy replica");
-    for _ in 0..attempts {
+    let mut set = Set::Stable;
+    let mut had_backends = false;
+    for attempt in 1..=attempts {
+        let routing = shared.routing.read().map(|b| b.clone()).unwrap_or_default();
+        let (chosen, backends) = shared.choose(&routing);
+        set = chosen;
         let Some(backend) = shared.pick(backends) else {
             break;
         };
+        had_backends = true;
         let path = parts
             .uri
             .path_and_query()
@@ -392,14 +411,142 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             Err(e) => {
                 tracing::debug!(service = %shared.service, %backend, error = %e, "upstream request failed");
                 last_error = format!("replica {backend} failed: {e}");
+                if attempt < attempts {
+                    shared.record_failed_try(started, set);
+                }
             }
         }
     }
     shared.record(started, true, set);
-    let status = if backends.is_empty() {
+    let status = if !had_backends {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::BAD_GATEWAY
     };
     Ok(text(status, format!("ferry: {last_error}\n")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use super::Proxy;
+
+    /// A replica on loopback answering every request with 200 and `body`.
+    async fn answering(body: &'static str, stop: CancellationToken) -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 {
+                            return;
+                        }
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if stream.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    /// A replica that reads each request and closes the connection without
+    /// answering, as a process killed mid-request does.
+    async fn dropping(stop: CancellationToken) -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let mut buffer = [0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                drop(stream);
+            }
+        });
+        address
+    }
+
+    async fn proxy(stop: &CancellationToken) -> (Proxy, SocketAddr) {
+        let port = {
+            let probe = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let proxy = Proxy::serve("web", address, stop.clone()).await.unwrap();
+        (proxy, address)
+    }
+
+    #[tokio::test]
+    async fn a_get_the_canary_drops_is_answered_by_stable_and_counted_against_the_canary() {
+        let stop = CancellationToken::new();
+        let (proxy, address) = proxy(&stop).await;
+        let stable = answering("stable", stop.clone()).await;
+        let canary = dropping(stop.clone()).await;
+        proxy.set_backends(vec![stable]);
+        // Half the requests to the canary: the split sends the first two
+        // tries of the first request there and the third to stable.
+        proxy.set_canary(vec![canary], 50);
+
+        let response = reqwest::get(format!("http://{address}/")).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.text().await.unwrap(), "stable");
+
+        let canary_window = proxy.take_canary_window();
+        assert_eq!(
+            (canary_window.requests, canary_window.errors),
+            (2, 2),
+            "the canary's dropped tries are in its window"
+        );
+        let stable_window = proxy.take_stable_window();
+        assert_eq!((stable_window.requests, stable_window.errors), (1, 0));
+        let all = proxy.take_metrics();
+        assert_eq!((all.requests, all.errors), (1, 0), "the client saw one answer");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_get_to_a_single_replica_that_drops_it_fails_after_three_tries_and_a_post_after_one() {
+        let stop = CancellationToken::new();
+        let (proxy, address) = proxy(&stop).await;
+        let replica = dropping(stop.clone()).await;
+        proxy.set_backends(vec![replica]);
+        let client = reqwest::Client::new();
+
+        let get = client.get(format!("http://{address}/")).send().await.unwrap();
+        assert_eq!(get.status().as_u16(), 502);
+        let stable = proxy.take_stable_window();
+        assert_eq!((stable.requests, stable.errors), (3, 3), "three tries of the GET");
+
+        let post = client
+            .post(format!("http://{address}/"))
+            .body("order")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status().as_u16(), 502);
+        let stable = proxy.take_stable_window();
+        assert_eq!((stable.requests, stable.errors), (1, 1), "a POST is never replayed");
+        stop.cancel();
+    }
 }
