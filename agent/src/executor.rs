@@ -19,7 +19,7 @@ use crate::config::ServiceConfig;
 use crate::events::{EventPublisher, EventSink};
 use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
-use crate::state::{ServiceRecord, State, StateWrite};
+use crate::state::{ServiceRecord, State};
 use ferry_protocol::rollout::{RolloutControl, RolloutEvent, Strategy};
 use tokio::sync::{mpsc, oneshot};
 
@@ -245,12 +245,17 @@ impl Executor {
             }
             _ => tracing::info!(%service, command_id = %id, "command done"),
         }
-        if let Err(e) = self
-            .write_state(|state| Ok(state.mark_executed(id, expires, OffsetDateTime::now_utc())))
-            .await
-        {
-            tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
-        }
+        let body = match self.commit(id, expires).await {
+            Ok(()) => body,
+            Err((e, false)) => {
+                tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
+                body
+            }
+            Err((e, true)) => {
+                tracing::error!(error = %e, "could not record the command's outcome");
+                not_recorded(body, &e)
+            }
+        };
         self.changed.notify_one();
         Completion::Done(Report {
             service,
@@ -292,10 +297,7 @@ impl Executor {
             }
         };
         tracing::info!(%service, command_id = %id, %control, ?result, "rollout control");
-        if let Err(e) = self
-            .write_state(|state| Ok(state.mark_executed(id, expires, OffsetDateTime::now_utc())))
-            .await
-        {
+        if let Err((e, _)) = self.commit(id, expires).await {
             tracing::error!(error = %e, "could not record the executed command");
         }
         let record = self.record(&service);
@@ -320,39 +322,57 @@ impl Executor {
         }
     }
 
-    /// Changes the state in memory, then performs the disk write it needs on
-    /// the blocking pool. Writes happen in the order the changes were made
-    /// (`disk_order`), and the state's lock is never held across one.
-    async fn write_state(
-        &self,
-        change: impl FnOnce(&mut State) -> Result<Option<StateWrite>, crate::Error>,
-    ) -> Result<(), crate::Error> {
+    /// Records command `id` as executed, together with every record changed
+    /// since the last commit, in one synced write on the blocking pool.
+    /// Writes happen in the order their commits were made (`disk_order`),
+    /// and the state's lock is never held across one. On failure, says
+    /// whether record changes were lost with it.
+    async fn commit(&self, id: Uuid, expires: OffsetDateTime) -> Result<(), (crate::Error, bool)> {
         let _in_order = self.disk_order.lock().await;
-        let write = {
-            let mut state = self.state.lock().map_err(|_| crate::Error::StatePoisoned)?;
-            change(&mut state)?
+        let commit = {
+            let mut state = self
+                .state
+                .lock()
+                .map_err(|_| (crate::Error::StatePoisoned, true))?;
+            state.commit(id, expires, OffsetDateTime::now_utc())
+        }
+        .map_err(|e| (e, true))?;
+        let Some(write) = commit.write else {
+            return Ok(());
         };
-        match write {
-            Some(write) => tokio::task::spawn_blocking(move || write.perform())
-                .await
-                .map_err(|e| crate::Error::StateWriter(e.to_string()))?,
-            None => Ok(()),
+        let written = tokio::task::spawn_blocking(move || write.perform())
+            .await
+            .map_err(|e| crate::Error::StateWriter(e.to_string()))
+            .and_then(|written| written);
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let records = !commit.services.is_empty();
+                if let Ok(mut state) = self.state.lock() {
+                    state.not_written(commit.services);
+                }
+                Err((e, records))
+            }
         }
     }
 
-    async fn update_record(
+    /// Changes `service`'s record in memory, where status and heartbeats
+    /// read it; the command's commit makes it durable with the command's
+    /// executed mark. A crash before then restarts from the record before
+    /// the command, and JetStream delivers the command again.
+    fn change_record(
         &self,
         service: &ServiceName,
         change: impl FnOnce(&mut ServiceRecord),
     ) -> Result<(), RuntimeError> {
-        self.write_state(|state| {
-            let mut record = state.service(service);
-            change(&mut record);
-            state.set_service(service, record);
-            state.snapshot().map(Some)
-        })
-        .await
-        .map_err(|e| RuntimeError::NotRecorded(e.to_string()))
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| RuntimeError::NotRecorded(crate::Error::StatePoisoned.to_string()))?;
+        let mut record = state.service(service);
+        change(&mut record);
+        state.set_service(service, record);
+        Ok(())
     }
 
     async fn run(
@@ -462,8 +482,7 @@ impl Executor {
             }
             Action::Scale { replicas } => {
                 entry.backend.scale(replicas, progress).await?;
-                self.update_record(service, |r| r.replicas = replicas)
-                    .await?;
+                self.change_record(service, |r| r.replicas = replicas)?;
                 let detail = match &record.current {
                     Some(current) => format!("{service} {} scaled to {replicas} replicas", current.version),
                     None => format!("nothing deployed yet; the next deploy of {service} uses {replicas} replicas"),
@@ -501,8 +520,7 @@ impl Executor {
                     return Err(RuntimeError::Unsupported(why));
                 }
                 entry.backend.apply_maintenance(info.clone()).await?;
-                self.update_record(service, |r| r.maintenance = info)
-                    .await?;
+                self.change_record(service, |r| r.maintenance = info)?;
                 Ok(EventBody::Succeeded {
                     action: kind,
                     version: record.current.map(|r| r.version),
@@ -545,11 +563,10 @@ impl Executor {
         match result {
             Ok(RolloutEnd::Promoted { detail }) => {
                 let version = release.version.clone();
-                self.update_record(service, |r| {
+                self.change_record(service, |r| {
                     r.promote(release);
                     r.replicas = replicas;
-                })
-                .await?;
+                })?;
                 Ok(EventBody::Succeeded {
                     action: ActionKind::Deploy,
                     version: Some(version),
@@ -637,12 +654,11 @@ impl Executor {
         {
             Ok(()) => {
                 let (current, earlier) = (before.current.clone(), before.previous.clone());
-                self.update_record(service, |r| {
+                self.change_record(service, |r| {
                     r.current = current;
                     r.previous = earlier;
                     r.replicas = replicas;
-                })
-                .await?;
+                })?;
                 let how = if strategy == ferry_protocol::rollout::StrategyKind::BlueGreen {
                     format!("switched back to the kept {back} set")
                 } else {
@@ -687,11 +703,10 @@ impl Executor {
         {
             Ok(()) => {
                 let version = release.version.clone();
-                self.update_record(service, |r| {
+                self.change_record(service, |r| {
                     r.promote(release);
                     r.replicas = replicas;
-                })
-                .await?;
+                })?;
                 let detail = match was {
                     Some(was) if was != version => format!(
                         "{service} {version} serving with {replicas} healthy replicas (was {was})"
@@ -749,6 +764,34 @@ fn with_detail(succeeded: EventBody, more: &str) -> EventBody {
             version,
             replicas,
             detail: format!("{detail}; {more}"),
+        },
+        other => other,
+    }
+}
+
+/// An outcome whose record changes could not be written: live, but a
+/// restarted agent would return to the state before the command.
+fn not_recorded(body: EventBody, error: &crate::Error) -> EventBody {
+    let why = RuntimeError::NotRecorded(error.to_string()).to_string();
+    match body {
+        EventBody::Succeeded {
+            action, version, ..
+        } => EventBody::Failed {
+            action,
+            version: version.clone(),
+            reason: why,
+            serving: version,
+        },
+        EventBody::Failed {
+            action,
+            version,
+            reason,
+            serving,
+        } => EventBody::Failed {
+            action,
+            version,
+            reason: format!("{reason}; {why}"),
+            serving,
         },
         other => other,
     }

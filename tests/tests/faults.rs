@@ -239,39 +239,45 @@ async fn a_state_file_that_cannot_be_written_fails_the_command_with_the_reason_a
         EventBody::Succeeded { .. }
     ));
 
-    // The atomic write's temp file cannot be created (a directory is in the
-    // way; permissions would not stop root).
+    // The journal cannot be appended to (a directory is in its place;
+    // permissions would not stop root). The journal is set aside, not lost.
     let state_dir = system.dir.path().join("agent-dev");
-    let blocker = state_dir.join(".state.json.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    let journal = state_dir.join("executed.log");
+    let set_aside = state_dir.join("executed.log.aside");
+    std::fs::rename(&journal, &set_aside).unwrap();
+    std::fs::create_dir(&journal).unwrap();
     let id = send_command(&client, &key, "dev", "web", Action::Scale { replicas: 3 }).await;
     let outcome = watch.outcome(id, WAIT).await;
     let EventBody::Failed { reason, .. } = &outcome.body else {
         panic!("the scale should fail to be recorded: {outcome:?}")
     };
     assert!(
-        reason.contains("the change is live but was not recorded") && reason.contains("state.json"),
-        "the reason names the state file: {reason}"
+        reason.contains("the change is live but was not recorded")
+            && reason.contains("executed.log"),
+        "the reason names the state's journal: {reason}"
     );
-    let recorded: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap()).unwrap();
+    std::fs::remove_dir(&journal).unwrap();
+    std::fs::rename(&set_aside, &journal).unwrap();
+    // What a restarted agent would restore: the last recorded state.
+    let recorded = ferry_agent::state::State::read(&state_dir).unwrap();
+    let web = ferry_protocol::ServiceName::new("web").unwrap();
     assert_eq!(
-        recorded["services"]["web"]["replicas"], 2,
+        recorded.service(&web).replicas,
+        2,
         "the last good state is intact"
     );
     wait_serving(port, "1.0.0", WAIT).await;
 
     // Once the disk is fixed, the next command is recorded.
-    std::fs::remove_dir(&blocker).unwrap();
     let id = send_command(&client, &key, "dev", "web", Action::Scale { replicas: 1 }).await;
     let outcome = watch.outcome(id, WAIT).await;
     assert!(
         matches!(outcome.body, EventBody::Succeeded { replicas: 1, .. }),
         "{outcome:?}"
     );
-    let recorded: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state_dir.join("state.json")).unwrap()).unwrap();
-    assert_eq!(recorded["services"]["web"]["replicas"], 1);
+    let recorded = ferry_agent::state::State::read(&state_dir).unwrap();
+    assert_eq!(recorded.service(&web).replicas, 1);
+    assert!(recorded.was_executed(&id));
     system.shutdown().await;
 }
 
