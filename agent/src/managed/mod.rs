@@ -185,24 +185,33 @@ impl ManagedService {
         }
     }
 
+    /// Starts `count` replicas of `release` side by side; when one fails,
+    /// those started are stopped and the first error is returned.
     async fn start_replicas(
         &self,
         release: &ReleaseSpec,
         count: u32,
     ) -> Result<Vec<ReplicaHandle>, RuntimeError> {
-        let mut started = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            match self
-                .runtime
-                .start(&self.ctx, release, &self.replica_id(release))
-                .await
-            {
+        // Side by side: a replica's start does not wait for the one before.
+        let ids: Vec<String> = (0..count).map(|_| self.replica_id(release)).collect();
+        let results = join_all(
+            ids.iter()
+                .map(|id| self.runtime.start(&self.ctx, release, id)),
+        )
+        .await;
+        let mut started = Vec::with_capacity(results.len());
+        let mut first_error = None;
+        for result in results {
+            match result {
                 Ok(handle) => started.push(handle),
                 Err(e) => {
-                    self.stop_all(started).await;
-                    return Err(e);
+                    first_error.get_or_insert(e);
                 }
             }
+        }
+        if let Some(e) = first_error {
+            self.stop_all(started).await;
+            return Err(e);
         }
         Ok(started)
     }

@@ -132,8 +132,13 @@ impl ReplicaRuntime for ProcessRuntime {
             .stderr(log_err)
             // A replica never outlives an agent that drops it without stopping it.
             .kill_on_drop(true);
-        let child = command
-            .spawn()
+        // fork/exec holds the calling thread until the child has exec'd
+        // (about a millisecond): on the blocking pool it stalls no async
+        // worker (the proxy, the NATS connection), and a deploy's replicas
+        // start side by side.
+        let child = tokio::task::spawn_blocking(move || command.spawn())
+            .await
+            .map_err(|e| fail(format!("{program}: the spawn did not finish: {e}")))?
             .map_err(|e| fail(format!("{program}: {e}")))?;
 
         let (exit_tx, exit_rx) = watch::channel(None);
