@@ -1,7 +1,9 @@
 //! Leak check: 10,000 commands (deploy, scale and rollback cycles on the
-//! process runtime) through one `ferry-agent` process, printing its resident
+//! process runtime) through one `ferry-agent` process, the shipped build
+//! (linked statically, `scripts/build-static`), printing its resident
 //! memory when idle, after the first 100 commands and after all of them,
-//! with its open file descriptors and child processes at each point.
+//! with its open file descriptors and child processes at each point; and,
+//! for reference, the idle memory of the dynamically linked build.
 //! Run with `cargo bench -p ferry-e2e --bench agent_soak`
 //! (`FERRY_SOAK_COMMANDS=N` for a shorter run).
 
@@ -11,7 +13,9 @@
 use std::time::Instant;
 
 use ferry_e2e::footprint::Footprint;
-use ferry_e2e::{bin, free_port, sample_release, send_command, AgentProcess, System, WAIT};
+use ferry_e2e::{
+    bin, free_port, sample_release, send_command, static_bin, AgentProcess, System, WAIT,
+};
 use ferry_protocol::command::{Action, ReleaseSpec, RollbackTarget};
 use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::{Envelope, Version};
@@ -54,14 +58,20 @@ async fn main() {
     let system = System::without_controller();
     let sample = bin("ferry-sample");
     let artifact = sample.to_str().unwrap().to_owned();
-    let agent = AgentProcess::start(
-        &system,
-        &format!(
-            "[services.web]\ncommand = [\"{{artifact}}\"]\nport = {}\nreplicas = 1\nstop_timeout = \"2s\"\n\n[services.web.health]\npath = \"/health\"\ninterval = \"20ms\"\ntimeout = \"1s\"\nfailure_threshold = 2\nstart_timeout = \"10s\"\n",
-            free_port()
-        ),
-    )
-    .await;
+    let services = format!(
+        "[services.web]\ncommand = [\"{{artifact}}\"]\nport = {}\nreplicas = 1\nstop_timeout = \"2s\"\n\n[services.web.health]\npath = \"/health\"\ninterval = \"20ms\"\ntimeout = \"1s\"\nfailure_threshold = 2\nstart_timeout = \"10s\"\n",
+        free_port()
+    );
+    // The dynamically linked build (`cargo build --release`) for reference:
+    // idle only, stopped before the shipped build starts on the same state.
+    let dynamic_idle = {
+        let agent = AgentProcess::start(&system, &services).await;
+        Footprint::of(agent.pid())
+    };
+    // The shipped build, linked statically (scripts/build-static): what the
+    // images carry and a host installs; it runs the commands.
+    let shipped = static_bin("ferry-agent", "ferry-agent");
+    let agent = AgentProcess::start_binary(&system, &shipped, &services).await;
     let pid = agent.pid();
     let client = system.nats.client().await;
     let mut outcomes = client
@@ -117,14 +127,16 @@ async fn main() {
         "{:<34} {:>8} {:>9} {:>9} {:>9}",
         "", "RSS MiB", "anon MiB", "open fds", "children"
     );
+    dynamic_idle.row("idle, dynamically linked build");
     idle.row("idle, before any command");
     warm.row(&format!("after the first {WARM} commands"));
     end.row(&format!("after all {total} commands"));
     let growth = end.rss_bytes as f64 / warm.rss_bytes as f64 - 1.0;
     println!(
-        "idle RSS {:.1} MiB (bar: at most 10 MiB): {}",
+        "idle RSS {:.1} MiB, the shipped static build (bar: at most 10 MiB): {}; the dynamic build {:.1} MiB",
         idle.rss_mib(),
-        verdict(idle.rss_bytes <= IDLE_RSS_BAR_BYTES)
+        verdict(idle.rss_bytes <= IDLE_RSS_BAR_BYTES),
+        dynamic_idle.rss_mib()
     );
     println!(
         "RSS growth from {WARM} to {total} commands {:+.1}% (bar: within 10%): {}",

@@ -1,7 +1,7 @@
 //! The real `ferry-agent` binary as its own process, as it runs in
 //! production: for benchmarks that measure its latency or its footprint.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 
@@ -11,7 +11,8 @@ use crate::{bin, System, WAIT};
 /// A `ferry-agent` process for the `dev` environment of `system`, killed on drop.
 pub struct AgentProcess {
     child: std::process::Child,
-    config: std::path::PathBuf,
+    binary: PathBuf,
+    config: PathBuf,
     /// Watches heartbeats across restarts (the controller's user on a
     /// server with permissions).
     client: async_nats::Client,
@@ -22,6 +23,12 @@ impl AgentProcess {
     /// `[services...]` tables), starts the agent on it and waits for its
     /// first heartbeat.
     pub async fn start(system: &System, services_toml: &str) -> AgentProcess {
+        AgentProcess::start_binary(system, &bin("ferry-agent"), services_toml).await
+    }
+
+    /// [`AgentProcess::start`] with another build of the agent (say, the
+    /// static one the images ship).
+    pub async fn start_binary(system: &System, binary: &Path, services_toml: &str) -> AgentProcess {
         let config = system.dir.path().join("agent-dev.toml");
         std::fs::write(
             &config,
@@ -32,7 +39,8 @@ impl AgentProcess {
         let mut heartbeats = subscribe_heartbeats(&client, "dev").await;
         // Owned before the wait, so a failed wait still stops it on drop.
         let agent = AgentProcess {
-            child: spawn(&config),
+            child: spawn(binary, &config),
+            binary: binary.to_path_buf(),
             config,
             client,
         };
@@ -52,7 +60,7 @@ impl AgentProcess {
     /// for its first heartbeat.
     pub async fn start_again(&mut self) {
         let mut heartbeats = subscribe_heartbeats(&self.client, "dev").await;
-        self.child = spawn(&self.config);
+        self.child = spawn(&self.binary, &self.config);
         tokio::time::timeout(WAIT, heartbeats.next())
             .await
             .expect("agent heartbeat after the restart");
@@ -64,8 +72,8 @@ impl AgentProcess {
     }
 }
 
-fn spawn(config: &Path) -> std::process::Child {
-    std::process::Command::new(bin("ferry-agent"))
+fn spawn(binary: &Path, config: &Path) -> std::process::Child {
+    std::process::Command::new(binary)
         .arg("--config")
         .arg(config)
         // FERRY_E2E_AGENT_LOG widens the agent's log when a test needs a look inside.

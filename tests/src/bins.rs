@@ -84,3 +84,27 @@ pub fn bin(name: &str) -> PathBuf {
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }
+
+/// Path of workspace binary `name` of `package` linked statically against
+/// glibc, as the images ship it and a host installs it
+/// (`scripts/build-static`, release profile), built if needed.
+pub fn static_bin(package: &str, name: &str) -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut command = Command::new(workspace.join("scripts/build-static"));
+    command
+        .current_dir(&workspace)
+        .args(["-p", package])
+        .env("FERRY_IMAGE_PROFILE", "release")
+        // cargo's progress stays visible; stdout is the directory.
+        .stderr(std::process::Stdio::inherit());
+    without_cargo_test_env(&mut command);
+    let output = command.output().expect("run scripts/build-static");
+    assert!(
+        output.status.success(),
+        "scripts/build-static -p {package} failed"
+    );
+    let dir = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let path = workspace.join(dir).join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}

@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use agent_process::AgentProcess;
-pub use bins::bin;
+pub use bins::{bin, static_bin};
 pub use controller_process::ControllerProcess;
 pub use docker::docker_ready;
 pub use events::EventWatch;
