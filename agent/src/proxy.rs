@@ -438,8 +438,10 @@ mod tests {
 
     use super::Proxy;
 
-    /// A replica on loopback answering every request with 200 and `body`.
-    async fn answering(body: &'static str, stop: CancellationToken) -> SocketAddr {
+    /// A replica on loopback: with `body`, it answers every request with 200
+    /// and `body`; without, it reads each request and closes the connection
+    /// unanswered, as a process killed mid-request does.
+    async fn replica(body: Option<&'static str>, stop: CancellationToken) -> SocketAddr {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -451,9 +453,9 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buffer = [0u8; 4096];
                     while let Ok(n) = stream.read(&mut buffer).await {
-                        if n == 0 {
+                        let Some(body) = body.filter(|_| n > 0) else {
                             return;
-                        }
+                        };
                         let response = format!(
                             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
@@ -463,25 +465,6 @@ mod tests {
                         }
                     }
                 });
-            }
-        });
-        address
-    }
-
-    /// A replica that reads each request and closes the connection without
-    /// answering, as a process killed mid-request does.
-    async fn dropping(stop: CancellationToken) -> SocketAddr {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    accepted = listener.accept() => accepted.unwrap(),
-                };
-                let mut buffer = [0u8; 4096];
-                let _ = stream.read(&mut buffer).await;
-                drop(stream);
             }
         });
         address
@@ -501,8 +484,8 @@ mod tests {
     async fn a_get_the_canary_drops_is_answered_by_stable_and_counted_against_the_canary() {
         let stop = CancellationToken::new();
         let (proxy, address) = proxy(&stop).await;
-        let stable = answering("stable", stop.clone()).await;
-        let canary = dropping(stop.clone()).await;
+        let stable = replica(Some("stable"), stop.clone()).await;
+        let canary = replica(None, stop.clone()).await;
         proxy.set_backends(vec![stable]);
         // Half the requests to the canary: the split sends the first two
         // tries of the first request there and the third to stable.
@@ -521,22 +504,35 @@ mod tests {
         let stable_window = proxy.take_stable_window();
         assert_eq!((stable_window.requests, stable_window.errors), (1, 0));
         let all = proxy.take_metrics();
-        assert_eq!((all.requests, all.errors), (1, 0), "the client saw one answer");
+        assert_eq!(
+            (all.requests, all.errors),
+            (1, 0),
+            "the client saw one answer"
+        );
         stop.cancel();
     }
 
     #[tokio::test]
-    async fn a_get_to_a_single_replica_that_drops_it_fails_after_three_tries_and_a_post_after_one() {
+    async fn a_get_to_a_single_replica_that_drops_it_fails_after_three_tries_and_a_post_after_one()
+    {
         let stop = CancellationToken::new();
         let (proxy, address) = proxy(&stop).await;
-        let replica = dropping(stop.clone()).await;
-        proxy.set_backends(vec![replica]);
+        let dropping = replica(None, stop.clone()).await;
+        proxy.set_backends(vec![dropping]);
         let client = reqwest::Client::new();
 
-        let get = client.get(format!("http://{address}/")).send().await.unwrap();
+        let get = client
+            .get(format!("http://{address}/"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(get.status().as_u16(), 502);
         let stable = proxy.take_stable_window();
-        assert_eq!((stable.requests, stable.errors), (3, 3), "three tries of the GET");
+        assert_eq!(
+            (stable.requests, stable.errors),
+            (3, 3),
+            "three tries of the GET"
+        );
 
         let post = client
             .post(format!("http://{address}/"))
@@ -546,7 +542,11 @@ mod tests {
             .unwrap();
         assert_eq!(post.status().as_u16(), 502);
         let stable = proxy.take_stable_window();
-        assert_eq!((stable.requests, stable.errors), (1, 1), "a POST is never replayed");
+        assert_eq!(
+            (stable.requests, stable.errors),
+            (1, 1),
+            "a POST is never replayed"
+        );
         stop.cancel();
     }
 }

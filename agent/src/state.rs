@@ -555,6 +555,13 @@ mod tests {
         }
     }
 
+    /// What a deploy of `version` does to `service`'s record, in memory.
+    fn promote(state: &mut State, service: &ServiceName, version: &str) {
+        let mut record = state.service(service);
+        record.promote(release(version));
+        state.set_service(service, record);
+    }
+
     fn journal(dir: &Path) -> String {
         std::fs::read_to_string(dir.join("executed.log")).unwrap()
     }
@@ -600,9 +607,7 @@ mod tests {
         let id = Uuid::new_v4();
         let mut state = State::load(dir.path()).unwrap();
         let snapshot_before = std::fs::read(dir.path().join("state.json")).unwrap();
-        let mut record = state.service(&svc);
-        record.promote(release("2.0"));
-        state.set_service(&svc, record);
+        promote(&mut state, &svc, "2.0");
         let written = state
             .commit(id, now + Duration::from_secs(3600), now)
             .unwrap();
@@ -642,9 +647,7 @@ mod tests {
         let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
         let mut state = State::load(dir.path()).unwrap();
         for (id, version) in [(first, "1.0"), (second, "2.0")] {
-            let mut record = state.service(&svc);
-            record.promote(release(version));
-            state.set_service(&svc, record);
+            promote(&mut state, &svc, version);
             commit(&mut state, id, now + Duration::from_secs(3600), now);
         }
         // A crash mid-append: the second line is cut short.
@@ -674,9 +677,7 @@ mod tests {
         let now = OffsetDateTime::now_utc();
         let svc = ServiceName::new("web").unwrap();
         let mut state = State::load(dir.path()).unwrap();
-        let mut record = state.service(&svc);
-        record.promote(release("1.0"));
-        state.set_service(&svc, record);
+        promote(&mut state, &svc, "1.0");
         commit(
             &mut state,
             Uuid::new_v4(),
@@ -684,9 +685,7 @@ mod tests {
             now,
         );
         let old_journal = journal(dir.path());
-        let mut record = state.service(&svc);
-        record.promote(release("2.0"));
-        state.set_service(&svc, record);
+        promote(&mut state, &svc, "2.0");
         commit(
             &mut state,
             Uuid::new_v4(),
