@@ -61,27 +61,45 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A free loopback port.
+/// A free loopback port, never one this process has handed out before.
+///
+/// A port is free only until something binds it, and a test often names a
+/// port long before its daemon binds it (an agent waiting for a JetStream
+/// quorum binds its web port last) or frees one it will bind again (a
+/// nats-server node killed and restarted). The tests of one binary run in
+/// parallel, so each port is handed out once per process: another test can
+/// never draw a port that is reserved but not yet, or no longer, bound.
 pub fn free_port() -> u16 {
+    use std::collections::HashSet;
     use std::hash::{BuildHasher, Hasher};
+    use std::sync::{Mutex, OnceLock};
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut handed_out = HANDED_OUT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     // Below the kernel's ephemeral range (32768 and up), and below the
     // agent's replica ports (20000 and up): a client polling a port before
     // its server binds it can never be handed that port as its own source
     // port and connect to itself, and a test's ports never collide with the
     // replicas' ports.
-    for _ in 0..64 {
+    for _ in 0..256 {
         let draw = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
         let port = 10_000 + (draw % 10_000) as u16;
-        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().expect("bound address").port();
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
         }
     }
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    panic!(
+        "no free loopback port between 10000 and 19999 after 256 draws ({} handed out)",
+        handed_out.len()
+    )
 }
 
 struct Running {
