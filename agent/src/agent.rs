@@ -19,6 +19,7 @@ use crate::executor::{Executor, ManagedEntry};
 use crate::kubernetes::{self, KubernetesService};
 use crate::link::LinkWatch;
 use crate::managed::ManagedService;
+use crate::proxy::Proxy;
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::{NoProgress, Replacement, ReplicaContext, ReplicaRuntime};
@@ -143,6 +144,27 @@ async fn reconnect_docker(
     restore(&entries, &state).await;
 }
 
+/// Serves the stable port of every service the agent proxies (all but
+/// Kubernetes ones, which a Service fronts) before anything waits on NATS or
+/// JetStream: a port in use ends the start at once, naming the service, and
+/// nothing can take the port while the agent waits. Until the service is
+/// restored its proxy has no replica and answers 503, which a load
+/// balancer's health check reads as down.
+async fn serve_stable_ports(
+    config: &AgentConfig,
+    shutdown: &CancellationToken,
+) -> Result<BTreeMap<ferry_protocol::ServiceName, Proxy>, Error> {
+    let mut proxies = BTreeMap::new();
+    for (name, service) in &config.services {
+        if service.runtime == RuntimeKind::Kubernetes {
+            continue;
+        }
+        let proxy = Proxy::serve(name.as_str(), service.listen, shutdown.child_token()).await?;
+        proxies.insert(name.clone(), proxy);
+    }
+    Ok(proxies)
+}
+
 /// Runs the agent until `shutdown` is cancelled or a fatal error occurs.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), Error> {
     let trusted = Arc::new(intake::Trust {
@@ -150,6 +172,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         reviewers: config.reviewers()?,
         approvals_required: config.approvals_required as usize,
     });
+    let services_shutdown = shutdown.child_token();
+    // Also stops the proxies when the start fails part way.
+    let _services_stop = services_shutdown.clone().drop_guard();
+    let mut proxies = serve_stable_ports(&config, &services_shutdown).await?;
+    let served: Vec<Proxy> = proxies.values().cloned().collect();
     let client = connect(&config).await?;
     // On a leaf node, the leaf's domain: its streams and the agent's
     // consumer are local, so a cut link to the hub stops nothing here.
@@ -186,7 +213,6 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     // The event queue outlives the services so their last events are sent.
     let sink_shutdown = CancellationToken::new();
     let (sink, sink_task) = publisher.spawn_sink(sink_shutdown.clone());
-    let services_shutdown = shutdown.child_token();
 
     let mut entries = BTreeMap::new();
     let mut docker = None;
@@ -216,14 +242,39 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             );
             continue;
         }
+        // Served above; served here only if it was not.
+        let proxy = match proxies.remove(name) {
+            Some(proxy) => Ok(proxy),
+            None => {
+                Proxy::serve(
+                    name.as_str(),
+                    service.listen,
+                    services_shutdown.child_token(),
+                )
+                .await
+            }
+        };
+        let proxy = match proxy {
+            Ok(proxy) => proxy,
+            Err(e) => {
+                services_shutdown.cancel();
+                return Err(e);
+            }
+        };
         let runtime = runtime_for(service, &mut docker).await;
         let ctx = ReplicaContext {
             environment: config.environment.clone(),
             service: service.clone(),
             log_dir: config.state_dir.join("logs"),
         };
-        match ManagedService::start(ctx, runtime, sink.clone(), services_shutdown.child_token())
-            .await
+        match ManagedService::start(
+            ctx,
+            proxy,
+            runtime,
+            sink.clone(),
+            services_shutdown.child_token(),
+        )
+        .await
         {
             Ok(backend) => {
                 entries.insert(
@@ -325,6 +376,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let _ = reconnect.await;
     }
     join_all(entries.values().map(|e| e.backend.shutdown())).await;
+    // The ports are free once `run` returns: an agent started again in the
+    // same process binds them at once.
+    join_all(served.iter().map(Proxy::closed)).await;
     sink_shutdown.cancel();
     let _ = sink_task.await;
     if let Err(e) = client.flush().await {

@@ -54,6 +54,8 @@ struct Shared {
     /// (beside a canary: the baseline; after a switch: the verification).
     stable_stats: Mutex<SetWindow>,
     client: Client<HttpConnector, Body>,
+    /// Cancelled once the accept loop has ended and its listener is closed.
+    closed: CancellationToken,
 }
 
 /// Where requests go: the stable set, and a share of them to the canary set
@@ -102,9 +104,16 @@ impl Proxy {
             client: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
+            closed: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, shared.clone(), shutdown));
         Ok(Proxy { shared })
+    }
+
+    /// Waits until the proxy has stopped accepting (after its shutdown) and
+    /// its port is free again.
+    pub async fn closed(&self) {
+        self.shared.closed.cancelled().await;
     }
 
     fn update_routing(&self, change: impl FnOnce(&mut Routing)) {
@@ -280,7 +289,12 @@ impl Shared {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn accept_loop(bound: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    // Locals drop in reverse order (and before arguments): the listener,
+    // moved into a local after the guard, closes first, then `closed` fires,
+    // so a waiter may bind the port again at once.
+    let _closed = shared.closed.clone().drop_guard();
+    let listener = bound;
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -548,5 +562,18 @@ mod tests {
             "a POST is never replayed"
         );
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_stopped_proxy_reports_closed_once_its_port_can_be_bound_again() {
+        let stop = CancellationToken::new();
+        let (proxy, address) = proxy(&stop).await;
+        let response = reqwest::get(format!("http://{address}/")).await.unwrap();
+        assert_eq!(response.status().as_u16(), 503, "no replica yet");
+        stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(10), proxy.closed())
+            .await
+            .expect("the accept loop ends on shutdown");
+        std::net::TcpListener::bind(address).expect("the port is free once closed");
     }
 }

@@ -331,3 +331,120 @@ async fn the_controller_with_ferry_log_format_json_writes_one_json_object_per_li
     assert_eq!(out.status.code(), Some(0), "clean exit");
     assert_json_log_lines("ferry-controller", &out.stderr);
 }
+
+/// An agent configuration for dev on `nats_url`, with `web` on `port`.
+fn agent_config_on(dir: &std::path::Path, nats_url: &str, port: u16) -> std::path::PathBuf {
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "environment = \"dev\"\nnats_url = \"{nats_url}\"\nstate_dir = \"{}\"\ntrusted_keys = [\"{}\"]\n[services.web]\nport = {port}\n",
+            dir.join("agent").display(),
+            ferry_protocol::SigningKey::generate().public_key(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn an_agent_whose_stable_port_is_taken_exits_naming_it_before_it_reaches_for_nats() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+    let port = holder.local_addr().unwrap().port();
+    // Nothing listens on the NATS port: had the agent reached for NATS
+    // first, it would have failed on that instead.
+    let config = agent_config_on(
+        dir.path(),
+        &format!("nats://127.0.0.1:{}", free_port()),
+        port,
+    );
+    let mut agent = KillOnDrop::new(
+        Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + WAIT;
+    let code = loop {
+        if let Some(status) = agent.child().try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut agent.child().stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve web on 127.0.0.1:{port}")),
+        "the error names the service and its port: {stderr}"
+    );
+    assert!(
+        !stderr.contains("NATS"),
+        "the port is checked before NATS is reached: {stderr}"
+    );
+    drop(holder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_waiting_for_jetstream_holds_its_stable_port_and_answers_503_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real nats-server without JetStream: the agent connects and waits.
+    let nats_port = free_port();
+    let _nats = KillOnDrop::new(
+        Command::new(ferry_e2e::nats::nats_bin())
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let port = free_port();
+    let config = agent_config_on(dir.path(), &format!("nats://127.0.0.1:{nats_port}"), port);
+    let log = dir.path().join("agent.log");
+    let mut agent = KillOnDrop::new(
+        Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let waiting = "JetStream cannot serve ferry's streams yet";
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.contains(waiting) {
+            break;
+        }
+        assert!(
+            agent.child().try_wait().unwrap().is_none(),
+            "the agent exited: {logged}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not wait: {logged}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let taken = std::net::TcpListener::bind(("127.0.0.1", port))
+        .expect_err("the agent holds its stable port while it waits");
+    assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    // A load balancer's health check reads the host as down, at once.
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .await
+        .expect("the agent serves its stable port while it waits");
+    assert_eq!(response.status().as_u16(), 503);
+    let out = agent.stop_and_collect().await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

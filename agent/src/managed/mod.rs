@@ -108,19 +108,15 @@ struct Retired {
 }
 
 impl ManagedService {
-    /// Starts the service's proxy and supervisor; no replica runs yet.
+    /// Starts the service's supervisor behind `proxy`, already serving its
+    /// stable port; no replica runs yet.
     pub async fn start(
         ctx: ReplicaContext,
+        proxy: Proxy,
         runtime: Arc<dyn ReplicaRuntime>,
         events: EventSink,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, crate::Error> {
-        let proxy = Proxy::serve(
-            ctx.service.name.as_str(),
-            ctx.service.listen,
-            shutdown.clone(),
-        )
-        .await?;
         let http = reqwest::Client::builder()
             .timeout(ctx.service.health.timeout)
             .pool_max_idle_per_host(0)
