@@ -247,13 +247,19 @@ impl Executor {
         }
         let body = match self.commit(id, expires).await {
             Ok(()) => body,
-            Err((e, false)) => {
-                tracing::error!(error = %e, "could not record the executed command; it may run again after a restart");
+            Err(CommitFailed {
+                error,
+                records_lost: false,
+            }) => {
+                tracing::error!(%error, "could not record the executed command; it may run again after a restart");
                 body
             }
-            Err((e, true)) => {
-                tracing::error!(error = %e, "could not record the command's outcome");
-                not_recorded(body, &e)
+            Err(CommitFailed {
+                error,
+                records_lost: true,
+            }) => {
+                tracing::error!(%error, "could not record the command's outcome");
+                not_recorded(body, &error)
             }
         };
         self.changed.notify_one();
@@ -297,7 +303,7 @@ impl Executor {
             }
         };
         tracing::info!(%service, command_id = %id, %control, ?result, "rollout control");
-        if let Err((e, _)) = self.commit(id, expires).await {
+        if let Err(CommitFailed { error: e, .. }) = self.commit(id, expires).await {
             tracing::error!(error = %e, "could not record the executed command");
         }
         let record = self.record(&service);
@@ -325,18 +331,17 @@ impl Executor {
     /// Records command `id` as executed, together with every record changed
     /// since the last commit, in one synced write on the blocking pool.
     /// Writes happen in the order their commits were made (`disk_order`),
-    /// and the state's lock is never held across one. On failure, says
-    /// whether record changes were lost with it.
-    async fn commit(&self, id: Uuid, expires: OffsetDateTime) -> Result<(), (crate::Error, bool)> {
+    /// and the state's lock is never held across one.
+    async fn commit(&self, id: Uuid, expires: OffsetDateTime) -> Result<(), CommitFailed> {
         let _in_order = self.disk_order.lock().await;
         let commit = {
             let mut state = self
                 .state
                 .lock()
-                .map_err(|_| (crate::Error::StatePoisoned, true))?;
+                .map_err(|_| CommitFailed::records_lost(crate::Error::StatePoisoned))?;
             state.commit(id, expires, OffsetDateTime::now_utc())
         }
-        .map_err(|e| (e, true))?;
+        .map_err(CommitFailed::records_lost)?;
         let Some(write) = commit.write else {
             return Ok(());
         };
@@ -346,12 +351,15 @@ impl Executor {
             .and_then(|written| written);
         match written {
             Ok(()) => Ok(()),
-            Err(e) => {
-                let records = !commit.services.is_empty();
+            Err(error) => {
+                let records_lost = !commit.services.is_empty();
                 if let Ok(mut state) = self.state.lock() {
                     state.not_written(commit.services);
                 }
-                Err((e, records))
+                Err(CommitFailed {
+                    error,
+                    records_lost,
+                })
             }
         }
     }
@@ -771,6 +779,23 @@ fn with_detail(succeeded: EventBody, more: &str) -> EventBody {
 
 /// An outcome whose record changes could not be written: live, but a
 /// restarted agent would return to the state before the command.
+/// A commit that did not reach the disk.
+struct CommitFailed {
+    error: crate::Error,
+    /// Record changes went with it (not only the executed mark): the
+    /// outcome must say the change is live but not recorded.
+    records_lost: bool,
+}
+
+impl CommitFailed {
+    fn records_lost(error: crate::Error) -> CommitFailed {
+        CommitFailed {
+            error,
+            records_lost: true,
+        }
+    }
+}
+
 fn not_recorded(body: EventBody, error: &crate::Error) -> EventBody {
     let why = RuntimeError::NotRecorded(error.to_string()).to_string();
     match body {
