@@ -30,12 +30,7 @@ async fn with_the_command_stream_leader_killed_mid_canary_the_canary_is_rolled_b
     }
     let mut watch = EventWatch::new(&client, "dev", "web").await;
     let first = send(&system, &client, deploy("1.0.0", &[], None)).await;
-    let outcome = watch.outcome(first, WAIT).await;
-    assert!(
-        matches!(outcome.body, EventBody::Succeeded { .. }),
-        "{outcome:?}"
-    );
-    wait_serving(port, "1.0.0", WAIT).await;
+    first_release_served(&mut watch, first, WAIT, port).await;
 
     let load = Load::start(port, 4, Duration::from_millis(2));
     let canary = send(&system, &client, bad_canary(5)).await;
@@ -314,12 +309,7 @@ async fn agents_node_lost(
     let client = async_nats::connect(cluster.url(watcher)).await.unwrap();
     let mut watch = EventWatch::new(&client, "dev", "web").await;
     let first = send(&system, &client, deploy("1.0.0", &[], None)).await;
-    let outcome = watch.outcome(first, WAIT).await;
-    assert!(
-        matches!(outcome.body, EventBody::Succeeded { .. }),
-        "{outcome:?}"
-    );
-    wait_serving(port, "1.0.0", WAIT).await;
+    first_release_served(&mut watch, first, WAIT, port).await;
 
     let load = Load::start(port, 2, Duration::from_millis(5));
     lose(&cluster, cut);

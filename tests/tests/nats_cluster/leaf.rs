@@ -72,12 +72,7 @@ async fn production_on_a_leaf(test: &str) -> Option<LeafSetup> {
     let local = async_nats::connect(leaf.url()).await.unwrap();
     let mut watch = EventWatch::new(&local, "production", "web").await;
     let first = send_production(&system, &hub, deploy("1.0.0", &[], None)).await;
-    let outcome = watch.outcome(first, AFTER_HEAL).await;
-    assert!(
-        matches!(outcome.body, EventBody::Succeeded { .. }),
-        "{outcome:?}"
-    );
-    wait_serving(port, "1.0.0", WAIT).await;
+    first_release_served(&mut watch, first, AFTER_HEAL, port).await;
     // The outcome reached the hub's events stream through its source, once:
     // the leaf link does not carry production's events as well.
     wait_history_within(&hub, first, "succeeded", AFTER_HEAL).await;

@@ -248,3 +248,14 @@ async fn stored_commands(client: &async_nats::Client, env: &str) -> usize {
         .await
         .len()
 }
+
+/// Waits up to `within` for the outcome of `deploy`, the first release,
+/// asserts it succeeded, then that `port` serves 1.0.0.
+async fn first_release_served(watch: &mut EventWatch, deploy: Uuid, within: Duration, port: u16) {
+    let outcome = watch.outcome(deploy, within).await;
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    wait_serving(port, "1.0.0", WAIT).await;
+}
