@@ -405,9 +405,6 @@ async fn finish(done: Done, executor: &Executor) {
     }
 }
 
-/// One service's commands, one at a time. Reporting and acknowledging run in
-/// a companion task so the next command does not wait on those round trips;
-/// the queue between them keeps reports in order.
 /// Ids of commands accepted and not yet finished: a redelivery of one of
 /// them is left to the original's acknowledgement.
 #[derive(Clone, Default)]

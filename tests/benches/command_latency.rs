@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ferry_e2e::{free_port, AgentProcess, NatsServer, System, WAIT};
 use ferry_protocol::command::{Action, Command};
 use ferry_protocol::event::ServiceEvent;
-use ferry_protocol::{EnvName, Envelope, ServiceName, SigningKey};
+use ferry_protocol::{EnvName, Envelope, ServiceName, SigningKey, TrustedKeys};
 use futures::StreamExt;
 
 const WARMUP: usize = 200;
@@ -31,6 +31,8 @@ fn ms(d: Duration) -> f64 {
 /// pays the same cross-process wake-up.
 const ROLE_VAR: &str = "FERRY_BENCH_ROLE";
 const URL_VAR: &str = "FERRY_BENCH_NATS_URL";
+/// The public key the signature-checking responder trusts.
+const TRUSTED_VAR: &str = "FERRY_BENCH_TRUSTED";
 
 /// Answers `bench.echo` requests: the other side of raw request-reply.
 async fn echo_responder(url: &str) {
@@ -46,8 +48,10 @@ async fn echo_responder(url: &str) {
 }
 
 /// Reads `bench.js.>` through a durable pull consumer and answers each message
-/// with a core publish, then acknowledges it, as the agent does.
-async fn jetstream_responder(url: &str) {
+/// with a core publish, then acknowledges it, as the agent does. With
+/// `trusted` it first checks each message as the agent checks a command
+/// (`decode_verified`: shape, signature, expiry) and answers only a good one.
+async fn jetstream_responder(url: &str, trusted: Option<TrustedKeys>) {
     use async_nats::jetstream::{self, consumer};
     let client = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(client.clone());
@@ -74,6 +78,14 @@ async fn jetstream_responder(url: &str) {
     client.flush().await.unwrap();
     println!("ready");
     while let Some(Ok(message)) = messages.next().await {
+        if let Some(trusted) = &trusted {
+            let now = time::OffsetDateTime::now_utc();
+            if let Err(refusal) =
+                Envelope::<Command>::decode_verified(&message.payload, trusted, now)
+            {
+                panic!("the bench's own command was refused: {refusal}");
+            }
+        }
         let _ = client.publish("bench.reply", message.payload.clone()).await;
         let _ = message.ack().await;
     }
@@ -83,9 +95,13 @@ async fn jetstream_responder(url: &str) {
 struct Responder(std::process::Child);
 
 impl Responder {
-    async fn start(nats: &NatsServer, role: &str) -> Responder {
+    async fn start(nats: &NatsServer, role: &str, trusted: Option<&str>) -> Responder {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        if let Some(key) = trusted {
+            command.env(TRUSTED_VAR, key);
+        }
+        let mut child = command
             .env(ROLE_VAR, role)
             .env(URL_VAR, nats.url())
             .stdout(std::process::Stdio::piped())
@@ -132,13 +148,19 @@ async fn raw_request_reply(client: &async_nats::Client) -> Vec<Duration> {
 /// The floor under ferry's path, without ferry: a message stored by
 /// JetStream, delivered to a durable pull consumer in another process, which
 /// answers with a core publish, as the agent does. Shown so the cost of
-/// JetStream and the cost of the agent can be told apart.
-async fn jetstream_round_trip(nats: &NatsServer) -> Vec<Duration> {
-    let _responder = Responder::start(nats, "jetstream").await;
+/// JetStream and the cost of the agent can be told apart. With `signed`, the
+/// message is a signed command the responder checks before it answers: the
+/// floor plus the one check the agent cannot skip.
+async fn jetstream_round_trip(nats: &NatsServer, signed: Option<&SigningKey>) -> Vec<Duration> {
+    let public_key = signed.map(SigningKey::public_key);
+    let _responder = Responder::start(nats, "jetstream", public_key.as_deref()).await;
     let client = nats.client().await;
     let mut replies = client.subscribe("bench.reply").await.unwrap();
     client.flush().await.unwrap();
-    let payload = bytes::Bytes::from(vec![b'x'; 512]);
+    let payload = match signed {
+        Some(key) => bytes::Bytes::from(signed_command(key, 0).1),
+        None => bytes::Bytes::from(vec![b'x'; 512]),
+    };
     let mut samples = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
         let started = Instant::now();
@@ -152,6 +174,25 @@ async fn jetstream_round_trip(nats: &NatsServer) -> Vec<Duration> {
         }
     }
     samples
+}
+
+/// The `i`th command of a run (a scale to 1, 2 or 3 replicas of `web` in
+/// dev), signed by `key`: its id and its bytes on the wire.
+fn signed_command(key: &SigningKey, i: usize) -> (uuid::Uuid, Vec<u8>) {
+    let command = Command {
+        environment: EnvName::new("dev").unwrap(),
+        service: ServiceName::new("web").unwrap(),
+        actor: Some("bench".into()),
+        hosts: Vec::new(),
+        action: Action::Scale {
+            replicas: 1 + (i % 3) as u32,
+        },
+    };
+    let envelope = Envelope::new("/ferry/controller", command)
+        .expiring_in(Duration::from_secs(600))
+        .sign(key)
+        .unwrap();
+    (envelope.id, envelope.to_bytes().unwrap())
 }
 
 async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duration> {
@@ -178,22 +219,9 @@ async fn command_to_accepted(nats: &NatsServer, key: &SigningKey) -> Vec<Duratio
         .unwrap();
     let mut samples = Vec::with_capacity(SAMPLES);
     for i in 0..WARMUP + SAMPLES {
-        let command = Command {
-            environment: EnvName::new("dev").unwrap(),
-            service: ServiceName::new("web").unwrap(),
-            actor: Some("bench".into()),
-            hosts: Vec::new(),
-            action: Action::Scale {
-                replicas: 1 + (i % 3) as u32,
-            },
-        };
         // Signing is the controller's cost, not the path measured here.
-        let envelope = Envelope::new("/ferry/controller", command)
-            .expiring_in(Duration::from_secs(600))
-            .sign(key)
-            .unwrap();
-        let id = envelope.id;
-        let bytes = bytes::Bytes::from(envelope.to_bytes().unwrap());
+        let (id, bytes) = signed_command(key, i);
+        let bytes = bytes::Bytes::from(bytes);
         let started = Instant::now();
         client.publish("ferry.v1.cmd.dev.web", bytes).await.unwrap();
         loop {
@@ -249,7 +277,13 @@ fn main() {
     match std::env::var(ROLE_VAR).ok().as_deref() {
         Some("echo") => runtime.block_on(echo_responder(&std::env::var(URL_VAR).unwrap())),
         Some("jetstream") => {
-            runtime.block_on(jetstream_responder(&std::env::var(URL_VAR).unwrap()))
+            let trusted = std::env::var(TRUSTED_VAR)
+                .ok()
+                .map(|key| TrustedKeys::new([key]).unwrap());
+            runtime.block_on(jetstream_responder(
+                &std::env::var(URL_VAR).unwrap(),
+                trusted,
+            ))
         }
         Some(other) => panic!("unknown {ROLE_VAR} {other:?}"),
         None => runtime.block_on(measure()),
@@ -273,7 +307,7 @@ async fn measure() {
     .await;
 
     let mut raw = {
-        let _responder = Responder::start(&system.nats, "echo").await;
+        let _responder = Responder::start(&system.nats, "echo", None).await;
         raw_request_reply(&system.nats.client().await).await
     };
     let mut raw_in_process = {
@@ -290,11 +324,13 @@ async fn measure() {
         task.abort();
         samples
     };
-    let mut floor = jetstream_round_trip(&system.nats).await;
+    let mut floor = jetstream_round_trip(&system.nats, None).await;
+    let mut floor_signed = jetstream_round_trip(&system.nats, Some(&system.controller_key)).await;
     let mut ferry = command_to_accepted(&system.nats, &system.controller_key).await;
     raw.sort();
     raw_in_process.sort();
     floor.sort();
+    floor_signed.sort();
     ferry.sort();
     let row = |name: &str, samples: &[Duration]| {
         println!(
@@ -311,6 +347,7 @@ async fn measure() {
         &raw_in_process,
     );
     row("JetStream store, deliver, reply (floor)", &floor);
+    row("  same, a signed command checked first", &floor_signed);
     row("ferry command -> accepted event", &ferry);
     let ratio = |q: f64| percentile(&ferry, q).as_secs_f64() / percentile(&raw, q).as_secs_f64();
     println!(
