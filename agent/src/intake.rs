@@ -569,6 +569,11 @@ async fn admit(
     }
 
     executor.accepted(&service, id, command.action.kind()).await;
+    // Publishing only queued the event for the connection's task. Yield so
+    // that task writes it out now: otherwise the command's worker, woken
+    // next on this thread, starts executing (opening logs, spawning) first
+    // and `accepted` leaves after that work, or on another thread woken for it.
+    tokio::task::yield_now().await;
     let expires = envelope.expires.unwrap_or_else(OffsetDateTime::now_utc);
     let keep_alive = CancellationToken::new();
     tokio::spawn(progress_acks(message.clone(), keep_alive.clone()));
