@@ -8,11 +8,13 @@
 //! finds those orphans by their stdout, still open on this service's log file
 //! in this agent's state directory, and stops them before restoring.
 
+use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use ferry_protocol::command::ReleaseSpec;
@@ -186,15 +188,37 @@ fn ephemeral_ports() -> (u16, u16) {
         .unwrap_or((32_768, 60_999))
 }
 
-/// A port the OS says is free now, below the ephemeral range where it can:
-/// a health check connecting to a replica that has not bound its port yet
-/// could otherwise be given that very port as its own source port and
-/// connect to itself (TCP simultaneous open), taking the port from the
-/// replica, which then exits with "address in use". Another process could
-/// still take the port before the replica binds; the replica then fails its
-/// health checks and is reported.
+/// How long a port handed to a replica is not handed out again: between the
+/// draw and the replica's bind the OS sees the port free, and replicas are
+/// spawned side by side, so a second draw in that window could return it.
+const PORT_HELD_FOR: Duration = Duration::from_secs(10);
+
+/// Ports handed out within the last [`PORT_HELD_FOR`], oldest first.
+static PORTS_HANDED_OUT: Mutex<VecDeque<(u16, Instant)>> = Mutex::new(VecDeque::new());
+
+/// A port the OS says is free now and this agent has not just handed to
+/// another replica, below the ephemeral range where it can: a health check
+/// connecting to a replica that has not bound its port yet could otherwise
+/// be given that very port as its own source port and connect to itself
+/// (TCP simultaneous open), taking the port from the replica, which then
+/// exits with "address in use". Another process could still take the port
+/// before the replica binds; the replica then fails its health checks and
+/// is reported.
 fn free_port() -> std::io::Result<u16> {
     use std::hash::{BuildHasher, Hasher};
+    let mut handed_out = PORTS_HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = Instant::now();
+    while handed_out
+        .front()
+        .is_some_and(|(_, at)| now.duration_since(*at) >= PORT_HELD_FOR)
+    {
+        handed_out.pop_front();
+    }
+    let taken = |port: u16, handed_out: &VecDeque<(u16, Instant)>| {
+        handed_out.iter().any(|(p, _)| *p == port)
+    };
     let (low, _) = ephemeral_ports();
     if let Some(span) = low.checked_sub(REPLICA_PORTS_FROM).filter(|s| *s >= 1_000) {
         for _ in 0..64 {
@@ -203,14 +227,31 @@ fn free_port() -> std::io::Result<u16> {
                 .build_hasher()
                 .finish();
             let port = REPLICA_PORTS_FROM + u16::try_from(draw % u64::from(span)).unwrap_or(0);
+            if taken(port, &handed_out) {
+                continue;
+            }
             if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
-                return Ok(listener.local_addr()?.port());
+                let port = listener.local_addr()?.port();
+                handed_out.push_back((port, now));
+                return Ok(port);
             }
         }
     }
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    // The kernel's own draw: it does not hand out a port that is bound, but
+    // a port released by a draw above can come back; try a few.
+    for _ in 0..16 {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        if !taken(port, &handed_out) {
+            handed_out.push_back((port, now));
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "every port drawn was just handed to another replica",
+    ))
 }
 
 fn log_path(dir: &Path, service: &str) -> PathBuf {
@@ -336,6 +377,19 @@ fn describe(status: std::io::Result<ExitStatus>, requested: bool) -> ExitInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Replicas spawned side by side each draw a port that is free to the
+    /// OS until the replica binds it: a draw must not repeat one handed out
+    /// moments before (2,000 draws from the ~12,000 ports below the
+    /// ephemeral range would repeat one almost surely without that).
+    #[test]
+    fn a_port_just_handed_to_a_replica_is_not_handed_out_again() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2_000 {
+            let port = free_port().unwrap();
+            assert!(seen.insert(port), "port {port} handed out twice");
+        }
+    }
 
     #[test]
     fn replica_ports_are_free_and_below_the_ephemeral_range() {
