@@ -50,7 +50,8 @@ async fn echo_responder(url: &str) {
 /// Reads `bench.js.>` through a durable pull consumer and answers each message
 /// with a core publish, then acknowledges it, as the agent does. With
 /// `trusted` it first checks each message as the agent checks a command
-/// (`decode_verified`: shape, signature, expiry) and answers only a good one.
+/// (`decode_verified`: shape, signature, expiry); the bench sends only good
+/// ones, so a refusal stops the run.
 async fn jetstream_responder(url: &str, trusted: Option<TrustedKeys>) {
     use async_nats::jetstream::{self, consumer};
     let client = async_nats::connect(url).await.unwrap();

@@ -216,9 +216,6 @@ fn free_port() -> std::io::Result<u16> {
     {
         handed_out.pop_front();
     }
-    let taken = |port: u16, handed_out: &VecDeque<(u16, Instant)>| {
-        handed_out.iter().any(|(p, _)| *p == port)
-    };
     let (low, _) = ephemeral_ports();
     if let Some(span) = low.checked_sub(REPLICA_PORTS_FROM).filter(|s| *s >= 1_000) {
         for _ in 0..64 {
@@ -227,7 +224,7 @@ fn free_port() -> std::io::Result<u16> {
                 .build_hasher()
                 .finish();
             let port = REPLICA_PORTS_FROM + u16::try_from(draw % u64::from(span)).unwrap_or(0);
-            if taken(port, &handed_out) {
+            if is_held(&handed_out, port) {
                 continue;
             }
             if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
@@ -243,7 +240,7 @@ fn free_port() -> std::io::Result<u16> {
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?
             .port();
-        if !taken(port, &handed_out) {
+        if !is_held(&handed_out, port) {
             handed_out.push_back((port, now));
             return Ok(port);
         }
@@ -252,6 +249,11 @@ fn free_port() -> std::io::Result<u16> {
         std::io::ErrorKind::AddrInUse,
         "every port drawn was just handed to another replica",
     ))
+}
+
+/// Whether `port` was handed out within the last [`PORT_HELD_FOR`].
+fn is_held(handed_out: &VecDeque<(u16, Instant)>, port: u16) -> bool {
+    handed_out.iter().any(|(held, _)| *held == port)
 }
 
 fn log_path(dir: &Path, service: &str) -> PathBuf {
