@@ -1,4 +1,6 @@
-//! The agent library's one error type.
+//! The agent library's errors: [`Error`], and [`RuntimeError`], what
+//! runtimes and backends report about one service's replicas (kept here,
+//! at the bottom, so that every layer can name it).
 
 use std::path::PathBuf;
 
@@ -80,5 +82,59 @@ pub enum Error {
     },
     /// The runtime failed.
     #[error(transparent)]
-    Runtime(#[from] crate::runtime::RuntimeError),
+    Runtime(#[from] RuntimeError),
+}
+
+/// Errors of runtimes and backends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The artifact is not there or cannot run; nothing running was touched.
+    #[error("artifact {artifact:?} cannot be used: {detail}")]
+    Artifact {
+        /// The artifact.
+        artifact: String,
+        /// Why.
+        detail: String,
+    },
+    /// A replica could not be started.
+    #[error("could not start replica {replica}: {detail}")]
+    Start {
+        /// Replica id.
+        replica: String,
+        /// Why.
+        detail: String,
+    },
+    /// The change is live but the state file could not record it: a
+    /// restarted agent would go back to the last recorded state.
+    #[error("the change is live but was not recorded ({0}); a restarted agent returns to the last recorded state until a later command is recorded")]
+    NotRecorded(String),
+    /// New replicas did not become healthy; the previous version keeps serving.
+    #[error("{0}")]
+    Unhealthy(String),
+    /// Nothing is deployed to act on.
+    #[error("{0}")]
+    NothingDeployed(String),
+    /// The runtime's engine cannot be reached or used.
+    #[error("the {runtime} runtime is unavailable: {detail}")]
+    Unavailable {
+        /// Which runtime.
+        runtime: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// The runtime's engine did not answer; the agent keeps trying to reach it
+    /// in the background and restores the service when it does.
+    #[error("the {engine} engine is unreachable: {detail}")]
+    EngineUnreachable {
+        /// Which engine ("Docker").
+        engine: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// The backend cannot do what was asked (a strategy it has no means for).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The operation was cut short by shutdown; the previous state was kept.
+    #[error("interrupted by agent shutdown; the previous version keeps serving")]
+    Interrupted,
 }

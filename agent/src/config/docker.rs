@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::raw::RawService;
-use super::RuntimeKind;
+use super::runtime_kind::RuntimeKind;
 
 /// Container settings of a service with `runtime = "docker"`; unused (and
 /// refused in configuration) otherwise.

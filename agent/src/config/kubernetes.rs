@@ -6,23 +6,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::raw::RawService;
-use super::RuntimeKind;
+use super::raw::{Quantities, RawKubernetes, RawService};
+use super::runtime_kind::RuntimeKind;
 
 /// Label keys ferry sets itself on every object it creates.
 pub const RESERVED_LABEL_PREFIXES: [&str; 2] = ["ferry.io/", "app.kubernetes.io/managed-by"];
-
-/// CPU and memory quantities, as Kubernetes writes them ("250m", "128Mi").
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Quantities {
-    /// CPU, e.g. "250m" or "1".
-    pub cpu: Option<String>,
-    /// Memory, e.g. "128Mi".
-    pub memory: Option<String>,
-}
 
 /// Settings of a service with `runtime = "kubernetes"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,28 +66,6 @@ impl Default for KubernetesOptions {
             context: None,
         }
     }
-}
-
-/// The `[services.NAME.kubernetes]` table as read.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawKubernetes {
-    namespace: Option<String>,
-    service_port: Option<u16>,
-    service_type: Option<String>,
-    #[serde(default)]
-    requests: Quantities,
-    #[serde(default)]
-    limits: Quantities,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-    service_account: Option<String>,
-    #[serde(default)]
-    image_pull_secrets: Vec<String>,
-    maintenance_image: Option<String>,
-    progress_deadline: Option<String>,
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
 }
 
 /// A DNS-1123 label: what namespaces, secret and account names must be.

@@ -59,7 +59,7 @@ pub(super) struct RawService {
     pub(super) strategy: Option<Strategy>,
     pub(super) analysis: Option<AnalysisOverride>,
     pub(super) metrics: Option<super::metrics::RawMetrics>,
-    pub(super) kubernetes: Option<super::kubernetes::RawKubernetes>,
+    pub(super) kubernetes: Option<RawKubernetes>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,4 +69,36 @@ pub(super) struct RawHealth {
     pub(super) timeout: Option<String>,
     pub(super) failure_threshold: Option<u32>,
     pub(super) start_timeout: Option<String>,
+}
+
+/// The `[services.NAME.kubernetes]` table as read.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    pub(super) namespace: Option<String>,
+    pub(super) service_port: Option<u16>,
+    pub(super) service_type: Option<String>,
+    #[serde(default)]
+    pub(super) requests: Quantities,
+    #[serde(default)]
+    pub(super) limits: Quantities,
+    #[serde(default)]
+    pub(super) annotations: BTreeMap<String, String>,
+    pub(super) service_account: Option<String>,
+    #[serde(default)]
+    pub(super) image_pull_secrets: Vec<String>,
+    pub(super) maintenance_image: Option<String>,
+    pub(super) progress_deadline: Option<String>,
+    pub(super) kubeconfig: Option<PathBuf>,
+    pub(super) context: Option<String>,
+}
+
+/// CPU and memory quantities, as Kubernetes writes them ("250m", "128Mi").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantities {
+    /// CPU, e.g. "250m" or "1".
+    pub cpu: Option<String>,
+    /// Memory, e.g. "128Mi".
+    pub memory: Option<String>,
 }

@@ -12,11 +12,13 @@ use ferry_protocol::{EnvName, HostName, ServiceName, TrustedKeys};
 use crate::analysis::Thresholds;
 use crate::Error;
 
+use super::checked::{AgentConfig, HealthConfig, ServiceConfig};
 use super::docker::docker_options;
 use super::kubernetes::kubernetes_options;
 use super::metrics::metrics_provider;
+use super::metrics::MetricsProvider;
 use super::raw::RawConfig;
-use super::{AgentConfig, HealthConfig, MetricsProvider, RuntimeKind, ServiceConfig};
+use super::runtime_kind::RuntimeKind;
 use ferry_protocol::rollout::Strategy;
 
 /// The reply-inbox prefix an environment's agent uses unless configured: the

@@ -1,6 +1,12 @@
 //! Tests of reading and checking the agent's configuration.
 
+use std::time::Duration;
+
+use ferry_protocol::rollout::Strategy;
+use ferry_protocol::ServiceName;
+
 use super::*;
+use crate::analysis::Thresholds;
 
 #[test]
 fn nats_user_needs_a_readable_password_file_and_the_inbox_defaults_per_environment() {
