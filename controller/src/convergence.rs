@@ -10,12 +10,12 @@ use std::collections::{HashMap, HashSet};
 use ferry_protocol::command::Command;
 use ferry_protocol::wave::{StepState, WaveState};
 use ferry_protocol::{EnvName, HostName, Version};
+use ferry_waves::WaveRecord;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::records::AgentRecord;
-use crate::wave_plan::WaveRecord;
 use crate::{ids, issue, plan, promotion, waves, Error, Shared};
 
 /// Converges the hosts of every settled wave in `records`.

@@ -6,11 +6,8 @@
 use ferry_protocol::{EnvName, HostName, ServiceName, Version};
 use uuid::Uuid;
 
-/// ferry's v5 namespace. Fixed forever: changing it would change every id.
-const NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_4c0e_9a53_4d2e_8f61_0c7a_d5e3_b219);
-
 fn v5(name: &str) -> Uuid {
-    Uuid::new_v5(&NAMESPACE, name.as_bytes())
+    ferry_protocol::envelope::deterministic_id(name)
 }
 
 /// The deploy a release triggers in `env`: `release/<service>/<version>/<env>`.
@@ -38,13 +35,6 @@ pub(crate) fn promotion(
     what: &str,
 ) -> Uuid {
     v5(&format!("promotion/{service}/{version}/{env}/{what}"))
-}
-
-/// One host's step of a wave: its deploy (`deploy`) or its revert
-/// (`revert`), `wave/<wave id>/<host>/<what>`, so every controller instance
-/// issues the same step under the same id.
-pub(crate) fn wave_step(wave: Uuid, host: &HostName, what: &str) -> Uuid {
-    v5(&format!("wave/{wave}/{host}/{what}"))
 }
 
 /// The deploy that brings `host` to the version its environment settled

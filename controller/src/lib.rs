@@ -22,7 +22,6 @@ pub mod dashboard;
 pub mod error;
 pub mod events;
 mod follow;
-mod gate;
 mod ids;
 mod installation;
 mod issue;
@@ -36,7 +35,6 @@ mod status;
 mod store;
 mod supersession;
 mod sweep;
-mod wave_plan;
 mod waves;
 
 use std::collections::HashMap;

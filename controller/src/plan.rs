@@ -159,7 +159,7 @@ pub(crate) async fn plan(
             let missing = stage
                 .approvals_required
                 .saturating_sub(present.len() as u32);
-            let critical = crate::gate::criticals(&release);
+            let critical = ferry_gate::criticals(&release);
             let overrides_required = if critical > 0 {
                 shared.config.security_override_approvals()
             } else {

@@ -9,10 +9,10 @@ use std::time::Duration;
 use ferry_protocol::api::{HostStatus, StatusRow};
 use ferry_protocol::event::{ServiceSnapshot, ServiceState};
 use ferry_protocol::{EnvName, ServiceName, Version};
+use ferry_waves::WaveRecord;
 use time::OffsetDateTime;
 
 use crate::records::{AgentRecord, DeploymentRecord};
-use crate::wave_plan::WaveRecord;
 
 /// What one service's row is made of: each host's snapshot of it (with the
 /// heartbeat it came in) and the deployments bucket's record.

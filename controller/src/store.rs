@@ -13,6 +13,7 @@ use async_nats::HeaderMap;
 use ferry_protocol::api::{HistoryRecord, ReleaseRecord};
 use ferry_protocol::streams::{self, Replicas, StreamSpec};
 use ferry_protocol::{subject, EnvName, Envelope, ServiceName, Version};
+use ferry_waves::WaveRecord;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,7 +22,6 @@ use uuid::Uuid;
 
 use crate::config::ConfigProblem;
 use crate::records::{AgentRecord, DeploymentRecord, PromotionRecord};
-use crate::wave_plan::WaveRecord;
 use crate::{Error, SOURCE};
 
 /// Attempts at a compare-and-set update before giving up; more than two

@@ -16,12 +16,12 @@ use ferry_protocol::event::{EventBody, ServiceEvent};
 use ferry_protocol::wave::{StepState, WaveState};
 use ferry_protocol::RefusalReason;
 use ferry_protocol::{EnvName, HostName, ServiceName, Version};
+use ferry_waves::{Candidate, WaveRecord};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::records::AgentRecord;
-use crate::wave_plan::{Candidate, WaveRecord};
 use crate::{ids, issue, Error, Shared};
 
 /// How long after issuing a step the sweep still publishes it again: inside

@@ -187,6 +187,18 @@ impl<T: DeserializeOwned> Envelope<T> {
     }
 }
 
+/// The UUID v5 namespace of ferry's deterministic message ids. Fixed
+/// forever: changing it would change every id.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_4c0e_9a53_4d2e_8f61_0c7a_d5e3_b219);
+
+/// The deterministic `id` (UUID v5) of the message carrying the intent
+/// `name`: the same intent always gets the same id, so JetStream drops a
+/// second copy by its `Nats-Msg-Id`. The controller's ids and the wave
+/// planner's step ids share it.
+pub fn deterministic_id(name: &str) -> Uuid {
+    Uuid::new_v5(&ID_NAMESPACE, name.as_bytes())
+}
+
 /// The `id` of a message that could not be decoded or verified, so a refusal
 /// can still be tied to the command a waiting client knows.
 pub fn peek_id(raw: &[u8]) -> Option<Uuid> {

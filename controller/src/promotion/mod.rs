@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ferry_gate as gate;
 use ferry_protocol::api::{HistoryRecord, PromotionState, ReleaseRecord};
 use ferry_protocol::approval::{self, ApprovalKind, ApprovalTarget, SignedApproval};
 use ferry_protocol::command::{Action, Command};
@@ -25,7 +26,6 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::Stage;
-use crate::gate;
 pub(crate) use crate::records::{PromotionRecord, Rejection};
 use crate::{ids, supersession, waves, Error, Shared};
 

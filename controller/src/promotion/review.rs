@@ -1,6 +1,7 @@
 //! Reviewers' and operators' decisions on a promotion: a signed approval
 //! recorded (or refused with the reason), a rejection, a `ferry promote`.
 
+use ferry_gate as gate;
 use ferry_protocol::api::{PromotionState, PromotionView};
 use ferry_protocol::approval::{self, ApprovalKind, ApprovalTarget, SignedApproval};
 use ferry_protocol::{EnvName, ServiceName, Version};
@@ -15,7 +16,7 @@ use super::{
     advance, audit, is_author, opened_audit, reviewer_name, tally, PromotionRecord, Rejection,
     MAX_CLOCK_SKEW,
 };
-use crate::{gate, ids, Shared};
+use crate::{ids, Shared};
 
 /// What happened to a submitted approval.
 enum Submitted {

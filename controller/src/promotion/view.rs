@@ -1,6 +1,7 @@
 //! Promotions as the CLI (and the dashboard) read them, and the approvals a
 //! direct `ferry deploy` must carry.
 
+use ferry_gate as gate;
 use ferry_protocol::api::{ApprovalView, PromotionView};
 use ferry_protocol::approval::SignedApproval;
 use ferry_protocol::release::Release;
@@ -8,7 +9,7 @@ use ferry_protocol::{EnvName, ServiceName, Version};
 use time::OffsetDateTime;
 
 use super::{is_author, reviewer_name, tally, PromotionRecord};
-use crate::{gate, Shared};
+use crate::Shared;
 
 /// The approvals a direct `ferry deploy` of `release` to `env` must carry,
 /// or why it cannot go: approval-gated environments need the quorum recorded

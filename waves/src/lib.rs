@@ -1,9 +1,10 @@
-//! A wave as the controller keeps it (`ferry_waves`, keyed `<env>.<service>`)
-//! and how it moves: pure transitions, tested without a server, applied by
-//! `waves` with the bucket's compare-and-set. Each transition says which
-//! steps are now issued or reverting; their commands carry deterministic ids
-//! (`ids::wave_step`), so issuing them again (a second controller, a
-//! restarted one, the sweep) stores nothing new.
+//! The wave planner: a wave as the controller keeps it (`ferry_waves`,
+//! keyed `<env>.<service>`) and how it moves, as pure transitions with no IO,
+//! tested without a server; the controller applies them with the bucket's
+//! compare-and-set. Each transition says which steps are now issued or
+//! reverting; their commands carry deterministic ids ([`step_id`]), so
+//! issuing them again (a second controller, a restarted one, the sweep)
+//! stores nothing new.
 
 use std::collections::BTreeMap;
 
@@ -14,11 +15,16 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::ids;
+/// One host's step of a wave: its deploy (`deploy`) or its revert
+/// (`revert`), `wave/<wave id>/<host>/<what>`, so every controller instance
+/// issues the same step under the same id.
+pub fn step_id(wave: Uuid, host: &HostName, what: &str) -> Uuid {
+    ferry_protocol::envelope::deterministic_id(&format!("wave/{wave}/{host}/{what}"))
+}
 
 /// A wave and the deploy each of its hosts repeats.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct WaveRecord {
+pub struct WaveRecord {
     /// The environment.
     pub environment: EnvName,
     /// The service.
@@ -32,7 +38,7 @@ pub(crate) struct WaveRecord {
 
 /// A host the wave may move, and what it runs now.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Candidate {
+pub struct Candidate {
     /// The host.
     pub host: HostName,
     /// The version it serves, if any.
@@ -42,7 +48,7 @@ pub(crate) struct Candidate {
 impl WaveRecord {
     /// Plans a wave of `command` (a deploy) under `id` across `hosts`: the
     /// first by name is the canary host, the others follow in name order.
-    pub(crate) fn plan(
+    pub fn plan(
         id: Uuid,
         command: Command,
         mut hosts: Vec<Candidate>,
@@ -57,7 +63,7 @@ impl WaveRecord {
         let steps = hosts
             .into_iter()
             .map(|c| WaveStep {
-                command_id: ids::wave_step(id, &c.host, "deploy"),
+                command_id: step_id(id, &c.host, "deploy"),
                 host: c.host,
                 previous: c.version,
                 state: StepState::Planned,
@@ -91,7 +97,7 @@ impl WaveRecord {
     }
 
     /// The command of one step: the deploy to `host`, or its revert.
-    pub(crate) fn step_command(&self, step: &WaveStep) -> Option<(Uuid, Command)> {
+    pub fn step_command(&self, step: &WaveStep) -> Option<(Uuid, Command)> {
         match step.state {
             StepState::Issued => Some((
                 step.command_id,
@@ -124,7 +130,7 @@ impl WaveRecord {
     }
 
     /// The steps whose commands are out (deploys issued, reverts under way).
-    pub(crate) fn outstanding(&self) -> impl Iterator<Item = &WaveStep> {
+    pub fn outstanding(&self) -> impl Iterator<Item = &WaveStep> {
         self.wave
             .steps
             .iter()
@@ -134,7 +140,7 @@ impl WaveRecord {
     /// Moves a running wave on: the canary host first; once it succeeded,
     /// the next batch of `max_parallel_hosts` when the previous batch has
     /// all succeeded; done when every host has. Returns whether it changed.
-    pub(crate) fn advance(&mut self, now: OffsetDateTime) -> bool {
+    pub fn advance(&mut self, now: OffsetDateTime) -> bool {
         if self.wave.state != WaveState::Running {
             return false;
         }
@@ -179,7 +185,7 @@ impl WaveRecord {
 
     /// An outcome of command `id` from `host`: a step's deploy or revert
     /// finished. Returns whether the wave changed.
-    pub(crate) fn on_outcome(
+    pub fn on_outcome(
         &mut self,
         id: Uuid,
         host: Option<&HostName>,
@@ -235,7 +241,7 @@ impl WaveRecord {
 
     /// `host`'s agent stopped sending heartbeats while its step was issued:
     /// the step fails with that reason. Returns whether the wave changed.
-    pub(crate) fn host_lost(&mut self, host: &HostName, now: OffsetDateTime) -> bool {
+    pub fn host_lost(&mut self, host: &HostName, now: OffsetDateTime) -> bool {
         let Some(index) = self
             .wave
             .steps
@@ -255,7 +261,7 @@ impl WaveRecord {
     }
 
     /// Replaced by a newer deploy to the environment.
-    pub(crate) fn supersede(&mut self, by: Uuid, now: OffsetDateTime) {
+    pub fn supersede(&mut self, by: Uuid, now: OffsetDateTime) {
         if self.wave.state == WaveState::Running {
             self.wave.state = WaveState::Superseded;
             self.wave.detail = format!("superseded by deploy {by}");
@@ -302,7 +308,7 @@ impl WaveRecord {
         match &step.previous {
             Some(previous) if previous != &self.wave.version => {
                 step.state = StepState::Reverting;
-                step.revert_id = Some(ids::wave_step(wave_id, &step.host, "revert"));
+                step.revert_id = Some(step_id(wave_id, &step.host, "revert"));
                 step.issued_at = Some(now);
             }
             _ => {

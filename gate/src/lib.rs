@@ -2,19 +2,19 @@
 //! vulnerabilities CI's scan found, and which, in the words every gate
 //! decision uses (the promotion's detail, `ferry approvals`, the audit
 //! record and so the `security_blocked` notification, a refused
-//! `ferry deploy`). Pure; `promotion` does the IO.
+//! `ferry deploy`). Pure: the controller's promotions do the IO.
 
 use ferry_protocol::release::{Release, ScanFinding};
 use ferry_protocol::EnvName;
 
 /// Critical findings of the release's scan (0 without a scan).
-pub(crate) fn criticals(release: &Release) -> u32 {
+pub fn criticals(release: &Release) -> u32 {
     release.scan.map_or(0, |s| s.critical)
 }
 
 /// Security override approvals `release` needs in an environment: the
 /// configured `quorum` when its scan found criticals, else none.
-pub(crate) fn overrides_needed(release: &Release, quorum: u32) -> u32 {
+pub fn overrides_needed(release: &Release, quorum: u32) -> u32 {
     if criticals(release) > 0 {
         quorum
     } else {
@@ -24,7 +24,7 @@ pub(crate) fn overrides_needed(release: &Release, quorum: u32) -> u32 {
 
 /// The promotion's detail while the gate holds `release` in `env`, with
 /// `so_far` of the `needed` overrides.
-pub(crate) fn held(release: &Release, env: &EnvName, needed: u32, so_far: usize) -> String {
+pub fn held(release: &Release, env: &EnvName, needed: u32, so_far: usize) -> String {
     format!(
         "blocked by the security gate: the scan found {}; fix them in a new release, or {needed} reviewers override with ferry approve {} {} -e {env} --security-override ({so_far} so far)",
         blocking(release),
@@ -34,7 +34,7 @@ pub(crate) fn held(release: &Release, env: &EnvName, needed: u32, so_far: usize)
 }
 
 /// Why a `ferry deploy` of `release` is refused at the gate.
-pub(crate) fn refusal(release: &Release, needed: u32, so_far: usize) -> String {
+pub fn refusal(release: &Release, needed: u32, so_far: usize) -> String {
     format!(
         "{} {} is blocked by the security gate ({so_far} of {needed} security override approvals): the scan found {}",
         release.service,
@@ -46,7 +46,7 @@ pub(crate) fn refusal(release: &Release, needed: u32, so_far: usize) -> String {
 /// `2 critical vulnerabilities: CVE-2023-38545 (curl 8.3.0-r0, fixed in
 /// 8.4.0-r0), CVE-…`: the count, then every critical finding CI listed, and
 /// how many more the scan counted than it listed.
-pub(crate) fn blocking(release: &Release) -> String {
+pub fn blocking(release: &Release) -> String {
     let count = criticals(release);
     let noun = if count == 1 {
         "vulnerability"
