@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{Error, Shared};
 
@@ -121,6 +121,10 @@ where
             }
         };
         backoff = Duration::from_secs(1);
+        // The reason of the retries under way: a failure that persists
+        // (NATS away, a view being rebuilt) is reported once, not once per
+        // redelivery, and its end is reported too.
+        let mut failing: Option<String> = None;
         loop {
             let next = tokio::select! {
                 biased;
@@ -162,13 +166,24 @@ where
             };
             let subject = incoming.subject.clone();
             let ack = match handle(shared.clone(), incoming).await {
-                Disposition::Done => AckKind::Ack,
+                Disposition::Done => {
+                    if let Some(reason) = failing.take() {
+                        info!(consumer = durable.name, %subject, "handling again after: {reason}");
+                    }
+                    AckKind::Ack
+                }
                 Disposition::Reject(reason) => {
                     warn!(consumer = durable.name, %subject, "dropping message: {reason}");
                     AckKind::Term
                 }
                 Disposition::Retry(e) => {
-                    warn!(consumer = durable.name, %subject, "will retry in {RETRY_DELAY:?}: {e}");
+                    let reason = e.to_string();
+                    if failing.as_deref() == Some(reason.as_str()) {
+                        debug!(consumer = durable.name, %subject, "will retry in {RETRY_DELAY:?}: {reason}");
+                    } else {
+                        warn!(consumer = durable.name, %subject, "will retry in {RETRY_DELAY:?}: {reason}");
+                        failing = Some(reason);
+                    }
                     AckKind::Nak(Some(RETRY_DELAY))
                 }
             };

@@ -71,6 +71,29 @@ pub enum Error {
         /// What was being read.
         what: String,
     },
+    /// A live view of a bucket did not catch up with the bucket in time; it
+    /// is rebuilt, and the read that needed it can be tried again.
+    #[error(
+        "the view of bucket {bucket} is behind it (at sequence {applied}, the bucket at {target}); \
+         it is being rebuilt"
+    )]
+    ViewBehind {
+        /// The bucket.
+        bucket: &'static str,
+        /// The bucket's last sequence when the read began.
+        target: u64,
+        /// How far the view had applied.
+        applied: u64,
+    },
+    /// Too many whole-stream reads (history queries) were already running
+    /// or waiting; each holds a consumer on the server, so they are bounded.
+    #[error("too many {what} reads at once ({limit} run at a time); try again shortly")]
+    Busy {
+        /// What was being read.
+        what: &'static str,
+        /// How many may run at once.
+        limit: usize,
+    },
     /// A command failed the protocol's checks (replicas out of range, bad release...).
     #[error("invalid command: {0}")]
     InvalidCommand(#[source] ferry_protocol::Error),

@@ -15,6 +15,7 @@
 
 mod alerts;
 pub mod api;
+mod bucket_view;
 pub mod config;
 mod consumer;
 mod convergence;
@@ -47,6 +48,7 @@ use tracing::{error, info, warn};
 
 pub use config::{ConfigProblem, ControllerConfig, ResolvedConfig};
 pub use error::Error;
+pub use store::HISTORY_READERS;
 
 use store::Store;
 

@@ -1,8 +1,13 @@
-//! The controller's state, all of it in JetStream: the streams, the three
-//! key-value buckets and the history stream. Nothing here is cached in memory,
-//! so a restarted or second controller sees exactly the same state.
+//! The controller's state, all of it in JetStream: the streams, the five
+//! key-value buckets and the history stream. Every write is compare-and-set
+//! against JetStream, so a restarted or second controller sees exactly the
+//! same state. Listings of a bucket read a live view of it
+//! ([`crate::bucket_view`]), consistent with every write acknowledged before
+//! the read began, so folding an event creates no consumer; only history
+//! queries read a stream, a bounded number at a time.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
@@ -14,12 +19,15 @@ use ferry_protocol::api::{HistoryRecord, ReleaseRecord};
 use ferry_protocol::streams::{self, Replicas, StreamSpec};
 use ferry_protocol::{subject, EnvName, Envelope, ServiceName, Version};
 use ferry_waves::WaveRecord;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::bucket_view::BucketView;
 use crate::config::ConfigProblem;
 use crate::records::{AgentRecord, DeploymentRecord, PromotionRecord};
 use crate::{Error, SOURCE};
@@ -29,10 +37,13 @@ use crate::{Error, SOURCE};
 const CAS_ATTEMPTS: u32 = 8;
 /// Longest wait for the next message while reading a stream to its end.
 const READ_STALL: Duration = Duration::from_secs(5);
-/// The header JetStream's key-value layer marks deletes and purges with.
-const KV_OPERATION: &str = "KV-Operation";
-/// Key reads in flight at once when listing a small bucket.
-const GET_CONCURRENCY: usize = 16;
+/// History queries reading the stream at once: each holds an ephemeral
+/// consumer on the server while it reads, so they are bounded however many
+/// requests arrive (the views add one consumer per bucket, so a controller
+/// holds at most five watchers plus this many readers).
+pub const HISTORY_READERS: usize = 4;
+/// How long a history query waits for a reader slot before it is refused.
+const HISTORY_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// Handles to every stream and bucket the controller uses.
 #[derive(Clone)]
@@ -44,6 +55,60 @@ pub(crate) struct Store {
     promotions: kv::Store,
     waves: kv::Store,
     history: stream::Stream,
+    views: Views,
+    history_readers: Arc<Semaphore>,
+}
+
+/// A live view of every bucket, for listings; they stop following their
+/// buckets when the last handle to the store is dropped.
+#[derive(Clone)]
+struct Views {
+    releases: BucketView<ReleaseRecord>,
+    deployments: BucketView<DeploymentRecord>,
+    agents: BucketView<AgentRecord>,
+    promotions: BucketView<PromotionRecord>,
+    waves: BucketView<WaveRecord>,
+    _stop: Arc<DropGuard>,
+}
+
+impl Views {
+    fn follow(
+        releases: &kv::Store,
+        deployments: &kv::Store,
+        agents: &kv::Store,
+        promotions: &kv::Store,
+        waves: &kv::Store,
+    ) -> Self {
+        let stop = CancellationToken::new();
+        Views {
+            releases: BucketView::follow(
+                streams::RELEASES_BUCKET,
+                releases.clone(),
+                decode,
+                stop.clone(),
+            ),
+            deployments: BucketView::follow(
+                streams::DEPLOYMENTS_BUCKET,
+                deployments.clone(),
+                decode,
+                stop.clone(),
+            ),
+            agents: BucketView::follow(
+                streams::AGENTS_BUCKET,
+                agents.clone(),
+                decode,
+                stop.clone(),
+            ),
+            promotions: BucketView::follow(
+                streams::PROMOTIONS_BUCKET,
+                promotions.clone(),
+                decode,
+                stop.clone(),
+            ),
+            waves: BucketView::follow(streams::WAVES_BUCKET, waves.clone(), decode, stop.clone()),
+            _stop: Arc::new(stop.drop_guard()),
+        }
+    }
 }
 
 /// Which history records to read.
@@ -118,6 +183,7 @@ impl Store {
         if !mismatches.is_empty() {
             return Err(Error::InvalidConfig(mismatches));
         }
+        let views = Views::follow(&releases, &deployments, &agents, &promotions, &waves);
         Ok(Store {
             js,
             releases,
@@ -126,6 +192,8 @@ impl Store {
             promotions,
             waves,
             history,
+            views,
+            history_readers: Arc::new(Semaphore::new(HISTORY_READERS)),
         })
     }
 
@@ -182,10 +250,16 @@ impl Store {
         &self,
         service: Option<&ServiceName>,
     ) -> Result<Vec<ReleaseRecord>, Error> {
-        // Service names hold no '.', so `<service>.>` matches exactly its versions.
-        let pattern = service.map_or_else(|| ">".to_owned(), |s| format!("{s}.>"));
-        let mut out: Vec<ReleaseRecord> =
-            latest_values(&self.releases, streams::RELEASES_BUCKET, &pattern).await?;
+        // Service names hold no '.', so `<service>.` starts exactly its versions.
+        let mut out = match service {
+            Some(service) => {
+                self.views
+                    .releases
+                    .values_under(&format!("{service}."))
+                    .await?
+            }
+            None => self.views.releases.values().await?,
+        };
         out.sort_by(|a, b| {
             (&a.release.service, a.received_at).cmp(&(&b.release.service, b.received_at))
         });
@@ -251,14 +325,12 @@ impl Store {
 
     /// Every promotion.
     pub(crate) async fn promotions(&self) -> Result<Vec<PromotionRecord>, Error> {
-        latest_values(&self.promotions, streams::PROMOTIONS_BUCKET, ">").await
+        self.views.promotions.values().await
     }
 
     /// Every deployment record.
     pub(crate) async fn deployments(&self) -> Result<Vec<DeploymentRecord>, Error> {
-        let keys = keys_under(&self.deployments, streams::DEPLOYMENTS_BUCKET, "").await?;
-        let values = get_many(&self.deployments, streams::DEPLOYMENTS_BUCKET, keys).await?;
-        Ok(values.into_iter().flatten().collect())
+        self.views.deployments.values().await
     }
 
     /// Changes a host's key in the agents bucket ([`streams::agent_key`])
@@ -278,21 +350,38 @@ impl Store {
         &self,
         environments: &[EnvName],
     ) -> Result<HashMap<EnvName, Vec<AgentRecord>>, Error> {
+        let per_env = self
+            .views
+            .agents
+            .read(|entries| {
+                environments
+                    .iter()
+                    .map(|env| {
+                        let prefix = format!("{env}.");
+                        // An agent from before hosts is keyed by the bare
+                        // environment name.
+                        let hosts: Vec<AgentRecord> = entries
+                            .get(env.as_str())
+                            .into_iter()
+                            .chain(
+                                entries
+                                    .range(prefix.clone()..)
+                                    .take_while(|(key, _)| key.starts_with(&prefix))
+                                    .map(|(_, record)| record),
+                            )
+                            .filter(|r| &r.heartbeat.environment == env)
+                            .cloned()
+                            .collect();
+                        (env.clone(), hosts)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
         let mut out: HashMap<EnvName, Vec<AgentRecord>> = HashMap::new();
-        for env in environments {
-            let mut keys =
-                keys_under(&self.agents, streams::AGENTS_BUCKET, &format!("{env}.")).await?;
-            keys.push(env.as_str().to_owned());
-            let records: Vec<Option<AgentRecord>> =
-                get_many(&self.agents, streams::AGENTS_BUCKET, keys).await?;
-            let mut hosts: Vec<AgentRecord> = records
-                .into_iter()
-                .flatten()
-                .filter(|r| &r.heartbeat.environment == env)
-                .collect();
+        for (env, mut hosts) in per_env {
             hosts.sort_by(|a, b| a.heartbeat.host_name.cmp(&b.heartbeat.host_name));
             if !hosts.is_empty() {
-                out.insert(env.clone(), hosts);
+                out.insert(env, hosts);
             }
         }
         Ok(out)
@@ -414,9 +503,7 @@ impl Store {
 
     /// Every environment's last wave of every service.
     pub(crate) async fn waves(&self) -> Result<Vec<WaveRecord>, Error> {
-        let keys = keys_under(&self.waves, streams::WAVES_BUCKET, "").await?;
-        let values = get_many(&self.waves, streams::WAVES_BUCKET, keys).await?;
-        Ok(values.into_iter().flatten().collect())
+        self.views.waves.values().await
     }
 
     /// Appends `record` to the history stream under `env`'s subject, with
@@ -456,6 +543,14 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        let _reader = tokio::time::timeout(HISTORY_QUEUE_WAIT, self.history_readers.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or(Error::Busy {
+                what: "history",
+                limit: HISTORY_READERS,
+            })?;
         let mut last = VecDeque::with_capacity(limit.min(1024));
         read_to_end(&self.history, filter, deliver, "history", |msg| {
             match Envelope::<HistoryRecord>::decode(&msg.payload) {
@@ -481,26 +576,6 @@ impl Store {
         .await?;
         Ok(last.into())
     }
-}
-
-/// The keys of `store` starting with `prefix` that hold a value, read from
-/// the stream's subjects (no watcher, so no consumer is created per call).
-async fn keys_under(store: &kv::Store, bucket: &str, prefix: &str) -> Result<Vec<String>, Error> {
-    let filter = format!("{}{prefix}>", store.prefix);
-    let mut subjects = store
-        .stream
-        .info_with_subjects(&filter)
-        .await
-        .map_err(|e| Error::nats(format!("list the keys of {bucket}"), e))?;
-    let mut keys = Vec::new();
-    while let Some(entry) = subjects.next().await {
-        let (subject, _) =
-            entry.map_err(|e| Error::nats(format!("list the keys of {bucket}"), e))?;
-        if let Some(key) = subject.strip_prefix(store.prefix.as_str()) {
-            keys.push(key.to_owned());
-        }
-    }
-    Ok(keys)
 }
 
 /// Publishes to JetStream with a `Nats-Msg-Id` and waits for the stream's ack,
@@ -653,62 +728,6 @@ where
         key: key.to_owned(),
         attempts: CAS_ATTEMPTS,
     })
-}
-
-/// Reads `keys` with direct gets, a few at a time. Status is polled often,
-/// so it must not create a consumer per request as [`latest_values`] does.
-async fn get_many<T: DeserializeOwned>(
-    store: &kv::Store,
-    bucket: &'static str,
-    keys: Vec<String>,
-) -> Result<Vec<Option<T>>, Error> {
-    futures::stream::iter(keys)
-        .map(|key| async move {
-            let value = store
-                .get(key.as_str())
-                .await
-                .map_err(|e| Error::nats(format!("read {key} from {bucket}"), e))?;
-            Ok(value.and_then(|v| decode(bucket, &key, &v)))
-        })
-        .buffered(GET_CONCURRENCY)
-        .try_collect()
-        .await
-}
-
-/// The current value of every key matching `pattern`, read in one pass over
-/// the bucket's stream rather than one request per key (for buckets that
-/// grow, like releases).
-async fn latest_values<T: DeserializeOwned>(
-    store: &kv::Store,
-    bucket: &'static str,
-    pattern: &str,
-) -> Result<Vec<T>, Error> {
-    let filter = format!("{}{pattern}", store.prefix);
-    let mut out = Vec::new();
-    read_to_end(
-        &store.stream,
-        filter,
-        DeliverPolicy::LastPerSubject,
-        bucket,
-        |msg| {
-            let deleted = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(KV_OPERATION))
-                .is_some_and(|op| op.as_str() != "PUT");
-            if !deleted {
-                let key = msg
-                    .subject
-                    .as_str()
-                    .trim_start_matches(store.prefix.as_str());
-                if let Some(value) = decode(bucket, key, &msg.payload) {
-                    out.push(value);
-                }
-            }
-        },
-    )
-    .await?;
-    Ok(out)
 }
 
 /// Reads every message of `stream` matching `filter` with an ephemeral
