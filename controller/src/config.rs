@@ -2,8 +2,11 @@
 //! `FERRY_*` environment variables, then validated into a [`ResolvedConfig`]
 //! with every problem reported at once.
 
+pub mod dashboard;
+pub mod notify;
+mod problem;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +16,8 @@ use ferry_protocol::{streams, wave, EnvName, SigningKey, TrustedKeys};
 use serde::Deserialize;
 
 use crate::Error;
+
+pub use problem::ConfigProblem;
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "FERRY";
@@ -84,14 +89,14 @@ pub struct ControllerConfig {
     /// Per-environment promotion settings, keyed by environment name.
     pub pipeline: BTreeMap<String, StageSettings>,
     /// Notification sinks and routes.
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: notify::NotifyConfig,
     /// Where to serve Prometheus metrics on `/metrics`, e.g. `127.0.0.1:9464`;
     /// off when absent.
     pub metrics_listen: Option<String>,
     /// Where to serve the web dashboard, e.g. `127.0.0.1:9080`; off when absent.
     pub dashboard_listen: Option<String>,
     /// The dashboard's operators (`[[dashboard.operators]]`).
-    pub dashboard: crate::dashboard::DashboardConfig,
+    pub dashboard: dashboard::DashboardConfig,
     /// Alert when a running service's error rate passes this, percent.
     pub alert_error_rate_percent: f64,
     /// Alert when a running service's p95 latency passes this, ms.
@@ -214,30 +219,15 @@ impl Default for ControllerConfig {
             security_override_approvals: 2,
             promotion_check_interval: "5s".to_owned(),
             pipeline: BTreeMap::new(),
-            notify: crate::notify::NotifyConfig::default(),
+            notify: notify::NotifyConfig::default(),
             metrics_listen: None,
             dashboard_listen: None,
-            dashboard: crate::dashboard::DashboardConfig::default(),
+            dashboard: dashboard::DashboardConfig::default(),
             alert_error_rate_percent: 5.0,
             alert_p95_ms: 2000.0,
             alert_availability_percent: 95.0,
             alert_min_requests: 20,
         }
-    }
-}
-
-/// One thing wrong with the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// The setting.
-    pub field: &'static str,
-    /// What is wrong with it and, where possible, how to fix it.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
     }
 }
 
@@ -263,9 +253,9 @@ pub struct ResolvedConfig {
     security_override_approvals: u32,
     promotion_check_interval: Duration,
     stages: Vec<Stage>,
-    notify: crate::notify::ResolvedNotify,
+    notify: notify::ResolvedNotify,
     metrics_listen: Option<SocketAddr>,
-    dashboard: crate::dashboard::ResolvedDashboard,
+    dashboard: dashboard::ResolvedDashboard,
     alerts: AlertThresholds,
 }
 
@@ -317,7 +307,7 @@ impl ResolvedConfig {
     }
 
     /// Notification settings.
-    pub fn notify(&self) -> &crate::notify::ResolvedNotify {
+    pub fn notify(&self) -> &notify::ResolvedNotify {
         &self.notify
     }
 
@@ -390,7 +380,7 @@ impl ResolvedConfig {
     }
 
     /// The dashboard's address and operators.
-    pub fn dashboard(&self) -> &crate::dashboard::ResolvedDashboard {
+    pub fn dashboard(&self) -> &dashboard::ResolvedDashboard {
         &self.dashboard
     }
 
@@ -756,7 +746,7 @@ impl ControllerConfig {
             })
             .ok();
         let metrics_listen =
-            crate::dashboard::parse_listen(self.metrics_listen.as_deref(), "127.0.0.1:9464")
+            dashboard::parse_listen(self.metrics_listen.as_deref(), "127.0.0.1:9464")
                 .unwrap_or_else(|e| {
                     problem("metrics_listen", e);
                     None

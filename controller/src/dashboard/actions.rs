@@ -10,7 +10,7 @@ use ferry_protocol::rollout::RolloutControl;
 use ferry_protocol::{EnvName, ServiceName};
 use serde::Deserialize;
 
-use super::config::ResolvedDashboard;
+use crate::config::dashboard::ResolvedDashboard;
 
 /// Longest maintenance message accepted.
 const MAX_MESSAGE_LEN: usize = 500;
@@ -158,7 +158,7 @@ impl ActionRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dashboard::config::{hash_token, DashboardConfig, OperatorSettings};
+    use crate::config::dashboard::{hash_token, DashboardConfig, OperatorSettings};
 
     fn dashboard(operators: &[(&str, &str)]) -> ResolvedDashboard {
         DashboardConfig {

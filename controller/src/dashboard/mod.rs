@@ -5,13 +5,12 @@
 //! handlers, and holds no state of its own beyond caches; actions are
 //! operators' only, by token.
 //!
-//! `config` (settings and token hashes) · `live` (events followed on NATS,
+//! Its settings and token hashes are `crate::config::dashboard`. `live` (events followed on NATS,
 //! fanned out) · `views` (JSON views, last good copies) · `query` (query
 //! strings) · `actions` (who may act, and as which API request) · `server`
 //! (HTTP, the compiled-in page).
 
 mod actions;
-mod config;
 mod live;
 mod query;
 mod server;
@@ -23,8 +22,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub(crate) use config::parse_listen;
-pub use config::{hash_token, DashboardConfig, Operator, OperatorSettings, ResolvedDashboard};
+pub use crate::config::dashboard::{
+    hash_token, DashboardConfig, Operator, OperatorSettings, ResolvedDashboard,
+};
 
 use crate::{Error, Shared};
 

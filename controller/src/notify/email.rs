@@ -5,7 +5,9 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::{Notice, ResolvedNotify, SendError, SEND_TIMEOUT};
+use super::notice::Notice;
+use super::transport::{SendError, SEND_TIMEOUT};
+use crate::config::notify::ResolvedNotify;
 
 /// The plain-text body.
 pub fn text(notice: &Notice) -> String {

@@ -9,10 +9,11 @@
 //! backoff, so a slow or failing endpoint never holds up a deployment or the
 //! other sinks (a full queue drops the message with a warning).
 
-mod config;
 mod email;
+mod notice;
 mod pagerduty;
 mod slack;
+mod transport;
 mod webhook;
 
 use std::collections::BTreeMap;
@@ -20,15 +21,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::api::HistoryRecord;
-use ferry_protocol::{streams, EnvName, Envelope, ServiceName, Version};
+use ferry_protocol::{streams, Envelope};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use config::{
+pub use crate::config::notify::{
     EmailSettings, NotifyConfig, PagerDutySettings, ResolvedNotify, RouteSettings, Sink,
     SlackSettings, WebhookSettings, EVENT_KINDS, PAGERDUTY_EVENTS_URL, SINKS,
 };
+
+pub use notice::Notice;
+
+use transport::{http_client, HttpClient};
 
 use crate::consumer::{self, Disposition, Durable, Incoming};
 use crate::{Error, Shared};
@@ -37,194 +42,6 @@ use crate::{Error, Shared};
 pub const CONSUMER: &str = "ferry-controller-notify";
 /// Messages waiting per sink before new ones are dropped.
 const QUEUE: usize = 256;
-/// Longest an HTTP endpoint or SMTP server may take.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One transition to tell people about.
-#[derive(Clone, Debug)]
-pub struct Notice {
-    /// One of [`EVENT_KINDS`].
-    pub kind: &'static str,
-    /// Environment.
-    pub environment: Option<EnvName>,
-    /// Service.
-    pub service: ServiceName,
-    /// Version.
-    pub version: Option<Version>,
-    /// History action and outcome.
-    pub action: String,
-    /// Outcome.
-    pub outcome: String,
-    /// Who.
-    pub actor: Option<String>,
-    /// The sentence from history, secrets redacted.
-    pub detail: String,
-    /// When.
-    pub time: time::OffsetDateTime,
-    /// The command, if any.
-    pub command_id: Option<uuid::Uuid>,
-}
-
-impl Notice {
-    /// The event kind of a history record, if it is one people are told about.
-    pub fn classify(record: &HistoryRecord) -> Option<&'static str> {
-        match (record.action.as_str(), record.outcome.as_str()) {
-            ("deploy", "issued") => Some("deployment_started"),
-            ("deploy", "succeeded") => Some("deployment_succeeded"),
-            ("deploy", "failed" | "refused") => Some("deployment_failed"),
-            ("rollback", "succeeded") => Some("rolled_back"),
-            ("promote", "awaiting_approval") => Some("approval_needed"),
-            ("gate", "blocked") => Some("security_blocked"),
-            ("reject", "rejected") => Some("promotion_rejected"),
-            // Written by the rollout analysis: any action, these outcomes.
-            (_, "threshold_breached" | "breached") => Some("threshold_breached"),
-            (_, "threshold_cleared" | "cleared") => Some("threshold_cleared"),
-            _ => None,
-        }
-    }
-
-    /// A notice of `record`, with every secret in `secrets` blanked out.
-    pub fn of(record: &HistoryRecord, secrets: &[String]) -> Option<Notice> {
-        let kind = Self::classify(record)?;
-        Some(Notice {
-            kind,
-            environment: record.environment.clone(),
-            service: record.service.clone(),
-            version: record.version.clone(),
-            action: record.action.clone(),
-            outcome: record.outcome.clone(),
-            actor: record.actor.as_deref().map(|a| redact(a, secrets)),
-            detail: redact(&record.detail, secrets),
-            time: record.time,
-            command_id: record.command_id,
-        })
-    }
-
-    /// `web 1.4.2` or `web`.
-    fn what(&self) -> String {
-        match &self.version {
-            Some(v) => format!("{} {v}", self.service),
-            None => self.service.to_string(),
-        }
-    }
-
-    fn env(&self) -> &str {
-        self.environment.as_ref().map_or("-", EnvName::as_str)
-    }
-
-    /// One line for people.
-    pub fn headline(&self) -> String {
-        let (what, env) = (self.what(), self.env());
-        match self.kind {
-            "deployment_started" => format!("Deploying {what} to {env}"),
-            "deployment_succeeded" => format!("{what} is live in {env}"),
-            "deployment_failed" => format!("Deploy of {what} to {env} failed"),
-            "rolled_back" => format!(
-                "{} rolled back in {env} to {}",
-                self.service,
-                self.version.as_ref().map_or("-", Version::as_str)
-            ),
-            "approval_needed" => format!("{what} needs approval for {env}"),
-            "security_blocked" => format!("{what} blocked by the security gate in {env}"),
-            "promotion_rejected" => format!("{what} rejected for {env}"),
-            "threshold_breached" => format!("Threshold breached: {what} in {env}"),
-            "threshold_cleared" => format!("Threshold cleared: {what} in {env}"),
-            other => format!("{other}: {what} in {env}"),
-        }
-    }
-
-    /// An emoji for chat.
-    fn icon(&self) -> &'static str {
-        match self.kind {
-            "deployment_started" => ":rocket:",
-            "deployment_succeeded" | "threshold_cleared" => ":white_check_mark:",
-            "deployment_failed" | "threshold_breached" => ":x:",
-            "rolled_back" => ":leftwards_arrow_with_hook:",
-            "approval_needed" => ":raising_hand:",
-            "security_blocked" | "promotion_rejected" => ":no_entry:",
-            _ => ":information_source:",
-        }
-    }
-}
-
-/// Blanks every secret out of `text`.
-fn redact(text: &str, secrets: &[String]) -> String {
-    secrets
-        .iter()
-        .filter(|s| s.len() >= 4)
-        .fold(text.to_owned(), |t, s| t.replace(s.as_str(), "[redacted]"))
-}
-
-/// A delivery failure: whether trying again may help.
-#[derive(Debug)]
-pub(crate) struct SendError {
-    retry: bool,
-    message: String,
-}
-
-impl SendError {
-    fn transient(message: impl Into<String>) -> Self {
-        SendError {
-            retry: true,
-            message: message.into(),
-        }
-    }
-    fn permanent(message: impl Into<String>) -> Self {
-        SendError {
-            retry: false,
-            message: message.into(),
-        }
-    }
-}
-
-/// An HTTPS-capable client (ring, the system's roots), shared by the HTTP sinks.
-pub(crate) type HttpClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<bytes::Bytes>,
->;
-
-fn http_client() -> Result<HttpClient, Error> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| Error::Notify(format!("cannot set up TLS: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Ok(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector),
-    )
-}
-
-/// POSTs `body` as JSON to `url` with extra `headers`; 2xx is success, 429
-/// and 5xx may pass, other statuses will not.
-pub(crate) async fn post_json(
-    client: &HttpClient,
-    url: &str,
-    body: Vec<u8>,
-    headers: &[(&str, String)],
-) -> Result<(), SendError> {
-    let mut request = hyper::Request::post(url).header("content-type", "application/json");
-    for (name, value) in headers {
-        request = request.header(*name, value.as_str());
-    }
-    let request = request
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .map_err(|e| SendError::permanent(format!("cannot build the request: {e}")))?;
-    let response = tokio::time::timeout(SEND_TIMEOUT, client.request(request))
-        .await
-        .map_err(|_| SendError::transient(format!("no answer within {SEND_TIMEOUT:?}")))?
-        .map_err(|e| SendError::transient(format!("request failed: {e}")))?;
-    let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else if status.as_u16() == 429 || status.is_server_error() {
-        Err(SendError::transient(format!("answered {status}")))
-    } else {
-        Err(SendError::permanent(format!("answered {status}")))
-    }
-}
-
 /// Consumes the history stream and delivers notifications until `shutdown`.
 pub(crate) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), Error> {
     let settings = shared.config.notify().clone();
@@ -366,6 +183,8 @@ async fn deliver(
 
 #[cfg(test)]
 mod tests {
+    use ferry_protocol::{EnvName, ServiceName, Version};
+
     use super::*;
 
     fn record(action: &str, outcome: &str, detail: &str) -> HistoryRecord {

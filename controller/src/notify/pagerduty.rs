@@ -4,7 +4,9 @@
 
 use serde_json::{json, Value};
 
-use super::{post_json, HttpClient, Notice, ResolvedNotify, SendError};
+use super::notice::Notice;
+use super::transport::{post_json, HttpClient, SendError};
+use crate::config::notify::ResolvedNotify;
 
 /// `trigger`, `resolve`, or `None` for kinds PagerDuty is not told about.
 pub fn action(kind: &str) -> Option<&'static str> {

@@ -2,7 +2,9 @@
 
 use serde_json::{json, Value};
 
-use super::{post_json, HttpClient, Notice, ResolvedNotify, SendError};
+use super::notice::Notice;
+use super::transport::{post_json, HttpClient, SendError};
+use crate::config::notify::ResolvedNotify;
 
 /// The Block Kit message for `notice`: a header, the sentence with the
 /// environment, service, version and actor as fields, and a context line.

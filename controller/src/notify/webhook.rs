@@ -9,7 +9,9 @@ use hmac::{KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{post_json, HttpClient, Notice, ResolvedNotify, SendError};
+use super::notice::Notice;
+use super::transport::{post_json, HttpClient, SendError};
+use crate::config::notify::ResolvedNotify;
 
 /// Header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "x-ferry-signature";
