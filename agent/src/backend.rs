@@ -17,10 +17,10 @@ use ferry_protocol::rollout::StrategyKind;
 use ferry_protocol::Version;
 use tokio::sync::mpsc;
 
-use crate::analysis::Thresholds;
 use crate::config::RuntimeKind;
 use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
+use ferry_analysis::Thresholds;
 
 /// The state a snapshot reports, the same for every backend: a command in
 /// progress first, then maintenance, then what the replicas say.

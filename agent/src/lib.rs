@@ -5,7 +5,6 @@
 //! See ARCHITECTURE.md for the map; [`agent::run`] is the entry point.
 
 pub mod agent;
-pub mod analysis;
 pub mod backend;
 pub mod config;
 mod error;
@@ -25,3 +24,6 @@ pub mod telemetry;
 pub use agent::run;
 pub use config::AgentConfig;
 pub use error::Error;
+/// The analysis engine, whose types (`Thresholds`, `SetWindow`) are part of
+/// this crate's configuration and backends.
+pub use ferry_analysis as analysis;

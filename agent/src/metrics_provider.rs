@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ferry_protocol::{EnvName, ServiceName, Version};
 
-use crate::analysis::SetWindow;
 use crate::config::{render_query, MetricsProvider, PrometheusConfig};
 use crate::Error;
+use ferry_analysis::SetWindow;
 
 /// Asks one Prometheus server about one service.
 #[derive(Clone, Debug)]
@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn a_measured_window_is_judged_like_the_proxys() {
-        use crate::analysis::Thresholds;
+        use ferry_analysis::Thresholds;
         use ferry_protocol::rollout::Metric;
         let t = Thresholds::default();
         let (signals, breaches, conclusive) = t.judge(&SetWindow::measured(100, 20, 2500.0));

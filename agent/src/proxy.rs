@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::{SetWindow, LATENCY_MAX_US};
+use ferry_analysis::{SetWindow, LATENCY_MAX_US};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 

@@ -1,10 +1,14 @@
-//! Judging a version's golden signals: what a set of replicas answered over a
-//! window (`SetWindow`), the thresholds it is held to (`Thresholds`, the
-//! seed's defaults), and the two ways to a verdict: the fixed rule (a
-//! breached interval `failures_to_abort` times in a row: `judge` and
-//! `Verdicts`) and the default sequential test (`Sequential`), which weighs
-//! every batch of requests as it comes and aborts as soon as the evidence is
-//! enough. Pure: no IO, no tasks; the rollout driver feeds it.
+//! ferry's analysis engine: judging a version's golden signals. What a set
+//! of replicas answered over a window (`SetWindow`), the thresholds it is
+//! held to (`Thresholds`, the seed's defaults), and the two ways to a
+//! verdict: the fixed rule (a breached interval `failures_to_abort` times in
+//! a row: `judge` and `Verdicts`) and the default sequential test
+//! (`Sequential`), which weighs every batch of requests as it comes and
+//! aborts as soon as the evidence is enough.
+//!
+//! It does no IO and starts no tasks: the agent's proxy and rollout driver
+//! feed it numbers and act on its verdicts, so every rule here is tested
+//! without a server, a clock or a network.
 //!
 //! ## The sequential test
 //! Each signal is a share of bad events: failed requests (error rate),

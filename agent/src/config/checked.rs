@@ -8,8 +8,8 @@ use std::time::Duration;
 use ferry_protocol::rollout::Strategy;
 use ferry_protocol::{EnvName, HostName, ServiceName, TrustedKeys};
 
-use crate::analysis::Thresholds;
 use crate::Error;
+use ferry_analysis::Thresholds;
 
 use super::docker::DockerOptions;
 use super::kubernetes::KubernetesOptions;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use ferry_protocol::command::check_health_path;
 use ferry_protocol::{EnvName, HostName, ServiceName, TrustedKeys};
 
-use crate::analysis::Thresholds;
 use crate::Error;
+use ferry_analysis::Thresholds;
 
 use super::checked::{AgentConfig, HealthConfig, ServiceConfig};
 use super::docker::docker_options;

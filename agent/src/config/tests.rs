@@ -6,7 +6,7 @@ use ferry_protocol::rollout::Strategy;
 use ferry_protocol::ServiceName;
 
 use super::*;
-use crate::analysis::Thresholds;
+use ferry_analysis::Thresholds;
 
 #[test]
 fn nats_user_needs_a_readable_password_file_and_the_inbox_defaults_per_environment() {

@@ -14,11 +14,11 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::{api_error, maintenance_refusal, objects, KubernetesService, RUNTIME};
-use crate::analysis::Thresholds;
 use crate::backend::{service_state, ServiceBackend};
 use crate::config::RuntimeKind;
 use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
+use ferry_analysis::Thresholds;
 
 #[async_trait]
 impl ServiceBackend for KubernetesService {

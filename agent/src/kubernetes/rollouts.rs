@@ -28,10 +28,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{api_error, health, objects, KubernetesService};
-use crate::analysis::SetWindow;
 use crate::metrics_provider::PrometheusProvider;
 use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget};
 use crate::runtime::{NoProgress, Progress, Replacement, RuntimeError};
+use ferry_analysis::SetWindow;
 use objects::{version_label, DeploymentSpec};
 
 /// A canary in progress.

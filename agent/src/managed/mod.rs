@@ -18,13 +18,13 @@ use futures::future::join_all;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::SetWindow;
 use crate::events::EventSink;
 use crate::metrics_provider::PrometheusProvider;
 use crate::proxy::Proxy;
 use crate::runtime::{
     NoProgress, Progress, Replacement, ReplicaContext, ReplicaHandle, ReplicaRuntime, RuntimeError,
 };
+use ferry_analysis::SetWindow;
 
 /// Longest wait before restarting a crashed replica.
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);

@@ -15,7 +15,6 @@ use ferry_protocol::Version;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::{SetWindow, Thresholds};
 use crate::backend::{service_state, ServiceBackend};
 use crate::config::RuntimeKind;
 use crate::metrics_provider::PrometheusProvider;
@@ -23,6 +22,7 @@ use crate::rollout::{
     ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget, Verification,
 };
 use crate::runtime::{Progress, Replacement, RuntimeError};
+use ferry_analysis::{SetWindow, Thresholds};
 
 use super::*;
 

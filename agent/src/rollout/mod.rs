@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::analysis::{Sequential, SetWindow, Thresholds, Verdict, Verdicts};
 use crate::metrics_provider::PrometheusProvider;
 use crate::runtime::{Progress, RuntimeError};
+use ferry_analysis::{Sequential, SetWindow, Thresholds, Verdict, Verdicts};
 
 mod silence;
 use silence::Silence;
