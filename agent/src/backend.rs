@@ -15,10 +15,9 @@ use ferry_protocol::event::{
 };
 use ferry_protocol::rollout::StrategyKind;
 use ferry_protocol::Version;
-use tokio::sync::mpsc;
 
 use crate::config::RuntimeKind;
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
+use crate::rollout::{RolloutEnd, RolloutObserver, RolloutRequest, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
 use ferry_analysis::Thresholds;
 
@@ -60,19 +59,11 @@ pub trait ServiceBackend: Send + Sync {
     /// `plan`, taking operator `controls` while it runs. Backends without
     /// the agent's proxy in the path (Kubernetes) cannot weigh traffic, and
     /// refuse with [`RuntimeError::Unsupported`] by default.
-    async fn roll_out(
-        &self,
-        _release: &ReleaseSpec,
-        _replicas: u32,
-        plan: &RolloutPlan,
-        _controls: &mut mpsc::Receiver<ControlRequest>,
-        _progress: &dyn Progress,
-        _observer: &dyn RolloutObserver,
-    ) -> Result<RolloutEnd, RuntimeError> {
+    async fn roll_out(&self, request: RolloutRequest<'_>) -> Result<RolloutEnd, RuntimeError> {
         Err(RuntimeError::Unsupported(format!(
             "the {} runtime does not support {} deploys (it has no agent proxy to weigh traffic)",
             self.runtime().as_str(),
-            plan.strategy.kind()
+            request.plan.strategy.kind()
         )))
     }
 

@@ -17,7 +17,9 @@ use uuid::Uuid;
 use crate::backend::ServiceBackend;
 use crate::config::ServiceConfig;
 use crate::events::{EventPublisher, EventSink};
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
+use crate::rollout::{
+    ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutRequest, Verification,
+};
 use crate::runtime::{Progress, Replacement, RuntimeError};
 use crate::state::{ServiceRecord, State};
 use ferry_protocol::rollout::{RolloutControl, RolloutEvent, Strategy};
@@ -556,7 +558,14 @@ impl Executor {
         }
         let result = entry
             .backend
-            .roll_out(&release, replicas, plan, &mut rx, progress, progress)
+            .roll_out(RolloutRequest {
+                release: &release,
+                replicas,
+                plan,
+                controls: &mut rx,
+                progress,
+                observer: progress,
+            })
             .await;
         if let Ok(mut controls) = self.controls.lock() {
             controls.remove(service);

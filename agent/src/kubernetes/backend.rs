@@ -11,12 +11,11 @@ use ferry_protocol::Version;
 use kube::api::{Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::{api_error, maintenance_refusal, objects, KubernetesService, RUNTIME};
 use crate::backend::{service_state, ServiceBackend};
 use crate::config::RuntimeKind;
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, Verification};
+use crate::rollout::{RolloutEnd, RolloutObserver, RolloutRequest, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
 use ferry_analysis::Thresholds;
 
@@ -44,16 +43,14 @@ impl ServiceBackend for KubernetesService {
     /// new version in place at the configured pace. Canary: a second
     /// Deployment behind the same Service, weighed by replica counts, judged
     /// by the metrics provider (see `rollouts`).
-    async fn roll_out(
-        &self,
-        release: &ReleaseSpec,
-        replicas: u32,
-        plan: &RolloutPlan,
-        controls: &mut mpsc::Receiver<ControlRequest>,
-        progress: &dyn Progress,
-        observer: &dyn RolloutObserver,
-    ) -> Result<RolloutEnd, RuntimeError> {
-        match plan.strategy {
+    async fn roll_out(&self, request: RolloutRequest<'_>) -> Result<RolloutEnd, RuntimeError> {
+        let (release, replicas, progress, observer) = (
+            request.release,
+            request.replicas,
+            request.progress,
+            request.observer,
+        );
+        match request.plan.strategy {
             Strategy::BlueGreen { keep_old_for_secs } => {
                 let _op = self.op.lock().await;
                 let keep = Duration::from_secs(keep_old_for_secs);
@@ -90,8 +87,7 @@ impl ServiceBackend for KubernetesService {
             }
             Strategy::Canary { .. } => {
                 let _op = self.op.lock().await;
-                self.canary(release, replicas, plan, controls, progress, observer)
-                    .await
+                self.canary(request).await
             }
             Strategy::Recreate => Err(RuntimeError::Unsupported(
                 "recreate is not a progressive strategy".into(),

@@ -24,12 +24,11 @@ use ferry_protocol::rollout::{
 use ferry_protocol::ServiceName;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{api_error, health, objects, KubernetesService};
 use crate::metrics_provider::PrometheusProvider;
-use crate::rollout::{ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget};
+use crate::rollout::{RolloutEnd, RolloutObserver, RolloutRequest, RolloutTarget};
 use crate::runtime::{NoProgress, Progress, Replacement, RuntimeError};
 use ferry_analysis::SetWindow;
 use objects::{version_label, DeploymentSpec};
@@ -206,13 +205,9 @@ impl KubernetesService {
     /// rollout driver.
     pub(super) async fn canary(
         &self,
-        release: &ReleaseSpec,
-        replicas: u32,
-        plan: &RolloutPlan,
-        controls: &mut mpsc::Receiver<ControlRequest>,
-        progress: &dyn Progress,
-        observer: &dyn RolloutObserver,
+        request: RolloutRequest<'_>,
     ) -> Result<RolloutEnd, RuntimeError> {
+        let (release, replicas, progress) = (request.release, request.replicas, request.progress);
         if self.metrics.is_none() {
             return Err(RuntimeError::Unsupported(canary_refusal(&self.config.name)));
         }
@@ -249,9 +244,7 @@ impl KubernetesService {
             stable_before,
             stable_now: stable_before,
         });
-        let end =
-            crate::rollout::drive(self, release, replicas, plan, controls, progress, observer)
-                .await;
+        let end = crate::rollout::drive(self, request).await;
         self.known().canary = None;
         end
     }

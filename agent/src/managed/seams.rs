@@ -12,15 +12,12 @@ use ferry_protocol::event::{
 };
 use ferry_protocol::rollout::{RolloutStatus, StrategyKind};
 use ferry_protocol::Version;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{service_state, ServiceBackend};
 use crate::config::RuntimeKind;
 use crate::metrics_provider::PrometheusProvider;
-use crate::rollout::{
-    ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutTarget, Verification,
-};
+use crate::rollout::{RolloutEnd, RolloutObserver, RolloutRequest, RolloutTarget, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
 use ferry_analysis::{SetWindow, Thresholds};
 
@@ -133,15 +130,13 @@ impl ServiceBackend for ManagedService {
         }
     }
 
-    async fn roll_out(
-        &self,
-        release: &ReleaseSpec,
-        replicas: u32,
-        plan: &RolloutPlan,
-        controls: &mut mpsc::Receiver<ControlRequest>,
-        progress: &dyn Progress,
-        observer: &dyn RolloutObserver,
-    ) -> Result<RolloutEnd, RuntimeError> {
+    async fn roll_out(&self, request: RolloutRequest<'_>) -> Result<RolloutEnd, RuntimeError> {
+        let (release, replicas, plan, progress) = (
+            request.release,
+            request.replicas,
+            request.plan,
+            request.progress,
+        );
         let _op = self.op.lock().await;
         self.runtime.available()?;
         let serving = self.set.lock().await.release.is_some();
@@ -157,7 +152,7 @@ impl ServiceBackend for ManagedService {
                 ),
             });
         }
-        crate::rollout::drive(self, release, replicas, plan, controls, progress, observer).await
+        crate::rollout::drive(self, request).await
     }
 
     async fn verify(

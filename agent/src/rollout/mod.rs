@@ -143,6 +143,24 @@ pub enum RolloutEnd {
     Aborted(AbortReason),
 }
 
+/// One progressive rollout as a backend is asked to run it: `release` at
+/// `replicas` per `plan`, taking operator `controls` while it runs, reporting
+/// its steps to `progress` and its rollout events to `observer`.
+pub struct RolloutRequest<'a> {
+    /// The release rolled out.
+    pub release: &'a ReleaseSpec,
+    /// Replicas of the new version once it serves everything.
+    pub replicas: u32,
+    /// The strategy and the thresholds it is held to.
+    pub plan: &'a RolloutPlan,
+    /// Operator control actions (pause, resume, promote, abort).
+    pub controls: &'a mut mpsc::Receiver<ControlRequest>,
+    /// Where the steps of the command are reported.
+    pub progress: &'a dyn Progress,
+    /// Where rollout events and alerts are reported.
+    pub observer: &'a dyn RolloutObserver,
+}
+
 /// Where a rollout reports its events.
 pub trait RolloutObserver: Send + Sync {
     /// One rollout event.
@@ -239,13 +257,16 @@ fn answer(reply: oneshot::Sender<Result<String, String>>, result: Result<String,
 /// shutdown (after taking the new version out of the path).
 pub async fn drive(
     service: &dyn RolloutTarget,
-    release: &ReleaseSpec,
-    replicas: u32,
-    plan: &RolloutPlan,
-    controls: &mut mpsc::Receiver<ControlRequest>,
-    progress: &dyn Progress,
-    observer: &dyn RolloutObserver,
+    request: RolloutRequest<'_>,
 ) -> Result<RolloutEnd, RuntimeError> {
+    let RolloutRequest {
+        release,
+        replicas,
+        plan,
+        controls,
+        progress,
+        observer,
+    } = request;
     let steps = match &plan.strategy {
         Strategy::Canary { steps, .. } => {
             let mut steps = steps.clone();
