@@ -6,6 +6,9 @@
 use ferry_protocol::{EnvName, HostName, ServiceName, Version};
 use uuid::Uuid;
 
+/// The CloudEvents `source` of everything the controller sends.
+pub const SOURCE: &str = "/ferry/controller";
+
 fn v5(name: &str) -> Uuid {
     ferry_protocol::envelope::deterministic_id(name)
 }

@@ -23,7 +23,7 @@ use ferry_protocol::{EnvName, ServiceName, Version};
 use time::OffsetDateTime;
 use tracing::info;
 
-use crate::promotion;
+use crate::audit;
 use crate::records::PromotionRecord;
 use crate::{ids, Error, Shared};
 
@@ -166,7 +166,7 @@ async fn supersede(
     // Audited by whichever instance got here: of two racing, the
     // deterministic id keeps one record.
     let id = ids::promotion(service, version, env, "superseded");
-    promotion::audit(
+    audit::promotion(
         shared,
         env,
         service,

@@ -11,12 +11,11 @@ use time::OffsetDateTime;
 use tracing::warn;
 use uuid::Uuid;
 
+use super::advance::{advance, opened_audit};
+use super::approvals::{is_author, reviewer_name, tally, MAX_CLOCK_SKEW};
 use super::view::view;
-use super::{
-    advance, audit, is_author, opened_audit, reviewer_name, tally, PromotionRecord, Rejection,
-    MAX_CLOCK_SKEW,
-};
-use crate::{ids, Shared};
+use crate::records::{PromotionRecord, Rejection};
+use crate::{audit, ids, Shared};
 
 /// What happened to a submitted approval.
 enum Submitted {
@@ -55,7 +54,7 @@ pub(crate) async fn approve(
             let detail =
                 format!("approval by {who} of {service} {version} in {env} refused: {why}");
             // Refused approvals are audited too (a random id: each attempt is an event).
-            if let Err(e) = audit(
+            if let Err(e) = audit::promotion(
                 shared,
                 env,
                 service,
@@ -172,7 +171,7 @@ pub(crate) async fn approve(
         "{who} approved {service} {version} for {env} ({}; {have} of {need})",
         a.kind
     );
-    audit(
+    audit::promotion(
         shared,
         env,
         service,
@@ -258,7 +257,7 @@ pub(crate) async fn reject(
         "{} rejected {service} {version} for {env}: {reason}",
         actor.as_deref().unwrap_or("someone")
     );
-    audit(
+    audit::promotion(
         shared,
         env,
         service,
@@ -346,7 +345,7 @@ pub(crate) async fn promote(
             "the promotion of {service} {version} into {env} is already {state}"
         ));
     }
-    audit(
+    audit::promotion(
         shared,
         env,
         service,
