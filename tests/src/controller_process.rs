@@ -9,6 +9,7 @@ use crate::{bin, System, WAIT};
 /// key, killed on drop.
 pub struct ControllerProcess {
     child: std::process::Child,
+    log: std::path::PathBuf,
 }
 
 impl ControllerProcess {
@@ -41,14 +42,17 @@ impl ControllerProcess {
             ),
         )
         .unwrap();
+        let log = system.dir.path().join("controller-process.log");
+        let log_file = std::fs::File::create(&log).unwrap();
         let child = std::process::Command::new(bin("ferry-controller"))
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
             .spawn()
             .unwrap();
-        let controller = ControllerProcess { child };
+        let controller = ControllerProcess { child, log };
         let deadline = tokio::time::Instant::now() + WAIT;
         while !system
             .cli_async(&["status", "--output", "json"])
@@ -63,6 +67,11 @@ impl ControllerProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         controller
+    }
+
+    /// What the controller has logged so far (warnings and errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The controller's process id.

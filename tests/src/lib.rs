@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod fleet_bench;
 pub mod footprint;
 pub mod http_inbox;
+pub mod ingest;
 pub mod load;
 pub mod metrics_scrape;
 pub mod nats;
