@@ -10,6 +10,7 @@
 // A benchmark that cannot set up must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use ferry_e2e::bars::{bars_or_exit, Bars};
 use std::time::Instant;
 
 use ferry_e2e::footprint::Footprint;
@@ -51,6 +52,12 @@ fn action(i: usize, _artifact: &str) -> Action {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let mut bars = bars_or_exit("agent_soak");
+    measure(&mut bars).await;
+    bars.finish()
+}
+
+async fn measure(bars: &mut Bars) {
     let total: usize = std::env::var("FERRY_SOAK_COMMANDS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -135,13 +142,17 @@ async fn main() {
     println!(
         "idle RSS {:.1} MiB, the shipped static build (bar: at most 10 MiB): {}; the dynamic build {:.1} MiB",
         idle.rss_mib(),
-        verdict(idle.rss_bytes <= IDLE_RSS_BAR_BYTES),
+        verdict(bars.at_most(
+            "idle RSS, MiB",
+            idle.rss_mib(),
+            IDLE_RSS_BAR_BYTES as f64 / (1024.0 * 1024.0)
+        )),
         dynamic_idle.rss_mib()
     );
     println!(
         "RSS growth from {WARM} to {total} commands {:+.1}% (bar: within 10%): {}",
         growth * 100.0,
-        verdict(growth.abs() <= GROWTH_BAR)
+        verdict(bars.at_most("RSS growth, fraction", growth.abs(), GROWTH_BAR))
     );
     println!(
         "file descriptors {} -> {}, child processes {} -> {} (bar: no growth): {}",
@@ -149,9 +160,20 @@ async fn main() {
         end.open_fds,
         warm.children,
         end.children,
-        verdict(end.open_fds <= warm.open_fds && end.children <= warm.children)
+        verdict(
+            bars.at_most(
+                "open fds after all commands",
+                end.open_fds as f64,
+                warm.open_fds as f64
+            ) & bars.at_most(
+                "child processes after all commands",
+                end.children as f64,
+                warm.children as f64
+            )
+        )
     );
     println!("commands not succeeded: {failures}");
+    bars.at_most("commands not succeeded", failures as f64, 0.0);
 }
 
 /// Sends one signed command and waits for its outcome; true when it did not

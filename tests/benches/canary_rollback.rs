@@ -13,6 +13,7 @@
 // A benchmark that cannot set up must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use ferry_e2e::bars::{bars_or_exit, Bars};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{
@@ -104,6 +105,12 @@ async fn one_run() -> Run {
 
 #[tokio::main]
 async fn main() {
+    let mut bars = bars_or_exit("canary_rollback");
+    measure(&mut bars).await;
+    bars.finish()
+}
+
+async fn measure(bars: &mut Bars) {
     ferry_e2e::init_tracing();
     println!(
         "canary rollback with default settings, {LOAD_PER_SEC} requests/s, {RUNS} runs (bar: {BAR:?} each)"
@@ -123,7 +130,11 @@ async fn main() {
         "canary_rollback: worst {:.2} s, bar {:.0} s: {}",
         worst.as_secs_f64(),
         BAR.as_secs_f64(),
-        if worst <= BAR {
+        if bars.at_most(
+            "worst first-to-last bad answer, s",
+            worst.as_secs_f64(),
+            BAR.as_secs_f64()
+        ) {
             "within the bar"
         } else {
             "OVER THE BAR"

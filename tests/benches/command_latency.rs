@@ -6,6 +6,7 @@
 // A benchmark that cannot set up must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use ferry_e2e::bars::{bars_or_exit, Bars};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::{free_port, AgentProcess, NatsServer, System, WAIT};
@@ -16,6 +17,8 @@ use futures::StreamExt;
 
 const WARMUP: usize = 200;
 const SAMPLES: usize = 2000;
+/// The bar for ferry's p50 over raw request-reply's, measured in the same run.
+const BAR: f64 = 3.0;
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
@@ -287,11 +290,16 @@ fn main() {
             ))
         }
         Some(other) => panic!("unknown {ROLE_VAR} {other:?}"),
-        None => runtime.block_on(measure()),
+        None => {
+            let mut bars = bars_or_exit("command_latency");
+            runtime.block_on(measure(&mut bars));
+            drop(runtime);
+            bars.finish()
+        }
     }
 }
 
-async fn measure() {
+async fn measure(bars: &mut Bars) {
     // Only nats-server, the agent and the responders: the path measured is
     // theirs, and a controller folding every event into KV would load the
     // same two cores. The agent runs as its own process, as it does in
@@ -357,4 +365,5 @@ async fn measure() {
         ratio(0.50),
         ratio(0.99)
     );
+    bars.at_most("p50 ratio, ferry / raw request-reply", ratio(0.50), BAR);
 }

@@ -11,6 +11,7 @@
 // A benchmark that cannot set up must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use ferry_e2e::bars::{bars_or_exit, Bars};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -278,6 +279,12 @@ fn per_sec(count: usize, elapsed: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let mut bars = bars_or_exit("controller_ingest");
+    measure(&mut bars).await;
+    bars.finish()
+}
+
+async fn measure(bars: &mut Bars) {
     let cycles: usize = std::env::var("FERRY_INGEST_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -383,7 +390,11 @@ async fn main() {
         mib(max),
         mib(last),
         growth * 100.0,
-        if growth.abs() <= RSS_GROWTH_BAR {
+        if bars.at_most(
+            "controller RSS growth, fraction",
+            growth.abs(),
+            RSS_GROWTH_BAR
+        ) {
             "ok"
         } else {
             "OVER"

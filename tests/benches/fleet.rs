@@ -22,6 +22,7 @@
 // A benchmark that cannot set up must stop loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use ferry_e2e::bars::{bars_or_exit, Bars};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -90,7 +91,12 @@ fn main() {
     match std::env::var(ROLE_VAR).ok().as_deref() {
         Some("floor") => runtime.block_on(floor_responder()),
         Some(other) => panic!("unknown {ROLE_VAR} {other:?}"),
-        None => runtime.block_on(measure()),
+        None => {
+            let mut bars = bars_or_exit("fleet");
+            runtime.block_on(measure(&mut bars));
+            drop(runtime);
+            bars.finish()
+        }
     }
 }
 
@@ -487,14 +493,14 @@ fn verdict(ok: bool) -> &'static str {
 /// Prints one view's table (per round: the floor's all-answered time,
 /// the agents' all-accepted and all-succeeded times, p50 in brackets, and
 /// their ratios to the mean of the floor rounds before and after) and its
-/// medians over the counted rounds; whether all accepted is within the bar.
+/// medians over the counted rounds; returns the all-accepted ratio.
 fn report(
     view: View,
     what: &str,
     count: usize,
     floors: &[Answers],
     commands: &[CommandRound],
-) -> bool {
+) -> f64 {
     let cell = |a: &Answers| format!("{:.1} ({:.1})", ms(a.all(view)), ms(a.median(view)));
     println!();
     println!("times from publish to the last of {count} answers (p50 in brackets), ms, as {what}:");
@@ -551,10 +557,10 @@ fn report(
         verdict(ratio <= RATIO_BAR),
         succeeded_all.as_secs_f64() / floor_all.as_secs_f64()
     );
-    ratio <= RATIO_BAR
+    ratio
 }
 
-async fn measure() {
+async fn measure(bars: &mut Bars) {
     let count: usize = setting(AGENTS_VAR, 500).max(1);
     let rounds: usize = setting("FERRY_FLEET_ROUNDS", 5).max(1);
     let heartbeat: String = setting("FERRY_FLEET_HEARTBEAT", "5s".to_owned());
@@ -657,7 +663,12 @@ async fn measure() {
         (View::Made, "made (stamped by the answering process)"),
         (View::Seen, "seen (read by the benchmark)"),
     ] {
-        verdicts.push(report(view, what, count, &floors, &commands));
+        let ratio = report(view, what, count, &floors, &commands);
+        verdicts.push(bars.at_most(
+            &format!("all accepted / floor's all answered, as {what}"),
+            ratio,
+            RATIO_BAR,
+        ));
     }
     let cost = |i: usize| {
         let mut v: Vec<f64> = costs[1..].iter().map(|c| c[i] * 1000.0).collect();
@@ -680,6 +691,7 @@ async fn measure() {
         verdict(verdicts[1])
     );
     println!("outcomes not succeeded: {failures}");
+    bars.at_most("outcomes not succeeded", failures as f64, 0.0);
     drop(floor);
     let busy_memory = AgentsMemory::of(&pids);
     println!(
@@ -688,7 +700,7 @@ async fn measure() {
         busy_memory.describe()
     );
 
-    controller_ingest(&system, &js, &fleet, nats_pid, ingest).await;
+    controller_ingest(&system, &js, &fleet, nats_pid, ingest, bars).await;
     drop(fleet);
 }
 
@@ -703,6 +715,7 @@ async fn controller_ingest(
     fleet: &AgentFleet,
     nats_pid: Option<u32>,
     window: Duration,
+    bars: &mut Bars,
 ) {
     let started = Instant::now();
     let controller = ControllerProcess::start(system, &[ENV.to_owned()], free_port()).await;
@@ -793,7 +806,11 @@ async fn controller_ingest(
         mib(max),
         mib(last),
         growth * 100.0,
-        verdict(growth.abs() <= RSS_GROWTH_BAR)
+        verdict(bars.at_most(
+            "controller RSS growth, fraction",
+            growth.abs(),
+            RSS_GROWTH_BAR
+        ))
     );
     drop(controller);
 }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod agent_process;
+pub mod bars;
 pub mod bins;
 pub mod controller_process;
 pub mod deploy_bench;
