@@ -6,10 +6,20 @@
 //! a configurable delay it creates the pods and moves the Deployment's status
 //! (observedGeneration, updated/ready/available replicas) as the real one
 //! does; pods of images marked as unpullable wait in `ErrImagePull`.
+//!
+//! Every object a client creates, replaces or patches (after the patch is
+//! applied) is validated against the Kubernetes OpenAPI schemas of the
+//! version the fake reports, as shipped by PyPI's `kubernetes-validate`
+//! (installed in the project's virtualenv by
+//! `scripts/ensure-kubernetes-validate`, loaded at test time): an invalid
+//! one is refused as a real API server refuses it, 422 `Invalid` with a
+//! `Status` naming each field, and nothing is stored.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +71,139 @@ struct Shared {
     reconciling: Mutex<()>,
     changed: broadcast::Sender<()>,
     delay: Duration,
+    schemas: Mutex<Schemas>,
+}
+
+/// The Kubernetes version whose schemas the fake validates against (the one
+/// its `/version` reports).
+const KUBERNETES_VERSION: &str = "1.34";
+
+/// The schema validator: `tests/fixtures/kubernetes_validate_lines.py` in the
+/// virtualenv's Python, one JSON object a line in, one answer a line out.
+/// It exits when its stdin closes, with the fake.
+struct Schemas {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Schemas {
+    fn start() -> Schemas {
+        let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let ensure = workspace.join("scripts/ensure-kubernetes-validate");
+        let out = Command::new(&ensure)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", ensure.display()));
+        assert!(
+            out.status.success(),
+            "{} failed ({}): the fake API server cannot validate objects without kubernetes-validate",
+            ensure.display(),
+            out.status
+        );
+        let python = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let mut child = Command::new(&python)
+            .arg(workspace.join("tests/fixtures/kubernetes_validate_lines.py"))
+            .arg(KUBERNETES_VERSION)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the schema validator with {python}: {e}"));
+        let stdin = child.stdin.take().expect("the validator's stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("the validator's stdout"));
+        Schemas {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The causes a real API server would give for refusing `object` (empty:
+    /// valid).
+    fn causes(&mut self, object: &Value) -> Vec<Value> {
+        let mut line = object.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| self.stdin.flush())
+            .expect("send an object to the schema validator");
+        let mut answer = String::new();
+        self.stdout
+            .read_line(&mut answer)
+            .expect("read the schema validator's answer");
+        let answer: Value = serde_json::from_str(&answer).unwrap_or_else(|e| {
+            panic!("the schema validator answered {answer:?} ({e}); did it exit?")
+        });
+        match answer["causes"].as_array() {
+            Some(causes) => causes.clone(),
+            None => panic!(
+                "the schema validator could not check {}: {}",
+                object["kind"], answer["error"]
+            ),
+        }
+    }
+}
+
+impl Drop for Schemas {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Checks `object` (of the collection `plural`, kind and apiVersion set)
+/// against its schema: `None` when valid, else the 422 a real API server
+/// answers, `<Kind>.<group> "<name>" is invalid: <field>: <why>` with a
+/// cause per field.
+fn refused(shared: &Shared, plural: &str, object: &Value) -> Option<Response> {
+    let (kind, api_version) = kind_name(plural);
+    let mut object = object.clone();
+    object["kind"] = json!(kind);
+    object["apiVersion"] = json!(api_version);
+    let causes = shared.schemas.lock().unwrap().causes(&object);
+    if causes.is_empty() {
+        return None;
+    }
+    let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+    let qualified = if group.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}.{group}")
+    };
+    let name = object["metadata"]["name"].as_str().unwrap_or("");
+    let each: Vec<String> = causes
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c["field"].as_str().unwrap_or(""),
+                c["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let why = if each.len() == 1 {
+        each[0].clone()
+    } else {
+        format!("[{}]", each.join(", "))
+    };
+    let code = StatusCode::UNPROCESSABLE_ENTITY;
+    Some(
+        (
+            code,
+            Json(json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": format!("{qualified} \"{name}\" is invalid: {why}"),
+                "reason": "Invalid",
+                "details": {"name": name, "group": group, "kind": kind, "causes": causes},
+                "code": code.as_u16(),
+            })),
+        )
+            .into_response(),
+    )
 }
 
 /// The fake API server; stops with the test's runtime.
@@ -83,6 +226,7 @@ impl FakeApiServer {
             reconciling: Mutex::new(()),
             changed,
             delay,
+            schemas: Mutex::new(Schemas::start()),
         });
         let app = Router::new()
             .route("/version", get(|| async { Json(json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake"})) }))
@@ -387,6 +531,9 @@ async fn create(
         );
     }
     object["metadata"]["namespace"] = json!(ns);
+    if let Some(refusal) = refused(&shared, &kind, &object) {
+        return refusal;
+    }
     if kind == "deployments" {
         object["metadata"]["generation"] = json!(1);
         object["status"] = json!({});
@@ -473,6 +620,9 @@ fn update(
     mut new: Value,
 ) -> Response {
     let spec_changed = old["spec"] != new["spec"];
+    if let Some(refusal) = refused(&shared, kind, &new) {
+        return refusal;
+    }
     if kind == "deployments" {
         if let Some(why) = invalid_deployment(old, &new) {
             return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", why);

@@ -979,3 +979,108 @@ async fn fake_apiserver_health_events_report_ready_replicas_restarts_and_a_crash
         .filter(|r| r.replica != crashing)
         .all(|r| r.healthy && r.restarts == 0 && r.reason.is_none()));
 }
+
+/// A Deployment a real API server would refuse: `replicas` a string and the
+/// one container without its required `name`.
+fn invalid_deployment() -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "broken", "namespace": NS},
+        "spec": {
+            "replicas": "three",
+            "selector": {"matchLabels": {"app": "broken"}},
+            "template": {
+                "metadata": {"labels": {"app": "broken"}},
+                "spec": {"containers": [{"image": "ferry-sample:1.0.0"}]}
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_refuses_an_invalid_deployment_created_or_patched_as_a_real_one_does() {
+    let fake = FakeApiServer::start(Duration::from_millis(200)).await;
+    let http = reqwest::Client::new();
+    let base = format!(
+        "http://{}/apis/apps/v1/namespaces/{NS}/deployments",
+        fake.addr
+    );
+
+    // Created invalid: 422 Invalid, a Status naming each field, nothing stored.
+    let answer = http
+        .post(&base)
+        .json(&invalid_deployment())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 422);
+    let status: Value = answer.json().await.unwrap();
+    assert_eq!(status["kind"], "Status", "{status}");
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "Invalid", "{status}");
+    assert_eq!(status["code"], 422, "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Deployment.apps \"broken\" is invalid: ["),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.replicas: Invalid value: \"three\""),
+        "{message}"
+    );
+    assert!(
+        message.contains("spec.template.spec.containers[0].name: Required value"),
+        "{message}"
+    );
+    let fields: Vec<&str> = status["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["spec.replicas", "spec.template.spec.containers[0].name"],
+        "{status}"
+    );
+    assert_eq!(status["details"]["kind"], "Deployment");
+    assert_eq!(status["details"]["group"], "apps");
+    assert!(fake.object("deployments", NS, "broken").is_none());
+
+    // The same Deployment made valid is created; a patch that makes it
+    // invalid again is refused and leaves it as it was.
+    let mut valid = invalid_deployment();
+    valid["spec"]["replicas"] = json!(3);
+    valid["spec"]["template"]["spec"]["containers"][0]["name"] = json!("web");
+    let answer = http.post(&base).json(&valid).send().await.unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        201,
+        "{}",
+        answer.text().await.unwrap()
+    );
+    let answer = http
+        .patch(format!("{base}/broken"))
+        .header("content-type", "application/merge-patch+json")
+        .body(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": 7}]}}}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 422);
+    let status: Value = answer.json().await.unwrap();
+    assert_eq!(status["reason"], "Invalid", "{status}");
+    assert_eq!(
+        status["details"]["causes"][0]["field"], "spec.template.spec.containers[0].image",
+        "{status}"
+    );
+    let stored = fake.object("deployments", NS, "broken").unwrap();
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ferry-sample:1.0.0"
+    );
+    assert_eq!(stored["spec"]["replicas"], 3);
+}
