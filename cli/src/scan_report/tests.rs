@@ -1,9 +1,12 @@
 //! Each format read from a report as its tool writes it
 //! (`tests/fixtures/scan/`), plus the edge cases.
 
-use ferry_protocol::release::{ScanFinding, ScanSummary, Severity, MAX_SCAN_FINDINGS};
+use ferry_protocol::release::{
+    ScanFinding, ScanSummary, Severity, MAX_FINDING_FIELD_LEN, MAX_SCAN_FINDINGS,
+};
 use serde_json::json;
 
+use super::reading::clean;
 use super::*;
 
 const TRIVY: &str = include_str!("../../../tests/fixtures/scan/trivy-image.json");

@@ -8,7 +8,7 @@ use ferry_protocol::release::{ScanFinding, Severity};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{finding, read, shape, ReportError, ReportFormat};
+use super::reading::{finding, read, shape, ReportError, ReportFormat};
 
 const FORMAT: ReportFormat = ReportFormat::Trivy;
 /// The schema version Trivy has written since v0.20.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferry_protocol::doctor::{AgentSighting, EnvironmentSetup, Installation};
 
-use super::Checks;
+use super::checks::Checks;
 
 /// Adds the agent checks of every environment.
 pub(super) fn check(checks: &mut Checks, installation: &Installation, max_skew: Duration) {

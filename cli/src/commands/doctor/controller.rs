@@ -5,7 +5,7 @@ use ferry_protocol::api::ApiRequest;
 use ferry_protocol::doctor::Installation;
 use ferry_protocol::subject;
 
-use super::Checks;
+use super::checks::Checks;
 use crate::client::{Connection, ServerErrors};
 
 /// Adds the controller and permission checks; returns what the controller

@@ -5,7 +5,7 @@ use async_nats::jetstream::{self, Context};
 use async_nats::Client;
 use ferry_protocol::streams::{self, BucketSpec, StreamSpec};
 
-use super::Checks;
+use super::checks::Checks;
 
 /// The oldest nats-server ferry supports.
 const MIN_VERSION: (u64, u64) = (2, 11);

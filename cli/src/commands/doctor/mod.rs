@@ -2,47 +2,16 @@
 //! per group of checks; each adds [`DoctorCheck`]s to a [`Checks`] list.
 
 mod agents;
+mod checks;
 mod controller;
 mod jetstream;
 mod report;
 
-use ferry_protocol::doctor::DoctorCheck;
+use checks::Checks;
 
 use crate::args::{DoctorArgs, GlobalOpts};
 use crate::client::Connection;
 use crate::error::Result;
-
-/// The checks so far, in the order they ran.
-#[derive(Default)]
-pub(super) struct Checks(Vec<DoctorCheck>);
-
-impl Checks {
-    fn ok(&mut self, group: &str, name: impl Into<String>, detail: impl Into<String>) {
-        self.0.push(DoctorCheck {
-            group: group.to_owned(),
-            name: name.into(),
-            ok: true,
-            detail: detail.into(),
-            fix: None,
-        });
-    }
-
-    fn problem(
-        &mut self,
-        group: &str,
-        name: impl Into<String>,
-        detail: impl Into<String>,
-        fix: impl Into<String>,
-    ) {
-        self.0.push(DoctorCheck {
-            group: group.to_owned(),
-            name: name.into(),
-            ok: false,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        });
-    }
-}
 
 /// `ferry doctor`
 pub async fn run(global: &GlobalOpts, args: &DoctorArgs) -> Result<()> {
