@@ -448,3 +448,151 @@ async fn an_agent_waiting_for_jetstream_holds_its_stable_port_and_answers_503_on
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+/// Starts an agent process, deploys 1.0.0, then a 2.0.0 whose replicas never
+/// become healthy (a deploy in hand for its 3 s start timeout), sends
+/// `signal` once that deploy is accepted, and checks the claim: the command
+/// in hand is brought to a known state (its outcome is published and stored
+/// in FERRY_EVENTS before exit: NATS flushed), the replicas are stopped and
+/// the agent exits 0.
+async fn a_signal_mid_command_finishes_it_and_exits_0(signal: nix::sys::signal::Signal) {
+    use async_nats::jetstream;
+    use futures::StreamExt;
+
+    let system = System::start().await;
+    let port = free_port();
+    let config = system.dir.path().join("agent-dev.toml");
+    std::fs::write(
+        &config,
+        system.agent_toml(
+            "dev",
+            &format!("heartbeat_interval = \"200ms\"\n[services.web]\nport = {port}\nreplicas = 1\n[services.web.health]\ninterval = \"100ms\"\nstart_timeout = \"3s\"\n"),
+        ),
+    )
+    .unwrap();
+    let mut agent = KillOnDrop::new(
+        Command::new(bin("ferry-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = system.nats.client().await;
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    system.publish_release("web", "1.0.0", &[]).await;
+    watch
+        .wait_for(WAIT, "deploy of 1.0.0 succeeded", |e| {
+            matches!(
+                &e.body,
+                EventBody::Succeeded {
+                    action: ActionKind::Deploy,
+                    ..
+                }
+            )
+        })
+        .await;
+    wait_serving(port, "1.0.0", WAIT).await;
+
+    system
+        .publish_release("web", "2.0.0", &["SAMPLE_HEALTHY=false"])
+        .await;
+    let accepted = watch
+        .wait_for(WAIT, "the deploy of 2.0.0 accepted", |e| {
+            matches!(
+                &e.body,
+                EventBody::Accepted {
+                    action: ActionKind::Deploy
+                }
+            )
+        })
+        .await;
+    let id = accepted.command_id.expect("a command's event");
+    let replicas = children(agent.child().id());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child().id() as i32),
+        signal,
+    )
+    .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = agent.child().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not exit after {signal}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "clean exit after {signal}");
+    for pid in replicas {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "replica {pid} outlived the agent"
+        );
+    }
+
+    // The command in hand has its outcome stored, published before the exit.
+    let js = jetstream::new(client.clone());
+    let consumer = js
+        .get_stream("FERRY_EVENTS")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: "ferry.v1.evt.dev.web.outcome".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    while let Some(Ok(message)) = batch.next().await {
+        let event = ferry_protocol::Envelope::<ferry_protocol::event::ServiceEvent>::decode(
+            &message.payload,
+        )
+        .unwrap()
+        .data;
+        if event.command_id == Some(id) {
+            outcomes.push(event.body);
+        }
+    }
+    assert_eq!(
+        outcomes.len(),
+        1,
+        "the deploy in hand at {signal} has one stored outcome: {outcomes:?}"
+    );
+    assert!(
+        matches!(
+            &outcomes[0],
+            EventBody::Failed {
+                action: ActionKind::Deploy,
+                ..
+            } | EventBody::Succeeded {
+                action: ActionKind::Deploy,
+                ..
+            }
+        ),
+        "{:?}",
+        outcomes[0]
+    );
+    system.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_deploy_finishes_the_deploy_stores_its_outcome_and_exits_0() {
+    a_signal_mid_command_finishes_it_and_exits_0(nix::sys::signal::Signal::SIGTERM).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_mid_deploy_finishes_the_deploy_stores_its_outcome_and_exits_0() {
+    a_signal_mid_command_finishes_it_and_exits_0(nix::sys::signal::Signal::SIGINT).await;
+}
