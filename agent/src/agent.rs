@@ -17,6 +17,7 @@ use crate::config::{AgentConfig, RuntimeKind, ServiceConfig};
 use crate::events::{EventPublisher, EventSink};
 use crate::executor::{Executor, ManagedEntry};
 use crate::kubernetes::{self, KubernetesService};
+use crate::ledger::Ledger;
 use crate::link::LinkWatch;
 use crate::managed::ManagedService;
 use crate::proxy::Proxy;
@@ -310,20 +311,19 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         _ => None,
     };
 
-    let executor = Arc::new(Executor::new(
-        config.environment.clone(),
-        entries.clone(),
-        state.clone(),
-        publisher.clone(),
-        sink.clone(),
-    ));
+    let ledger = Arc::new(Ledger::new(state.clone()));
+    let executor = Arc::new(Executor::new(entries.clone(), ledger.clone(), sink.clone()));
     let (ready_tx, ready_rx) = oneshot::channel();
     let intake_task = tokio::spawn(intake::run(
-        js.clone(),
-        config.host.clone(),
-        executor.clone(),
-        trusted,
-        publisher.clone(),
+        intake::Intake {
+            js: js.clone(),
+            environment: config.environment.clone(),
+            host: config.host.clone(),
+            trust: trusted,
+            ledger,
+            executor: executor.clone(),
+            publisher: publisher.clone(),
+        },
         services_shutdown.clone(),
         ready_tx,
     ));

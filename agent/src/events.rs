@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use ferry_protocol::event::{AgentEvent, EventBody, ServiceEvent};
 use ferry_protocol::subject::{self, AgentEventKind};
-use ferry_protocol::{EnvName, Envelope, HostName, ServiceName};
+use ferry_protocol::{EnvName, Envelope, HostName, Refusal, ServiceName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -17,6 +17,32 @@ use uuid::Uuid;
 const QUEUE: usize = 1024;
 /// Longest wait between two tries of an outcome's JetStream publish.
 const DURABLE_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A command's final event, recorded and ready to publish.
+#[derive(Debug)]
+pub struct Report {
+    /// The service.
+    pub service: ServiceName,
+    /// The command.
+    pub command_id: Option<Uuid>,
+    /// Succeeded, failed, refused or dry run.
+    pub body: EventBody,
+}
+
+impl Report {
+    /// A refusal of a command, logged here so every refusal is.
+    pub fn refused(service: &ServiceName, command_id: Option<Uuid>, refusal: &Refusal) -> Report {
+        tracing::warn!(%service, ?command_id, reason = %refusal.reason, detail = %refusal.detail, "command refused");
+        Report {
+            service: service.clone(),
+            command_id,
+            body: EventBody::Refused {
+                reason: refusal.reason,
+                detail: refusal.detail.clone(),
+            },
+        }
+    }
+}
 
 /// Publishes events for one environment.
 #[derive(Clone)]
@@ -121,6 +147,13 @@ impl EventPublisher {
             tracing::error!(%subject, error = %e, "event lost");
         }
         false
+    }
+
+    /// Publishes a command's final event durably (`--wait` and history rely
+    /// on it).
+    pub async fn publish_report(&self, report: Report) {
+        self.publish_durable(&report.service, report.command_id, report.body)
+            .await;
     }
 
     /// Publishes an event on core NATS now (captured by the events stream, not

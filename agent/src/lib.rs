@@ -12,6 +12,7 @@ pub mod events;
 pub mod executor;
 pub mod intake;
 pub mod kubernetes;
+pub mod ledger;
 pub mod link;
 pub mod managed;
 pub mod metrics_provider;

@@ -1,29 +1,35 @@
-//! Carries out one verified command on one service: resolves what it means
+//! Carries out one admitted command on one service: resolves what it means
 //! against the agent's state (which version is "previous", how many replicas),
-//! drives the service's backend, records the result, and reports the outcome.
+//! drives the service's backend, records the result in the ledger, and
+//! returns the outcome for the intake to publish. It keeps the services'
+//! backends and the control handles of the rollouts running now
+//! ([`running`]); what a command means without doing it is [`outcome`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+mod outcome;
+mod running;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::command::{
     Action, ActionKind, Command, MaintenanceMode, ReleaseSpec, RollbackTarget,
 };
 use ferry_protocol::event::{Alert, EventBody, MaintenanceInfo};
-use ferry_protocol::{EnvName, ServiceName, Version};
+use ferry_protocol::rollout::{RolloutControl, RolloutEvent, Strategy};
+use ferry_protocol::{ServiceName, Version};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::backend::ServiceBackend;
 use crate::config::ServiceConfig;
-use crate::events::{EventPublisher, EventSink};
-use crate::rollout::{
-    ControlRequest, RolloutEnd, RolloutObserver, RolloutPlan, RolloutRequest, Verification,
-};
+use crate::events::{EventSink, Report};
+use crate::ledger::{not_recorded, CommitFailed, Ledger};
+use crate::rollout::{RolloutEnd, RolloutObserver, RolloutPlan, RolloutRequest, Verification};
 use crate::runtime::{Progress, Replacement, RuntimeError};
-use crate::state::{ServiceRecord, State};
-use ferry_protocol::rollout::{RolloutControl, RolloutEvent, Strategy};
-use tokio::sync::{mpsc, oneshot};
+use crate::state::ServiceRecord;
+use outcome::{default_replicas, rollback_plan, verified, with_detail};
+use running::RunningRollouts;
 
 /// A managed service: its configuration and its backend.
 #[derive(Clone)]
@@ -32,17 +38,6 @@ pub struct ManagedEntry {
     pub config: ServiceConfig,
     /// Backend.
     pub backend: Arc<dyn ServiceBackend>,
-}
-
-/// A command's final event, recorded and ready to publish.
-#[derive(Debug)]
-pub struct Report {
-    /// The service.
-    pub service: ServiceName,
-    /// The command.
-    pub command_id: Option<Uuid>,
-    /// Succeeded, failed, refused or dry run.
-    pub body: EventBody,
 }
 
 /// Whether the command reached an end that may be acknowledged.
@@ -59,21 +54,12 @@ pub enum Completion {
 
 /// Executes commands against the agent's services.
 pub struct Executor {
-    environment: EnvName,
     services: BTreeMap<ServiceName, ManagedEntry>,
-    state: Arc<Mutex<State>>,
-    publisher: EventPublisher,
+    ledger: Arc<Ledger>,
     sink: EventSink,
     changed: Arc<tokio::sync::Notify>,
-    disk_order: tokio::sync::Mutex<()>,
-    /// Control handles of the rollouts running now, by service.
-    controls: Mutex<HashMap<ServiceName, mpsc::Sender<ControlRequest>>>,
+    rollouts: RunningRollouts,
 }
-
-/// Control actions queued for one running rollout.
-const CONTROL_QUEUE: usize = 8;
-/// How long a control action waits for the rollout to act on it.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct CommandProgress<'a> {
     sink: &'a EventSink,
@@ -116,21 +102,16 @@ impl Progress for CommandProgress<'_> {
 impl Executor {
     /// An executor over `services`.
     pub fn new(
-        environment: EnvName,
         services: BTreeMap<ServiceName, ManagedEntry>,
-        state: Arc<Mutex<State>>,
-        publisher: EventPublisher,
+        ledger: Arc<Ledger>,
         sink: EventSink,
     ) -> Self {
         Executor {
-            environment,
             services,
-            state,
-            publisher,
+            ledger,
             sink,
             changed: Arc::new(tokio::sync::Notify::new()),
-            disk_order: tokio::sync::Mutex::new(()),
-            controls: Mutex::new(HashMap::new()),
+            rollouts: RunningRollouts::default(),
         }
     }
 
@@ -140,11 +121,6 @@ impl Executor {
         self.changed.clone()
     }
 
-    /// The agent's environment.
-    pub fn environment(&self) -> &EnvName {
-        &self.environment
-    }
-
     /// The managed services.
     pub fn services(&self) -> &BTreeMap<ServiceName, ManagedEntry> {
         &self.services
@@ -152,51 +128,7 @@ impl Executor {
 
     /// The record of one service.
     pub fn record(&self, service: &ServiceName) -> ServiceRecord {
-        self.state
-            .lock()
-            .map(|s| s.service(service))
-            .unwrap_or_default()
-    }
-
-    /// Whether `id` was already executed.
-    pub fn was_executed(&self, id: &Uuid) -> bool {
-        self.state
-            .lock()
-            .map(|s| s.was_executed(id))
-            .unwrap_or(false)
-    }
-
-    /// Logs a refusal and returns its report.
-    pub fn refuse(
-        &self,
-        service: &ServiceName,
-        command_id: Option<Uuid>,
-        refusal: &ferry_protocol::Refusal,
-    ) -> Report {
-        tracing::warn!(%service, ?command_id, reason = %refusal.reason, detail = %refusal.detail, "command refused");
-        Report {
-            service: service.clone(),
-            command_id,
-            body: EventBody::Refused {
-                reason: refusal.reason,
-                detail: refusal.detail.clone(),
-            },
-        }
-    }
-
-    /// Publishes a report durably (`--wait` and history rely on it).
-    pub async fn publish(&self, report: Report) {
-        self.publisher
-            .publish_durable(&report.service, report.command_id, report.body)
-            .await;
-    }
-
-    /// Publishes that a command was accepted, straight away rather than through
-    /// the event queue: it is what a waiting operator sees first.
-    pub async fn accepted(&self, service: &ServiceName, command_id: Uuid, action: ActionKind) {
-        self.publisher
-            .publish_now(service, Some(command_id), EventBody::Accepted { action })
-            .await;
+        self.ledger.record(service)
     }
 
     /// Carries out `command` (already verified and checked for replay).
@@ -207,7 +139,7 @@ impl Executor {
                 ferry_protocol::RefusalReason::UnknownService,
                 format!("this agent does not manage a service named {service}"),
             );
-            return Completion::Done(self.refuse(&service, Some(id), &refusal));
+            return Completion::Done(Report::refused(&service, Some(id), &refusal));
         };
         let action = command.action.kind();
         tracing::info!(%service, command_id = %id, %action, actor = ?command.actor, "executing command");
@@ -247,7 +179,7 @@ impl Executor {
             }
             _ => tracing::info!(%service, command_id = %id, "command done"),
         }
-        let body = match self.commit(id, expires).await {
+        let body = match self.ledger.commit(id, expires).await {
             Ok(()) => body,
             Err(CommitFailed {
                 error,
@@ -283,29 +215,9 @@ impl Executor {
         service: ServiceName,
         control: RolloutControl,
     ) -> Report {
-        let handle = self
-            .controls
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&service).cloned());
-        let result = match handle {
-            None => Err(format!("no rollout of {service} is in progress")),
-            Some(tx) => {
-                let (reply, answer) = oneshot::channel();
-                match tx.try_send(ControlRequest { control, reply }) {
-                    Err(_) => Err(format!("the rollout of {service} has ended")),
-                    Ok(()) => match tokio::time::timeout(CONTROL_TIMEOUT, answer).await {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(_)) => Err(format!("the rollout of {service} ended first")),
-                        Err(_) => Err(format!(
-                            "the rollout of {service} did not act within {CONTROL_TIMEOUT:?}"
-                        )),
-                    },
-                }
-            }
-        };
+        let result = self.rollouts.send(&service, control).await;
         tracing::info!(%service, command_id = %id, %control, ?result, "rollout control");
-        if let Err(CommitFailed { error: e, .. }) = self.commit(id, expires).await {
+        if let Err(CommitFailed { error: e, .. }) = self.ledger.commit(id, expires).await {
             tracing::error!(error = %e, "could not record the executed command");
         }
         let record = self.record(&service);
@@ -328,61 +240,6 @@ impl Executor {
             command_id: Some(id),
             body,
         }
-    }
-
-    /// Records command `id` as executed, together with every record changed
-    /// since the last commit, in one synced write on the blocking pool.
-    /// Writes happen in the order their commits were made (`disk_order`),
-    /// and the state's lock is never held across one.
-    async fn commit(&self, id: Uuid, expires: OffsetDateTime) -> Result<(), CommitFailed> {
-        let _in_order = self.disk_order.lock().await;
-        let commit = {
-            let mut state = self
-                .state
-                .lock()
-                .map_err(|_| CommitFailed::records_lost(crate::Error::StatePoisoned))?;
-            state.commit(id, expires, OffsetDateTime::now_utc())
-        }
-        .map_err(CommitFailed::records_lost)?;
-        let Some(write) = commit.write else {
-            return Ok(());
-        };
-        let written = tokio::task::spawn_blocking(move || write.perform())
-            .await
-            .map_err(|e| crate::Error::StateWriter(e.to_string()))
-            .and_then(|written| written);
-        match written {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                let records_lost = !commit.services.is_empty();
-                if let Ok(mut state) = self.state.lock() {
-                    state.not_written(commit.services);
-                }
-                Err(CommitFailed {
-                    error,
-                    records_lost,
-                })
-            }
-        }
-    }
-
-    /// Changes `service`'s record in memory, where status and heartbeats
-    /// read it; the command's commit makes it durable with the command's
-    /// executed mark. A crash before then restarts from the record before
-    /// the command, and JetStream delivers the command again.
-    fn change_record(
-        &self,
-        service: &ServiceName,
-        change: impl FnOnce(&mut ServiceRecord),
-    ) -> Result<(), RuntimeError> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| RuntimeError::NotRecorded(crate::Error::StatePoisoned.to_string()))?;
-        let mut record = state.service(service);
-        change(&mut record);
-        state.set_service(service, record);
-        Ok(())
     }
 
     async fn run(
@@ -463,7 +320,13 @@ impl Executor {
                 if dry_run {
                     return Ok(EventBody::DryRun {
                         action: kind,
-                        plan: rollback_plan(entry, current.as_ref(), &target, replicas, force),
+                        plan: rollback_plan(
+                            &entry.config,
+                            current.as_ref(),
+                            &target,
+                            replicas,
+                            force,
+                        ),
                     });
                 }
                 if current.as_ref() == Some(&target.version) && !force {
@@ -492,7 +355,8 @@ impl Executor {
             }
             Action::Scale { replicas } => {
                 entry.backend.scale(replicas, progress).await?;
-                self.change_record(service, |r| r.replicas = replicas)?;
+                self.ledger
+                    .change_record(service, |r| r.replicas = replicas)?;
                 let detail = match &record.current {
                     Some(current) => format!("{service} {} scaled to {replicas} replicas", current.version),
                     None => format!("nothing deployed yet; the next deploy of {service} uses {replicas} replicas"),
@@ -530,7 +394,8 @@ impl Executor {
                     return Err(RuntimeError::Unsupported(why));
                 }
                 entry.backend.apply_maintenance(info.clone()).await?;
-                self.change_record(service, |r| r.maintenance = info)?;
+                self.ledger
+                    .change_record(service, |r| r.maintenance = info)?;
                 Ok(EventBody::Succeeded {
                     action: kind,
                     version: record.current.map(|r| r.version),
@@ -552,35 +417,23 @@ impl Executor {
     ) -> Result<EventBody, RuntimeError> {
         let service = &entry.config.name;
         let was = record.current.as_ref().map(|r| r.version.clone());
-        let (tx, mut rx) = mpsc::channel(CONTROL_QUEUE);
-        if let Ok(mut controls) = self.controls.lock() {
-            controls.insert(service.clone(), tx);
-        }
+        let mut controls = self.rollouts.start(service);
         let result = entry
             .backend
             .roll_out(RolloutRequest {
                 release: &release,
                 replicas,
                 plan,
-                controls: &mut rx,
+                controls: &mut controls,
                 progress,
                 observer: progress,
             })
             .await;
-        if let Ok(mut controls) = self.controls.lock() {
-            controls.remove(service);
-        }
-        // Control actions that arrived as it ended get their answer.
-        rx.close();
-        while let Ok(request) = rx.try_recv() {
-            let _ = request
-                .reply
-                .send(Err(format!("the rollout of {service} has ended")));
-        }
+        self.rollouts.end(service, controls);
         match result {
             Ok(RolloutEnd::Promoted { detail }) => {
                 let version = release.version.clone();
-                self.change_record(service, |r| {
+                self.ledger.change_record(service, |r| {
                     r.promote(release);
                     r.replicas = replicas;
                 })?;
@@ -671,7 +524,7 @@ impl Executor {
         {
             Ok(()) => {
                 let (current, earlier) = (before.current.clone(), before.previous.clone());
-                self.change_record(service, |r| {
+                self.ledger.change_record(service, |r| {
                     r.current = current;
                     r.previous = earlier;
                     r.replicas = replicas;
@@ -720,7 +573,7 @@ impl Executor {
         {
             Ok(()) => {
                 let version = release.version.clone();
-                self.change_record(service, |r| {
+                self.ledger.change_record(service, |r| {
                     r.promote(release);
                     r.replicas = replicas;
                 })?;
@@ -753,133 +606,4 @@ impl Executor {
             }
         }
     }
-}
-
-/// A succeeded deploy's detail with what its verification weighed.
-fn verified(succeeded: EventBody, over: Duration, requests: u64, conclusive: bool) -> EventBody {
-    let over = humantime::format_duration(over);
-    let how = if conclusive {
-        format!("verified for {over} over {requests} requests")
-    } else {
-        format!(
-            "verified for {over} on health checks alone ({requests} requests: too few for error rate and latency)"
-        )
-    };
-    with_detail(succeeded, &how)
-}
-
-/// A succeeded outcome with `more` appended to its detail.
-fn with_detail(succeeded: EventBody, more: &str) -> EventBody {
-    match succeeded {
-        EventBody::Succeeded {
-            action,
-            version,
-            replicas,
-            detail,
-        } => EventBody::Succeeded {
-            action,
-            version,
-            replicas,
-            detail: format!("{detail}; {more}"),
-        },
-        other => other,
-    }
-}
-
-/// An outcome whose record changes could not be written: live, but a
-/// restarted agent would return to the state before the command.
-/// A commit that did not reach the disk.
-struct CommitFailed {
-    error: crate::Error,
-    /// Record changes went with it (not only the executed mark): the
-    /// outcome must say the change is live but not recorded.
-    records_lost: bool,
-}
-
-impl CommitFailed {
-    fn records_lost(error: crate::Error) -> CommitFailed {
-        CommitFailed {
-            error,
-            records_lost: true,
-        }
-    }
-}
-
-fn not_recorded(body: EventBody, error: &crate::Error) -> EventBody {
-    let why = RuntimeError::NotRecorded(error.to_string()).to_string();
-    match body {
-        EventBody::Succeeded {
-            action, version, ..
-        } => EventBody::Failed {
-            action,
-            version: version.clone(),
-            reason: why,
-            serving: version,
-        },
-        EventBody::Failed {
-            action,
-            version,
-            reason,
-            serving,
-        } => EventBody::Failed {
-            action,
-            version,
-            reason: format!("{reason}; {why}"),
-            serving,
-        },
-        other => other,
-    }
-}
-
-fn default_replicas(record: &ServiceRecord, config: &ServiceConfig) -> u32 {
-    if record.current.is_some() && record.replicas > 0 {
-        record.replicas
-    } else {
-        config.replicas
-    }
-}
-
-fn rollback_plan(
-    entry: &ManagedEntry,
-    current: Option<&Version>,
-    target: &ReleaseSpec,
-    replicas: u32,
-    force: bool,
-) -> Vec<String> {
-    let service = &entry.config.name;
-    let health = &entry.config.health;
-    let current_text = current
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "nothing".into());
-    let mut plan = vec![format!(
-        "roll back {service} from {current_text} to {} ({})",
-        target.version, target.artifact
-    )];
-    if current == Some(&target.version) && !force {
-        plan.push(format!(
-            "nothing to do: {} is already serving",
-            target.version
-        ));
-        return plan;
-    }
-    if force {
-        plan.push(format!(
-            "stop the replicas of {current_text} first (--force)"
-        ));
-    }
-    plan.push(format!("start {replicas} replicas of {}", target.version));
-    plan.push(format!(
-        "wait up to {} for {} to pass on each",
-        humantime::format_duration(health.start_timeout),
-        health.path
-    ));
-    plan.push(format!(
-        "switch {} to the new replicas",
-        entry.config.listen
-    ));
-    if !force {
-        plan.push(format!("stop the replicas of {current_text}; if {} fails its checks, {current_text} keeps serving", target.version));
-    }
-    plan.push("no change is made by a dry run".into());
-    plan
 }
