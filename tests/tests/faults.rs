@@ -97,7 +97,7 @@ async fn an_agent_killed_mid_deploy_restarts_on_one_version_with_no_orphaned_rep
 
     // 2.0.0 never turns healthy, so the agent is still waiting on it, with
     // both versions' replicas running, when it is killed.
-    send_command(
+    let interrupted = send_command(
         &client,
         key,
         "dev",
@@ -112,6 +112,7 @@ async fn an_agent_killed_mid_deploy_restarts_on_one_version_with_no_orphaned_rep
     .await;
     let killed = agent.pid();
     agent.kill_hard();
+    let killed_at = std::time::Instant::now();
     let orphans = replicas_writing_to(&log);
     assert_eq!(
         orphans.len(),
@@ -141,6 +142,117 @@ async fn an_agent_killed_mid_deploy_restarts_on_one_version_with_no_orphaned_rep
         );
     }
     wait_serving(port, "1.0.0", WAIT).await;
+
+    // The interrupted deploy was never acknowledged: JetStream delivers it
+    // again after the consumer's ack wait (15 s) and the restarted agent
+    // runs it (accepted a second time, its replicas starting again), not
+    // refused as a replay.
+    let accepted = std::cell::Cell::new(0);
+    let again_at = std::cell::Cell::new(None);
+    watch
+        .wait_for(
+            Duration::from_secs(60),
+            "the interrupted deploy delivered again and starting its replicas",
+            |e| {
+                if e.command_id != Some(interrupted) {
+                    return false;
+                }
+                assert!(
+                    !matches!(e.body, EventBody::Refused { .. }),
+                    "the redelivered deploy was refused: {e:?}"
+                );
+                if matches!(e.body, EventBody::Accepted { .. }) {
+                    accepted.set(accepted.get() + 1);
+                    if accepted.get() == 2 {
+                        again_at.set(Some(killed_at.elapsed()));
+                    }
+                }
+                accepted.get() == 2 && matches!(e.body, EventBody::Progress { .. })
+            },
+        )
+        .await;
+    let after = again_at.get().unwrap();
+    assert!(
+        after >= Duration::from_secs(14),
+        "delivered again {after:?} after the kill, before the 15 s ack wait"
+    );
+}
+
+/// SIGKILL right after a command's outcome is published: the restarted
+/// agent's journal (`executed.log`) already has the command, so the same
+/// command delivered again is refused as `replayed`, never run twice. (The
+/// journal line is written before the outcome is published and the message
+/// acknowledged; the fsync under it is not observable without a power cut.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_right_after_an_outcome_has_journaled_the_command_and_refuses_it_again() {
+    use async_nats::jetstream;
+    use ferry_protocol::command::Command;
+    use ferry_protocol::{EnvName, Envelope, RefusalReason, ServiceName};
+
+    let system = System::without_controller();
+    let port = free_port();
+    let mut agent = AgentProcess::start(
+        &system,
+        &format!(
+            "[services.web]\ncommand = [\"{{artifact}}\"]\nport = {port}\nreplicas = 1\nstop_timeout = \"2s\"\n\n[services.web.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nfailure_threshold = 2\nstart_timeout = \"30s\"\n"
+        ),
+    )
+    .await;
+    let client = system.nats.client().await;
+    let js = jetstream::new(client.clone());
+    let mut watch = EventWatch::new(&client, "dev", "web").await;
+    let command = Envelope::new(
+        "/ferry/controller",
+        Command {
+            environment: EnvName::new("dev").unwrap(),
+            service: ServiceName::new("web").unwrap(),
+            actor: Some("e2e".into()),
+            hosts: Vec::new(),
+            action: deploy("1.0.0", &[]),
+        },
+    )
+    .expiring_in(Duration::from_secs(3600))
+    .sign(&system.controller_key)
+    .unwrap();
+    let bytes = command.to_bytes().unwrap();
+    js.publish("ferry.v1.cmd.dev.web", bytes.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let outcome = watch.outcome(command.id, WAIT).await;
+    agent.kill_hard();
+    assert!(
+        matches!(outcome.body, EventBody::Succeeded { .. }),
+        "{outcome:?}"
+    );
+    let journal =
+        std::fs::read_to_string(system.dir.path().join("agent-dev/executed.log")).unwrap();
+    assert!(
+        journal.contains(&command.id.to_string()),
+        "executed.log lacks {} after a SIGKILL right after its outcome: {journal}",
+        command.id
+    );
+
+    agent.start_again().await;
+    wait_serving(port, "1.0.0", WAIT).await;
+    watch.seen.clear();
+    js.publish("ferry.v1.cmd.dev.web", bytes.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let again = watch.outcome(command.id, WAIT).await;
+    assert!(
+        matches!(
+            again.body,
+            EventBody::Refused {
+                reason: RefusalReason::Replayed,
+                ..
+            }
+        ),
+        "{again:?}"
+    );
 }
 
 /// Commands whose outcome `watch` has seen, of each kind: succeeded, refused.
