@@ -496,11 +496,11 @@ async fn with_nats_stopped_mid_canary_the_agent_rolls_back_and_reports_it_after_
     );
 
     system.nats.restart();
-    // The outcome reaches the events stream once NATS is back.
+    // The outcome reaches the events stream once NATS is back, stored once
+    // (retries carry one `Nats-Msg-Id`).
     let client = system.nats.client().await;
     let js = jetstream::new(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let reason = loop {
+    let stored_outcomes = || async {
         let stream = js.get_stream("FERRY_EVENTS").await.expect("events stream");
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::Config {
@@ -511,30 +511,40 @@ async fn with_nats_stopped_mid_canary_the_agent_rolls_back_and_reports_it_after_
             .expect("consumer");
         let mut batch = consumer
             .fetch()
-            .max_messages(100)
+            .max_messages(1000)
             .expires(Duration::from_secs(1))
             .messages()
             .await
             .expect("fetch");
-        let mut found = None;
+        let mut outcomes = Vec::new();
         while let Some(Ok(message)) = batch.next().await {
             let event = Envelope::<ServiceEvent>::decode(&message.payload)
                 .expect("event")
                 .data;
             if event.command_id == Some(id) {
-                if let EventBody::Failed { reason, .. } = event.body {
-                    found = Some(reason);
-                }
+                outcomes.push(event.body);
             }
         }
-        if let Some(reason) = found {
-            break reason;
-        }
+        outcomes
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored_outcomes().await.is_empty() {
         assert!(
             Instant::now() < deadline,
             "the outcome never reached the events stream"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A quiet window past the agent's outcome retries: still exactly one.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let outcomes = stored_outcomes().await;
+    assert_eq!(
+        outcomes.len(),
+        1,
+        "the outcome stored more than once: {outcomes:?}"
+    );
+    let EventBody::Failed { reason, .. } = &outcomes[0] else {
+        panic!("expected a failed outcome, got {:?}", outcomes[0]);
     };
     assert!(reason.contains("error rate"), "{reason}");
     assert!(reason.contains("step 1"), "{reason}");
