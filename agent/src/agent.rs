@@ -13,17 +13,15 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, RuntimeKind, ServiceConfig};
+use crate::config::{AgentConfig, RuntimeKind};
 use crate::events::{EventPublisher, EventSink};
 use crate::executor::{Executor, ManagedEntry};
-use crate::kubernetes::{self, KubernetesService};
 use crate::ledger::Ledger;
 use crate::link::LinkWatch;
-use crate::managed::ManagedService;
 use crate::proxy::Proxy;
 use crate::runtime::docker::DockerRuntime;
-use crate::runtime::process::ProcessRuntime;
-use crate::runtime::{NoProgress, Replacement, ReplicaContext, ReplicaRuntime};
+use crate::runtime::{NoProgress, Replacement};
+use crate::runtime_registry::{start_service, Engines, ServiceStart};
 use crate::state::State;
 use crate::telemetry::{ReportedTrust, Telemetry};
 use crate::{intake, Error};
@@ -81,28 +79,6 @@ const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest wait between tries of an unreachable engine.
 const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The runtime a service runs on. The Docker engine is connected to once, for
-/// the first docker service; one that cannot be reached does not stop the
-/// agent (see [`reconnect_docker`]). Containers an earlier agent left are
-/// adopted or removed when the service is restored.
-async fn runtime_for(
-    service: &ServiceConfig,
-    docker: &mut Option<Arc<DockerRuntime>>,
-) -> Arc<dyn ReplicaRuntime> {
-    match service.runtime {
-        // Kubernetes services are not built on a ReplicaRuntime (see `run`).
-        RuntimeKind::Process | RuntimeKind::Kubernetes => Arc::new(ProcessRuntime),
-        RuntimeKind::Docker => match docker {
-            Some(runtime) => runtime.clone(),
-            None => {
-                let runtime = Arc::new(DockerRuntime::connect().await);
-                *docker = Some(runtime.clone());
-                runtime
-            }
-        },
-    }
-}
-
 /// The Docker engine did not answer at start: says so (log and an event per
 /// docker service, whose commands fail with the reason meanwhile), retries
 /// with backoff, and once the engine answers restores those services from
@@ -157,7 +133,7 @@ async fn serve_stable_ports(
 ) -> Result<BTreeMap<ferry_protocol::ServiceName, Proxy>, Error> {
     let mut proxies = BTreeMap::new();
     for (name, service) in &config.services {
-        if service.runtime == RuntimeKind::Kubernetes {
+        if !service.runtime.proxied() {
             continue;
         }
         let proxy = Proxy::serve(name.as_str(), service.listen, shutdown.child_token()).await?;
@@ -216,67 +192,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let (sink, sink_task) = publisher.spawn_sink(sink_shutdown.clone());
 
     let mut entries = BTreeMap::new();
-    let mut docker = None;
+    let mut engines = Engines::default();
     for (name, service) in &config.services {
-        if service.runtime == RuntimeKind::Kubernetes {
-            let client = match kubernetes::connect(&service.kubernetes).await {
-                Ok(client) => client,
-                Err(e) => {
-                    services_shutdown.cancel();
-                    return Err(Error::Config(vec![format!(
-                        "services.{name}.kubernetes: {e}"
-                    )]));
-                }
-            };
-            let backend = KubernetesService::new(
-                config.environment.clone(),
-                service.clone(),
-                client,
-                services_shutdown.child_token(),
-            );
-            entries.insert(
-                name.clone(),
-                ManagedEntry {
-                    config: service.clone(),
-                    backend: Arc::new(backend),
-                },
-            );
-            continue;
-        }
-        // Served above; served here only if it was not.
-        let proxy = match proxies.remove(name) {
-            Some(proxy) => Ok(proxy),
-            None => {
-                Proxy::serve(
-                    name.as_str(),
-                    service.listen,
-                    services_shutdown.child_token(),
-                )
-                .await
-            }
-        };
-        let proxy = match proxy {
-            Ok(proxy) => proxy,
-            Err(e) => {
-                services_shutdown.cancel();
-                return Err(e);
-            }
-        };
-        let runtime = runtime_for(service, &mut docker).await;
-        let ctx = ReplicaContext {
-            environment: config.environment.clone(),
-            service: service.clone(),
+        let start = ServiceStart {
+            environment: &config.environment,
+            service,
+            // Served above; served when started only if it was not.
+            proxy: proxies.remove(name),
             log_dir: config.state_dir.join("logs"),
+            sink: &sink,
+            shutdown: &services_shutdown,
         };
-        match ManagedService::start(
-            ctx,
-            proxy,
-            runtime,
-            sink.clone(),
-            services_shutdown.child_token(),
-        )
-        .await
-        {
+        match start_service(start, &mut engines).await {
             Ok(backend) => {
                 entries.insert(
                     name.clone(),
@@ -293,23 +220,22 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         }
     }
     // Services on an unreachable engine are restored once it answers.
-    let unreachable = docker.as_ref().and_then(|d| d.unreachable());
+    let unreachable = engines.unreachable_docker();
     let (waiting, ready): (BTreeMap<_, _>, BTreeMap<_, _>) = entries
         .clone()
         .into_iter()
         .partition(|(_, e)| unreachable.is_some() && e.config.runtime == RuntimeKind::Docker);
     restore(&ready, &state).await;
-    let reconnect = match (docker, unreachable) {
-        (Some(runtime), Some(reason)) => Some(tokio::spawn(reconnect_docker(
+    let reconnect = unreachable.map(|(runtime, reason)| {
+        tokio::spawn(reconnect_docker(
             runtime,
             reason,
             waiting,
             state.clone(),
             sink.clone(),
             services_shutdown.clone(),
-        ))),
-        _ => None,
-    };
+        ))
+    });
 
     let ledger = Arc::new(Ledger::new(state.clone()));
     let executor = Arc::new(Executor::new(entries.clone(), ledger.clone(), sink.clone()));

@@ -19,6 +19,7 @@ pub mod metrics_provider;
 pub mod proxy;
 pub mod rollout;
 pub mod runtime;
+pub mod runtime_registry;
 pub mod state;
 pub mod telemetry;
 

@@ -270,16 +270,15 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             ));
             continue;
         };
-        let runtime = match service.runtime.as_deref().unwrap_or("process") {
-            "process" => RuntimeKind::Process,
-            "docker" => RuntimeKind::Docker,
-            "kubernetes" => RuntimeKind::Kubernetes,
-            other => {
+        let runtime = match service.runtime.as_deref() {
+            None => RuntimeKind::DEFAULT,
+            Some(name) => RuntimeKind::from_name(name).unwrap_or_else(|| {
                 problems.push(format!(
-                    "{prefix}.runtime: {other:?} is not available in this build (supported: \"process\", \"docker\", \"kubernetes\")"
+                    "{prefix}.runtime: {name:?} is not available in this build (supported: {})",
+                    RuntimeKind::supported()
                 ));
-                RuntimeKind::Process
-            }
+                RuntimeKind::DEFAULT
+            }),
         };
         let docker = docker_options(&mut problems, &prefix, runtime, &service);
         let kubernetes = kubernetes_options(&mut problems, &prefix, runtime, &service);
