@@ -38,6 +38,8 @@ pub(crate) const BARRIER_WAIT: Duration = Duration::from_secs(2);
 /// [`REBUILD_BACKOFF_MAX`].
 const REBUILD_BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const REBUILD_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The key pattern that matches every key of a bucket.
+const ALL_KEYS: &str = ">";
 
 /// Decodes a stored value; `None` for a value this controller cannot read
 /// (skipped, as a direct read would skip it).
@@ -211,9 +213,11 @@ where
             .await
             .map_err(|e| failed(format!("could not read the bucket's stream: {e}")))?
             .state;
+        // The last value of every key, then every change: `watch_all` would
+        // start at new changes only.
         let mut watcher = self
             .store
-            .watch_all()
+            .watch_with_history(ALL_KEYS)
             .await
             .map_err(|e| failed(format!("could not watch the bucket: {e}")))?;
         let mut snapshot = BTreeMap::new();
