@@ -511,7 +511,21 @@ async fn every_role_on_its_own_user_releases_deploys_and_reports() {
         .await;
     assert_ok(&history, "ferry history as ferry-cli");
 
-    // The CLI's user cannot publish a release; CI's cannot call the API.
+    // The CLI's user cannot publish a release (nothing reaches
+    // FERRY_RELEASES: it still holds CI's one release); CI's cannot call the
+    // API.
+    let js = jetstream::new(client.clone());
+    let stored_releases = || async {
+        js.get_stream("FERRY_RELEASES")
+            .await
+            .expect("the releases stream")
+            .info()
+            .await
+            .expect("its info")
+            .state
+            .messages
+    };
+    assert_eq!(stored_releases().await, 1, "CI's release of 1.0.0");
     let sample = bin("ferry-sample");
     let out = system
         .cli_async_as(
@@ -531,6 +545,11 @@ async fn every_role_on_its_own_user_releases_deploys_and_reports() {
         )
         .await;
     assert!(!out.status.success(), "ferry-cli published a release");
+    assert_eq!(
+        stored_releases().await,
+        1,
+        "a release published by ferry-cli was stored"
+    );
     let out = system
         .cli_async_as("ferry-ci", &["status", "--timeout", "2s"])
         .await;

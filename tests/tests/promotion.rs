@@ -396,6 +396,24 @@ fn release_spec() -> ReleaseSpec {
     }
 }
 
+/// A genuine production approval by `reviewer` of web `version` with `digest`.
+fn approval_of(reviewer: &SigningKey, version: &str, digest: &str) -> SignedApproval {
+    let now = OffsetDateTime::now_utc();
+    Approval {
+        service: ServiceName::new("web").unwrap(),
+        version: Version::new(version).unwrap(),
+        digest: digest.into(),
+        environment: EnvName::new("production").unwrap(),
+        reviewer: reviewer.public_key(),
+        reviewer_name: "someone".into(),
+        issued_at: now,
+        expires_at: now + Duration::from_secs(3600),
+        kind: ApprovalKind::Deploy,
+    }
+    .sign(reviewer)
+    .unwrap()
+}
+
 fn signed_approval(signer: &SigningKey, named: &SigningKey, env: &str) -> SignedApproval {
     let now = OffsetDateTime::now_utc();
     let approval = Approval {
@@ -494,6 +512,22 @@ async fn the_production_agent_refuses_a_controller_signed_deploy_without_a_revie
             vec![
                 signed_approval(&alice, &alice, "acceptance"),
                 signed_approval(&bob, &bob, "acceptance"),
+            ],
+            RefusalReason::BadApproval,
+        ),
+        (
+            "both reviewers' genuine approvals of another version",
+            vec![
+                approval_of(&alice, "9.9.9", "sha256:0123"),
+                approval_of(&bob, "9.9.9", "sha256:0123"),
+            ],
+            RefusalReason::BadApproval,
+        ),
+        (
+            "both reviewers' genuine approvals of another digest",
+            vec![
+                approval_of(&alice, "1.0.0", "sha256:ffff"),
+                approval_of(&bob, "1.0.0", "sha256:ffff"),
             ],
             RefusalReason::BadApproval,
         ),
