@@ -323,6 +323,89 @@ fn raise(applied: &mut u64, reached: u64) -> bool {
 mod tests {
     use super::*;
 
+    /// A view of a bucket on a real nats-server (`TEST_NATS_BIN`, else
+    /// `nats-server` on PATH), the server killed when the test ends.
+    mod against_nats {
+        use std::process::{Child, Command, Stdio};
+
+        use super::*;
+
+        struct Server(Child, tempfile::TempDir);
+
+        impl Drop for Server {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+
+        async fn bucket() -> (Server, kv::Store) {
+            let dir = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let bin = std::env::var("TEST_NATS_BIN").unwrap_or_else(|_| "nats-server".into());
+            let child = Command::new(bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server must be on PATH (or set TEST_NATS_BIN)");
+            let server = Server(child, dir);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let client = loop {
+                if let Ok(client) = async_nats::connect(format!("127.0.0.1:{port}")).await {
+                    break client;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "nats-server did not start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let store = async_nats::jetstream::new(client)
+                .create_key_value(kv::Config {
+                    bucket: "view_test".into(),
+                    history: 5,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            (server, store)
+        }
+
+        fn number(_bucket: &str, _key: &str, bytes: &[u8]) -> Option<u32> {
+            std::str::from_utf8(bytes).ok()?.parse().ok()
+        }
+
+        #[tokio::test]
+        async fn a_view_over_a_filled_bucket_sees_each_write_acknowledged_before_a_read() {
+            let (_server, store) = bucket().await;
+            // Values, a replaced value and a deleted key before the view exists.
+            for (key, value) in [("a.1", "1"), ("a.2", "2"), ("b.1", "3"), ("a.1", "4")] {
+                store.put(key, value.into()).await.unwrap();
+            }
+            store.put("c.1", "5".into()).await.unwrap();
+            store.delete("c.1").await.unwrap();
+            let stop = CancellationToken::new();
+            let view = BucketView::follow("view_test", store.clone(), number, stop.clone());
+            assert_eq!(view.values().await.unwrap(), vec![4, 2, 3]);
+            assert_eq!(view.values_under("a.").await.unwrap(), vec![4, 2]);
+            // Each write is seen by the very next read: the read waits for
+            // the view to reach the bucket's last sequence.
+            for round in 0..50u32 {
+                store.put("b.1", round.to_string().into()).await.unwrap();
+                assert_eq!(view.values_under("b.").await.unwrap(), vec![round]);
+            }
+            store.purge("a.2").await.unwrap();
+            assert_eq!(view.values_under("a.").await.unwrap(), vec![4]);
+            // An unreadable value is skipped, not an error.
+            store.put("a.3", "not a number".into()).await.unwrap();
+            assert_eq!(view.values_under("a.").await.unwrap(), vec![4]);
+            stop.cancel();
+        }
+    }
+
     #[test]
     fn applied_only_moves_forward() {
         let mut applied = 5;
