@@ -8,11 +8,11 @@ use ferry_protocol::command::ReleaseSpec;
 use ferry_protocol::event::{MaintenanceInfo, ServiceHealth, ServiceMetrics, ServiceSnapshot};
 use ferry_protocol::rollout::{Strategy, StrategyKind};
 use ferry_protocol::Version;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::{api_error, maintenance_refusal, objects, KubernetesService, RUNTIME};
+use super::{api_error, health, maintenance_refusal, objects, KubernetesService, RUNTIME};
 use crate::backend::{service_state, ServiceBackend};
 use crate::config::RuntimeKind;
 use crate::rollout::{RolloutEnd, RolloutObserver, RolloutRequest, Verification};
@@ -242,5 +242,36 @@ impl ServiceBackend for KubernetesService {
 
     async fn shutdown(&self) {
         // The cluster keeps serving; the next agent adopts what it finds.
+    }
+}
+
+impl KubernetesService {
+    /// The serving set's health, from the watches (read from the API
+    /// server until they have synced).
+    pub(super) async fn read_health(&self) -> ServiceHealth {
+        let Some((name, _, version)) = self.serving() else {
+            return ServiceHealth {
+                version: None,
+                desired: 0,
+                healthy: 0,
+                replicas: Vec::new(),
+            };
+        };
+        if let Some(health) = self.view.health(&name, &version) {
+            return health;
+        }
+        let deployment = self.deployments.get_opt(&name).await.ok().flatten();
+        let selector = objects::selector_string(&objects::set_selector(
+            &self.environment,
+            &self.config,
+            &name,
+        ));
+        let pods = self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        health::service_health(&version, deployment.as_ref(), &pods)
     }
 }

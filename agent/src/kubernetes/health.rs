@@ -13,13 +13,12 @@ use ferry_protocol::Version;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{objects, ready, KubernetesService};
+use super::{objects, ready};
 
 /// A service's Deployments and pods, as their watches last reported them.
 #[derive(Clone)]
@@ -171,35 +170,4 @@ pub fn service_health(
 /// failure, a crash loop): each reason with the container's message.
 pub fn pod_problems(pods: &[Pod]) -> Vec<String> {
     pods.iter().filter_map(ready::pod_failure).collect()
-}
-
-impl KubernetesService {
-    /// The serving set's health, from the watches (read from the API
-    /// server until they have synced).
-    pub(super) async fn read_health(&self) -> ServiceHealth {
-        let Some((name, _, version)) = self.serving() else {
-            return ServiceHealth {
-                version: None,
-                desired: 0,
-                healthy: 0,
-                replicas: Vec::new(),
-            };
-        };
-        if let Some(health) = self.view.health(&name, &version) {
-            return health;
-        }
-        let deployment = self.deployments.get_opt(&name).await.ok().flatten();
-        let selector = objects::selector_string(&objects::set_selector(
-            &self.environment,
-            &self.config,
-            &name,
-        ));
-        let pods = self
-            .pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        service_health(&version, deployment.as_ref(), &pods)
-    }
 }

@@ -71,6 +71,22 @@ pub async fn connect(options: &KubernetesOptions) -> Result<Client, RuntimeError
     Client::try_from(config).map_err(|e| unavailable(format!("client: {e}")))
 }
 
+/// A canary in progress.
+#[derive(Clone, Debug)]
+struct Canary {
+    /// Its Deployment.
+    name: String,
+    /// The release it runs.
+    release: ReleaseSpec,
+    /// The replicas of both sets together.
+    total: u32,
+    /// The stable Deployment, its pods' version label and version.
+    stable: (String, String, Version),
+    /// The stable Deployment's replicas before the canary, and now.
+    stable_before: u32,
+    stable_now: u32,
+}
+
 #[derive(Default)]
 struct Known {
     current: Option<ReleaseSpec>,
@@ -81,7 +97,7 @@ struct Known {
     previous: Option<Version>,
     maintenance: Option<MaintenanceInfo>,
     rollout: Option<RolloutStatus>,
-    canary: Option<rollouts::Canary>,
+    canary: Option<Canary>,
 }
 
 /// One service on a cluster.

@@ -26,28 +26,12 @@ use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{api_error, health, objects, KubernetesService};
+use super::{api_error, health, objects, Canary, KubernetesService};
 use crate::metrics_provider::PrometheusProvider;
 use crate::rollout::{RolloutEnd, RolloutObserver, RolloutRequest, RolloutTarget};
 use crate::runtime::{NoProgress, Progress, Replacement, RuntimeError};
 use ferry_analysis::SetWindow;
 use objects::{version_label, DeploymentSpec};
-
-/// A canary in progress.
-#[derive(Clone, Debug)]
-pub(super) struct Canary {
-    /// Its Deployment.
-    name: String,
-    /// The release it runs.
-    release: ReleaseSpec,
-    /// The replicas of both sets together.
-    total: u32,
-    /// The stable Deployment, its pods' version label and version.
-    stable: (String, String, ferry_protocol::Version),
-    /// The stable Deployment's replicas before the canary, and now.
-    stable_before: u32,
-    stable_now: u32,
-}
 
 /// Canary and stable replicas for `weight` percent of `total`: the canary's
 /// share rounded, at least one canary and, below 100%, at least one stable
