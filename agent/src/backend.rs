@@ -2,7 +2,7 @@
 //! ([`ServiceBackend`]): deploy a release health-gated, roll it out, verify
 //! it after a switch, scale, maintenance, snapshot, stop. Runtimes where the
 //! agent owns the replicas (processes, Docker) implement it once, in
-//! `ManagedService` (in `managed.rs`), which adds the agent's proxy, health
+//! `ManagedService` (in `managed/`), which adds the agent's proxy, health
 //! checks and crash restarts on top of a `ReplicaRuntime`.
 //! A runtime where a cluster owns the replicas and routes the traffic
 //! (Kubernetes: a Deployment and a Service) implements [`ServiceBackend`]

@@ -1,7 +1,7 @@
 //! Progressive delivery, driven by the agent alone: one job, moving a new
 //! version through its strategy's steps (canary weights, rolling batches, a
 //! blue-green switch), weighing the new version's golden signals as they come
-//! (`crate::analysis`), verifying a switched deploy for `verify_for`, and
+//! (the `ferry_analysis` crate), verifying a switched deploy for `verify_for`, and
 //! rolling back by itself when the evidence says so. Nothing here needs NATS:
 //! events go to the bounded sink, and a lost connection changes no decision.
 //!

@@ -1,8 +1,9 @@
 //! Runtimes that start and stop one replica ([`ReplicaRuntime`]: a child
 //! process, [`process`]; a container through the Docker API, [`docker`]),
-//! and what every runtime shares: [`RuntimeError`], [`Progress`],
-//! [`Replacement`]. What the executor drives is a
-//! `ServiceBackend` (in `backend.rs`), one level up.
+//! and what every runtime shares: [`RuntimeError`] (defined in `error.rs`),
+//! [`Progress`], [`Replacement`]. What the executor drives is a
+//! `ServiceBackend` (in `backend.rs`), one level up; which backend a
+//! service gets is `runtime_registry.rs`.
 
 pub mod docker;
 pub mod process;
