@@ -18,23 +18,40 @@ use ferry_protocol::event::EventBody;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-/// The real engine's socket, if the test can run.
+/// The real engine's socket, if the test can run; under `CI` a test that
+/// cannot run fails, whatever the reason.
 fn engine_socket() -> Option<PathBuf> {
-    let socket = match std::env::var("DOCKER_HOST") {
-        Ok(host) => PathBuf::from(host.strip_prefix("unix://")?),
-        Err(_) => PathBuf::from("/var/run/docker.sock"),
+    let found = match std::env::var("DOCKER_HOST") {
+        Ok(host) => match host.strip_prefix("unix://") {
+            Some(path) => usable(PathBuf::from(path)),
+            None => Err(format!(
+                "DOCKER_HOST is {host}, not a unix:// socket the test can forward"
+            )),
+        },
+        Err(_) => usable(PathBuf::from("/var/run/docker.sock")),
     };
-    let ok = docker_cli(&socket, &["image", "inspect", "ferry-sample:1.0.0"])
-        .is_some_and(|o| o.status.success());
-    if ok {
-        return Some(socket);
-    }
-    let reason = "no Docker engine on a Unix socket, or ferry-sample:1.0.0 missing";
+    let reason = match found {
+        Ok(socket) => return Some(socket),
+        Err(reason) => reason,
+    };
     if std::env::var_os("CI").is_some() {
         panic!("{reason} (CI is set, so the Docker tests must run)");
     }
     eprintln!("SKIPPED: {reason}");
     None
+}
+
+/// `socket` if its engine answers and has the sample image, else why not.
+fn usable(socket: PathBuf) -> Result<PathBuf, String> {
+    match docker_cli(&socket, &["image", "inspect", "ferry-sample:1.0.0"]) {
+        Some(out) if out.status.success() => Ok(socket),
+        Some(out) => Err(format!(
+            "the engine at {} has no ferry-sample:1.0.0: {}",
+            socket.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        None => Err("the docker CLI could not be run".to_owned()),
+    }
 }
 
 fn docker_cli(socket: &Path, args: &[&str]) -> Option<std::process::Output> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use ferry_e2e::events::{next_heartbeat, subscribe_heartbeats};
 use ferry_e2e::*;
 use ferry_protocol::command::{Action, ActionKind, Command};
 use ferry_protocol::event::{AgentEvent, EventBody, ServiceEvent};
@@ -556,6 +557,16 @@ async fn expired_unsigned_badly_signed_and_replayed_commands_are_refused_with_th
     let mut watch = EventWatch::new(&client, "dev", "web").await;
     let subject = "ferry.v1.cmd.dev.web";
     let ttl = Duration::from_secs(60);
+    // What the agent runs before the refused commands, as its heartbeat says.
+    let mut heartbeats = subscribe_heartbeats(&client, "dev").await;
+    let web_desired = |hb: &ferry_protocol::event::Heartbeat| {
+        hb.services
+            .iter()
+            .find(|s| s.service.as_str() == "web")
+            .map(|s| s.replicas_desired)
+    };
+    let before = web_desired(&next_heartbeat(&mut heartbeats, WAIT).await);
+    assert_eq!(before, Some(2), "the release deploys 2 replicas");
 
     let unsigned = Envelope::new("/attacker", scale_command(5)).expiring_in(ttl);
     let mut expired = Envelope::new("/ferry/controller", scale_command(5));
@@ -611,7 +622,15 @@ async fn expired_unsigned_badly_signed_and_replayed_commands_are_refused_with_th
         }
     }
 
-    // The genuine command runs once; the same bytes again are a replay.
+    // None of the refused commands (each a scale to 5) changed anything: a
+    // heartbeat sent after their refusals still has the release's 2.
+    drop(heartbeats);
+    let mut heartbeats = subscribe_heartbeats(&client, "dev").await;
+    let after = web_desired(&next_heartbeat(&mut heartbeats, WAIT).await);
+    assert_eq!(after, before, "a refused command changed the replicas");
+
+    // The genuine command (a scale to 1) runs once; the same bytes again
+    // are a replay.
     publish_raw(&client, subject, genuine.to_bytes().unwrap()).await;
     let event = watch.outcome(genuine.id, WAIT).await;
     assert!(
@@ -632,7 +651,7 @@ async fn expired_unsigned_badly_signed_and_replayed_commands_are_refused_with_th
         "{event:?}"
     );
 
-    // None of the refused commands changed anything.
+    // The replay changed nothing either: the genuine scale's 1 replica runs.
     wait_status(&system, "dev", "web", "1 replica", |r| {
         r["replicas_desired"] == 1 && r["replicas_healthy"] == 1
     })
