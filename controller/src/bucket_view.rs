@@ -330,12 +330,15 @@ mod tests {
 
         use super::*;
 
-        struct Server(Child, tempfile::TempDir);
+        struct Server {
+            child: Child,
+            _store: tempfile::TempDir,
+        }
 
         impl Drop for Server {
             fn drop(&mut self) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
+                let _ = self.child.kill();
+                let _ = self.child.wait();
             }
         }
 
@@ -354,13 +357,16 @@ mod tests {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("nats-server must be on PATH (or set TEST_NATS_BIN)");
-            let server = Server(child, dir);
+            let server = Server { child, _store: dir };
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             let client = loop {
                 if let Ok(client) = async_nats::connect(format!("127.0.0.1:{port}")).await {
                     break client;
                 }
-                assert!(tokio::time::Instant::now() < deadline, "nats-server did not start");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "nats-server did not start"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
             let store = async_nats::jetstream::new(client)
@@ -422,6 +428,9 @@ mod tests {
         apply(&mut entries, "a".to_owned(), Some(2));
         apply(&mut entries, "b".to_owned(), Some(3));
         apply(&mut entries, "b".to_owned(), None);
-        assert_eq!(entries.into_iter().collect::<Vec<_>>(), vec![("a".to_owned(), 2)]);
+        assert_eq!(
+            entries.into_iter().collect::<Vec<_>>(),
+            vec![("a".to_owned(), 2)]
+        );
     }
 }
