@@ -387,22 +387,32 @@ async fn an_agent_restart_adopts_the_running_containers_without_restarting_them(
     deployed(&system, &service, port, "1.0.0").await;
     let before = started(&wait_containers(&service, 3, "1.0.0").await);
 
-    // Metrics events carry what each container uses, measured by the engine.
+    // Metrics events carry what each container uses, measured by the engine:
+    // under load, some CPU (an idle container may measure 0).
     let client = system.nats.client().await;
     let mut watch = EventWatch::new(&client, "dev", &service).await;
+    let load = Load::start(port, 4, Duration::from_millis(1));
     let event = watch
         .wait_for(
             WAIT,
-            "metrics with usage of 3 replicas",
-            |e| matches!(&e.body, EventBody::Metrics(m) if m.replicas.len() == 3),
+            "metrics with usage of 3 replicas, CPU measured under load",
+            |e| {
+                matches!(&e.body, EventBody::Metrics(m) if m.replicas.len() == 3
+                    && m.replicas.iter().any(|u| u.cpu_percent > 0.0))
+            },
         )
         .await;
+    load.stop().await;
+    let cores = std::thread::available_parallelism().unwrap().get() as f64;
     let EventBody::Metrics(metrics) = event.body else {
         unreachable!("matched above")
     };
     for usage in &metrics.replicas {
         assert!(usage.memory_bytes > 0, "{usage:?}");
-        assert!(usage.cpu_percent >= 0.0, "{usage:?}");
+        assert!(
+            usage.cpu_percent.is_finite() && (0.0..=100.0 * cores).contains(&usage.cpu_percent),
+            "{usage:?}"
+        );
         assert_eq!(usage.restarts, 0, "{usage:?}");
         assert!(
             usage.replica.starts_with(&format!("{service}-1.0.0-")),
