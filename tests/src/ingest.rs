@@ -183,7 +183,6 @@ pub async fn controller_drained(js: &jetstream::Context, last: u64) {
     }
 }
 
-
 /// The simulated agents' environments, the controller's pipeline.
 pub fn environments() -> Vec<String> {
     (0..AGENTS).map(|a| env_name(a).to_string()).collect()

@@ -3,6 +3,8 @@
 //! and the history's streams stay within stated constants, whatever the
 //! number of events (real nats-server, the real `ferry-controller` binary).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -104,8 +106,7 @@ async fn fold_round(js: &jetstream::Context, round: usize, cycles: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folding_bursts_of_events_creates_no_consumer_on_the_buckets_and_never_stalls() {
     let system = System::without_controller();
-    let controller =
-        ControllerProcess::start(&system, &ingest::environments(), free_port()).await;
+    let controller = ControllerProcess::start(&system, &ingest::environments(), free_port()).await;
     let client = system.nats.client().await;
     let js = jetstream::new(client.clone());
     let stop = CancellationToken::new();
@@ -158,8 +159,7 @@ async fn folding_bursts_of_events_creates_no_consumer_on_the_buckets_and_never_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_history_queries_hold_at_most_the_stated_number_of_readers() {
     let system = System::without_controller();
-    let controller =
-        ControllerProcess::start(&system, &ingest::environments(), free_port()).await;
+    let controller = ControllerProcess::start(&system, &ingest::environments(), free_port()).await;
     let client = system.nats.client().await;
     let js = jetstream::new(client.clone());
     // Some history to read.
@@ -193,7 +193,11 @@ async fn concurrent_history_queries_hold_at_most_the_stated_number_of_readers() 
     let watch = watch.lock().unwrap();
     let created = watch.created.get(&history_stream).copied().unwrap_or(0);
     assert_eq!(created, QUERIES, "each query read the history once");
-    let most = watch.most_at_once.get(&history_stream).copied().unwrap_or(0);
+    let most = watch
+        .most_at_once
+        .get(&history_stream)
+        .copied()
+        .unwrap_or(0);
     assert!(
         most <= durables + ferry_controller::HISTORY_READERS,
         "{most} consumers at once on {history_stream}: over its {durables} durable(s) and \
