@@ -5,6 +5,7 @@
 pub mod api;
 pub mod approval;
 pub mod command;
+pub mod config_keys;
 pub mod doctor;
 pub mod envelope;
 mod error;
