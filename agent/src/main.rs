@@ -20,10 +20,42 @@ struct Args {
     /// Logging flags.
     #[command(flatten)]
     log: ferry_logging::LogArgs,
+    /// A tool instead of the daemon.
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Tool {
+    /// Checks a configuration file (with the FERRY_* variables set now)
+    /// without connecting anywhere, and prints it resolved, secrets left
+    /// out (files are shown by path, never read out). Exit 0 when valid,
+    /// 64 listing every problem otherwise.
+    CheckConfig {
+        /// The TOML configuration file to check.
+        file: PathBuf,
+    },
+}
+
+/// `check-config`: see [`Tool::CheckConfig`].
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match ferry_agent::config::load(Some(file)) {
+        Ok(config) => {
+            println!("{}: valid\n{config:#?}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry-agent: {}: {e}", file.display());
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Tool::CheckConfig { file }) = &args.tool {
+        return check_config(file);
+    }
     args.log.init();
 
     let config = match ferry_agent::config::load(args.config.as_deref()) {

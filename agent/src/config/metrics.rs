@@ -57,7 +57,6 @@ pub struct PrometheusConfig {
 
 /// `[services.NAME.metrics]` as read.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     provider: Option<String>,
     url: Option<String>,

@@ -17,6 +17,8 @@ mod tests;
 
 use std::path::Path;
 
+use ferry_protocol::config_keys::{deserialize_strict, unknown_after_round_trip, SettingVariables};
+
 use crate::Error;
 
 pub use checked::{AgentConfig, HealthConfig, ServiceConfig};
@@ -34,8 +36,12 @@ pub use runtime_kind::RuntimeKind;
 
 /// Prefix of environment overrides: `FERRY_NATS_URL`, `FERRY_SERVICES__WEB__PORT`...
 pub const ENV_PREFIX: &str = "FERRY";
+/// What stands for a dot in a variable's name: `FERRY_SERVICES__WEB__PORT`
+/// sets `services.web.port`.
+pub const ENV_SEPARATOR: &str = "__";
 
 /// Loads the configuration from `file` (if any) and `FERRY_*` variables.
+/// A key of either that matches no setting is a problem like any other.
 pub fn load(file: Option<&Path>) -> Result<AgentConfig, Error> {
     let mut builder = config::Config::builder();
     if let Some(path) = file {
@@ -45,28 +51,77 @@ pub fn load(file: Option<&Path>) -> Result<AgentConfig, Error> {
                 .required(true),
         );
     }
+    let variables = SettingVariables::from_vars(std::env::vars(), Some(ENV_SEPARATOR));
     builder = builder.add_source(
         config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("_")
-            .separator("__")
+            .separator(ENV_SEPARATOR)
             .list_separator(",")
             .with_list_parse_key("trusted_keys")
             .with_list_parse_key("reviewer_keys")
-            .try_parsing(true),
+            .try_parsing(true)
+            .source(Some(
+                variables
+                    .values()
+                    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                    .collect(),
+            )),
     );
-    let raw: RawConfig = builder
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(|e| Error::Config(vec![e.to_string()]))?;
-    resolve(raw)
+    read(builder, &variables)
 }
 
 /// Parses TOML text (no environment overrides); for tests and tools.
 pub fn from_toml(text: &str) -> Result<AgentConfig, Error> {
-    let raw: RawConfig = config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+    let builder = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml));
+    read(builder, &SettingVariables::default())
+}
+
+/// Reads what `builder` gathered into the raw configuration, refusing keys
+/// that match no setting, and checks it; every problem is reported at once.
+fn read(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+    variables: &SettingVariables,
+) -> Result<AgentConfig, Error> {
+    let gathered = builder
         .build()
-        .and_then(|c| c.try_deserialize())
         .map_err(|e| Error::Config(vec![e.to_string()]))?;
-    resolve(raw)
+    let written: serde_json::Value = gathered.clone().try_deserialize().unwrap_or_default();
+    let (raw, unknown) = deserialize_strict::<RawConfig, _>(gathered, variables);
+    let mut problems: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+    let raw: RawConfig = match raw {
+        Ok(raw) => raw,
+        Err(e) => {
+            problems.push(e.to_string());
+            return Err(Error::Config(problems));
+        }
+    };
+    // A strategy is an internally tagged enum: serde reads it from buffered
+    // content, where unknown keys escape `deserialize_strict`.
+    for (name, service) in &raw.services {
+        if let (Some(strategy), Some(table)) = (
+            &service.strategy,
+            written.pointer(&format!("/services/{name}/strategy")),
+        ) {
+            problems.extend(
+                unknown_after_round_trip(
+                    &format!("services.{name}.strategy"),
+                    table,
+                    strategy,
+                    variables,
+                )
+                .iter()
+                .map(ToString::to_string),
+            );
+        }
+    }
+    match resolve(raw) {
+        Ok(config) if problems.is_empty() => Ok(config),
+        Ok(_) => Err(Error::Config(problems)),
+        Err(Error::Config(more)) => {
+            problems.extend(more);
+            Err(Error::Config(problems))
+        }
+        Err(other) => Err(other),
+    }
 }

@@ -73,7 +73,6 @@ pub(super) struct RawHealth {
 
 /// The `[services.NAME.kubernetes]` table as read.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct RawKubernetes {
     pub(super) namespace: Option<String>,
     pub(super) service_port: Option<u16>,
@@ -95,7 +94,6 @@ pub(super) struct RawKubernetes {
 
 /// CPU and memory quantities, as Kubernetes writes them ("250m", "128Mi").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Quantities {
     /// CPU, e.g. "250m" or "1".
     pub cpu: Option<String>,

@@ -566,3 +566,32 @@ fn the_host_is_configured_or_made_from_the_machine_s_hostname_and_a_bad_configur
         "{problems:?}"
     );
 }
+
+#[test]
+fn every_key_that_matches_no_setting_is_refused_with_its_path_and_a_near_miss() {
+    let key = ferry_protocol::SigningKey::generate().public_key();
+    let text = format!(
+        "environment = \"production\"\nstate_dir = \"/tmp/x\"\ntrusted_keys = [\"{key}\"]\n\
+         approvals_requird = 2\n\
+         [services.web]\nport = 18080\nreplica = 2\n\
+         [services.web.heath]\npath = \"/\"\n\
+         [services.web.health]\npth = \"/ready\"\n\
+         [services.web.analysis]\nerror_rate_percnt = 1.0\n\
+         [services.web.strategy]\ntype = \"canary\"\nstep_sec = 10\n\
+         [services.web.kubernetes.requests]\ncpus = \"1\"\n"
+    );
+    let Err(Error::Config(problems)) = from_toml(&text) else {
+        panic!("accepted unknown keys");
+    };
+    for expected in [
+        "approvals_requird: unknown setting; did you mean `approvals_required`?",
+        "services.web.replica: unknown setting; did you mean `services.web.replicas`?",
+        "services.web.heath: unknown setting; did you mean `services.web.health`?",
+        "services.web.health.pth: unknown setting; did you mean `services.web.health.path`?",
+        "services.web.analysis.error_rate_percnt: unknown setting; did you mean `services.web.analysis.error_rate_percent`?",
+        "services.web.strategy.step_sec: unknown setting; did you mean `services.web.strategy.step_secs`?",
+        "services.web.kubernetes.requests.cpus: unknown setting; did you mean `services.web.kubernetes.requests.cpu`?",
+    ] {
+        assert!(problems.iter().any(|p| p == expected), "{expected} not in {problems:#?}");
+    }
+}
