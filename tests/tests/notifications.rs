@@ -501,3 +501,234 @@ async fn a_canary_failing_alike_with_its_stable_version_notifies_a_dependency_ou
     load.stop().await;
     system.shutdown().await;
 }
+
+/// The notification key of a history record or a webhook body: the
+/// transition it tells of (the webhook carries the record's fields).
+fn transition(v: &Value) -> String {
+    format!(
+        "{} {} {} {} {} {} {}",
+        v["environment"],
+        v["service"],
+        v["version"],
+        v["action"],
+        v["outcome"],
+        v["command_id"],
+        v["time"]
+    )
+}
+
+/// Two controller instances with the same webhook sink share one durable
+/// consumer of the history stream: every notifiable transition (a failed
+/// deploy, a good one, a promotion waiting for approval, the approved
+/// deploy) reaches the webhook once, none twice, none late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controllers_send_each_notification_once() {
+    use ferry_controller::config::{ReviewerSettings, StageSettings};
+    use ferry_controller::notify::{Notice, CONSUMER};
+    use ferry_protocol::api::HistoryRecord;
+
+    let (http, inbox) = http_receiver().await;
+    let mut system = System::without_controller();
+    let alice = ferry_protocol::SigningKey::generate();
+    let alice_file = system.dir.path().join("alice.nk");
+    std::fs::write(&alice_file, alice.seed().unwrap()).unwrap();
+    system.controller_config.environments = vec!["dev".into(), "production".into()];
+    system.controller_config.pipeline = std::collections::BTreeMap::from([(
+        "production".to_owned(),
+        StageSettings {
+            auto_deploy: Some(true),
+            approvals_required: 1,
+            reviewers: vec![ReviewerSettings {
+                name: "alice".into(),
+                key: alice.public_key(),
+            }],
+            ..Default::default()
+        },
+    )]);
+    // Every event of every environment to the webhook.
+    system.controller_config.notify = NotifyConfig {
+        webhook: Some(WebhookSettings {
+            url: format!("http://127.0.0.1:{http}/webhook"),
+            secret: Some(HMAC_SECRET.into()),
+            ..Default::default()
+        }),
+        routes: vec![RouteSettings {
+            environments: vec![],
+            events: vec![],
+            sinks: vec!["webhook".into()],
+        }],
+        retry_backoff: Some("50ms".into()),
+        ..Default::default()
+    };
+    system.start_controller().await;
+    // The second instance: the same configuration, key and NATS user.
+    let mut second = system.controller_config.clone();
+    second.nats_url = system.nats.url();
+    second.signing_key_file = system.dir.path().join("controller.nk");
+    let second = second.validate().unwrap();
+    let second_token = tokio_util::sync::CancellationToken::new();
+    let second_task = tokio::spawn(ferry_controller::run(second, second_token.clone()));
+
+    // Both instances are pulling from the shared notification consumer.
+    let client = system.nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let history = ferry_protocol::streams::history().name;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let waiting = match js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                CONSUMER, history,
+            )
+            .await
+        {
+            Ok(mut consumer) => consumer.info().await.map_or(0, |i| i.num_waiting),
+            Err(_) => 0,
+        };
+        if waiting >= 2 {
+            break;
+        }
+        if second_task.is_finished() {
+            panic!("the second controller stopped: {:?}", second_task.await);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{CONSUMER} never had both instances pulling (waiting pulls: {waiting})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let dev_port = free_port();
+    let mut dev = system.agent_config("dev", &[("web", dev_port)]);
+    for service in dev.services.values_mut() {
+        service.health.start_timeout = Duration::from_secs(2);
+    }
+    system.start_agent_with(dev).await;
+    let prod_port = free_port();
+    let mut production = system.agent_config("production", &[("web", prod_port)]);
+    production.approvals_required = 1;
+    production.reviewer_keys = vec![alice.public_key()];
+    system.start_agent_with(production).await;
+    let mut dev_watch = EventWatch::new(&client, "dev", "web").await;
+    let mut prod_watch = EventWatch::new(&client, "production", "web").await;
+
+    // 1.0.0 never becomes healthy: dev's deploy fails and it goes no further.
+    system
+        .publish_release("web", "1.0.0", &["SAMPLE_HEALTHY=false"])
+        .await;
+    dev_watch
+        .wait_for(WAIT, "dev's failed deploy of 1.0.0", |e| {
+            matches!(
+                &e.body,
+                EventBody::Failed {
+                    action: ActionKind::Deploy,
+                    ..
+                }
+            )
+        })
+        .await;
+    // 2.0.0 is good in dev, waits for alice in production, then goes live.
+    system.publish_release("web", "2.0.0", &[]).await;
+    until("the approval_needed webhook of 2.0.0", || {
+        posts(&inbox, "webhook")
+            .into_iter()
+            .find(|r| r.json()["kind"] == "approval_needed")
+    })
+    .await;
+    let out = system
+        .cli_async(&[
+            "approve",
+            "web",
+            "2.0.0",
+            "-e",
+            "production",
+            "--key",
+            alice_file.to_str().unwrap(),
+            "--name",
+            "alice",
+        ])
+        .await;
+    assert_ok(&out, "alice approves production");
+    prod_watch
+        .wait_for(WAIT, "production's deploy of 2.0.0", |e| {
+            matches!(&e.body, EventBody::Succeeded { action: ActionKind::Deploy, version: Some(v), .. } if v.as_str() == "2.0.0")
+        })
+        .await;
+
+    // Every transition, once each: (environment, kind, version).
+    let mut expected = vec![
+        ("dev", "deployment_started", "1.0.0"),
+        ("dev", "deployment_failed", "1.0.0"),
+        ("dev", "deployment_started", "2.0.0"),
+        ("dev", "deployment_succeeded", "2.0.0"),
+        ("production", "approval_needed", "2.0.0"),
+        ("production", "deployment_started", "2.0.0"),
+        ("production", "deployment_succeeded", "2.0.0"),
+    ];
+    expected.sort_unstable();
+    let summary = |hooks: &[Received]| {
+        let mut seen: Vec<(String, String, String)> = hooks
+            .iter()
+            .map(|r| {
+                let body = r.json();
+                (
+                    body["environment"].as_str().unwrap_or("").to_owned(),
+                    body["kind"].as_str().unwrap_or("").to_owned(),
+                    body["version"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        seen.sort_unstable();
+        seen
+    };
+    let as_owned = |list: &[(&str, &str, &str)]| -> Vec<(String, String, String)> {
+        list.iter()
+            .map(|(e, k, v)| ((*e).to_owned(), (*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    until("a webhook for every transition", || {
+        let seen = summary(&posts(&inbox, "webhook"));
+        as_owned(&expected)
+            .iter()
+            .all(|t| seen.contains(t))
+            .then_some(())
+    })
+    .await;
+    // A quiet window for late duplicates (the other instance, a redelivery).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hooks = posts(&inbox, "webhook");
+    assert_eq!(
+        summary(&hooks),
+        as_owned(&expected),
+        "one webhook per transition"
+    );
+
+    // History holds each transition once, and each notifiable record was
+    // posted exactly once.
+    let out = system
+        .cli_async(&["history", "--limit", "1000", "--output", "json"])
+        .await;
+    assert_ok(&out, "ferry history");
+    let records: Vec<HistoryRecord> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut notifiable: Vec<String> = records
+        .iter()
+        .filter(|r| Notice::classify(r).is_some())
+        .map(|r| transition(&serde_json::to_value(r).unwrap()))
+        .collect();
+    notifiable.sort_unstable();
+    let mut posted: Vec<String> = hooks.iter().map(|r| transition(&r.json())).collect();
+    posted.sort_unstable();
+    assert_eq!(
+        posted, notifiable,
+        "every notifiable history record posted once"
+    );
+    for hook in &hooks {
+        assert_eq!(
+            hook.signature.as_deref(),
+            Some(hmac_hex(HMAC_SECRET, &hook.body).as_str())
+        );
+    }
+
+    second_token.cancel();
+    second_task.await.unwrap().unwrap();
+    system.shutdown().await;
+}
