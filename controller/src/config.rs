@@ -15,6 +15,8 @@ use std::time::Duration;
 use ferry_protocol::{streams, wave, EnvName, SigningKey, TrustedKeys};
 use serde::Deserialize;
 
+use ferry_protocol::config_keys::{deserialize_strict, SettingVariables};
+
 use crate::Error;
 
 pub use problem::ConfigProblem;
@@ -109,7 +111,7 @@ pub struct ControllerConfig {
 
 /// One environment's promotion settings, as written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct StageSettings {
     /// Open a promotion into this environment by itself once the previous
     /// environment runs the release successfully (the first environment:
@@ -134,7 +136,6 @@ pub struct StageSettings {
 
 /// A reviewer: a name and the public nkey their approvals are signed with.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReviewerSettings {
     /// Name, as in the release author field (an author cannot approve).
     pub name: String,
@@ -407,6 +408,8 @@ impl ResolvedConfig {
 impl ControllerConfig {
     /// Loads the configuration: defaults, then the TOML `file` if given, then
     /// `FERRY_*` variables. `env` replaces the process environment (for tests).
+    /// A key of the file or a variable that matches no setting fails the load
+    /// with [`Error::InvalidConfig`], listing it with every other problem.
     pub fn load(
         file: Option<&Path>,
         env: Option<config::Map<String, String>>,
@@ -419,19 +422,46 @@ impl ControllerConfig {
                     .required(true),
             );
         }
+        let variables = SettingVariables::from_vars(
+            match env {
+                Some(env) => env.into_iter().collect::<Vec<_>>(),
+                None => std::env::vars().collect(),
+            },
+            None,
+        );
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("_")
-                .ignore_empty(true)
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("environments")
-                .source(env),
+                .source(Some(
+                    variables
+                        .values()
+                        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                        .collect(),
+                )),
         );
-        builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(Error::LoadConfig)
+        let gathered = builder.build().map_err(Error::LoadConfig)?;
+        let (config, unknown) = deserialize_strict::<Self, _>(gathered, &variables);
+        if unknown.is_empty() {
+            return config.map_err(Error::LoadConfig);
+        }
+        let mut problems: Vec<ConfigProblem> = unknown
+            .iter()
+            .map(|key| ConfigProblem {
+                field: key.name().to_owned(),
+                message: key.message(),
+            })
+            .collect();
+        match config {
+            Ok(config) => problems.extend(config.validate().err().unwrap_or_default()),
+            Err(e) => problems.push(ConfigProblem {
+                field: "configuration".to_owned(),
+                message: e.to_string(),
+            }),
+        }
+        Err(Error::InvalidConfig(problems))
     }
 
     /// Checks every setting and returns the resolved configuration, or every
@@ -439,7 +469,10 @@ impl ControllerConfig {
     pub fn validate(&self) -> Result<ResolvedConfig, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         let mut problem = |field: &'static str, message: String| {
-            problems.push(ConfigProblem { field, message });
+            problems.push(ConfigProblem {
+                field: field.to_owned(),
+                message,
+            });
         };
 
         let nats_url = self.nats_url.trim();

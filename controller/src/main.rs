@@ -44,6 +44,30 @@ enum Tool {
     /// Read from stdin, not an argument, so the token never shows in a
     /// process list or shell history.
     HashToken,
+    /// Checks a configuration file (with the FERRY_* variables set now)
+    /// without connecting anywhere, and prints it resolved, secrets left
+    /// out (the signing key by its public half, files by path). Exit 0 when
+    /// valid, 64 listing every problem otherwise.
+    CheckConfig {
+        /// The TOML configuration file to check.
+        file: PathBuf,
+    },
+}
+
+/// `check-config`: see [`Tool::CheckConfig`].
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let problems = match ControllerConfig::load(Some(file), None) {
+        Ok(config) => match config.validate() {
+            Ok(resolved) => {
+                println!("{}: valid\n{resolved:#?}", file.display());
+                return ExitCode::SUCCESS;
+            }
+            Err(problems) => Error::InvalidConfig(problems).to_string(),
+        },
+        Err(e) => e.to_string(),
+    };
+    eprintln!("ferry-controller: {}: {problems}", file.display());
+    ExitCode::from(EXIT_BAD_CONFIG)
 }
 
 fn hash_token() -> ExitCode {
@@ -71,8 +95,10 @@ fn env_help() -> String {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Tool::HashToken) = args.tool {
-        return hash_token();
+    match &args.tool {
+        Some(Tool::HashToken) => return hash_token(),
+        Some(Tool::CheckConfig { file }) => return check_config(file),
+        None => {}
     }
     args.log.init();
 

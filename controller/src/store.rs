@@ -154,7 +154,7 @@ impl Store {
         let mut check = |name: &str, found: usize| {
             if let Some(message) = replicas.mismatch(name, found) {
                 mismatches.push(ConfigProblem {
-                    field: "stream_replicas",
+                    field: "stream_replicas".to_owned(),
                     message,
                 });
             }

@@ -52,7 +52,7 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
     if let Some((user, file)) = config.nats_user() {
         let text = std::fs::read_to_string(file).map_err(|e| {
             Error::InvalidConfig(vec![ConfigProblem {
-                field: "nats_password_file",
+                field: "nats_password_file".to_owned(),
                 message: format!("cannot read {}: {e}", file.display()),
             }])
         })?;
@@ -62,7 +62,7 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
     // Checked by `validate`; a list the controller connects to any of.
     let servers = ferry_protocol::streams::server_list(config.nats_url()).map_err(|message| {
         Error::InvalidConfig(vec![ConfigProblem {
-            field: "nats_url",
+            field: "nats_url".to_owned(),
             message,
         }])
     })?;

@@ -59,20 +59,28 @@ pub struct UnknownKey {
     pub suggestion: Option<String>,
 }
 
+impl UnknownKey {
+    /// What names the key: the variable that set it, or its path.
+    pub fn name(&self) -> &str {
+        self.variable.as_deref().unwrap_or(&self.path)
+    }
+
+    /// What is wrong, and the near miss if there is one.
+    pub fn message(&self) -> String {
+        let what = match &self.variable {
+            Some(_) => format!("matches no setting (it would set `{}`)", self.path),
+            None => "unknown setting".to_owned(),
+        };
+        match &self.suggestion {
+            Some(suggestion) => format!("{what}; did you mean `{suggestion}`?"),
+            None => what,
+        }
+    }
+}
+
 impl fmt::Display for UnknownKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.variable {
-            Some(variable) => write!(
-                f,
-                "{variable}: matches no setting (it would set `{}`)",
-                self.path
-            )?,
-            None => write!(f, "{}: unknown setting", self.path)?,
-        }
-        match &self.suggestion {
-            Some(suggestion) => write!(f, "; did you mean `{suggestion}`?"),
-            None => Ok(()),
-        }
+        write!(f, "{}: {}", self.name(), self.message())
     }
 }
 

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 /// `[dashboard]` as written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct DashboardConfig {
     /// Who may pause, resume, promote, abort, roll back, scale and switch
     /// maintenance from the dashboard; none: the dashboard is read-only.
@@ -19,7 +19,6 @@ pub struct DashboardConfig {
 /// `[[dashboard.operators]]`: a name (recorded as the actor of what they
 /// do) and the SHA-256 of their token, in hex.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OperatorSettings {
     /// Name, as it appears in the audit trail.
     pub name: String,

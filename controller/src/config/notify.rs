@@ -28,7 +28,7 @@ pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue"
 
 /// `[notify]` as written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct NotifyConfig {
     /// `[notify.slack]`.
     pub slack: Option<SlackSettings>,
@@ -48,7 +48,7 @@ pub struct NotifyConfig {
 
 /// Slack incoming webhook.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SlackSettings {
     /// The webhook URL (a secret); or `webhook_url_file`.
     pub webhook_url: Option<String>,
@@ -58,7 +58,7 @@ pub struct SlackSettings {
 
 /// PagerDuty Events API v2.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct PagerDutySettings {
     /// Integration (routing) key, a secret; or `routing_key_file`.
     pub routing_key: Option<String>,
@@ -70,7 +70,7 @@ pub struct PagerDutySettings {
 
 /// Email over SMTP.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct EmailSettings {
     /// SMTP server host.
     pub smtp_host: String,
@@ -91,7 +91,7 @@ pub struct EmailSettings {
 
 /// Generic webhook: JSON, HMAC-SHA256 signed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct WebhookSettings {
     /// Where to POST.
     pub url: String,
@@ -103,7 +103,7 @@ pub struct WebhookSettings {
 
 /// One route.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct RouteSettings {
     /// Environments it applies to (empty: all).
     pub environments: Vec<String>,

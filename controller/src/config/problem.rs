@@ -8,7 +8,7 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigProblem {
     /// The setting.
-    pub field: &'static str,
+    pub field: String,
     /// What is wrong with it and, where possible, how to fix it.
     pub message: String,
 }

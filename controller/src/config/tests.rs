@@ -32,7 +32,7 @@ fn a_nats_user_needs_its_password_file_and_the_inbox_prefix_is_checked() {
         ..ControllerConfig::default()
     };
     let problems = config.validate().unwrap_err();
-    let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["nats_user", "nats_inbox_prefix"], "{problems:?}");
 
     let password = dir.path().join("controller.password");
@@ -66,7 +66,7 @@ fn every_problem_is_reported_at_once() {
         ..ControllerConfig::default()
     };
     let problems = config.validate().unwrap_err();
-    let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
         [
@@ -97,7 +97,7 @@ fn dashboard_problems_are_listed_with_every_other() {
         token_sha256: "abc".into(),
     }];
     let problems = config.validate().unwrap_err();
-    let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
         ["agent_timeout", "dashboard_listen", "dashboard.operators"],
@@ -160,7 +160,7 @@ fn file_then_environment_overrides() {
             "/etc/ferry/key.nk".to_owned(),
         ),
         (ENV_AGENT_TIMEOUT.to_owned(), "30s".to_owned()),
-        ("FERRY_SOMETHING_ELSE".to_owned(), "ignored".to_owned()),
+        ("FERRY_LOG_FORMAT".to_owned(), "json".to_owned()),
     ]);
     let config = ControllerConfig::load(Some(&file), Some(env)).unwrap();
     assert_eq!(config.nats_url, "nats://nats:4222");
@@ -261,7 +261,7 @@ fn approvals_beyond_the_reviewers_and_unknown_stages_are_problems() {
         .pipeline
         .insert("staging".into(), StageSettings::default());
     let problems = config.validate().unwrap_err();
-    let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
         ["pipeline", "pipeline.approvals_required"],
@@ -324,7 +324,7 @@ fn several_nats_urls_and_a_replica_count_are_checked() {
     }
     .validate()
     .unwrap_err();
-    let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(fields, ["nats_url", "stream_replicas"], "{problems:?}");
 }
 
@@ -377,4 +377,44 @@ fn leaf_domains_name_pipeline_environments_need_the_hub_domain_and_every_problem
     .validate()
     .unwrap_err();
     assert_eq!(problems[0].field, "jetstream_domain", "{problems:?}");
+}
+
+#[test]
+fn every_key_and_variable_that_matches_no_setting_is_listed_with_the_other_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("controller.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "signing_key_file = {:?}\ncomand_ttl = \"1h\"\nagent_timeout = \"never\"\n\
+             [pipeline.production]\napprovals_requird = 2\n\
+             [notify.slack]\nwebhook_urll = \"https://example.com\"\n\
+             [[dashboard.operators]]\nname = \"a\"\ntoken_sha256 = \"x\"\nrole = \"x\"\n",
+            key_file(dir.path())
+        ),
+    )
+    .unwrap();
+    let env = config::Map::from([("FERRY_NATS_ULR".to_owned(), "nats://x:4222".to_owned())]);
+    let Err(Error::InvalidConfig(problems)) = ControllerConfig::load(Some(&file), Some(env)) else {
+        panic!("accepted unknown keys");
+    };
+    let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    for expected in [
+        "comand_ttl: unknown setting; did you mean `command_ttl`?",
+        "pipeline.production.approvals_requird: unknown setting; did you mean `pipeline.production.approvals_required`?",
+        "dashboard.operators.0.role: unknown setting",
+        "FERRY_NATS_ULR: matches no setting (it would set `nats_ulr`); did you mean `FERRY_NATS_URL`?",
+    ] {
+        assert!(listed.iter().any(|p| p == expected), "{expected} not in {listed:#?}");
+    }
+    assert!(
+        listed
+            .iter()
+            .any(|p| p.starts_with("notify.slack.webhook_urll: unknown setting; did you mean")),
+        "{listed:#?}"
+    );
+    assert!(
+        listed.iter().any(|p| p.starts_with("agent_timeout:")),
+        "the other problems are listed too: {listed:#?}"
+    );
 }
