@@ -27,7 +27,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -231,14 +231,23 @@ impl FakeApiServer {
         let app = Router::new()
             .route("/version", get(|| async { Json(json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-fake"})) }))
             .route("/api", get(|| async { Json(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})) }))
-            .route("/apis", get(|| async { Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}], "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}]})) }))
-            .route("/api/v1", get(|| async { Json(resource_list("v1", &[("pods", "Pod"), ("services", "Service"), ("events", "Event")])) }))
+            .route("/apis", get(|| async { Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}], "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}}, {"name": "rbac.authorization.k8s.io", "versions": [{"groupVersion": "rbac.authorization.k8s.io/v1", "version": "v1"}], "preferredVersion": {"groupVersion": "rbac.authorization.k8s.io/v1", "version": "v1"}}]})) }))
+            .route("/api/v1", get(|| async { Json(resource_list("v1", &[("pods", "Pod"), ("services", "Service"), ("events", "Event"), ("configmaps", "ConfigMap"), ("secrets", "Secret"), ("serviceaccounts", "ServiceAccount"), ("namespaces", "Namespace")])) }))
+            .route("/apis/rbac.authorization.k8s.io/v1", get(|| async { Json(resource_list("rbac.authorization.k8s.io/v1", &[("roles", "Role"), ("rolebindings", "RoleBinding")])) }))
             .route("/apis/apps/v1", get(|| async { Json(resource_list("apps/v1", &[("deployments", "Deployment")])) }))
             .route("/api/v1/namespaces/{ns}/{kind}", get(collection).post(create))
             .route("/apis/apps/v1/namespaces/{ns}/{kind}", get(collection).post(create))
             .route("/api/v1/namespaces/{ns}/{kind}/{name}", get(read).patch(patch).put(replace).delete(remove))
             .route("/apis/apps/v1/namespaces/{ns}/{kind}/{name}", get(read).patch(patch).put(replace).delete(remove))
             .route("/apis/apps/v1/namespaces/{ns}/{kind}/{name}/{sub}", get(read_sub).patch(patch_sub))
+            // What deploy/kubernetes/*.yaml applies besides: its namespaces
+            // (cluster-scoped, stored under the namespace ""), the agent's
+            // ConfigMap, Secret and ServiceAccount, its Role and RoleBinding;
+            // created and read only (tests/tests/kubernetes.rs applies them).
+            .route("/api/v1/namespaces", post(create_namespace))
+            .route("/api/v1/namespaces/{name}", get(read_namespace))
+            .route("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{kind}", get(collection).post(create))
+            .route("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/{kind}/{name}", get(read))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -343,7 +352,8 @@ impl FakeApiServer {
 fn resource_list(group_version: &str, kinds: &[(&str, &str)]) -> Value {
     let mut resources = Vec::new();
     for (name, kind) in kinds {
-        resources.push(json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}));
+        let namespaced = *name != "namespaces";
+        resources.push(json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}));
         if *name == "deployments" {
             resources.push(json!({"name": "deployments/status", "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "patch", "update"]}));
             resources.push(json!({"name": "deployments/scale", "singularName": "", "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
@@ -357,6 +367,12 @@ fn kind_name(plural: &str) -> (&'static str, &'static str) {
         "deployments" => ("Deployment", "apps/v1"),
         "services" => ("Service", "v1"),
         "pods" => ("Pod", "v1"),
+        "configmaps" => ("ConfigMap", "v1"),
+        "secrets" => ("Secret", "v1"),
+        "serviceaccounts" => ("ServiceAccount", "v1"),
+        "namespaces" => ("Namespace", "v1"),
+        "roles" => ("Role", "rbac.authorization.k8s.io/v1"),
+        "rolebindings" => ("RoleBinding", "rbac.authorization.k8s.io/v1"),
         _ => ("Event", "v1"),
     }
 }
@@ -530,7 +546,9 @@ async fn create(
             format!("{kind} \"{name}\" already exists"),
         );
     }
-    object["metadata"]["namespace"] = json!(ns);
+    if !ns.is_empty() {
+        object["metadata"]["namespace"] = json!(ns);
+    }
     if let Some(refusal) = refused(&shared, &kind, &object) {
         return refusal;
     }
@@ -543,6 +561,20 @@ async fn create(
         reconcile_later(shared, ns, name);
     }
     (StatusCode::CREATED, Json(stored)).into_response()
+}
+
+/// Creates a Namespace (cluster-scoped: no namespace in its path).
+async fn create_namespace(State(shared): State<SharedState>, object: Json<Value>) -> Response {
+    let path = UrlPath((String::new(), "namespaces".to_owned()));
+    create(State(shared), path, object).await
+}
+
+async fn read_namespace(
+    State(shared): State<SharedState>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let path = UrlPath((String::new(), "namespaces".to_owned(), name));
+    read(State(shared), path).await
 }
 
 fn get_object(shared: &Shared, kind: &str, ns: &str, name: &str) -> Option<Value> {

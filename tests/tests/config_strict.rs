@@ -145,10 +145,22 @@ fn the_kubernetes_config_map_s_agent_configuration_passes_check_config() {
         "REPLACE_WITH_THE_CONTROLLER_PUBLIC_KEY",
         &SigningKey::generate().public_key(),
     );
+    assert!(
+        embedded.contains("nats_password_file = \"/etc/ferry-nats/password\""),
+        "the password comes from the Secret mounted at /etc/ferry-nats: {embedded}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
     std::fs::write(&file, embedded).unwrap();
-    assert_valid("ferry-agent", &file, &[]);
+    // The Secret's file, where this machine has it, given the way an
+    // operator overrides a setting.
+    let password = dir.path().join("password");
+    std::fs::write(&password, "a password\n").unwrap();
+    assert_valid(
+        "ferry-agent",
+        &file,
+        &[("FERRY_NATS_PASSWORD_FILE", password.to_str().unwrap())],
+    );
 }
 
 /// The configuration files scripts/demo writes (its `cat >FILE <<TOML`

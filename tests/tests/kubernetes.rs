@@ -1084,3 +1084,123 @@ async fn fake_apiserver_refuses_an_invalid_deployment_created_or_patched_as_a_re
     );
     assert_eq!(stored["spec"]["replicas"], 3);
 }
+
+/// `(plural, namespace, name)` of each object of a manifest: its documents'
+/// top-level `kind:` and `metadata:`'s `name:` and `namespace:` (the
+/// manifests in deploy/kubernetes/ are plain block YAML).
+fn manifest_objects(text: &str) -> Vec<(String, String, String)> {
+    let mut objects = Vec::new();
+    for document in text.split("\n---") {
+        let (mut kind, mut name, mut namespace) = (None, None, String::new());
+        let mut in_metadata = false;
+        for line in document.lines() {
+            if !line.starts_with(' ') {
+                in_metadata = line.trim_end() == "metadata:";
+            }
+            if let Some(value) = line.strip_prefix("kind: ") {
+                kind = Some(value.trim().to_lowercase() + "s");
+            } else if in_metadata {
+                if let Some(value) = line.strip_prefix("  name: ") {
+                    name = Some(value.trim().to_owned());
+                } else if let Some(value) = line.strip_prefix("  namespace: ") {
+                    namespace = value.trim().to_owned();
+                }
+            }
+        }
+        if let (Some(kind), Some(name)) = (kind, name) {
+            objects.push((kind, namespace, name));
+        }
+    }
+    objects
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_apiserver_real_kubectl_applies_every_object_of_deploy_kubernetes() {
+    if !kubectl_ready("fake_apiserver_real_kubectl_applies_every_object_of_deploy_kubernetes") {
+        return;
+    }
+    let fake = FakeApiServer::start(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path(), NS);
+    let manifests_dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    // The namespaces first, as a real cluster needs them before the objects
+    // in them; then every other manifest.
+    let mut manifests: Vec<_> = std::fs::read_dir(&manifests_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    manifests.sort_by_key(|path| (!path.ends_with("namespaces.yaml"), path.clone()));
+    let mut expected = Vec::new();
+    for manifest in &manifests {
+        expected.extend(manifest_objects(
+            &std::fs::read_to_string(manifest).unwrap(),
+        ));
+    }
+    for kind in [
+        "namespaces",
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "configmaps",
+        "secrets",
+        "deployments",
+    ] {
+        assert!(
+            expected.iter().any(|(k, _, _)| k == kind),
+            "no {kind} found in {manifests:?}: {expected:?}"
+        );
+    }
+    // Client-side validation off: the fake validates every object against
+    // the Kubernetes schemas itself and answers 422 for an invalid one, as a
+    // real API server does (scripts/check-manifests checks the same files
+    // strictly, offline, against two versions' schemas).
+    let mut command = std::process::Command::new("kubectl");
+    command
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.path().join("kube-cache"))
+        .args(["apply", "--validate=false", "-o", "name"]);
+    for manifest in &manifests {
+        command.arg("-f").arg(manifest);
+    }
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl apply: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().count(),
+        expected.len(),
+        "one line per object applied: {stdout}"
+    );
+    for (kind, namespace, name) in &expected {
+        let stored = fake.object(kind, namespace, name);
+        assert!(
+            stored.is_some(),
+            "{kind} {namespace}/{name} was not accepted: {stdout}"
+        );
+    }
+    // What makes the agent startable: the image's own non-root user, a
+    // pinned image and the NATS password from the Secret, as a file.
+    let agent = fake.object("deployments", NS, "ferry-agent").unwrap();
+    let pod = &agent["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"], json!(10001), "{pod}");
+    assert_eq!(pod["securityContext"]["runAsGroup"], json!(10001), "{pod}");
+    assert_eq!(pod["containers"][0]["image"], json!("ferry-agent:0.1.0"));
+    assert_eq!(
+        pod["containers"][0]["imagePullPolicy"],
+        json!("IfNotPresent")
+    );
+    let secret = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|volume| volume["secret"]["secretName"].as_str())
+        .expect("a Secret volume");
+    assert!(fake.object("secrets", NS, secret).is_some(), "{secret}");
+}
