@@ -41,6 +41,7 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
         }
         _ => options,
     };
+    let options = config.nats_tls.apply(options);
     let servers = streams::server_list(&config.nats_url)
         .map_err(|why| Error::Config(vec![format!("nats_url: {why}")]))?;
     options
@@ -53,6 +54,7 @@ pub async fn connect(config: &AgentConfig) -> Result<async_nats::Client, Error> 
         .connect(servers)
         .await
         .map_err(|source| Error::Connect {
+            tls: config.nats_tls.is_set(),
             url: config.nats_url.clone(),
             source,
         })

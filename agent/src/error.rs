@@ -22,8 +22,13 @@ pub enum Error {
     #[error(transparent)]
     Protocol(#[from] ferry_protocol::Error),
     /// Could not connect to NATS.
-    #[error("could not connect to NATS at {url}: {source}")]
+    #[error(
+        "could not connect to NATS at {url}{}: {source}",
+        if *.tls { " over TLS (check nats_tls_ca_file, the CA of the server's certificate, and nats_tls_cert_file/nats_tls_key_file, a client certificate the server trusts)" } else { "" }
+    )]
     Connect {
+        /// Whether TLS settings were configured (the error then says so).
+        tls: bool,
         /// The URL tried.
         url: String,
         /// Why.

@@ -105,6 +105,21 @@ impl Connection {
         .connection_timeout(global.timeout)
         .request_timeout(Some(global.timeout));
 
+        let tls = ferry_protocol::nats_tls::TlsFiles {
+            ca_file: global.nats_tls_ca_file.clone(),
+            cert_file: global.nats_tls_cert_file.clone(),
+            key_file: global.nats_tls_key_file.clone(),
+        };
+        let unreadable: Vec<String> = tls
+            .problems(|path| std::fs::File::open(path).err().map(|e| e.to_string()))
+            .into_iter()
+            .map(|(key, why)| format!("--{}: {why}", key.replace('_', "-")))
+            .collect();
+        if !unreadable.is_empty() {
+            return Err(CliError::usage(unreadable.join("; ")));
+        }
+        let options = tls.apply(options);
+
         let urls: Vec<&str> = global
             .nats_url
             .split(',')
@@ -122,8 +137,17 @@ impl Connection {
                         "NATS at {url} refused the connection ({e}): check --creds or --nats-user/--nats-password-file"
                     ))
                 }
+                ConnectErrorKind::Tls => CliError::unreachable(format!(
+                    "TLS with NATS at {url} failed ({e}): check --nats-tls-ca-file (the CA of the server's certificate) and --nats-tls-cert-file/--nats-tls-key-file (a client certificate the server trusts)"
+                )),
+                _ if tls.is_set() => CliError::unreachable(format!(
+                    "cannot connect to NATS at {url} over TLS: {e} (a server that verifies clients needs a client certificate signed by a CA it trusts: check --nats-tls-cert-file/--nats-tls-key-file)"
+                )),
+                _ if e.to_string().contains("certificate") => CliError::unreachable(format!(
+                    "NATS at {url} requires TLS and its certificate is not trusted ({e}): set --nats-tls-ca-file to the CA that signed it (and --nats-tls-cert-file/--nats-tls-key-file if it verifies clients)"
+                )),
                 _ => CliError::unreachable(format!(
-                    "cannot connect to NATS at {url}: {e} (is nats-server running? set --nats-url or FERRY_NATS_URL)"
+                    "cannot connect to NATS at {url}: {e} (is nats-server running? set --nats-url or FERRY_NATS_URL; a server requiring TLS needs --nats-tls-ca-file)"
                 )),
             }
         })?;

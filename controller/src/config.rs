@@ -69,6 +69,15 @@ pub struct ControllerConfig {
     pub nats_user: Option<String>,
     /// File holding `nats_user`'s password; read at connect time, never logged.
     pub nats_password_file: Option<PathBuf>,
+    /// PEM file of the CA that signed nats-server's certificate: the server
+    /// is verified against it, and TLS is required.
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to a server that verifies clients
+    /// (`tls { verify: true }`), with `nats_tls_key_file`.
+    pub nats_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `nats_tls_cert_file`; read at connect time, shown
+    /// by path only.
+    pub nats_tls_key_file: Option<PathBuf>,
     /// Prefix of the controller's reply subjects (default
     /// `_INBOX_ferry_controller`, what the server's permissions allow).
     pub nats_inbox_prefix: String,
@@ -211,6 +220,9 @@ impl Default for ControllerConfig {
             nats_creds: None,
             nats_user: None,
             nats_password_file: None,
+            nats_tls_ca_file: None,
+            nats_tls_cert_file: None,
+            nats_tls_key_file: None,
             nats_inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
             signing_key_file: PathBuf::new(),
             environments: vec!["dev".into(), "acceptance".into(), "production".into()],
@@ -244,6 +256,7 @@ pub struct ResolvedConfig {
     nats_creds: Option<PathBuf>,
     nats_user: Option<String>,
     nats_password_file: Option<PathBuf>,
+    nats_tls: ferry_protocol::nats_tls::TlsFiles,
     nats_inbox_prefix: String,
     signing_key: Arc<SigningKey>,
     first_environment: EnvName,
@@ -320,6 +333,11 @@ impl ResolvedConfig {
     /// NATS credentials file, if any.
     pub fn nats_creds(&self) -> Option<&Path> {
         self.nats_creds.as_deref()
+    }
+
+    /// TLS to nats-server: the CA file and client certificate, if set.
+    pub fn nats_tls(&self) -> &ferry_protocol::nats_tls::TlsFiles {
+        &self.nats_tls
     }
 
     /// NATS user and the file holding its password, if set.
@@ -491,6 +509,19 @@ impl ControllerConfig {
                     format!("cannot read {}: {e}", creds.display()),
                 );
             }
+        }
+
+        let nats_tls = ferry_protocol::nats_tls::TlsFiles {
+            ca_file: self.nats_tls_ca_file.clone(),
+            cert_file: self.nats_tls_cert_file.clone(),
+            key_file: self.nats_tls_key_file.clone(),
+        };
+        for (key, why) in nats_tls.problems(|path| match std::fs::File::open(path) {
+            Err(e) => Some(e.to_string()),
+            Ok(_) if !path.is_file() => Some("not a file".to_owned()),
+            Ok(_) => None,
+        }) {
+            problem(key, why);
         }
 
         match (&self.nats_user, &self.nats_password_file) {
@@ -831,6 +862,7 @@ impl ControllerConfig {
                 nats_creds: self.nats_creds.clone(),
                 nats_user: self.nats_user.clone(),
                 nats_password_file: self.nats_password_file.clone(),
+                nats_tls,
                 nats_inbox_prefix: self.nats_inbox_prefix.clone(),
                 signing_key: Arc::new(key),
                 first_environment,

@@ -27,8 +27,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The controller could not connect to NATS.
-    #[error("could not connect to NATS at {url}: {source}")]
+    #[error(
+        "could not connect to NATS at {url}{}: {source}",
+        if *.tls { " over TLS (check nats_tls_ca_file, the CA of the server's certificate, and nats_tls_cert_file/nats_tls_key_file, a client certificate the server trusts)" } else { "" }
+    )]
     Connect {
+        /// Whether TLS settings were configured (the error then says so).
+        tls: bool,
         /// The server URL.
         url: String,
         /// Why.

@@ -59,6 +59,7 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
         let password = text.lines().next().unwrap_or("").to_owned();
         options = options.user_and_password(user.to_owned(), password);
     }
+    options = config.nats_tls().apply(options);
     // Checked by `validate`; a list the controller connects to any of.
     let servers = ferry_protocol::streams::server_list(config.nats_url()).map_err(|message| {
         Error::InvalidConfig(vec![ConfigProblem {
@@ -79,6 +80,7 @@ async fn connect(config: &ResolvedConfig) -> Result<async_nats::Client, Error> {
         .connect(servers)
         .await
         .map_err(|source| Error::Connect {
+            tls: config.nats_tls().is_set(),
             url: config.nats_url().to_owned(),
             source,
         })

@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod keys;
 pub mod limits;
 pub mod names;
+pub mod nats_tls;
 mod refusal;
 pub mod release;
 pub mod rollout;

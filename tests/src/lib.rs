@@ -188,7 +188,9 @@ impl System {
         system
     }
 
-    fn with_nats(nats: NatsServer) -> System {
+    /// A system on `nats` (a server the test configured itself, say with
+    /// TLS); the controller is not started.
+    pub fn with_nats(nats: NatsServer) -> System {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let controller_key = SigningKey::generate();
@@ -358,6 +360,7 @@ impl System {
             nats_creds: None,
             nats_user,
             nats_password_file,
+            nats_tls: Default::default(),
             nats_inbox_prefix: format!("_INBOX_ferry_agent_{env}"),
             state_dir: self.dir.path().join(format!("agent-{env}")),
             trusted_keys: vec![self.controller_key.public_key()],

@@ -2,7 +2,8 @@
 //! store directory; killed and removed on drop. Open (no authentication) by
 //! default; [`NatsServer::start_with_permissions`] runs it with the
 //! deployment configuration `deploy/nats/nats-server.conf` instead (one user
-//! per role, subject permissions), its passwords generated per server.
+//! per role, subject permissions), its passwords generated per server;
+//! [`NatsServer::start_with_config`] with a configuration a test writes.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -151,6 +152,27 @@ impl NatsServer {
             store,
             config: Some(deploy_config()),
             users,
+            external: None,
+        };
+        server.spawn_on_a_free_port();
+        server
+    }
+
+    /// Starts a server with the configuration `text` (written to a file
+    /// beside its store; its port and address set by flags, its JetStream
+    /// store directory by `FERRY_NATS_STORE_DIR`, which `text` names as
+    /// `store_dir: $FERRY_NATS_STORE_DIR`). The test brings its own clients:
+    /// [`NatsServer::client`] and the others connect without TLS or users.
+    pub fn start_with_config(text: &str) -> NatsServer {
+        let store = tempfile::tempdir().expect("temp dir for the JetStream store");
+        let config = store.path().join("nats-server.conf");
+        std::fs::write(&config, text).expect("write the nats-server configuration");
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store,
+            config: Some(config),
+            users: Vec::new(),
             external: None,
         };
         server.spawn_on_a_free_port();

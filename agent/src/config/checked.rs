@@ -106,6 +106,10 @@ pub struct AgentConfig {
     pub nats_user: Option<String>,
     /// File holding `nats_user`'s password; read at connect time, never logged.
     pub nats_password_file: Option<PathBuf>,
+    /// TLS to nats-server (`nats_tls_ca_file`, `nats_tls_cert_file`,
+    /// `nats_tls_key_file`): the CA the server's certificate is verified
+    /// against and the client certificate presented; paths only.
+    pub nats_tls: ferry_protocol::nats_tls::TlsFiles,
     /// Prefix of the agent's reply subjects (default
     /// `_INBOX_ferry_agent_<environment>`, what the server's permissions allow).
     pub nats_inbox_prefix: String,

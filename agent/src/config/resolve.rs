@@ -37,6 +37,15 @@ fn valid_inbox_prefix(prefix: &str) -> bool {
         })
 }
 
+/// Why `path` cannot be read as a file, if it cannot.
+fn unreadable(path: &Path) -> Option<String> {
+    match std::fs::File::open(path) {
+        Err(e) => Some(e.to_string()),
+        Ok(_) if !path.is_file() => Some("not a file".to_owned()),
+        Ok(_) => None,
+    }
+}
+
 /// What is wrong with the NATS authentication settings: a password file
 /// without a user (or the reverse), one that cannot be read, or both a
 /// credentials file and a user.
@@ -185,6 +194,17 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
         raw.nats_user.as_deref(),
         raw.nats_password_file.as_deref(),
     ));
+    let nats_tls = ferry_protocol::nats_tls::TlsFiles {
+        ca_file: raw.nats_tls_ca_file,
+        cert_file: raw.nats_tls_cert_file,
+        key_file: raw.nats_tls_key_file,
+    };
+    problems.extend(
+        nats_tls
+            .problems(unreadable)
+            .into_iter()
+            .map(|(key, why)| format!("{key}: {why}")),
+    );
     if let Some(prefix) = &raw.nats_inbox_prefix {
         if !valid_inbox_prefix(prefix) {
             problems.push(format!(
@@ -435,6 +455,7 @@ pub(super) fn resolve(raw: RawConfig) -> Result<AgentConfig, Error> {
             nats_creds: raw.nats_creds,
             nats_user: raw.nats_user,
             nats_password_file: raw.nats_password_file,
+            nats_tls,
             state_dir,
             trusted_keys: raw.trusted_keys,
             approvals_required: raw.approvals_required,

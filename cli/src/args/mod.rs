@@ -104,6 +104,39 @@ pub struct GlobalOpts {
     )]
     pub nats_password_file: Option<PathBuf>,
 
+    /// CA file (PEM) the NATS server's certificate is verified against;
+    /// TLS is then required.
+    #[arg(
+        long,
+        env = "FERRY_NATS_TLS_CA_FILE",
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    pub nats_tls_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a NATS server that verifies clients.
+    #[arg(
+        long,
+        env = "FERRY_NATS_TLS_CERT_FILE",
+        global = true,
+        value_name = "FILE",
+        requires = "nats_tls_key_file",
+        help_heading = "Global options"
+    )]
+    pub nats_tls_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --nats-tls-cert-file.
+    #[arg(
+        long,
+        env = "FERRY_NATS_TLS_KEY_FILE",
+        global = true,
+        value_name = "FILE",
+        requires = "nats_tls_cert_file",
+        help_heading = "Global options"
+    )]
+    pub nats_tls_key_file: Option<PathBuf>,
+
     /// Prefix of the CLI's reply subjects; the NATS permissions of its user
     /// allow this one (CI publishing releases uses _INBOX_ferry_ci).
     #[arg(
