@@ -135,20 +135,29 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
-    let system = System::start().await;
+/// Starts a dev agent process (heartbeat 200 ms, health checks every
+/// 100 ms, plus `more_health` in the health table) with one service `web`
+/// of `replicas` on a free port, publishes `web 1.0.0` and waits until the deploy succeeded and the
+/// port serves it. Returns the agent, the watch on web's events and the port.
+async fn agent_serving_1_0_0(
+    system: &System,
+    replicas: u32,
+    more_health: &str,
+) -> (KillOnDrop, EventWatch, u16) {
     let port = free_port();
     let config = system.dir.path().join("agent-dev.toml");
     std::fs::write(
         &config,
         system.agent_toml(
             "dev",
-            &format!("heartbeat_interval = \"200ms\"\n[services.web]\nport = {port}\nreplicas = 2\n[services.web.health]\ninterval = \"100ms\"\n"),
+            &format!(
+                "heartbeat_interval = \"200ms\"\n[services.web]\nport = {port}\n\
+                 replicas = {replicas}\n[services.web.health]\ninterval = \"100ms\"\n{more_health}"
+            ),
         ),
     )
     .unwrap();
-    let mut agent = KillOnDrop::new(
+    let agent = KillOnDrop::new(
         Command::new(bin("ferry-agent"))
             .arg("--config")
             .arg(&config)
@@ -163,7 +172,7 @@ async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
     // The agent is ready once it heartbeats; the release waits in JetStream until then anyway.
     system.publish_release("web", "1.0.0", &[]).await;
     watch
-        .wait_for(WAIT, "deploy succeeded", |e| {
+        .wait_for(WAIT, "deploy of 1.0.0 succeeded", |e| {
             matches!(
                 &e.body,
                 EventBody::Succeeded {
@@ -174,6 +183,13 @@ async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
         })
         .await;
     wait_serving(port, "1.0.0", WAIT).await;
+    (agent, watch, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
+    let system = System::start().await;
+    let (mut agent, _watch, port) = agent_serving_1_0_0(&system, 2, "").await;
     let replicas = children(agent.child().id());
     assert_eq!(replicas.len(), 2, "two replica processes: {replicas:?}");
 
@@ -460,41 +476,8 @@ async fn a_signal_mid_command_finishes_it_and_exits_0(signal: nix::sys::signal::
     use futures::StreamExt;
 
     let system = System::start().await;
-    let port = free_port();
-    let config = system.dir.path().join("agent-dev.toml");
-    std::fs::write(
-        &config,
-        system.agent_toml(
-            "dev",
-            &format!("heartbeat_interval = \"200ms\"\n[services.web]\nport = {port}\nreplicas = 1\n[services.web.health]\ninterval = \"100ms\"\nstart_timeout = \"3s\"\n"),
-        ),
-    )
-    .unwrap();
-    let mut agent = KillOnDrop::new(
-        Command::new(bin("ferry-agent"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let client = system.nats.client().await;
-    let mut watch = EventWatch::new(&client, "dev", "web").await;
-    system.publish_release("web", "1.0.0", &[]).await;
-    watch
-        .wait_for(WAIT, "deploy of 1.0.0 succeeded", |e| {
-            matches!(
-                &e.body,
-                EventBody::Succeeded {
-                    action: ActionKind::Deploy,
-                    ..
-                }
-            )
-        })
-        .await;
-    wait_serving(port, "1.0.0", WAIT).await;
+    let (mut agent, mut watch, _port) =
+        agent_serving_1_0_0(&system, 1, "start_timeout = \"3s\"\n").await;
 
     system
         .publish_release("web", "2.0.0", &["SAMPLE_HEALTHY=false"])
@@ -536,7 +519,7 @@ async fn a_signal_mid_command_finishes_it_and_exits_0(signal: nix::sys::signal::
     }
 
     // The command in hand has its outcome stored, published before the exit.
-    let js = jetstream::new(client.clone());
+    let js = jetstream::new(system.nats.client().await);
     let consumer = js
         .get_stream("FERRY_EVENTS")
         .await
