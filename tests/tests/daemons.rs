@@ -186,6 +186,29 @@ async fn agent_serving_1_0_0(
     (agent, watch, port)
 }
 
+/// Waits until the agent exits after `signal`, and asserts it exited 0 and
+/// none of `replicas` outlived it.
+async fn exited_0_with_its_replicas(agent: &mut KillOnDrop, replicas: Vec<u32>, signal: &str) {
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = agent.child().try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agent did not exit after {signal}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "clean exit after {signal}");
+    for pid in replicas {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "replica {pid} outlived the agent"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
     let system = System::start().await;
@@ -194,24 +217,7 @@ async fn sigterm_drains_the_agent_stops_its_replicas_and_exits_0() {
     assert_eq!(replicas.len(), 2, "two replica processes: {replicas:?}");
 
     sigterm(agent.child().id());
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = agent.child().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status.code(), Some(0), "clean exit");
-    for pid in replicas {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "replica {pid} outlived the agent"
-        );
-    }
+    exited_0_with_its_replicas(&mut agent, replicas, "SIGTERM").await;
     assert!(get(port, "/").await.is_none(), "the stable port is closed");
     system.shutdown().await;
 }
@@ -499,24 +505,7 @@ async fn a_signal_mid_command_finishes_it_and_exits_0(signal: nix::sys::signal::
         signal,
     )
     .unwrap();
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = agent.child().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent did not exit after {signal}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(status.code(), Some(0), "clean exit after {signal}");
-    for pid in replicas {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "replica {pid} outlived the agent"
-        );
-    }
+    exited_0_with_its_replicas(&mut agent, replicas, signal.as_ref()).await;
 
     // The command in hand has its outcome stored, published before the exit.
     let js = jetstream::new(system.nats.client().await);
