@@ -130,23 +130,7 @@ async fn a_failed_and_a_good_production_deploy_reach_slack_pagerduty_the_webhook
     let client = system.nats.client().await;
     let mut watch = EventWatch::new(&client, "production", "web").await;
 
-    // 1.0.0 never becomes healthy: the deploy fails.
-    system
-        .publish_release("web", "1.0.0", &["SAMPLE_HEALTHY=false"])
-        .await;
-    watch
-        .wait_for(WAIT, "the failed deploy of 1.0.0", |e| {
-            matches!(
-                &e.body,
-                EventBody::Failed {
-                    action: ActionKind::Deploy,
-                    ..
-                }
-            )
-        })
-        .await;
-    // 2.0.0 is good.
-    system.publish_release("web", "2.0.0", &[]).await;
+    a_failed_1_0_0_then_2_0_0(&system, &mut watch).await;
     watch
         .wait_for(WAIT, "the deploy of 2.0.0", |e| {
             matches!(&e.body, EventBody::Succeeded { action: ActionKind::Deploy, version: Some(v), .. } if v.as_str() == "2.0.0")
@@ -611,23 +595,9 @@ async fn two_controllers_send_each_notification_once() {
     let mut dev_watch = EventWatch::new(&client, "dev", "web").await;
     let mut prod_watch = EventWatch::new(&client, "production", "web").await;
 
-    // 1.0.0 never becomes healthy: dev's deploy fails and it goes no further.
-    system
-        .publish_release("web", "1.0.0", &["SAMPLE_HEALTHY=false"])
-        .await;
-    dev_watch
-        .wait_for(WAIT, "dev's failed deploy of 1.0.0", |e| {
-            matches!(
-                &e.body,
-                EventBody::Failed {
-                    action: ActionKind::Deploy,
-                    ..
-                }
-            )
-        })
-        .await;
-    // 2.0.0 is good in dev, waits for alice in production, then goes live.
-    system.publish_release("web", "2.0.0", &[]).await;
+    // 1.0.0 fails in dev and goes no further; 2.0.0 is good in dev, waits
+    // for alice in production, then goes live.
+    a_failed_1_0_0_then_2_0_0(&system, &mut dev_watch).await;
     until("the approval_needed webhook of 2.0.0", || {
         posts(&inbox, "webhook")
             .into_iter()
@@ -731,4 +701,25 @@ async fn two_controllers_send_each_notification_once() {
     second_token.cancel();
     second_task.await.unwrap().unwrap();
     system.shutdown().await;
+}
+
+/// Publishes `web 1.0.0`, which never becomes healthy, waits (on `watch`,
+/// the environment it first deploys to) until its deploy failed, then
+/// publishes a good `web 2.0.0`.
+async fn a_failed_1_0_0_then_2_0_0(system: &System, watch: &mut EventWatch) {
+    system
+        .publish_release("web", "1.0.0", &["SAMPLE_HEALTHY=false"])
+        .await;
+    watch
+        .wait_for(WAIT, "the failed deploy of 1.0.0", |e| {
+            matches!(
+                &e.body,
+                EventBody::Failed {
+                    action: ActionKind::Deploy,
+                    ..
+                }
+            )
+        })
+        .await;
+    system.publish_release("web", "2.0.0", &[]).await;
 }
