@@ -223,7 +223,7 @@ where
         let mut snapshot = BTreeMap::new();
         let mut live = false;
         if floor.messages == 0 {
-            self.install(snapshot.clone(), floor.last_sequence).await;
+            self.install(BTreeMap::new(), floor.last_sequence).await;
             live = true;
         }
         loop {
